@@ -1,0 +1,132 @@
+// rbn — normalized recurrent networks (Cooijmans et al. 2017 and its baselines).
+//
+// Public API of the recurrent stack. Layout is time-major: x [T,N,C], h [T,N,H]; gate order i,f,g,o;
+// weights stored as PyTorch stores them (weight_ih [4H,C], weight_hh [4H,H]). See docs/cells.md.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace rbn {
+
+enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm };
+
+std::optional<Cell> parse_cell(std::string_view name);  // "lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"
+const char* cell_name(Cell cell);
+const std::vector<Cell>& all_cells();
+bool cell_has_population_stats(Cell cell);  // bnlstm, bnx, bnx-seq
+
+enum class Mode { train, infer };
+enum class RecurrentInit { orthogonal, identity };
+
+struct StackConfig {
+  Cell cell = Cell::lstm;
+  int input_size = 0;     // C
+  int hidden_size = 0;    // H
+  int num_layers = 1;     // L
+  int t_max = 1;          // rows of per-step population statistics (longest training length)
+  double eps = 1e-5;      // inside the square root of every normalization
+  // Initial gains; a negative value means the cell's default (0.1 for BN: Cooijmans; 1 for LN: Ba).
+  double gamma_x = -1, gamma_h = -1, gamma_c = -1;
+  double forget_bias = 1.0;  // initial b_f
+  double momentum = 0.1;     // running average: pop <- (1-m) pop + m batch
+  bool ln_input = true;      // lnlstm only: normalize W_x x (off: only W_h h and c)
+  bool learn_init_state = false;  // learned h0, c0 [H] per layer (rnn.k.h0, rnn.k.c0)
+  RecurrentInit recurrent_init = RecurrentInit::orthogonal;
+  uint64_t seed = 1;
+
+  // Throws std::invalid_argument with a one-line message naming the offending field.
+  void validate() const;
+  double gamma_x_or_default() const;
+  double gamma_h_or_default() const;
+  double gamma_c_or_default() const;
+};
+
+// A named tensor inside a flat buffer.
+struct TensorInfo {
+  std::string name;            // SPEC section 5 name, e.g. "rnn.0.weight_ih"
+  std::vector<int64_t> shape;  // e.g. {4H, C}
+  size_t offset = 0;           // elements from the start of the flat buffer
+  size_t numel = 0;
+};
+
+struct ForwardOptions {
+  Mode mode = Mode::train;
+  int t0 = 0;                   // global time index of x[0] (step API: statistics row t0 + t)
+  bool update_running = true;   // train mode: update the running-average population statistics
+  bool need_backward = true;    // infer mode: keep activations so that backward() can run
+  double h0_noise = 0.0;        // train mode: add N(0, h0_noise^2) to h0 (Cooijmans, sequential MNIST)
+  uint64_t noise_seed = 0;
+};
+
+// A stack of L recurrent layers of one cell kind, with fused forward and backward through time.
+// Accumulation contract: backward() adds (+=) into the parameter gradients and writes (=) the
+// activation gradients dx, dh0, dc0.
+template <class T>
+class Stack {
+ public:
+  explicit Stack(const StackConfig& config);
+  ~Stack();
+  Stack(Stack&&) noexcept;
+  Stack& operator=(Stack&&) noexcept;
+
+  const StackConfig& config() const;
+
+  // Trainable parameters and their gradients: one flat buffer each, the same layout.
+  std::span<T> params();
+  std::span<const T> params() const;
+  std::span<T> grads();
+  const std::vector<TensorInfo>& param_info() const;
+  // Non-trainable buffers (population statistics running_mean / running_var).
+  std::span<T> buffers();
+  std::span<const T> buffers() const;
+  const std::vector<TensorInfo>& buffer_info() const;
+  // Pointer to a named parameter or buffer, or nullptr.
+  T* find(std::string_view name);
+  const TensorInfo* find_info(std::string_view name) const;
+  void zero_grad();
+  // Re-initialize parameters and population statistics from config().seed.
+  void reset_parameters();
+
+  // x [T,N,C]; lengths [N] (nullptr: every row has T valid steps; 0 <= len <= T);
+  // h0, c0 [L,N,H] (nullptr: learned initial state if configured, else zeros);
+  // y [T,N,H]: top layer's h, 0 at padded positions; hT, cT [L,N,H] (nullable): state after each
+  // row's last valid step (the given initial state for rows of length 0).
+  void forward(const ForwardOptions& opt, int T, int N, const T* x, const int32_t* lengths,
+               const T* h0, const T* c0, T* y, T* hT, T* cT);
+
+  // After forward() with activations kept. dy [T,N,H], dhT, dcT [L,N,H] are nullable (zero).
+  // Writes dx [T,N,C], dh0, dc0 [L,N,H] where non-null; adds into grads().
+  void backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0);
+
+  // Population statistics, the authors' way (SPEC section 3b): begin, feed batches (train-mode
+  // forward, no parameter change), finish. Each batch's per-step mean and biased variance are
+  // weighted by the step's count of valid rows; steps no batch reaches keep their value.
+  void popstats_begin();
+  void popstats_feed(int T, int N, const T* x, const int32_t* lengths, const T* h0 = nullptr,
+                     const T* c0 = nullptr);
+  void popstats_finish();
+
+  // Normalized values before the affine (x_hat), as cached by the last forward, for tests and
+  // tools: which is "x", "h" or "c"; returns [T,N,F] or empty when the cell has no such norm.
+  std::span<const T> cached_normalized(int layer, std::string_view which) const;
+  // Bytes of activations that backward reads (for memory reporting).
+  size_t cache_bytes() const;
+  size_t workspace_bytes() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+extern template class Stack<float>;
+extern template class Stack<double>;
+
+}  // namespace rbn

@@ -1,0 +1,1 @@
+// Placeholder so that an area library with no sources yet still builds.
