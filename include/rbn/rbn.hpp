@@ -98,7 +98,7 @@ class Stack {
   // h0, c0 [L,N,H] (nullptr: learned initial state if configured, else zeros);
   // y [T,N,H]: top layer's h, 0 at padded positions; hT, cT [L,N,H] (nullable): state after each
   // row's last valid step (the given initial state for rows of length 0).
-  void forward(const ForwardOptions& opt, int T, int N, const T* x, const int32_t* lengths,
+  void forward(const ForwardOptions& opt, int steps, int N, const T* x, const int32_t* lengths,
                const T* h0, const T* c0, T* y, T* hT, T* cT);
 
   // After forward() with activations kept. dy [T,N,H], dhT, dcT [L,N,H] are nullable (zero).
@@ -109,7 +109,7 @@ class Stack {
   // forward, no parameter change), finish. Each batch's per-step mean and biased variance are
   // weighted by the step's count of valid rows; steps no batch reaches keep their value.
   void popstats_begin();
-  void popstats_feed(int T, int N, const T* x, const int32_t* lengths, const T* h0 = nullptr,
+  void popstats_feed(int steps, int N, const T* x, const int32_t* lengths, const T* h0 = nullptr,
                      const T* c0 = nullptr);
   void popstats_finish();
 

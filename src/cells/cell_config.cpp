@@ -1,0 +1,74 @@
+// Cell names, configuration defaults and validation (SPEC section 2).
+#include <array>
+#include <cmath>
+
+#include "rbn/rbn.hpp"
+#include "util/error.hpp"
+
+namespace rbn {
+
+namespace {
+struct CellName {
+  Cell cell;
+  const char* name;
+};
+constexpr std::array<CellName, 5> kCellNames{{{Cell::lstm, "lstm"},
+                                              {Cell::bnlstm, "bnlstm"},
+                                              {Cell::bnx, "bnx"},
+                                              {Cell::bnx_seq, "bnx-seq"},
+                                              {Cell::lnlstm, "lnlstm"}}};
+}  // namespace
+
+std::optional<Cell> parse_cell(std::string_view name) {
+  for (const auto& c : kCellNames)
+    if (name == c.name) return c.cell;
+  return std::nullopt;
+}
+
+const char* cell_name(Cell cell) {
+  for (const auto& c : kCellNames)
+    if (c.cell == cell) return c.name;
+  return "?";
+}
+
+const std::vector<Cell>& all_cells() {
+  static const std::vector<Cell> cells{Cell::lstm, Cell::bnlstm, Cell::bnx, Cell::bnx_seq,
+                                       Cell::lnlstm};
+  return cells;
+}
+
+bool cell_has_population_stats(Cell cell) {
+  return cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq;
+}
+
+// Defaults: BN gains 0.1 (Cooijmans et al. 2017, also used for Laurent's input BN here, whose own
+// choice is 1); LN gains 1 (Ba et al. 2016).
+double StackConfig::gamma_x_or_default() const {
+  return gamma_x >= 0 ? gamma_x : (cell == Cell::lnlstm ? 1.0 : 0.1);
+}
+double StackConfig::gamma_h_or_default() const {
+  return gamma_h >= 0 ? gamma_h : (cell == Cell::lnlstm ? 1.0 : 0.1);
+}
+double StackConfig::gamma_c_or_default() const {
+  return gamma_c >= 0 ? gamma_c : (cell == Cell::lnlstm ? 1.0 : 0.1);
+}
+
+void StackConfig::validate() const {
+  auto bad = [](const std::string& flag, const std::string& what) {
+    throw UsageError(flag + ": " + what);
+  };
+  if (input_size <= 0) bad("--input-size", "must be positive, got " + std::to_string(input_size));
+  if (hidden_size <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden_size));
+  if (num_layers <= 0) bad("--layers", "must be positive, got " + std::to_string(num_layers));
+  if (t_max <= 0) bad("--t-max", "must be positive, got " + std::to_string(t_max));
+  if (!(eps > 0) || !std::isfinite(eps)) bad("--eps", "must be a positive number");
+  if (!(momentum > 0 && momentum <= 1)) bad("--bn-momentum", "must be in (0, 1]");
+  if (!std::isfinite(forget_bias)) bad("--forget-bias", "must be finite");
+  for (double g : {gamma_x, gamma_h, gamma_c})
+    if (!std::isfinite(g)) bad("--gamma", "must be finite");
+  // Sizes whose gate block would overflow int indexing in BLAS calls.
+  if (static_cast<int64_t>(hidden_size) * 4 > (int64_t{1} << 28))
+    bad("--hidden", "too large");
+}
+
+}  // namespace rbn

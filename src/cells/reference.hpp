@@ -1,0 +1,29 @@
+// The reference implementation: every cell of SPEC section 2 written for reading, with plain
+// loops in double precision and no BLAS. The fast path (stack.cpp) is tested against it.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "rbn/rbn.hpp"
+
+namespace rbn::ref {
+
+using Tensors = std::map<std::string, std::vector<double>>;
+
+struct Result {
+  std::vector<double> y;   // [T,N,H] top layer, 0 at padded positions
+  std::vector<double> hT;  // [L,N,H] state after each row's last valid step
+  std::vector<double> cT;  // [L,N,H]
+  // Batch statistics of each BN in train mode, by tensor prefix ("rnn.0.bn_x"): [T,F] ([1,F] for
+  // bnx-seq); rows of steps without valid rows are 0 mean, 1 variance.
+  Tensors batch_mean, batch_var;
+};
+
+// params / buffers by SPEC tensor name. h0, c0 [L,N,H] or empty (learned if configured, else 0).
+Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers, Mode mode,
+               int T, int N, const std::vector<double>& x, const std::vector<int>& lengths,
+               const std::vector<double>& h0, const std::vector<double>& c0, int t0 = 0);
+
+}  // namespace rbn::ref

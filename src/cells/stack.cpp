@@ -1,0 +1,882 @@
+// The fused recurrent stack: forward and backward through time over a whole sequence.
+//
+// Shapes: x [T,N,C]; per layer: Ax [T,N,4H] (W x, then x-hat of its normalization), G [T,N,4H]
+// (activated gates i,f,g,o; reused for dpre in backward), Hh [T,N,4H] (x-hat of W_h h; reused for
+// dRh), Hs/Cs [T+1,N,H] (states, initial state at row 0; padded rows carry their state forward),
+// Ch [T,N,H] (x-hat of c). One GEMM computes W x over all T*N rows before the time loop; per step
+// only R h, its normalization and the pointwise gates run. Backward defers dR and dW to one GEMM
+// each over all T*N rows.
+//
+// Accumulation contract: parameter gradients +=, activation gradients (dx, dh0, dc0) =.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "cells/init.hpp"
+#include "cells/kernels.hpp"
+#include "rbn/rbn.hpp"
+#include "util/blas.hpp"
+#include "util/error.hpp"
+#include "util/rng.hpp"
+
+namespace rbn {
+
+namespace {
+
+constexpr size_t npos = static_cast<size_t>(-1);
+
+enum class Norm { none, bn_step, bn_seq, ln };
+
+struct Norms {
+  Norm x, h, c;
+};
+
+Norms norms_of(const StackConfig& cfg) {
+  switch (cfg.cell) {
+    case Cell::lstm: return {Norm::none, Norm::none, Norm::none};
+    case Cell::bnlstm: return {Norm::bn_step, Norm::bn_step, Norm::bn_step};
+    case Cell::bnx: return {Norm::bn_step, Norm::none, Norm::none};
+    case Cell::bnx_seq: return {Norm::bn_seq, Norm::none, Norm::none};
+    case Cell::lnlstm: return {cfg.ln_input ? Norm::ln : Norm::none, Norm::ln, Norm::ln};
+  }
+  return {Norm::none, Norm::none, Norm::none};
+}
+
+bool is_bn(Norm n) { return n == Norm::bn_step || n == Norm::bn_seq; }
+
+// Offsets of one layer's tensors inside the flat parameter and buffer arrays.
+struct LayerLayout {
+  int C = 0;  // input features of this layer
+  size_t W = npos, R = npos, b = npos, gx = npos, gh = npos, gc = npos, bc = npos, h0 = npos,
+         c0 = npos;
+  // population statistics (buffers): mean/var for the x, h and c normalizations
+  size_t mx = npos, vx = npos, mh = npos, vh = npos, mc = npos, vc = npos;
+  int rows_x = 0, rows_h = 0, rows_c = 0;  // rows of each population-statistics table
+};
+
+template <class T>
+struct LayerCache {
+  std::vector<T> X;   // [T,N,C] copy of the input (layer 0 only; others read the layer below)
+  std::vector<T> Ax;  // [T,N,4H]
+  std::vector<T> G;   // [T,N,4H]
+  std::vector<T> Hh;  // [T,N,4H] (norm.h != none)
+  std::vector<T> Hs;  // [T+1,N,H]
+  std::vector<T> Cs;  // [T+1,N,H]
+  std::vector<T> Ch;  // [T,N,H] (norm.c != none)
+  // statistics: BN per step [T,F] (bn_seq [F]); LN per row [T,N]
+  std::vector<T> mx, rx, mh, rh, mc, rc;
+};
+
+template <class T>
+void ensure(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+template <class T>
+struct Stack<T>::Impl {
+  StackConfig cfg;
+  Norms norms;
+  std::vector<TensorInfo> pinfo, binfo;
+  std::vector<T> params, grads, buffers;
+  std::vector<LayerLayout> layers;
+
+  // statistics pass accumulators, parallel to `buffers` (mean and var slots); counts per row
+  bool pass_active = false;
+  std::vector<double> pass_sum;    // sized like buffers
+  std::vector<double> pass_count;  // sized like buffers (count for each element's row)
+
+  // the last forward's cache
+  std::vector<LayerCache<T>> caches;
+  int T_ = 0, N_ = 0;
+  bool have_cache = false;
+  bool cache_batch_stats = false;  // the cached forward used batch statistics
+  std::vector<int32_t> len;
+  std::vector<uint8_t> valid;  // [T,N]
+  std::vector<int64_t> count;  // [T] valid rows per step
+  bool h0_given = false, c0_given = false;
+
+  // workspaces
+  std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn, tmp_small;
+  std::vector<double> s1, s2, dstat_mean, dstat_var;
+
+  size_t add_param(const std::string& name, std::vector<int64_t> shape) {
+    return add(pinfo, name, std::move(shape));
+  }
+  size_t add_buffer(const std::string& name, std::vector<int64_t> shape) {
+    return add(binfo, name, std::move(shape));
+  }
+  static size_t add(std::vector<TensorInfo>& infos, const std::string& name,
+                    std::vector<int64_t> shape) {
+    size_t numel = 1;
+    for (auto s : shape) numel *= static_cast<size_t>(s);
+    const size_t off = infos.empty() ? 0 : infos.back().offset + infos.back().numel;
+    infos.push_back({name, std::move(shape), off, numel});
+    return off;
+  }
+
+  explicit Impl(const StackConfig& c) : cfg(c) {
+    cfg.validate();
+    norms = norms_of(cfg);
+    const int64_t H = cfg.hidden_size, G = 4 * H;
+    for (int k = 0; k < cfg.num_layers; ++k) {
+      LayerLayout L;
+      L.C = k == 0 ? cfg.input_size : cfg.hidden_size;
+      const std::string p = "rnn." + std::to_string(k) + ".";
+      L.W = add_param(p + "weight_ih", {G, L.C});
+      L.R = add_param(p + "weight_hh", {G, H});
+      L.b = add_param(p + "bias", {G});
+      const bool bn = cfg.cell != Cell::lnlstm;
+      const std::string nx = bn ? "bn_x" : "ln_x", nh = bn ? "bn_h" : "ln_h",
+                        nc = bn ? "bn_c" : "ln_c";
+      if (norms.x != Norm::none) L.gx = add_param(p + nx + ".weight", {G});
+      if (norms.h != Norm::none) L.gh = add_param(p + nh + ".weight", {G});
+      if (norms.c != Norm::none) {
+        L.gc = add_param(p + nc + ".weight", {H});
+        L.bc = add_param(p + nc + ".bias", {H});
+      }
+      if (cfg.learn_init_state) {
+        L.h0 = add_param(p + "h0", {H});
+        L.c0 = add_param(p + "c0", {H});
+      }
+      const int64_t rows = cfg.t_max;
+      if (is_bn(norms.x)) {
+        L.rows_x = norms.x == Norm::bn_seq ? 1 : cfg.t_max;
+        std::vector<int64_t> shape =
+            norms.x == Norm::bn_seq ? std::vector<int64_t>{G} : std::vector<int64_t>{rows, G};
+        L.mx = add_buffer(p + "bn_x.running_mean", shape);
+        L.vx = add_buffer(p + "bn_x.running_var", shape);
+      }
+      if (is_bn(norms.h)) {
+        L.rows_h = cfg.t_max;
+        L.mh = add_buffer(p + "bn_h.running_mean", {rows, G});
+        L.vh = add_buffer(p + "bn_h.running_var", {rows, G});
+      }
+      if (is_bn(norms.c)) {
+        L.rows_c = cfg.t_max;
+        L.mc = add_buffer(p + "bn_c.running_mean", {rows, H});
+        L.vc = add_buffer(p + "bn_c.running_var", {rows, H});
+      }
+      layers.push_back(L);
+    }
+    auto total = [](const std::vector<TensorInfo>& v) {
+      return v.empty() ? size_t{0} : v.back().offset + v.back().numel;
+    };
+    params.assign(total(pinfo), T(0));
+    grads.assign(total(pinfo), T(0));
+    buffers.assign(total(binfo), T(0));
+    caches.resize(cfg.num_layers);
+    reset_parameters();
+  }
+
+  void reset_parameters() {
+    Rng rng(cfg.seed);
+    const int H = cfg.hidden_size;
+    std::vector<double> block;
+    std::fill(params.begin(), params.end(), T(0));
+    for (const auto& L : layers) {
+      // W_x and W_h orthogonal per gate block; "identity" puts I on the g block of W_h
+      // (the authors' MNIST runs).
+      for (int gate = 0; gate < 4; ++gate) {
+        block.resize(static_cast<size_t>(H) * L.C);
+        orthogonal_init(block.data(), H, L.C, rng);
+        T* dst = params.data() + L.W + static_cast<size_t>(gate) * H * L.C;
+        for (size_t i = 0; i < block.size(); ++i) dst[i] = static_cast<T>(block[i]);
+      }
+      for (int gate = 0; gate < 4; ++gate) {
+        block.resize(static_cast<size_t>(H) * H);
+        orthogonal_init(block.data(), H, H, rng);
+        T* dst = params.data() + L.R + static_cast<size_t>(gate) * H * H;
+        const bool identity = cfg.recurrent_init == RecurrentInit::identity && gate == 2;
+        for (int r = 0; r < H; ++r)
+          for (int c = 0; c < H; ++c)
+            dst[static_cast<size_t>(r) * H + c] =
+                identity ? T(r == c ? 1 : 0) : static_cast<T>(block[static_cast<size_t>(r) * H + c]);
+      }
+      for (int j = 0; j < H; ++j) params[L.b + H + j] = static_cast<T>(cfg.forget_bias);
+      auto fill = [&](size_t off, size_t n, double v) {
+        if (off != npos) std::fill_n(params.data() + off, n, static_cast<T>(v));
+      };
+      fill(L.gx, 4 * H, cfg.gamma_x_or_default());
+      fill(L.gh, 4 * H, cfg.gamma_h_or_default());
+      fill(L.gc, H, cfg.gamma_c_or_default());
+    }
+    reset_population_stats();
+  }
+
+  void reset_population_stats() {
+    // running means start at 0, variances at 1 (SPEC section 3a)
+    for (const auto& bi : binfo) {
+      const bool var = bi.name.ends_with("running_var");
+      std::fill_n(buffers.data() + bi.offset, bi.numel, T(var ? 1 : 0));
+    }
+  }
+
+  // ---- statistics bookkeeping -------------------------------------------------------------
+
+  // Record a batch statistic row (mean/var over `cnt` valid rows) into the running average or the
+  // statistics pass, at population row `row` of the table at (mo, vo).
+  void record(size_t mo, size_t vo, int rows, int64_t row, int F, const double* mean,
+              const double* var, int64_t cnt, bool update_running) {
+    if (cnt == 0 || row < 0 || row >= rows) return;
+    const size_t off = static_cast<size_t>(row) * F;
+    if (pass_active) {
+      for (int j = 0; j < F; ++j) {
+        pass_sum[mo + off + j] += cnt * mean[j];
+        pass_sum[vo + off + j] += cnt * var[j];
+        pass_count[mo + off + j] += static_cast<double>(cnt);
+        pass_count[vo + off + j] += static_cast<double>(cnt);
+      }
+    } else if (update_running) {
+      const T m = static_cast<T>(cfg.momentum);
+      T* pm = buffers.data() + mo + off;
+      T* pv = buffers.data() + vo + off;
+      for (int j = 0; j < F; ++j) {
+        pm[j] = (T(1) - m) * pm[j] + m * static_cast<T>(mean[j]);
+        pv[j] = (T(1) - m) * pv[j] + m * static_cast<T>(var[j]);
+      }
+    }
+  }
+
+  // BN statistics of z [rows,F] over valid rows, into mean/rstd (T) and recorded; or, with
+  // population statistics, the row min(tg, rows-1) of the table.
+  void bn_stats(const T* z, int64_t nrows, int F, const uint8_t* vmask, bool batch, size_t mo,
+                size_t vo, int table_rows, int64_t tg, bool update_running, T* mean, T* rstd) {
+    const double eps = cfg.eps;
+    if (batch) {
+      ensure(dstat_mean, F);
+      ensure(dstat_var, F);
+      kern::column_stats(z, nrows, F, vmask, dstat_mean.data(), dstat_var.data());
+      int64_t cnt = 0;
+      for (int64_t r = 0; r < nrows; ++r) cnt += vmask[r];
+      for (int j = 0; j < F; ++j) {
+        mean[j] = static_cast<T>(dstat_mean[j]);
+        rstd[j] = static_cast<T>(1.0 / std::sqrt(dstat_var[j] + eps));
+      }
+      record(mo, vo, table_rows, tg, F, dstat_mean.data(), dstat_var.data(), cnt, update_running);
+    } else {
+      const int64_t row = std::min<int64_t>(tg, table_rows - 1);
+      const T* pm = buffers.data() + mo + static_cast<size_t>(row) * F;
+      const T* pv = buffers.data() + vo + static_cast<size_t>(row) * F;
+      for (int j = 0; j < F; ++j) {
+        mean[j] = pm[j];
+        rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + eps));
+      }
+    }
+  }
+
+  // ---- forward ----------------------------------------------------------------------------
+
+  // One layer over Tc steps. Inputs: X [Tc,N,C]; cache.Hs[0], cache.Cs[0] hold the initial state.
+  // vmask [Tc,N]; tg0: global time of step 0 (population-statistics row).
+  void layer_forward(int k, int Tc, int N, const T* X, const uint8_t* vmask, int64_t tg0,
+                     bool batch, bool update_running) {
+    const LayerLayout& L = layers[k];
+    LayerCache<T>& cc = caches[k];
+    const int H = cfg.hidden_size, G = 4 * H, C = L.C;
+    const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
+    const T* W = params.data() + L.W;
+    const T* R = params.data() + L.R;
+    const T* b = params.data() + L.b;
+    const T* gx = L.gx != npos ? params.data() + L.gx : nullptr;
+    const T* gh = L.gh != npos ? params.data() + L.gh : nullptr;
+    const T* gc = L.gc != npos ? params.data() + L.gc : nullptr;
+    const T* bc = L.bc != npos ? params.data() + L.bc : nullptr;
+    const double eps = cfg.eps;
+
+    // Input projection for all steps at once, then its normalization (outside the recurrence).
+    blas::gemm(false, true, Tc * N, G, C, T(1), X, C, W, C, T(0), cc.Ax.data(), G);
+    switch (norms.x) {
+      case Norm::none: break;
+      case Norm::bn_step:
+        for (int t = 0; t < Tc; ++t) {
+          T* z = cc.Ax.data() + t * NG;
+          T* m = cc.mx.data() + static_cast<size_t>(t) * G;
+          T* r = cc.rx.data() + static_cast<size_t>(t) * G;
+          bn_stats(z, N, G, vmask + t * N, batch, L.mx, L.vx, L.rows_x, tg0 + t, update_running,
+                   m, r);
+          kern::column_normalize(z, N, G, vmask + t * N, m, r, z);
+        }
+        break;
+      case Norm::bn_seq:
+        bn_stats(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask, batch, L.mx, L.vx, 1, 0,
+                 update_running, cc.mx.data(), cc.rx.data());
+        kern::column_normalize(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask,
+                               cc.mx.data(), cc.rx.data(), cc.Ax.data());
+        break;
+      case Norm::ln:
+        kern::row_normalize(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask, eps,
+                            cc.mx.data(), cc.rx.data(), cc.Ax.data());
+        break;
+    }
+
+    for (int t = 0; t < Tc; ++t) {
+      const uint8_t* vm = vmask + t * N;
+      const T* hprev = cc.Hs.data() + t * NH;
+      const T* cprev = cc.Cs.data() + t * NH;
+      T* hnext = cc.Hs.data() + (t + 1) * NH;
+      T* cnext = cc.Cs.data() + (t + 1) * NH;
+      T* Gt = cc.G.data() + t * NG;
+      const T* Axt = cc.Ax.data() + t * NG;
+      T* Hht = norms.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
+
+      // Recurrent product: into Hh (normalized in place) or straight into G.
+      T* rh = Hht ? Hht : Gt;
+      blas::gemm(false, true, N, G, H, T(1), hprev, H, R, H, T(0), rh, G);
+      if (norms.h == Norm::bn_step) {
+        T* m = cc.mh.data() + static_cast<size_t>(t) * G;
+        T* r = cc.rh.data() + static_cast<size_t>(t) * G;
+        bn_stats(rh, N, G, vm, batch, L.mh, L.vh, L.rows_h, tg0 + t, update_running, m, r);
+        kern::column_normalize(rh, N, G, vm, m, r, rh);
+      } else if (norms.h == Norm::ln) {
+        kern::row_normalize(rh, N, G, vm, eps, cc.mh.data() + static_cast<size_t>(t) * N,
+                            cc.rh.data() + static_cast<size_t>(t) * N, rh);
+      }
+
+      // Gates and the raw cell state (pointwise, rows in parallel).
+#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
+      for (int n = 0; n < N; ++n) {
+        T* g = Gt + static_cast<int64_t>(n) * G;
+        T* cn = cnext + static_cast<int64_t>(n) * H;
+        const T* cp = cprev + static_cast<int64_t>(n) * H;
+        if (!vm[n]) {  // padded: carry the state, no gates
+          std::fill(g, g + G, T(0));
+          std::copy(cp, cp + H, cn);
+          continue;
+        }
+        const T* ax = Axt + static_cast<int64_t>(n) * G;
+        const T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
+#pragma omp simd
+        for (int j = 0; j < G; ++j) {
+          const T xa = gx ? gx[j] * ax[j] : ax[j];
+          const T ha = gh ? gh[j] * ah[j] : ah[j];
+          g[j] = xa + ha + b[j];
+        }
+#pragma omp simd
+        for (int j = 0; j < H; ++j) {
+          const T i = kern::sigmoid(g[j]);
+          const T f = kern::sigmoid(g[H + j]);
+          const T gg = std::tanh(g[2 * H + j]);
+          const T o = kern::sigmoid(g[3 * H + j]);
+          g[j] = i;
+          g[H + j] = f;
+          g[2 * H + j] = gg;
+          g[3 * H + j] = o;
+          cn[j] = f * cp[j] + i * gg;
+        }
+      }
+
+      // Output normalization of c (never carried: the raw c goes to the next step).
+      T* cht = nullptr;
+      if (norms.c != Norm::none) {
+        cht = cc.Ch.data() + t * NH;
+        if (norms.c == Norm::bn_step) {
+          T* m = cc.mc.data() + static_cast<size_t>(t) * H;
+          T* r = cc.rc.data() + static_cast<size_t>(t) * H;
+          bn_stats(cnext, N, H, vm, batch, L.mc, L.vc, L.rows_c, tg0 + t, update_running, m, r);
+          kern::column_normalize(cnext, N, H, vm, m, r, cht);
+        } else {
+          kern::row_normalize(cnext, N, H, vm, eps, cc.mc.data() + static_cast<size_t>(t) * N,
+                              cc.rc.data() + static_cast<size_t>(t) * N, cht);
+        }
+      }
+
+#pragma omp parallel for schedule(static) if (NH > kern::kParallelWork)
+      for (int n = 0; n < N; ++n) {
+        T* hn = hnext + static_cast<int64_t>(n) * H;
+        if (!vm[n]) {
+          const T* hp = hprev + static_cast<int64_t>(n) * H;
+          std::copy(hp, hp + H, hn);
+          continue;
+        }
+        const T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
+        if (cht) {
+          const T* ch = cht + static_cast<int64_t>(n) * H;
+#pragma omp simd
+          for (int j = 0; j < H; ++j) hn[j] = o[j] * std::tanh(gc[j] * ch[j] + bc[j]);
+        } else {
+          const T* cn = cnext + static_cast<int64_t>(n) * H;
+#pragma omp simd
+          for (int j = 0; j < H; ++j) hn[j] = o[j] * std::tanh(cn[j]);
+        }
+      }
+    }
+  }
+
+  void allocate_cache(int k, int Tc, int N, bool copy_input) {
+    LayerCache<T>& cc = caches[k];
+    const size_t H = cfg.hidden_size, G = 4 * H, C = layers[k].C;
+    const size_t TN = static_cast<size_t>(Tc) * N;
+    if (copy_input) ensure(cc.X, TN * C);
+    ensure(cc.Ax, TN * G);
+    ensure(cc.G, TN * G);
+    if (norms.h != Norm::none) ensure(cc.Hh, TN * G);
+    ensure(cc.Hs, (Tc + 1) * N * H);
+    ensure(cc.Cs, (Tc + 1) * N * H);
+    if (norms.c != Norm::none) ensure(cc.Ch, TN * H);
+    auto stat = [&](Norm n, size_t F, std::vector<T>& m, std::vector<T>& r) {
+      size_t sz = 0;
+      if (n == Norm::bn_step) sz = Tc * F;
+      if (n == Norm::bn_seq) sz = F;
+      if (n == Norm::ln) sz = TN;
+      ensure(m, sz);
+      ensure(r, sz);
+    };
+    stat(norms.x, G, cc.mx, cc.rx);
+    stat(norms.h, G, cc.mh, cc.rh);
+    stat(norms.c, H, cc.mc, cc.rc);
+  }
+
+  // Initial state of layer k for N rows: given [N,H], learned (broadcast) or zero; plus noise.
+  void init_state(int k, int N, const T* h0, const T* c0, const ForwardOptions& opt, bool train) {
+    LayerCache<T>& cc = caches[k];
+    const LayerLayout& L = layers[k];
+    const size_t H = cfg.hidden_size, NH = N * H;
+    for (int which = 0; which < 2; ++which) {
+      T* dst = which == 0 ? cc.Hs.data() : cc.Cs.data();
+      const T* given = which == 0 ? h0 : c0;
+      const size_t learned = which == 0 ? L.h0 : L.c0;
+      if (given) {
+        std::copy(given, given + NH, dst);
+      } else if (learned != npos) {
+        for (int n = 0; n < N; ++n) std::copy_n(params.data() + learned, H, dst + n * H);
+      } else {
+        std::fill_n(dst, NH, T(0));
+      }
+    }
+    if (train && opt.h0_noise > 0) {
+      Rng rng(opt.noise_seed * 1000003ULL + static_cast<uint64_t>(k));
+      for (size_t i = 0; i < NH; ++i)
+        cc.Hs[i] += static_cast<T>(opt.h0_noise * rng.normal());
+    }
+  }
+
+  void forward(const ForwardOptions& opt, int nT, int N, const T* x, const int32_t* lengths,
+               const T* h0, const T* c0, T* y, T* hT, T* cT) {
+    if (nT < 0 || N < 0) throw UsageError("forward: negative T or N");
+    if (opt.t0 < 0) throw UsageError("forward: negative t0");
+    const bool train = opt.mode == Mode::train;
+    const bool keep = train || opt.need_backward;
+    const int L = cfg.num_layers, H = cfg.hidden_size;
+    const size_t NH = static_cast<size_t>(N) * H;
+    len.assign(N, nT);
+    if (lengths)
+      for (int n = 0; n < N; ++n) {
+        if (lengths[n] < 0 || lengths[n] > nT)
+          throw UsageError("forward: lengths[" + std::to_string(n) + "] = " +
+                           std::to_string(lengths[n]) + " outside [0, " + std::to_string(nT) + "]");
+        len[n] = lengths[n];
+      }
+    // Inference without backward runs in chunks of time: memory O(N*H*chunk), not O(T).
+    const int chunk = keep ? std::max(nT, 1) : std::max(1, std::min(nT, 32));
+    valid.assign(static_cast<size_t>(std::max(nT, 1)) * N, 0);
+    for (int t = 0; t < nT; ++t)
+      for (int n = 0; n < N; ++n) valid[static_cast<size_t>(t) * N + n] = t < len[n];
+    count.assign(std::max(nT, 1), 0);
+    for (int t = 0; t < nT; ++t)
+      for (int n = 0; n < N; ++n) count[t] += valid[static_cast<size_t>(t) * N + n];
+    for (int k = 0; k < L; ++k) {
+      allocate_cache(k, chunk, N, keep && k == 0);
+      init_state(k, N, h0 ? h0 + k * NH : nullptr, c0 ? c0 + k * NH : nullptr, opt, train);
+    }
+    h0_given = h0 != nullptr;
+    c0_given = c0 != nullptr;
+    const bool batch = train;
+    for (int s = 0; s < nT; s += chunk) {
+      const int Tc = std::min(chunk, nT - s);
+      const uint8_t* vm = valid.data() + static_cast<size_t>(s) * N;
+      for (int k = 0; k < L; ++k) {
+        LayerCache<T>& cc = caches[k];
+        if (s > 0) {  // carry the state of the previous chunk
+          std::copy_n(cc.Hs.data() + chunk * NH, NH, cc.Hs.data());
+          std::copy_n(cc.Cs.data() + chunk * NH, NH, cc.Cs.data());
+        }
+        const T* X;
+        if (k == 0) {
+          X = x + static_cast<size_t>(s) * N * cfg.input_size;
+          if (keep) {
+            std::copy_n(X, static_cast<size_t>(Tc) * N * cfg.input_size, cc.X.data());
+            X = cc.X.data();
+          }
+        } else {
+          X = caches[k - 1].Hs.data() + NH;
+        }
+        layer_forward(k, Tc, N, X, vm, opt.t0 + s, batch, train && opt.update_running);
+      }
+      if (y) {
+        const T* top = caches[L - 1].Hs.data() + NH;
+        for (int t = 0; t < Tc; ++t)
+          for (int n = 0; n < N; ++n) {
+            T* dst = y + (static_cast<size_t>(s + t) * N + n) * H;
+            if (vm[static_cast<size_t>(t) * N + n])
+              std::copy_n(top + (static_cast<size_t>(t) * N + n) * H, H, dst);
+            else
+              std::fill_n(dst, H, T(0));
+          }
+      }
+      if (s + Tc >= nT) {  // final state: the last row of each layer's state (carried past padding)
+        for (int k = 0; k < L; ++k) {
+          if (hT) std::copy_n(caches[k].Hs.data() + Tc * NH, NH, hT + k * NH);
+          if (cT) std::copy_n(caches[k].Cs.data() + Tc * NH, NH, cT + k * NH);
+        }
+      }
+    }
+    if (nT == 0) {
+      for (int k = 0; k < L; ++k) {
+        if (hT) std::copy_n(caches[k].Hs.data(), NH, hT + k * NH);
+        if (cT) std::copy_n(caches[k].Cs.data(), NH, cT + k * NH);
+      }
+    }
+    T_ = nT;
+    N_ = N;
+    have_cache = keep;
+    cache_batch_stats = batch;
+  }
+
+  // ---- backward ---------------------------------------------------------------------------
+
+  // One layer. dYin [T,N,H] (nullable): gradient w.r.t. this layer's output at valid positions.
+  // dh_rec/dc_rec hold dL/dh_T, dL/dc_T on entry and dL/dh_0, dL/dc_0 on exit. dX [T,N,C] (nullable).
+  void layer_backward(int k, const T* dYin, T* dX) {
+    const LayerLayout& L = layers[k];
+    LayerCache<T>& cc = caches[k];
+    const int nT = T_, N = N_, H = cfg.hidden_size, G = 4 * H, C = L.C;
+    const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
+    const int64_t TN = static_cast<int64_t>(nT) * N;
+    const bool batch = cache_batch_stats;
+    const T* W = params.data() + L.W;
+    const T* R = params.data() + L.R;
+    const T* gx = L.gx != npos ? params.data() + L.gx : nullptr;
+    const T* gh = L.gh != npos ? params.data() + L.gh : nullptr;
+    const T* gc = L.gc != npos ? params.data() + L.gc : nullptr;
+    const T* bc = L.bc != npos ? params.data() + L.bc : nullptr;
+    T* dW = grads.data() + L.W;
+    T* dR = grads.data() + L.R;
+    T* db = grads.data() + L.b;
+    T* dgx = gx ? grads.data() + L.gx : nullptr;
+    T* dgh = gh ? grads.data() + L.gh : nullptr;
+    T* dgc = gc ? grads.data() + L.gc : nullptr;
+    T* dbc = bc ? grads.data() + L.bc : nullptr;
+    ensure(dh_new, NH);
+    ensure(dcn, NH);
+    ensure(s1, G);
+    ensure(s2, G);
+    const T* X = k == 0 ? cc.X.data() : caches[k - 1].Hs.data() + NH;
+
+    for (int t = nT - 1; t >= 0; --t) {
+      const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
+      T* Gt = cc.G.data() + t * NG;
+      const T* cprev = cc.Cs.data() + t * NH;
+      const T* cnext = cc.Cs.data() + (t + 1) * NH;
+      const T* cht = norms.c != Norm::none ? cc.Ch.data() + t * NH : nullptr;
+      const T* dYt = dYin ? dYin + t * NH : nullptr;
+
+      // h = o * tanh(c~): gradient into o (written over o in G) and into c~ (dcn).
+#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
+      for (int n = 0; n < N; ++n) {
+        if (!vm[n]) continue;
+        T* dh = dh_rec.data() + static_cast<int64_t>(n) * H;
+        if (dYt) {
+          const T* d = dYt + static_cast<int64_t>(n) * H;
+#pragma omp simd
+          for (int j = 0; j < H; ++j) dh[j] += d[j];
+        }
+        T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
+        T* dc = dcn.data() + static_cast<int64_t>(n) * H;
+        const T* src = cht ? cht + static_cast<int64_t>(n) * H : cnext + static_cast<int64_t>(n) * H;
+#pragma omp simd
+        for (int j = 0; j < H; ++j) {
+          const T ct = cht ? gc[j] * src[j] + bc[j] : src[j];
+          const T tc = std::tanh(ct);
+          const T ov = o[j];
+          dc[j] = dh[j] * ov * (T(1) - tc * tc);
+          o[j] = dh[j] * tc * ov * (T(1) - ov);
+        }
+      }
+      // through the normalization of c
+      if (norms.c == Norm::bn_step) {
+        kern::column_grad_sums(dcn.data(), cht, N, H, vm, s1.data(), s2.data());
+        for (int j = 0; j < H; ++j) {
+          dgc[j] += static_cast<T>(s2[j]);
+          dbc[j] += static_cast<T>(s1[j]);
+        }
+        kern::column_norm_backward(dcn.data(), cht, N, H, vm, gc,
+                                   cc.rc.data() + static_cast<size_t>(t) * H, s1.data(),
+                                   s2.data(), count[t], batch, dcn.data(), tmp_small);
+      } else if (norms.c == Norm::ln) {
+        kern::column_grad_sums(dcn.data(), cht, N, H, vm, s1.data(), s2.data());
+        for (int j = 0; j < H; ++j) {
+          dgc[j] += static_cast<T>(s2[j]);
+          dbc[j] += static_cast<T>(s1[j]);
+        }
+        kern::row_norm_backward(dcn.data(), cht, N, H, vm, gc,
+                                cc.rc.data() + static_cast<size_t>(t) * N, dcn.data());
+      }
+      // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G).
+#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
+      for (int n = 0; n < N; ++n) {
+        T* g = Gt + static_cast<int64_t>(n) * G;
+        if (!vm[n]) {
+          std::fill(g, g + G, T(0));
+          continue;
+        }
+        T* dcr = dc_rec.data() + static_cast<int64_t>(n) * H;
+        const T* dcv = dcn.data() + static_cast<int64_t>(n) * H;
+        const T* cp = cprev + static_cast<int64_t>(n) * H;
+#pragma omp simd
+        for (int j = 0; j < H; ++j) {
+          const T dc = dcr[j] + dcv[j];
+          const T i = g[j], f = g[H + j], gg = g[2 * H + j];
+          g[j] = dc * gg * i * (T(1) - i);
+          g[H + j] = dc * cp[j] * f * (T(1) - f);
+          g[2 * H + j] = dc * i * (T(1) - gg * gg);
+          dcr[j] = dc * f;
+        }
+      }
+      // through the normalization of W_h h
+      T* dRh = Gt;
+      if (norms.h != Norm::none) {
+        T* Hht = cc.Hh.data() + t * NG;
+        kern::column_grad_sums(Gt, Hht, N, G, vm, s1.data(), s2.data());
+        for (int j = 0; j < G; ++j) dgh[j] += static_cast<T>(s2[j]);
+        if (norms.h == Norm::bn_step)
+          kern::column_norm_backward(Gt, Hht, N, G, vm, gh,
+                                     cc.rh.data() + static_cast<size_t>(t) * G, s1.data(),
+                                     s2.data(), count[t], batch, Hht, tmp_small);
+        else
+          kern::row_norm_backward(Gt, Hht, N, G, vm, gh, cc.rh.data() + static_cast<size_t>(t) * N,
+                                  Hht);
+        dRh = Hht;
+      }
+      // dh_{t-1} = dRh R for valid rows; padded rows pass their gradient through unchanged.
+      blas::gemm(false, false, N, H, G, T(1), dRh, G, R, H, T(0), dh_new.data(), H);
+      for (int n = 0; n < N; ++n)
+        if (vm[n])
+          std::copy_n(dh_new.data() + static_cast<int64_t>(n) * H, H,
+                      dh_rec.data() + static_cast<int64_t>(n) * H);
+    }
+    if (nT == 0) return;
+
+    // Deferred parameter gradients over all T*N rows.
+    const T* dRhAll = norms.h != Norm::none ? cc.Hh.data() : cc.G.data();
+    blas::gemm(true, false, G, H, static_cast<int>(TN), T(1), dRhAll, G, cc.Hs.data(), H, T(1), dR,
+               H);
+    {
+      std::vector<uint8_t>& vm = valid;
+      kern::column_grad_sums(cc.G.data(), cc.G.data(), TN, G, vm.data(), s1.data(), s2.data());
+      for (int j = 0; j < G; ++j) db[j] += static_cast<T>(s1[j]);
+    }
+    // Input normalization backward, in place on G (dpre -> d(W x)).
+    switch (norms.x) {
+      case Norm::none: break;
+      case Norm::bn_step:
+        for (int t = 0; t < nT; ++t) {
+          const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
+          T* d = cc.G.data() + t * NG;
+          const T* xh = cc.Ax.data() + t * NG;
+          kern::column_grad_sums(d, xh, N, G, vm, s1.data(), s2.data());
+          for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
+          kern::column_norm_backward(d, xh, N, G, vm, gx, cc.rx.data() + static_cast<size_t>(t) * G,
+                                     s1.data(), s2.data(), count[t], batch, d, tmp_small);
+        }
+        break;
+      case Norm::bn_seq: {
+        int64_t cnt = 0;
+        for (int64_t r = 0; r < TN; ++r) cnt += valid[r];
+        kern::column_grad_sums(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), s1.data(),
+                               s2.data());
+        for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
+        kern::column_norm_backward(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), gx,
+                                   cc.rx.data(), s1.data(), s2.data(), cnt, batch, cc.G.data(),
+                                   tmp_small);
+        break;
+      }
+      case Norm::ln:
+        kern::column_grad_sums(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), s1.data(),
+                               s2.data());
+        for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
+        kern::row_norm_backward(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), gx, cc.rx.data(),
+                                cc.G.data());
+        break;
+    }
+    blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), cc.G.data(), G, X, C, T(1), dW, C);
+    if (dX)
+      blas::gemm(false, false, static_cast<int>(TN), C, G, T(1), cc.G.data(), G, W, C, T(0), dX, C);
+  }
+
+  void backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0) {
+    if (!have_cache)
+      throw UsageError("backward: no forward with activations kept (train mode or need_backward)");
+    const int L = cfg.num_layers, H = cfg.hidden_size, N = N_;
+    const size_t NH = static_cast<size_t>(N) * H;
+    ensure(dY, static_cast<size_t>(T_) * NH);
+    dh_rec.assign(NH, T(0));
+    dc_rec.assign(NH, T(0));
+    for (int k = L - 1; k >= 0; --k) {
+      if (dhT)
+        std::copy_n(dhT + k * NH, NH, dh_rec.data());
+      else
+        std::fill(dh_rec.begin(), dh_rec.end(), T(0));
+      if (dcT)
+        std::copy_n(dcT + k * NH, NH, dc_rec.data());
+      else
+        std::fill(dc_rec.begin(), dc_rec.end(), T(0));
+      const T* dYin = k == L - 1 ? dy : dY.data();
+      T* dX = k == 0 ? dx : dY.data();
+      // dY is both this layer's input gradient (from above) and the output for the layer below:
+      // the output is written by the final GEMM, after the time loop has read the input.
+      layer_backward(k, dYin, dX);
+      const LayerLayout& Ly = layers[k];
+      if (dh0) std::copy_n(dh_rec.data(), NH, dh0 + k * NH);
+      if (dc0) std::copy_n(dc_rec.data(), NH, dc0 + k * NH);
+      if (!h0_given && Ly.h0 != npos)
+        for (int n = 0; n < N; ++n)
+          for (int j = 0; j < H; ++j) grads[Ly.h0 + j] += dh_rec[n * H + j];
+      if (!c0_given && Ly.c0 != npos)
+        for (int n = 0; n < N; ++n)
+          for (int j = 0; j < H; ++j) grads[Ly.c0 + j] += dc_rec[n * H + j];
+    }
+  }
+};
+
+// ---- public wrappers ------------------------------------------------------------------------
+
+template <class T>
+Stack<T>::Stack(const StackConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+template <class T>
+Stack<T>::~Stack() = default;
+template <class T>
+Stack<T>::Stack(Stack&&) noexcept = default;
+template <class T>
+Stack<T>& Stack<T>::operator=(Stack&&) noexcept = default;
+
+template <class T>
+const StackConfig& Stack<T>::config() const {
+  return impl_->cfg;
+}
+template <class T>
+std::span<T> Stack<T>::params() {
+  return impl_->params;
+}
+template <class T>
+std::span<const T> Stack<T>::params() const {
+  return impl_->params;
+}
+template <class T>
+std::span<T> Stack<T>::grads() {
+  return impl_->grads;
+}
+template <class T>
+const std::vector<TensorInfo>& Stack<T>::param_info() const {
+  return impl_->pinfo;
+}
+template <class T>
+std::span<T> Stack<T>::buffers() {
+  return impl_->buffers;
+}
+template <class T>
+std::span<const T> Stack<T>::buffers() const {
+  return impl_->buffers;
+}
+template <class T>
+const std::vector<TensorInfo>& Stack<T>::buffer_info() const {
+  return impl_->binfo;
+}
+template <class T>
+const TensorInfo* Stack<T>::find_info(std::string_view name) const {
+  for (const auto& v : {&impl_->pinfo, &impl_->binfo})
+    for (const auto& ti : *v)
+      if (ti.name == name) return &ti;
+  return nullptr;
+}
+template <class T>
+T* Stack<T>::find(std::string_view name) {
+  for (const auto& ti : impl_->pinfo)
+    if (ti.name == name) return impl_->params.data() + ti.offset;
+  for (const auto& ti : impl_->binfo)
+    if (ti.name == name) return impl_->buffers.data() + ti.offset;
+  return nullptr;
+}
+template <class T>
+void Stack<T>::zero_grad() {
+  std::fill(impl_->grads.begin(), impl_->grads.end(), T(0));
+}
+template <class T>
+void Stack<T>::reset_parameters() {
+  impl_->reset_parameters();
+}
+template <class T>
+void Stack<T>::forward(const ForwardOptions& opt, int steps, int N, const T* x,
+                       const int32_t* lengths, const T* h0, const T* c0, T* y, T* hT, T* cT) {
+  impl_->forward(opt, steps, N, x, lengths, h0, c0, y, hT, cT);
+}
+template <class T>
+void Stack<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0) {
+  impl_->backward(dy, dhT, dcT, dx, dh0, dc0);
+}
+
+template <class T>
+void Stack<T>::popstats_begin() {
+  impl_->pass_active = true;
+  impl_->pass_sum.assign(impl_->buffers.size(), 0.0);
+  impl_->pass_count.assign(impl_->buffers.size(), 0.0);
+}
+template <class T>
+void Stack<T>::popstats_feed(int steps, int N, const T* x, const int32_t* lengths, const T* h0,
+                             const T* c0) {
+  if (!impl_->pass_active) throw UsageError("popstats_feed: popstats_begin() was not called");
+  ForwardOptions opt;
+  opt.mode = Mode::train;
+  opt.update_running = false;
+  impl_->forward(opt, steps, N, x, lengths, h0, c0, nullptr, nullptr, nullptr);
+  impl_->have_cache = false;  // a statistics pass is not a training step
+}
+template <class T>
+void Stack<T>::popstats_finish() {
+  if (!impl_->pass_active) throw UsageError("popstats_finish: popstats_begin() was not called");
+  auto& I = *impl_;
+  for (size_t i = 0; i < I.buffers.size(); ++i)
+    if (I.pass_count[i] > 0) I.buffers[i] = static_cast<T>(I.pass_sum[i] / I.pass_count[i]);
+  I.pass_active = false;
+  I.pass_sum.clear();
+  I.pass_count.clear();
+}
+
+template <class T>
+std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which) const {
+  const auto& I = *impl_;
+  if (layer < 0 || layer >= I.cfg.num_layers || !I.have_cache) return {};
+  const auto& cc = I.caches[layer];
+  const size_t TN = static_cast<size_t>(I.T_) * I.N_, H = I.cfg.hidden_size;
+  if (which == "x" && I.norms.x != Norm::none) return {cc.Ax.data(), TN * 4 * H};
+  if (which == "h" && I.norms.h != Norm::none) return {cc.Hh.data(), TN * 4 * H};
+  if (which == "c" && I.norms.c != Norm::none) return {cc.Ch.data(), TN * H};
+  return {};
+}
+
+template <class T>
+size_t Stack<T>::cache_bytes() const {
+  const auto& I = *impl_;
+  size_t n = 0;
+  for (const auto& cc : I.caches)
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.G, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ch, &cc.mx, &cc.rx,
+                          &cc.mh, &cc.rh, &cc.mc, &cc.rc})
+      n += v->size();
+  return n * sizeof(T);
+}
+
+template <class T>
+size_t Stack<T>::workspace_bytes() const {
+  const auto& I = *impl_;
+  size_t n = 0;
+  for (const auto* v : {&I.dY, &I.dh_rec, &I.dc_rec, &I.dh_new, &I.dcn, &I.tmp_small}) n += v->size();
+  return n * sizeof(T);
+}
+
+template class Stack<float>;
+template class Stack<double>;
+
+}  // namespace rbn

@@ -1,0 +1,96 @@
+// One description per test case of a cell (in the manner of ggml's test-backend-ops), reused by
+// the reference check, the finite-difference gradient check, the padding and step-API checks.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cells/reference.hpp"
+#include "rbn/rbn.hpp"
+#include "util/rng.hpp"
+
+namespace rbn::testing {
+
+struct CellCase {
+  Cell cell = Cell::lstm;
+  int T = 5, N = 4, C = 3, H = 4, L = 2;
+  std::vector<int> lengths;  // empty: all T
+  int t_max = 5;
+  bool ln_input = true;
+  bool learn_init_state = false;
+  bool given_state = true;  // pass random h0/c0
+
+  std::string name() const {
+    std::string s = std::string(cell_name(cell)) + "_T" + std::to_string(T) + "_N" +
+                    std::to_string(N) + "_C" + std::to_string(C) + "_H" + std::to_string(H) +
+                    "_L" + std::to_string(L);
+    if (!lengths.empty()) s += "_ragged";
+    if (!ln_input) s += "_nolnx";
+    for (auto& ch : s)
+      if (ch == '-') ch = '_';
+    return s;
+  }
+  StackConfig config() const {
+    StackConfig c;
+    c.cell = cell;
+    c.input_size = C;
+    c.hidden_size = H;
+    c.num_layers = L;
+    c.t_max = t_max;
+    c.ln_input = ln_input;
+    c.learn_init_state = learn_init_state;
+    c.seed = 7;
+    return c;
+  }
+  std::vector<int> lens() const { return lengths.empty() ? std::vector<int>(N, T) : lengths; }
+};
+
+// Random parameters away from their initial values (gains not all 0.1, biases not 0), so that
+// every parameter matters in the checks.
+template <class T>
+void randomize(Stack<T>& s, uint64_t seed) {
+  Rng rng(seed);
+  for (const auto& ti : s.param_info()) {
+    T* p = s.params().data() + ti.offset;
+    const bool gain = ti.name.ends_with(".weight") && ti.name.find("_") != std::string::npos &&
+                      (ti.name.find("bn_") != std::string::npos || ti.name.find("ln_") != std::string::npos);
+    for (size_t i = 0; i < ti.numel; ++i)
+      p[i] = static_cast<T>(gain ? 0.5 + 0.5 * rng.uniform() : 0.6 * rng.normal());
+  }
+  for (const auto& ti : s.buffer_info()) {
+    T* p = s.buffers().data() + ti.offset;
+    const bool var = ti.name.ends_with("running_var");
+    for (size_t i = 0; i < ti.numel; ++i)
+      p[i] = static_cast<T>(var ? 0.3 + rng.uniform() : 0.5 * rng.normal());
+  }
+}
+
+template <class T>
+std::vector<T> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
+  Rng rng(seed);
+  std::vector<T> v(n);
+  for (auto& e : v) e = static_cast<T>(scale * rng.normal());
+  return v;
+}
+
+template <class T>
+ref::Tensors to_tensors(const std::vector<TensorInfo>& infos, std::span<const T> flat) {
+  ref::Tensors out;
+  for (const auto& ti : infos)
+    out[ti.name] = std::vector<double>(flat.begin() + ti.offset, flat.begin() + ti.offset + ti.numel);
+  return out;
+}
+
+template <class T>
+std::vector<double> to_double(const std::vector<T>& v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double m = a.size() == b.size() ? 0.0 : INFINITY;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+}  // namespace rbn::testing

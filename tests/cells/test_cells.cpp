@@ -1,0 +1,587 @@
+// The cells: fast path against the reference, finite-difference gradients, padding invariance,
+// normalization properties, population statistics and the step API.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <map>
+
+#include "cell_cases.hpp"
+
+namespace rbn::testing {
+namespace {
+
+std::vector<CellCase> reference_cases() {
+  std::vector<CellCase> out;
+  for (Cell cell : all_cells()) {
+    CellCase a;
+    a.cell = cell;
+    a.lengths = {5, 3, 5, 1};
+    out.push_back(a);
+    CellCase b;  // T = 1, N = 1 (LN on a single row; BN normalizes a single row to beta)
+    b.cell = cell;
+    b.T = 1;
+    b.N = 1;
+    b.C = 2;
+    b.H = 3;
+    b.L = 1;
+    b.t_max = 1;
+    out.push_back(b);
+    CellCase c;  // one input feature, as on pixel tasks
+    c.cell = cell;
+    c.T = 7;
+    c.N = 3;
+    c.C = 1;
+    c.H = 5;
+    c.L = 1;
+    c.t_max = 7;
+    c.lengths = {7, 2, 4};
+    c.given_state = false;
+    out.push_back(c);
+    CellCase d;  // three layers, wider
+    d.cell = cell;
+    d.T = 3;
+    d.N = 6;
+    d.C = 4;
+    d.H = 8;
+    d.L = 3;
+    d.t_max = 3;
+    d.learn_init_state = true;
+    d.given_state = false;
+    out.push_back(d);
+  }
+  CellCase e;
+  e.cell = Cell::lnlstm;
+  e.ln_input = false;
+  e.lengths = {2, 5, 4, 3};
+  out.push_back(e);
+  return out;
+}
+
+template <class T>
+struct FastRun {
+  std::vector<T> y, hT, cT;
+};
+
+template <class T>
+FastRun<T> run_fast(Stack<T>& s, const CellCase& cc, Mode mode, int steps, const std::vector<T>& x,
+                const std::vector<int>& lens, const std::vector<T>& h0, const std::vector<T>& c0,
+                int t0 = 0, bool update_running = false) {
+  FastRun<T> r;
+  const size_t NH = static_cast<size_t>(cc.N) * cc.H;
+  r.y.assign(static_cast<size_t>(steps) * NH, T(-7));
+  r.hT.assign(cc.L * NH, T(-7));
+  r.cT.assign(cc.L * NH, T(-7));
+  std::vector<int32_t> l32(lens.begin(), lens.end());
+  ForwardOptions opt;
+  opt.mode = mode;
+  opt.t0 = t0;
+  opt.update_running = update_running;
+  s.forward(opt, steps, cc.N, x.data(), l32.data(), h0.empty() ? nullptr : h0.data(),
+            c0.empty() ? nullptr : c0.data(), r.y.data(), r.hT.data(), r.cT.data());
+  return r;
+}
+
+class CellReference : public ::testing::TestWithParam<CellCase> {};
+
+template <class T>
+void check_against_reference(const CellCase& cc, Mode mode, double tol) {
+  StackConfig cfg = cc.config();
+  const int steps = mode == Mode::infer ? cc.T + 2 : cc.T;  // inference past T_max: clamp
+  Stack<T> s(cfg);
+  randomize(s, 11);
+  const size_t NH = static_cast<size_t>(cc.N) * cc.H;
+  auto x = random_vec<T>(static_cast<size_t>(steps) * cc.N * cc.C, 3);
+  std::vector<int> lens = cc.lens();
+  if (mode == Mode::infer)
+    for (auto& l : lens) l = std::min(l + 2, steps);
+  std::vector<T> h0, c0;
+  if (cc.given_state) {
+    h0 = random_vec<T>(cc.L * NH, 4, 0.5);
+    c0 = random_vec<T>(cc.L * NH, 5, 0.5);
+  }
+  FastRun<T> fast = run_fast(s, cc, mode, steps, x, lens, h0, c0);
+  auto params = to_tensors<T>(s.param_info(), s.params());
+  auto buffers = to_tensors<T>(s.buffer_info(), s.buffers());
+  ref::Result want = ref::forward(cfg, params, buffers, mode, steps, cc.N, to_double(x), lens,
+                                  to_double(h0), to_double(c0));
+  EXPECT_LE(max_abs_diff(to_double(fast.y), want.y), tol) << "y";
+  EXPECT_LE(max_abs_diff(to_double(fast.hT), want.hT), tol) << "hT";
+  EXPECT_LE(max_abs_diff(to_double(fast.cT), want.cT), tol) << "cT";
+}
+
+TEST_P(CellReference, TrainFloat) { check_against_reference<float>(GetParam(), Mode::train, 2e-4); }
+TEST_P(CellReference, TrainDouble) { check_against_reference<double>(GetParam(), Mode::train, 1e-10); }
+TEST_P(CellReference, InferFloat) { check_against_reference<float>(GetParam(), Mode::infer, 2e-4); }
+TEST_P(CellReference, InferDouble) { check_against_reference<double>(GetParam(), Mode::infer, 1e-10); }
+
+INSTANTIATE_TEST_SUITE_P(AllCells, CellReference, ::testing::ValuesIn(reference_cases()),
+                         [](const auto& info) { return info.param.name(); });
+
+// ---- finite differences in double --------------------------------------------------------
+
+struct GradCheck {
+  double max_rel = 0, max_abs = 0;
+  std::string worst;
+  void add(const std::string& what, double analytic, double numeric) {
+    const double a = std::abs(analytic - numeric);
+    const double denom = std::abs(analytic) + std::abs(numeric);
+    max_abs = std::max(max_abs, a);
+    // Relative to the gradient's size, floored: below 1e-3 the finite difference's own rounding
+    // (about 1e-10 here) would dominate.
+    {
+      const double r = a / std::max(denom, 1e-3);
+      if (r > max_rel) {
+        max_rel = r;
+        worst = what;
+      }
+    }
+  }
+};
+
+class CellGradient : public ::testing::TestWithParam<CellCase> {};
+
+TEST_P(CellGradient, FiniteDifferences) {
+  const CellCase cc = GetParam();
+  for (Mode mode : {Mode::train, Mode::infer}) {
+    Stack<double> s(cc.config());
+    randomize(s, 21);
+    const size_t NH = static_cast<size_t>(cc.N) * cc.H;
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 31);
+    const std::vector<int> lens_int = cc.lens();
+    std::vector<int32_t> lens(lens_int.begin(), lens_int.end());
+    auto h0 = random_vec<double>(cc.L * NH, 32, 0.5);
+    auto c0 = random_vec<double>(cc.L * NH, 33, 0.5);
+    auto wy = random_vec<double>(static_cast<size_t>(cc.T) * NH, 34);
+    auto whT = random_vec<double>(cc.L * NH, 35);
+    auto wcT = random_vec<double>(cc.L * NH, 36);
+    const bool given = cc.given_state;
+    std::vector<double> y(static_cast<size_t>(cc.T) * NH), hT(cc.L * NH), cT(cc.L * NH);
+    ForwardOptions opt;
+    opt.mode = mode;
+    opt.update_running = false;
+    opt.need_backward = true;
+    auto loss = [&]() {
+      s.forward(opt, cc.T, cc.N, x.data(), lens.data(), given ? h0.data() : nullptr,
+                given ? c0.data() : nullptr, y.data(), hT.data(), cT.data());
+      double l = 0;
+      for (size_t i = 0; i < y.size(); ++i) l += wy[i] * y[i];
+      for (size_t i = 0; i < hT.size(); ++i) l += whT[i] * hT[i] + wcT[i] * cT[i];
+      return l;
+    };
+    loss();
+    s.zero_grad();
+    std::vector<double> dx(x.size()), dh0(h0.size()), dc0(c0.size());
+    s.backward(wy.data(), whT.data(), wcT.data(), dx.data(), dh0.data(), dc0.data());
+    const std::vector<double> g(s.grads().begin(), s.grads().end());
+    const double h = 1e-5;
+    GradCheck check;
+    auto probe = [&](double& v, const std::string& what, double analytic) {
+      const double keep = v;
+      v = keep + h;
+      const double lp = loss();
+      v = keep - h;
+      const double lm = loss();
+      v = keep;
+      check.add(what, analytic, (lp - lm) / (2 * h));
+    };
+    for (const auto& ti : s.param_info())
+      for (size_t i = 0; i < ti.numel; ++i)
+        probe(s.params()[ti.offset + i], ti.name + "[" + std::to_string(i) + "]", g[ti.offset + i]);
+    for (size_t i = 0; i < x.size(); ++i) probe(x[i], "x[" + std::to_string(i) + "]", dx[i]);
+    if (given)
+      for (size_t i = 0; i < h0.size(); ++i) {
+        probe(h0[i], "h0[" + std::to_string(i) + "]", dh0[i]);
+        probe(c0[i], "c0[" + std::to_string(i) + "]", dc0[i]);
+      }
+    std::printf("[ gradcheck ] %-40s %-5s max rel err %.3e (at %s), max abs err %.3e\n",
+                cc.name().c_str(), mode == Mode::train ? "train" : "infer", check.max_rel,
+                check.worst.c_str(), check.max_abs);
+    EXPECT_LT(check.max_rel, 1e-5) << check.worst;
+  }
+}
+
+std::vector<CellCase> gradient_cases() {
+  std::vector<CellCase> out;
+  for (Cell cell : all_cells()) {
+    CellCase a;  // 2 layers, uneven lengths, given initial state
+    a.cell = cell;
+    a.lengths = {5, 3, 5, 1};
+    out.push_back(a);
+    CellCase b;  // learned initial state
+    b.cell = cell;
+    b.T = 4;
+    b.N = 3;
+    b.C = 2;
+    b.H = 3;
+    b.lengths = {4, 2, 3};
+    b.learn_init_state = true;
+    b.given_state = false;
+    out.push_back(b);
+  }
+  CellCase e;
+  e.cell = Cell::lnlstm;
+  e.ln_input = false;
+  e.lengths = {2, 5, 4, 3};
+  out.push_back(e);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCells, CellGradient, ::testing::ValuesIn(gradient_cases()),
+                         [](const auto& info) {
+                           return info.param.name() + (info.param.learn_init_state ? "_learned" : "");
+                         });
+
+// ---- padding invariance ------------------------------------------------------------------
+
+class CellPadding : public ::testing::TestWithParam<Cell> {};
+
+TEST_P(CellPadding, PaddedStepsAndRowsChangeNothing) {
+  const Cell cell = GetParam();
+  const int T = 5, N = 3, C = 2, H = 4, L = 2, T2 = 7, N2 = 5;
+  StackConfig cfg;
+  cfg.cell = cell;
+  cfg.input_size = C;
+  cfg.hidden_size = H;
+  cfg.num_layers = L;
+  cfg.t_max = T2;
+  Stack<double> a(cfg), b(cfg);
+  randomize(a, 41);
+  std::copy(a.params().begin(), a.params().end(), b.params().begin());
+  std::copy(a.buffers().begin(), a.buffers().end(), b.buffers().begin());
+  const std::vector<int32_t> la{5, 3, 2}, lb{5, 3, 2, 0, 0};
+  auto xa = random_vec<double>(static_cast<size_t>(T) * N * C, 42);
+  auto xb = random_vec<double>(static_cast<size_t>(T2) * N2 * C, 43, 100.0);  // junk padding
+  for (int t = 0; t < T; ++t)
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c) xb[(t * N2 + n) * C + c] = xa[(t * N + n) * C + c];
+  auto h0a = random_vec<double>(L * N * H, 44), c0a = random_vec<double>(L * N * H, 45);
+  auto h0b = random_vec<double>(L * N2 * H, 46), c0b = random_vec<double>(L * N2 * H, 47);
+  for (int k = 0; k < L; ++k)
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < H; ++j) {
+        h0b[(k * N2 + n) * H + j] = h0a[(k * N + n) * H + j];
+        c0b[(k * N2 + n) * H + j] = c0a[(k * N + n) * H + j];
+      }
+  ForwardOptions opt;  // train mode, running statistics updated
+  std::vector<double> ya(T * N * H), yb(T2 * N2 * H), hTa(L * N * H), cTa(L * N * H),
+      hTb(L * N2 * H), cTb(L * N2 * H);
+  a.forward(opt, T, N, xa.data(), la.data(), h0a.data(), c0a.data(), ya.data(), hTa.data(), cTa.data());
+  b.forward(opt, T2, N2, xb.data(), lb.data(), h0b.data(), c0b.data(), yb.data(), hTb.data(), cTb.data());
+  for (int t = 0; t < T2; ++t)
+    for (int n = 0; n < N2; ++n)
+      for (int j = 0; j < H; ++j) {
+        const double vb = yb[(t * N2 + n) * H + j];
+        if (t < T && n < N)
+          EXPECT_NEAR(vb, ya[(t * N + n) * H + j], 1e-12);
+        else
+          EXPECT_EQ(vb, 0.0) << "padded output must be 0";
+      }
+  for (int k = 0; k < L; ++k)
+    for (int n = 0; n < N2; ++n)
+      for (int j = 0; j < H; ++j) {
+        const size_t ib = (k * N2 + n) * H + j;
+        if (n < N) {
+          EXPECT_NEAR(hTb[ib], hTa[(k * N + n) * H + j], 1e-12);
+          EXPECT_NEAR(cTb[ib], cTa[(k * N + n) * H + j], 1e-12);
+        } else {  // length 0: the final state is the initial state
+          EXPECT_EQ(hTb[ib], h0b[ib]);
+          EXPECT_EQ(cTb[ib], c0b[ib]);
+        }
+      }
+  for (size_t i = 0; i < a.buffers().size(); ++i)
+    EXPECT_NEAR(a.buffers()[i], b.buffers()[i], 1e-12) << "running statistics " << i;
+  // gradients: loss weights with junk at padded positions
+  auto wya = random_vec<double>(ya.size(), 48);
+  auto wyb = random_vec<double>(yb.size(), 49, 100.0);
+  for (int t = 0; t < T; ++t)
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < H; ++j) wyb[(t * N2 + n) * H + j] = wya[(t * N + n) * H + j];
+  auto wha = random_vec<double>(hTa.size(), 50), whb = random_vec<double>(hTb.size(), 51);
+  for (int k = 0; k < L; ++k)
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < H; ++j) whb[(k * N2 + n) * H + j] = wha[(k * N + n) * H + j];
+  std::vector<double> dxa(xa.size()), dxb(xb.size()), dh0a(h0a.size()), dh0b(h0b.size());
+  a.zero_grad();
+  b.zero_grad();
+  a.backward(wya.data(), wha.data(), nullptr, dxa.data(), dh0a.data(), nullptr);
+  b.backward(wyb.data(), whb.data(), nullptr, dxb.data(), dh0b.data(), nullptr);
+  for (size_t i = 0; i < a.grads().size(); ++i)
+    EXPECT_NEAR(a.grads()[i], b.grads()[i], 1e-10 * (1 + std::abs(a.grads()[i]))) << i;
+  for (int t = 0; t < T2; ++t)
+    for (int n = 0; n < N2; ++n)
+      for (int c = 0; c < C; ++c) {
+        const double vb = dxb[(t * N2 + n) * C + c];
+        if (t < T && n < N)
+          EXPECT_NEAR(vb, dxa[(t * N + n) * C + c], 1e-10);
+        else
+          EXPECT_EQ(vb, 0.0);
+      }
+  for (int k = 0; k < L; ++k)
+    for (int n = 0; n < N; ++n)
+      for (int j = 0; j < H; ++j)
+        EXPECT_NEAR(dh0b[(k * N2 + n) * H + j], dh0a[(k * N + n) * H + j], 1e-10);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllCells, CellPadding, ::testing::ValuesIn(all_cells()),
+                         [](const auto& info) {
+                           std::string s = cell_name(info.param);
+                           std::replace(s.begin(), s.end(), '-', '_');
+                           return s;
+                         });
+
+// ---- properties of the normalizations ------------------------------------------------------
+
+TEST(CellProperties, BatchNormOutputMomentsPerStep) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = 6;
+    cc.N = 7;
+    cc.L = 1;
+    cc.t_max = 6;
+    cc.lengths = {6, 6, 4, 2, 5, 6, 3};
+    Stack<double> s(cc.config());
+    randomize(s, 61);
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 62);
+    FastRun<double> r = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {});
+    auto want = ref::forward(cc.config(), to_tensors<double>(s.param_info(), s.params()),
+                             to_tensors<double>(s.buffer_info(), s.buffers()), Mode::train, cc.T,
+                             cc.N, to_double(x), cc.lens(), {}, {});
+    const double eps = 1e-5;
+    for (const char* which : {"x", "h", "c"}) {
+      auto xh = s.cached_normalized(0, which);
+      if (xh.empty()) continue;
+      const int F = static_cast<int>(xh.size() / (cc.T * cc.N));
+      const auto& bvar = want.batch_var.at(std::string("rnn.0.bn_") + which);
+      const bool seq = cell == Cell::bnx_seq;
+      // groups: each step (or all steps for bnx-seq)
+      for (int t0 = 0; t0 < cc.T; t0 += seq ? cc.T : 1) {
+        const int t1 = seq ? cc.T : t0 + 1;
+        for (int j = 0; j < F; ++j) {
+          double s1 = 0, s2 = 0;
+          int cnt = 0;
+          for (int t = t0; t < t1; ++t)
+            for (int n = 0; n < cc.N; ++n)
+              if (t < cc.lens()[n]) {
+                const double v = xh[(t * cc.N + n) * F + j];
+                s1 += v;
+                s2 += v * v;
+                ++cnt;
+              }
+          const double mean = s1 / cnt, var = s2 / cnt - mean * mean;
+          const double sigma2 = bvar[(seq ? 0 : t0) * F + j];
+          EXPECT_NEAR(mean, 0.0, 1e-9) << cell_name(cell) << " " << which << " t" << t0;
+          EXPECT_NEAR(var, sigma2 / (sigma2 + eps), 1e-9) << cell_name(cell) << " " << which;
+        }
+      }
+    }
+  }
+}
+
+TEST(CellProperties, LayerNormSameInTrainingAndInference) {
+  CellCase cc;
+  cc.cell = Cell::lnlstm;
+  cc.lengths = {5, 2, 4, 3};
+  Stack<double> s(cc.config());
+  randomize(s, 71);
+  auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 72);
+  auto h0 = random_vec<double>(cc.L * cc.N * cc.H, 73);
+  auto c0 = random_vec<double>(cc.L * cc.N * cc.H, 74);
+  FastRun<double> tr = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), h0, c0);
+  FastRun<double> in = run_fast(s, cc, Mode::infer, cc.T, x, cc.lens(), h0, c0);
+  EXPECT_EQ(tr.y, in.y);
+  EXPECT_EQ(tr.hT, in.hT);
+}
+
+// ---- population statistics ----------------------------------------------------------------
+
+TEST(PopulationStats, RunningAverageUpdate) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = 4;
+    cc.t_max = 6;  // rows 4, 5 are not reached and keep their value
+    cc.lengths = {4, 2, 3, 1};
+    StackConfig cfg = cc.config();
+    cfg.momentum = 0.25;
+    Stack<double> s(cfg);
+    randomize(s, 81);
+    const auto before = to_tensors<double>(s.buffer_info(), s.buffers());
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 82);
+    auto want = ref::forward(cfg, to_tensors<double>(s.param_info(), s.params()), before,
+                             Mode::train, cc.T, cc.N, to_double(x), cc.lens(), {}, {});
+    run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {}, 0, true);
+    const auto after = to_tensors<double>(s.buffer_info(), s.buffers());
+    for (const auto& [name, vals] : after) {
+      const bool var = name.ends_with("running_var");
+      const std::string prefix = name.substr(0, name.rfind('.'));
+      const auto& batch = var ? want.batch_var.at(prefix) : want.batch_mean.at(prefix);
+      const size_t F = cell == Cell::bnx_seq ? vals.size() : vals.size() / cfg.t_max;
+      for (size_t i = 0; i < vals.size(); ++i) {
+        const size_t row = i / F;
+        const double expect =
+            i < batch.size() ? 0.75 * before.at(name)[i] + 0.25 * batch[i] : before.at(name)[i];
+        EXPECT_NEAR(vals[i], expect, 1e-12) << name << " row " << row;
+      }
+    }
+  }
+}
+
+TEST(PopulationStats, PassAveragesWeightedByValidRows) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.t_max = 6;
+    cc.L = 2;
+    StackConfig cfg = cc.config();
+    Stack<double> s(cfg);
+    randomize(s, 91);
+    const auto before = to_tensors<double>(s.buffer_info(), s.buffers());
+    const auto params = to_tensors<double>(s.param_info(), s.params());
+    struct Batch {
+      int T, N;
+      std::vector<int> lens;
+    };
+    const std::vector<Batch> batches{{4, 3, {4, 2, 3}}, {5, 2, {5, 1}}, {2, 4, {2, 2, 1, 2}}};
+    std::map<std::string, std::vector<double>> sum, cnt;
+    s.popstats_begin();
+    int seed = 100;
+    for (const auto& b : batches) {
+      auto x = random_vec<double>(static_cast<size_t>(b.T) * b.N * cc.C, ++seed);
+      std::vector<int32_t> l32(b.lens.begin(), b.lens.end());
+      s.popstats_feed(b.T, b.N, x.data(), l32.data());
+      auto r = ref::forward(cfg, params, before, Mode::train, b.T, b.N, to_double(x), b.lens, {}, {});
+      for (const auto& bi : s.buffer_info()) {
+        const bool var = bi.name.ends_with("running_var");
+        const std::string prefix = bi.name.substr(0, bi.name.rfind('.'));
+        const auto& st = var ? r.batch_var.at(prefix) : r.batch_mean.at(prefix);
+        auto& S = sum[bi.name];
+        auto& Cn = cnt[bi.name];
+        S.resize(bi.numel, 0.0);
+        Cn.resize(bi.numel, 0.0);
+        const size_t F = bi.shape.back();
+        for (size_t i = 0; i < st.size() && i < bi.numel; ++i) {
+          const size_t row = i / F;
+          double c = 0;
+          if (cell == Cell::bnx_seq) {
+            for (int v : b.lens) c += v;
+          } else {
+            for (int v : b.lens) c += static_cast<int>(row) < v;
+          }
+          S[i] += c * st[i];
+          Cn[i] += c;
+        }
+      }
+    }
+    s.popstats_finish();
+    const auto after = to_tensors<double>(s.buffer_info(), s.buffers());
+    for (const auto& [name, vals] : after)
+      for (size_t i = 0; i < vals.size(); ++i) {
+        const double expect = cnt[name][i] > 0 ? sum[name][i] / cnt[name][i] : before.at(name)[i];
+        EXPECT_NEAR(vals[i], expect, 1e-12) << name << " " << i;
+      }
+  }
+}
+
+TEST(PopulationStats, StepsPastTmaxUseTheLastRow) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx}) {
+    const int tmax = 3, steps = 6;
+    CellCase cc;
+    cc.cell = cell;
+    cc.t_max = tmax;
+    Stack<double> a(cc.config());
+    randomize(a, 111);
+    CellCase cl = cc;
+    cl.t_max = steps;
+    Stack<double> b(cl.config());
+    std::copy(a.params().begin(), a.params().end(), b.params().begin());
+    for (const auto& bi : a.buffer_info()) {
+      const double* src = a.find(bi.name);
+      double* dst = b.find(bi.name);
+      const size_t F = bi.shape.back();
+      for (int r = 0; r < steps; ++r)
+        std::copy_n(src + std::min(r, tmax - 1) * F, F, dst + r * F);
+    }
+    auto x = random_vec<double>(static_cast<size_t>(steps) * cc.N * cc.C, 112);
+    std::vector<int> lens(cc.N, steps);
+    FastRun<double> ra = run_fast(a, cc, Mode::infer, steps, x, lens, {}, {});
+    FastRun<double> rb = run_fast(b, cl, Mode::infer, steps, x, lens, {}, {});
+    EXPECT_EQ(ra.y, rb.y);
+  }
+}
+
+// ---- the step API -------------------------------------------------------------------------
+
+TEST(StepApi, ChunksCarryingStateEqualOneCall) {
+  for (Cell cell : all_cells())
+    for (Mode mode : {Mode::train, Mode::infer}) {
+      if (cell == Cell::bnx_seq && mode == Mode::train) continue;  // statistics span the call
+      CellCase cc;
+      cc.cell = cell;
+      cc.T = 7;
+      cc.t_max = 7;
+      cc.lengths = {7, 3, 5, 6};
+      Stack<double> s(cc.config());
+      randomize(s, 121);
+      auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 122);
+      auto h0 = random_vec<double>(cc.L * cc.N * cc.H, 123);
+      auto c0 = random_vec<double>(cc.L * cc.N * cc.H, 124);
+      FastRun<double> whole = run_fast(s, cc, mode, cc.T, x, cc.lens(), h0, c0);
+      std::vector<double> h = h0, c = c0, y;
+      const size_t step_in = static_cast<size_t>(cc.N) * cc.C;
+      for (auto [start, len] : {std::pair{0, 2}, std::pair{2, 1}, std::pair{3, 4}}) {
+        std::vector<double> xs(x.begin() + start * step_in, x.begin() + (start + len) * step_in);
+        std::vector<int> l;
+        for (int v : cc.lens()) l.push_back(std::clamp(v - start, 0, len));
+        FastRun<double> part = run_fast(s, cc, mode, len, xs, l, h, c, start);
+        y.insert(y.end(), part.y.begin(), part.y.end());
+        h = part.hT;
+        c = part.cT;
+      }
+      EXPECT_LE(max_abs_diff(y, whole.y), 1e-12) << cell_name(cell);
+      EXPECT_LE(max_abs_diff(h, whole.hT), 1e-12) << cell_name(cell);
+      EXPECT_LE(max_abs_diff(c, whole.cT), 1e-12) << cell_name(cell);
+    }
+}
+
+TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
+  // Long inference runs in chunks of time (O(N*H) memory): same result as with activations kept.
+  for (Cell cell : all_cells()) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = 100;
+    cc.t_max = 10;
+    cc.lengths = {100, 37, 64, 1};
+    Stack<double> s(cc.config());
+    randomize(s, 131);
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 132);
+    std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
+    std::vector<double> y1(cc.T * cc.N * cc.H), y2(y1.size());
+    ForwardOptions opt;
+    opt.mode = Mode::infer;
+    opt.need_backward = false;
+    s.forward(opt, cc.T, cc.N, x.data(), l32.data(), nullptr, nullptr, y1.data(), nullptr, nullptr);
+    opt.need_backward = true;
+    s.forward(opt, cc.T, cc.N, x.data(), l32.data(), nullptr, nullptr, y2.data(), nullptr, nullptr);
+    EXPECT_LE(max_abs_diff(y1, y2), 1e-12) << cell_name(cell);
+  }
+}
+
+TEST(StackConfig, RejectsImpossibleValues) {
+  StackConfig c;
+  c.input_size = 1;
+  c.hidden_size = 0;
+  try {
+    Stack<float> s(c);
+    FAIL() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("--hidden"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(parse_cell("gru").has_value());
+  EXPECT_EQ(parse_cell("bnx-seq"), Cell::bnx_seq);
+}
+
+}  // namespace
+}  // namespace rbn::testing
