@@ -355,18 +355,11 @@ struct Stack<T>::Impl {
           const T ha = gh ? gh[j] * ah[j] : ah[j];
           g[j] = xa + ha + b[j];
         }
+        kern::sigmoid_inplace(g, 2 * H);      // i, f
+        kern::tanh_inplace(g + 2 * H, H);     // g
+        kern::sigmoid_inplace(g + 3 * H, H);  // o
 #pragma omp simd
-        for (int j = 0; j < H; ++j) {
-          const T i = kern::sigmoid(g[j]);
-          const T f = kern::sigmoid(g[H + j]);
-          const T gg = std::tanh(g[2 * H + j]);
-          const T o = kern::sigmoid(g[3 * H + j]);
-          g[j] = i;
-          g[H + j] = f;
-          g[2 * H + j] = gg;
-          g[3 * H + j] = o;
-          cn[j] = f * cp[j] + i * gg;
-        }
+        for (int j = 0; j < H; ++j) cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j];
       }
 
       // Output normalization of c (never carried: the raw c goes to the next step).
@@ -396,12 +389,13 @@ struct Stack<T>::Impl {
         if (cht) {
           const T* ch = cht + static_cast<int64_t>(n) * H;
 #pragma omp simd
-          for (int j = 0; j < H; ++j) hn[j] = o[j] * std::tanh(gc[j] * ch[j] + bc[j]);
+          for (int j = 0; j < H; ++j) hn[j] = gc[j] * ch[j] + bc[j];
         } else {
-          const T* cn = cnext + static_cast<int64_t>(n) * H;
-#pragma omp simd
-          for (int j = 0; j < H; ++j) hn[j] = o[j] * std::tanh(cn[j]);
+          std::copy_n(cnext + static_cast<int64_t>(n) * H, H, hn);
         }
+        kern::tanh_inplace(hn, H);
+#pragma omp simd
+        for (int j = 0; j < H; ++j) hn[j] *= o[j];
       }
     }
   }
@@ -587,10 +581,17 @@ struct Stack<T>::Impl {
         T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
         T* dc = dcn.data() + static_cast<int64_t>(n) * H;
         const T* src = cht ? cht + static_cast<int64_t>(n) * H : cnext + static_cast<int64_t>(n) * H;
+        // dc holds tanh(c~) first, then the gradient
+        if (cht) {
+#pragma omp simd
+          for (int j = 0; j < H; ++j) dc[j] = gc[j] * src[j] + bc[j];
+        } else {
+          std::copy_n(src, H, dc);
+        }
+        kern::tanh_inplace(dc, H);
 #pragma omp simd
         for (int j = 0; j < H; ++j) {
-          const T ct = cht ? gc[j] * src[j] + bc[j] : src[j];
-          const T tc = std::tanh(ct);
+          const T tc = dc[j];
           const T ov = o[j];
           dc[j] = dh[j] * ov * (T(1) - tc * tc);
           o[j] = dh[j] * tc * ov * (T(1) - ov);

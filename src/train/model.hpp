@@ -1,0 +1,85 @@
+// A model = embedding or one-hot input, the recurrent stack, and a head (SPEC section 4):
+// classification on the last valid step, or a per-step language-model softmax.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "rbn/rbn.hpp"
+
+namespace rbn {
+
+enum class Head { none, classify, lm };
+const char* head_name(Head h);
+Head parse_head(const std::string& s);  // throws UsageError
+
+struct ModelConfig {
+  StackConfig rnn;
+  Head head = Head::classify;
+  int num_classes = 10;  // K (classify) or vocabulary size V (lm)
+  int embed_dim = 0;     // lm input: 0 = one-hot (C = V), else an embedding [V,E] (C = E)
+};
+
+// A named parameter with its gradient (both owned by the model).
+struct NamedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  float* value;
+  float* grad;
+  size_t numel;
+};
+
+struct StepResult {
+  double loss_sum = 0;  // sum over counted items of -ln p (nats)
+  int64_t count = 0;    // items counted (sequences or predicted symbols)
+  int64_t correct = 0;  // argmax == target
+};
+
+class Model {
+ public:
+  explicit Model(const ModelConfig& cfg);
+  const ModelConfig& config() const { return cfg_; }
+  Stack<float>& rnn() { return rnn_; }
+  const Stack<float>& rnn() const { return rnn_; }
+
+  // Every trainable tensor (rnn.*, embed.weight, head.*), SPEC names.
+  std::vector<NamedTensor> parameters();
+  void zero_grad();
+  void reset_parameters(uint64_t seed);
+
+  // Classification: x [T,N,C] features, lengths [N] (nullable), labels [N].
+  // With backward = true (train mode), gradients of the mean loss are accumulated.
+  StepResult classify_step(const ForwardOptions& opt, int T, int N, const float* x,
+                           const int32_t* lengths, const int32_t* labels, bool backward);
+
+  // Language model: ids [T,N] inputs, targets [T,N] (-1 = not counted), lengths (nullable).
+  // h0/c0 [L,N,H] nullable, hT/cT written if non-null (state carried across chunks).
+  StepResult lm_step(const ForwardOptions& opt, int T, int N, const int32_t* ids,
+                     const int32_t* targets, const int32_t* lengths, const float* h0,
+                     const float* c0, float* hT, float* cT, bool backward);
+
+  // Logits for a classification batch [N,K] or a language-model chunk [T,N,K] (inference).
+  void logits(const ForwardOptions& opt, int T, int N, const float* x_or_null, const int32_t* ids,
+              const int32_t* lengths, const float* h0, const float* c0, float* out, float* hT,
+              float* cT);
+
+  // Input features of a language model for ids [T,N] -> [T,N,C] (one-hot or embedding).
+  void embed(int T, int N, const int32_t* ids, float* x) const;
+  int input_size() const { return cfg_.rnn.input_size; }
+
+  // Reusable scratch sizes for memory reports.
+  size_t workspace_bytes() const;
+
+ private:
+  void head_forward(int rows, const float* h, float* logits) const;
+  ModelConfig cfg_;
+  Stack<float> rnn_;
+  std::vector<float> head_w_, head_b_, embed_w_;     // [K,H], [K], [V,E]
+  std::vector<float> dhead_w_, dhead_b_, dembed_w_;  // gradients
+  // scratch
+  std::vector<float> x_, y_, logits_, dy_, dx_, hT_, cT_, dhT_;
+};
+
+}  // namespace rbn
