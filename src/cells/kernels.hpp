@@ -223,3 +223,93 @@ void row_norm_backward(const T* dy, const T* xh, int64_t rows, int F, const uint
 }
 
 }  // namespace rbn::kern
+
+namespace rbn::kern {
+
+// ---- serial column kernels over a column block [rows, w] with row stride ld ----------------
+// Used inside the time loop's parallel region, where each thread owns a block of hidden units.
+
+template <class T>
+void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* mean,
+                      double* var) {
+  int64_t count = 0;
+  for (int j = 0; j < w; ++j) mean[j] = var[j] = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!valid[r]) continue;
+    ++count;
+    const T* zr = z + r * ld;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) mean[j] += zr[j];
+  }
+  for (int j = 0; j < w; ++j) mean[j] = count ? mean[j] / count : 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!valid[r]) continue;
+    const T* zr = z + r * ld;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      const double d = zr[j] - mean[j];
+      var[j] += d * d;
+    }
+  }
+  for (int j = 0; j < w; ++j) var[j] = count ? var[j] / count : 1.0;
+}
+
+template <class T>
+void col_normalize_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid,
+                          const T* mean, const T* rstd, T* out, int ldo) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = out + r * ldo;
+    if (!valid[r]) {
+      std::fill(o, o + w, T(0));
+      continue;
+    }
+    const T* zr = z + r * ld;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) o[j] = (zr[j] - mean[j]) * rstd[j];
+  }
+}
+
+template <class T>
+void col_grad_sums_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
+                          const uint8_t* valid, double* s1, double* s2) {
+  for (int j = 0; j < w; ++j) s1[j] = s2[j] = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!valid[r]) continue;
+    const T* d = dy + r * ld;
+    const T* x = xh + r * ld;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) {
+      s1[j] += d[j];
+      s2[j] += static_cast<double>(d[j]) * x[j];
+    }
+  }
+}
+
+// dz = gamma*rstd*(dy - s1/M - xh*s2/M) (batch statistics) or gamma*rstd*dy; dz may alias dy.
+template <class T>
+void col_norm_backward_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
+                              const uint8_t* valid, const T* gamma, const T* rstd,
+                              const double* s1, const double* s2, int64_t count, bool batch,
+                              T* dz) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* o = dz + r * ld;
+    if (!valid[r]) {
+      std::fill(o, o + w, T(0));
+      continue;
+    }
+    const T* d = dy + r * ld;
+    const T* x = xh + r * ld;
+    if (batch && count) {
+      const double inv = 1.0 / count;
+#pragma omp simd
+      for (int j = 0; j < w; ++j)
+        o[j] = gamma[j] * rstd[j] *
+               (d[j] - static_cast<T>(s1[j] * inv) - x[j] * static_cast<T>(s2[j] * inv));
+    } else {
+#pragma omp simd
+      for (int j = 0; j < w; ++j) o[j] = gamma[j] * rstd[j] * d[j];
+    }
+  }
+}
+
+}  // namespace rbn::kern

@@ -221,8 +221,14 @@ struct Stack<T>::Impl {
   // statistics pass, at population row `row` of the table at (mo, vo).
   void record(size_t mo, size_t vo, int rows, int64_t row, int F, const double* mean,
               const double* var, int64_t cnt, bool update_running) {
+    record_cols(mo, vo, rows, row, F, 0, F, mean, var, cnt, update_running);
+  }
+  // The same for the columns [j0, j0 + w) of a table row (mean/var hold w values).
+  void record_cols(size_t mo, size_t vo, int rows, int64_t row, int F, int j0, int w,
+                   const double* mean, const double* var, int64_t cnt, bool update_running) {
     if (cnt == 0 || row < 0 || row >= rows) return;
-    const size_t off = static_cast<size_t>(row) * F;
+    const size_t off = static_cast<size_t>(row) * F + j0;
+    F = w;
     if (pass_active) {
       for (int j = 0; j < F; ++j) {
         pass_sum[mo + off + j] += cnt * mean[j];
@@ -266,6 +272,147 @@ struct Stack<T>::Impl {
         rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + eps));
       }
     }
+  }
+
+  // ---- the time loop's thread layout --------------------------------------------------------
+
+  std::vector<double> ln_part_h, ln_part_c;  // per thread and row: partial sums for LN rows
+
+  // Threads for the time loop: a block of at least 16 hidden units each.
+  static int time_loop_threads(int H) {
+    return std::max(1, std::min(omp_get_max_threads(), (H + 15) / 16));
+  }
+  // Hidden units [k0, k1) of thread p: blocks of 16 (vector width), spread evenly.
+  static std::pair<int, int> unit_block(int p, int P, int H) {
+    const int blocks = (H + 15) / 16;
+    const int b0 = blocks * p / P, b1 = blocks * (p + 1) / P;
+    return {std::min(H, b0 * 16), std::min(H, b1 * 16)};
+  }
+
+  // BN statistics of a column block [rows, w] (stride ld) at feature offset j0 of F: batch
+  // statistics (recorded) or the population row min(tg, rows-1).
+  void block_stats(const T* z, int rows, int ld, int w, const uint8_t* vm, int64_t cnt, bool batch,
+                   size_t mo, size_t vo, int table_rows, int64_t tg, int F, int j0,
+                   bool update_running, double* dm, double* dv, T* mean, T* rstd) {
+    const double eps = cfg.eps;
+    if (batch) {
+      kern::col_stats_serial(z, rows, ld, w, vm, dm, dv);
+      for (int j = 0; j < w; ++j) {
+        mean[j] = static_cast<T>(dm[j]);
+        rstd[j] = static_cast<T>(1.0 / std::sqrt(dv[j] + eps));
+      }
+      record_cols(mo, vo, table_rows, tg, F, j0, w, dm, dv, cnt, update_running);
+    } else {
+      const int64_t row = std::min<int64_t>(tg, table_rows - 1);
+      const T* pm = buffers.data() + mo + static_cast<size_t>(row) * F + j0;
+      const T* pv = buffers.data() + vo + static_cast<size_t>(row) * F + j0;
+      for (int j = 0; j < w; ++j) {
+        mean[j] = pm[j];
+        rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + eps));
+      }
+    }
+  }
+
+  // Layer normalization of rows over F features, in place on z (stride ld), for the columns this
+  // thread owns: nb blocks of width w at offsets q*stride + k0. Partial sums of all threads are
+  // combined after a barrier; every thread then knows each row's mean and rstd (rowm, rowr).
+  void ln_rows(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
+               int p, int P, double* part, T* rowm, T* rowr) {
+    for (int n = 0; n < N; ++n) {
+      double s = 0, q2 = 0;
+      if (vm[n]) {
+        const T* zr = z + static_cast<int64_t>(n) * ld;
+        for (int q = 0; q < nb; ++q)
+          for (int j = q * stride + k0; j < q * stride + k0 + w; ++j) {
+            s += zr[j];
+            q2 += static_cast<double>(zr[j]) * zr[j];
+          }
+      }
+      part[(static_cast<size_t>(p) * N + n) * 2] = s;
+      part[(static_cast<size_t>(p) * N + n) * 2 + 1] = q2;
+    }
+    if (P > 1) {
+#pragma omp barrier
+    }
+    for (int n = 0; n < N; ++n) {
+      if (!vm[n]) {
+        rowm[n] = 0;
+        rowr[n] = 1;
+        continue;
+      }
+      double s = 0, q2 = 0;
+      for (int pp = 0; pp < P; ++pp) {
+        s += part[(static_cast<size_t>(pp) * N + n) * 2];
+        q2 += part[(static_cast<size_t>(pp) * N + n) * 2 + 1];
+      }
+      const double m = s / F, var = std::max(0.0, q2 / F - m * m);
+      rowm[n] = static_cast<T>(m);
+      rowr[n] = static_cast<T>(1.0 / std::sqrt(var + cfg.eps));
+    }
+    for (int n = 0; n < N; ++n) {
+      T* zr = z + static_cast<int64_t>(n) * ld;
+      for (int q = 0; q < nb; ++q) {
+        T* o = zr + q * stride + k0;
+        if (!vm[n]) {
+          std::fill_n(o, w, T(0));
+          continue;
+        }
+        const T m = rowm[n], r = rowr[n];
+#pragma omp simd
+        for (int j = 0; j < w; ++j) o[j] = (o[j] - m) * r;
+      }
+    }
+  }
+
+  // LN backward over rows for the owned columns: dz = rstd*(dy*g - mean(dy*g) - xh*mean(dy*g*xh)),
+  // the means over all F features (partial sums combined after a barrier). dz may alias dy or xh
+  // (each element is read before it is written).
+  void ln_rows_backward_to(const T* dy, const T* xh, int ld, int F, int k0, int w, int nb,
+                           int stride, const T* gamma, const uint8_t* vm, int N, int p, int P,
+                           double* part, const T* rstd, T* dz) {
+    for (int n = 0; n < N; ++n) {
+      double s1 = 0, s2 = 0;
+      if (vm[n]) {
+        const T* d = dy + static_cast<int64_t>(n) * ld;
+        const T* x = xh + static_cast<int64_t>(n) * ld;
+        for (int q = 0; q < nb; ++q)
+          for (int j = q * stride + k0; j < q * stride + k0 + w; ++j) {
+            const double gd = static_cast<double>(d[j]) * gamma[j];
+            s1 += gd;
+            s2 += gd * x[j];
+          }
+      }
+      part[(static_cast<size_t>(p) * N + n) * 2] = s1;
+      part[(static_cast<size_t>(p) * N + n) * 2 + 1] = s2;
+    }
+    if (P > 1) {
+#pragma omp barrier
+    }
+    for (int n = 0; n < N; ++n) {
+      const T* d = dy + static_cast<int64_t>(n) * ld;
+      const T* x = xh + static_cast<int64_t>(n) * ld;
+      T* o = dz + static_cast<int64_t>(n) * ld;
+      if (!vm[n]) {
+        for (int q = 0; q < nb; ++q) std::fill_n(o + q * stride + k0, w, T(0));
+        continue;
+      }
+      double s1 = 0, s2 = 0;
+      for (int pp = 0; pp < P; ++pp) {
+        s1 += part[(static_cast<size_t>(pp) * N + n) * 2];
+        s2 += part[(static_cast<size_t>(pp) * N + n) * 2 + 1];
+      }
+      const T a = static_cast<T>(s1 / F), bb = static_cast<T>(s2 / F), r = rstd[n];
+      for (int q = 0; q < nb; ++q) {
+        const int j0 = q * stride + k0;
+#pragma omp simd
+        for (int j = j0; j < j0 + w; ++j) o[j] = r * (d[j] * gamma[j] - a - x[j] * bb);
+      }
+    }
+  }
+  void ln_rows_backward(T* dy, const T* xh, int ld, int F, int k0, int w, int nb, int stride,
+                        const T* gamma, const uint8_t* vm, int N, int p, int P, double* part,
+                        const T* rstd) {
+    ln_rows_backward_to(dy, xh, ld, F, k0, w, nb, stride, gamma, vm, N, p, P, part, rstd, dy);
   }
 
   // ---- forward ----------------------------------------------------------------------------
@@ -313,89 +460,124 @@ struct Stack<T>::Impl {
         break;
     }
 
-    for (int t = 0; t < Tc; ++t) {
-      const uint8_t* vm = vmask + t * N;
-      const T* hprev = cc.Hs.data() + t * NH;
-      const T* cprev = cc.Cs.data() + t * NH;
-      T* hnext = cc.Hs.data() + (t + 1) * NH;
-      T* cnext = cc.Cs.data() + (t + 1) * NH;
-      T* Gt = cc.G.data() + t * NG;
-      const T* Axt = cc.Ax.data() + t * NG;
-      T* Hht = norms.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
+    // The time loop runs in one parallel region. Each thread owns a block of hidden units and the
+    // four gate columns of each (i, f, g, o of unit k): its part of R h, the BN statistics of those
+    // columns, the gates, c and h need no other thread, and one barrier per step publishes h_t.
+    // LN's row statistics span all units: partial sums and one more barrier per normalization.
+    const int P = time_loop_threads(H);
+    ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
+    ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
+#pragma omp parallel num_threads(P) if (P > 1)
+    {
+      const int p = P > 1 ? omp_get_thread_num() : 0;
+      const auto [k0, k1] = unit_block(p, P, H);
+      const int w = k1 - k0;
+      std::vector<double> sm(4 * static_cast<size_t>(w) + 1), sv(4 * static_cast<size_t>(w) + 1);
+      std::vector<T> rowm(N), rowr(N);
+      for (int t = 0; t < Tc; ++t) {
+        const uint8_t* vm = vmask + t * N;
+        int64_t cnt = 0;
+        for (int n = 0; n < N; ++n) cnt += vm[n];
+        const int64_t tg = tg0 + t;
+        const T* hprev = cc.Hs.data() + t * NH;
+        const T* cprev = cc.Cs.data() + t * NH;
+        T* hnext = cc.Hs.data() + (t + 1) * NH;
+        T* cnext = cc.Cs.data() + (t + 1) * NH;
+        T* Gt = cc.G.data() + t * NG;
+        const T* Axt = cc.Ax.data() + t * NG;
+        T* Hht = norms.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
 
-      // Recurrent product: into Hh (normalized in place) or straight into G.
-      T* rh = Hht ? Hht : Gt;
-      blas::gemm(false, true, N, G, H, T(1), hprev, H, R, H, T(0), rh, G);
-      if (norms.h == Norm::bn_step) {
-        T* m = cc.mh.data() + static_cast<size_t>(t) * G;
-        T* r = cc.rh.data() + static_cast<size_t>(t) * G;
-        bn_stats(rh, N, G, vm, batch, L.mh, L.vh, L.rows_h, tg0 + t, update_running, m, r);
-        kern::column_normalize(rh, N, G, vm, m, r, rh);
-      } else if (norms.h == Norm::ln) {
-        kern::row_normalize(rh, N, G, vm, eps, cc.mh.data() + static_cast<size_t>(t) * N,
-                            cc.rh.data() + static_cast<size_t>(t) * N, rh);
-      }
+        // Recurrent product for the owned columns: into Hh (normalized in place) or into G.
+        T* rh = Hht ? Hht : Gt;
+        if (w > 0)
+          for (int q = 0; q < 4; ++q)
+            blas::gemm(false, true, N, w, H, T(1), hprev, H, R + static_cast<size_t>(q * H + k0) * H,
+                       H, T(0), rh + q * H + k0, G);
+        if (norms.h == Norm::bn_step) {
+          T* m = cc.mh.data() + static_cast<size_t>(t) * G;
+          T* r = cc.rh.data() + static_cast<size_t>(t) * G;
+          for (int q = 0; q < 4; ++q) {
+            const int j0 = q * H + k0;
+            block_stats(rh + j0, N, G, w, vm, cnt, batch, L.mh, L.vh, L.rows_h, tg, G, j0,
+                        update_running, sm.data(), sv.data(), m + j0, r + j0);
+            kern::col_normalize_serial(rh + j0, N, G, w, vm, m + j0, r + j0, rh + j0, G);
+          }
+        } else if (norms.h == Norm::ln) {
+          ln_rows(rh, G, G, k0, w, 4, H, vm, N, p, P, ln_part_h.data(), rowm.data(), rowr.data());
+          if (p == 0) {
+            std::copy_n(rowm.data(), N, cc.mh.data() + static_cast<size_t>(t) * N);
+            std::copy_n(rowr.data(), N, cc.rh.data() + static_cast<size_t>(t) * N);
+          }
+        }
 
-      // Gates and the raw cell state (pointwise, rows in parallel).
-#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
-      for (int n = 0; n < N; ++n) {
-        T* g = Gt + static_cast<int64_t>(n) * G;
-        T* cn = cnext + static_cast<int64_t>(n) * H;
-        const T* cp = cprev + static_cast<int64_t>(n) * H;
-        if (!vm[n]) {  // padded: carry the state, no gates
-          std::fill(g, g + G, T(0));
-          std::copy(cp, cp + H, cn);
-          continue;
-        }
-        const T* ax = Axt + static_cast<int64_t>(n) * G;
-        const T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
+        // Gates and the raw cell state for the owned units.
+        for (int n = 0; n < N; ++n) {
+          T* g = Gt + static_cast<int64_t>(n) * G;
+          T* cn = cnext + static_cast<int64_t>(n) * H;
+          const T* cp = cprev + static_cast<int64_t>(n) * H;
+          if (!vm[n]) {  // padded: carry the state, no gates
+            for (int q = 0; q < 4; ++q) std::fill_n(g + q * H + k0, w, T(0));
+            std::copy_n(cp + k0, w, cn + k0);
+            continue;
+          }
+          const T* ax = Axt + static_cast<int64_t>(n) * G;
+          const T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
+          for (int q = 0; q < 4; ++q) {
+            const int j0 = q * H + k0;
 #pragma omp simd
-        for (int j = 0; j < G; ++j) {
-          const T xa = gx ? gx[j] * ax[j] : ax[j];
-          const T ha = gh ? gh[j] * ah[j] : ah[j];
-          g[j] = xa + ha + b[j];
-        }
-        kern::sigmoid_inplace(g, 2 * H);      // i, f
-        kern::tanh_inplace(g + 2 * H, H);     // g
-        kern::sigmoid_inplace(g + 3 * H, H);  // o
+            for (int j = j0; j < j0 + w; ++j) {
+              const T xa = gx ? gx[j] * ax[j] : ax[j];
+              const T ha = gh ? gh[j] * ah[j] : ah[j];
+              g[j] = xa + ha + b[j];
+            }
+          }
+          kern::sigmoid_inplace(g + k0, w);          // i
+          kern::sigmoid_inplace(g + H + k0, w);      // f
+          kern::tanh_inplace(g + 2 * H + k0, w);     // g
+          kern::sigmoid_inplace(g + 3 * H + k0, w);  // o
 #pragma omp simd
-        for (int j = 0; j < H; ++j) cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j];
-      }
+          for (int j = k0; j < k1; ++j) cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j];
+        }
 
-      // Output normalization of c (never carried: the raw c goes to the next step).
-      T* cht = nullptr;
-      if (norms.c != Norm::none) {
-        cht = cc.Ch.data() + t * NH;
-        if (norms.c == Norm::bn_step) {
-          T* m = cc.mc.data() + static_cast<size_t>(t) * H;
-          T* r = cc.rc.data() + static_cast<size_t>(t) * H;
-          bn_stats(cnext, N, H, vm, batch, L.mc, L.vc, L.rows_c, tg0 + t, update_running, m, r);
-          kern::column_normalize(cnext, N, H, vm, m, r, cht);
-        } else {
-          kern::row_normalize(cnext, N, H, vm, eps, cc.mc.data() + static_cast<size_t>(t) * N,
-                              cc.rc.data() + static_cast<size_t>(t) * N, cht);
+        // Output normalization of c (never carried: the raw c goes to the next step).
+        T* cht = nullptr;
+        if (norms.c != Norm::none) {
+          cht = cc.Ch.data() + t * NH;
+          if (norms.c == Norm::bn_step) {
+            T* m = cc.mc.data() + static_cast<size_t>(t) * H;
+            T* r = cc.rc.data() + static_cast<size_t>(t) * H;
+            block_stats(cnext + k0, N, H, w, vm, cnt, batch, L.mc, L.vc, L.rows_c, tg, H, k0,
+                        update_running, sm.data(), sv.data(), m + k0, r + k0);
+            kern::col_normalize_serial(cnext + k0, N, H, w, vm, m + k0, r + k0, cht + k0, H);
+          } else {
+            for (int n = 0; n < N; ++n) std::copy_n(cnext + n * H + k0, w, cht + n * H + k0);
+            ln_rows(cht, H, H, k0, w, 1, H, vm, N, p, P, ln_part_c.data(), rowm.data(), rowr.data());
+            if (p == 0) {
+              std::copy_n(rowm.data(), N, cc.mc.data() + static_cast<size_t>(t) * N);
+              std::copy_n(rowr.data(), N, cc.rc.data() + static_cast<size_t>(t) * N);
+            }
+          }
         }
-      }
 
-#pragma omp parallel for schedule(static) if (NH > kern::kParallelWork)
-      for (int n = 0; n < N; ++n) {
-        T* hn = hnext + static_cast<int64_t>(n) * H;
-        if (!vm[n]) {
-          const T* hp = hprev + static_cast<int64_t>(n) * H;
-          std::copy(hp, hp + H, hn);
-          continue;
-        }
-        const T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
-        if (cht) {
-          const T* ch = cht + static_cast<int64_t>(n) * H;
+        for (int n = 0; n < N; ++n) {
+          T* hn = hnext + static_cast<int64_t>(n) * H;
+          if (!vm[n]) {
+            std::copy_n(hprev + static_cast<int64_t>(n) * H + k0, w, hn + k0);
+            continue;
+          }
+          const T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
+          if (cht) {
+            const T* ch = cht + static_cast<int64_t>(n) * H;
 #pragma omp simd
-          for (int j = 0; j < H; ++j) hn[j] = gc[j] * ch[j] + bc[j];
-        } else {
-          std::copy_n(cnext + static_cast<int64_t>(n) * H, H, hn);
-        }
-        kern::tanh_inplace(hn, H);
+            for (int j = k0; j < k1; ++j) hn[j] = gc[j] * ch[j] + bc[j];
+          } else {
+            std::copy_n(cnext + static_cast<int64_t>(n) * H + k0, w, hn + k0);
+          }
+          kern::tanh_inplace(hn + k0, w);
 #pragma omp simd
-        for (int j = 0; j < H; ++j) hn[j] *= o[j];
+          for (int j = k0; j < k1; ++j) hn[j] *= o[j];
+        }
+#pragma omp barrier
       }
     }
   }
@@ -560,104 +742,119 @@ struct Stack<T>::Impl {
     ensure(s2, G);
     const T* X = k == 0 ? cc.X.data() : caches[k - 1].Hs.data() + NH;
 
-    for (int t = nT - 1; t >= 0; --t) {
-      const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
-      T* Gt = cc.G.data() + t * NG;
-      const T* cprev = cc.Cs.data() + t * NH;
-      const T* cnext = cc.Cs.data() + (t + 1) * NH;
-      const T* cht = norms.c != Norm::none ? cc.Ch.data() + t * NH : nullptr;
-      const T* dYt = dYin ? dYin + t * NH : nullptr;
+    // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
+    // before each thread computes its columns of dh_{t-1} = dRh R.
+    const int P = time_loop_threads(H);
+    ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
+    ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
+#pragma omp parallel num_threads(P) if (P > 1)
+    {
+      const int p = P > 1 ? omp_get_thread_num() : 0;
+      const auto [k0, k1] = unit_block(p, P, H);
+      const int w = k1 - k0;
+      std::vector<double> a1(4 * static_cast<size_t>(w) + 1), a2(4 * static_cast<size_t>(w) + 1);
+      for (int t = nT - 1; t >= 0; --t) {
+        const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
+        const int64_t cnt = count[t];
+        T* Gt = cc.G.data() + t * NG;
+        const T* cprev = cc.Cs.data() + t * NH;
+        const T* cnext = cc.Cs.data() + (t + 1) * NH;
+        const T* cht = norms.c != Norm::none ? cc.Ch.data() + t * NH : nullptr;
+        const T* dYt = dYin ? dYin + t * NH : nullptr;
 
-      // h = o * tanh(c~): gradient into o (written over o in G) and into c~ (dcn).
-#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
-      for (int n = 0; n < N; ++n) {
-        if (!vm[n]) continue;
-        T* dh = dh_rec.data() + static_cast<int64_t>(n) * H;
-        if (dYt) {
-          const T* d = dYt + static_cast<int64_t>(n) * H;
+        // h = o * tanh(c~): gradient into o (written over o in G) and into c~ (dcn).
+        for (int n = 0; n < N; ++n) {
+          if (!vm[n]) continue;
+          T* dh = dh_rec.data() + static_cast<int64_t>(n) * H;
+          if (dYt) {
+            const T* d = dYt + static_cast<int64_t>(n) * H;
 #pragma omp simd
-          for (int j = 0; j < H; ++j) dh[j] += d[j];
+            for (int j = k0; j < k1; ++j) dh[j] += d[j];
+          }
+          T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
+          T* dc = dcn.data() + static_cast<int64_t>(n) * H;
+          // dc holds tanh(c~) first, then the gradient
+          if (cht) {
+            const T* ch = cht + static_cast<int64_t>(n) * H;
+#pragma omp simd
+            for (int j = k0; j < k1; ++j) dc[j] = gc[j] * ch[j] + bc[j];
+          } else {
+            std::copy_n(cnext + static_cast<int64_t>(n) * H + k0, w, dc + k0);
+          }
+          kern::tanh_inplace(dc + k0, w);
+#pragma omp simd
+          for (int j = k0; j < k1; ++j) {
+            const T tc = dc[j];
+            const T ov = o[j];
+            dc[j] = dh[j] * ov * (T(1) - tc * tc);
+            o[j] = dh[j] * tc * ov * (T(1) - ov);
+          }
         }
-        T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
-        T* dc = dcn.data() + static_cast<int64_t>(n) * H;
-        const T* src = cht ? cht + static_cast<int64_t>(n) * H : cnext + static_cast<int64_t>(n) * H;
-        // dc holds tanh(c~) first, then the gradient
-        if (cht) {
-#pragma omp simd
-          for (int j = 0; j < H; ++j) dc[j] = gc[j] * src[j] + bc[j];
-        } else {
-          std::copy_n(src, H, dc);
+        // through the normalization of c
+        if (norms.c != Norm::none) {
+          kern::col_grad_sums_serial(dcn.data() + k0, cht + k0, N, H, w, vm, a1.data(), a2.data());
+          for (int j = 0; j < w; ++j) {
+            dgc[k0 + j] += static_cast<T>(a2[j]);
+            dbc[k0 + j] += static_cast<T>(a1[j]);
+          }
+          if (norms.c == Norm::bn_step)
+            kern::col_norm_backward_serial(dcn.data() + k0, cht + k0, N, H, w, vm, gc + k0,
+                                           cc.rc.data() + static_cast<size_t>(t) * H + k0,
+                                           a1.data(), a2.data(), cnt, batch, dcn.data() + k0);
+          else
+            ln_rows_backward(dcn.data(), cht, H, H, k0, w, 1, H, gc, vm, N, p, P,
+                             ln_part_c.data(), cc.rc.data() + static_cast<size_t>(t) * N);
         }
-        kern::tanh_inplace(dc, H);
+        // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G).
+        for (int n = 0; n < N; ++n) {
+          T* g = Gt + static_cast<int64_t>(n) * G;
+          if (!vm[n]) {
+            for (int q = 0; q < 4; ++q) std::fill_n(g + q * H + k0, w, T(0));
+            continue;
+          }
+          T* dcr = dc_rec.data() + static_cast<int64_t>(n) * H;
+          const T* dcv = dcn.data() + static_cast<int64_t>(n) * H;
+          const T* cp = cprev + static_cast<int64_t>(n) * H;
 #pragma omp simd
-        for (int j = 0; j < H; ++j) {
-          const T tc = dc[j];
-          const T ov = o[j];
-          dc[j] = dh[j] * ov * (T(1) - tc * tc);
-          o[j] = dh[j] * tc * ov * (T(1) - ov);
+          for (int j = k0; j < k1; ++j) {
+            const T dc = dcr[j] + dcv[j];
+            const T i = g[j], f = g[H + j], gg = g[2 * H + j];
+            g[j] = dc * gg * i * (T(1) - i);
+            g[H + j] = dc * cp[j] * f * (T(1) - f);
+            g[2 * H + j] = dc * i * (T(1) - gg * gg);
+            dcr[j] = dc * f;
+          }
+        }
+        // through the normalization of W_h h
+        T* dRh = Gt;
+        if (norms.h != Norm::none) {
+          T* Hht = cc.Hh.data() + t * NG;
+          for (int q = 0; q < 4; ++q) {
+            const int j0 = q * H + k0;
+            kern::col_grad_sums_serial(Gt + j0, Hht + j0, N, G, w, vm, a1.data(), a2.data());
+            for (int j = 0; j < w; ++j) dgh[j0 + j] += static_cast<T>(a2[j]);
+            if (norms.h == Norm::bn_step)
+              kern::col_norm_backward_serial(Gt + j0, Hht + j0, N, G, w, vm, gh + j0,
+                                             cc.rh.data() + static_cast<size_t>(t) * G + j0,
+                                             a1.data(), a2.data(), cnt, batch, Hht + j0);
+          }
+          if (norms.h == Norm::ln) {
+            // dRh is written over x-hat in Hh: ln_rows_backward reads x-hat before writing.
+            ln_rows_backward_to(Gt, Hht, G, G, k0, w, 4, H, gh, vm, N, p, P, ln_part_h.data(),
+                                cc.rh.data() + static_cast<size_t>(t) * N, Hht);
+          }
+          dRh = Hht;
+        }
+#pragma omp barrier
+        // dh_{t-1} = dRh R for the owned columns; padded rows pass their gradient through.
+        if (w > 0) {
+          blas::gemm(false, false, N, w, G, T(1), dRh, G, R + k0, H, T(0), dh_new.data() + k0, H);
+          for (int n = 0; n < N; ++n)
+            if (vm[n])
+              std::copy_n(dh_new.data() + static_cast<int64_t>(n) * H + k0, w,
+                          dh_rec.data() + static_cast<int64_t>(n) * H + k0);
         }
       }
-      // through the normalization of c
-      if (norms.c == Norm::bn_step) {
-        kern::column_grad_sums(dcn.data(), cht, N, H, vm, s1.data(), s2.data());
-        for (int j = 0; j < H; ++j) {
-          dgc[j] += static_cast<T>(s2[j]);
-          dbc[j] += static_cast<T>(s1[j]);
-        }
-        kern::column_norm_backward(dcn.data(), cht, N, H, vm, gc,
-                                   cc.rc.data() + static_cast<size_t>(t) * H, s1.data(),
-                                   s2.data(), count[t], batch, dcn.data(), tmp_small);
-      } else if (norms.c == Norm::ln) {
-        kern::column_grad_sums(dcn.data(), cht, N, H, vm, s1.data(), s2.data());
-        for (int j = 0; j < H; ++j) {
-          dgc[j] += static_cast<T>(s2[j]);
-          dbc[j] += static_cast<T>(s1[j]);
-        }
-        kern::row_norm_backward(dcn.data(), cht, N, H, vm, gc,
-                                cc.rc.data() + static_cast<size_t>(t) * N, dcn.data());
-      }
-      // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G).
-#pragma omp parallel for schedule(static) if (NG > kern::kParallelWork)
-      for (int n = 0; n < N; ++n) {
-        T* g = Gt + static_cast<int64_t>(n) * G;
-        if (!vm[n]) {
-          std::fill(g, g + G, T(0));
-          continue;
-        }
-        T* dcr = dc_rec.data() + static_cast<int64_t>(n) * H;
-        const T* dcv = dcn.data() + static_cast<int64_t>(n) * H;
-        const T* cp = cprev + static_cast<int64_t>(n) * H;
-#pragma omp simd
-        for (int j = 0; j < H; ++j) {
-          const T dc = dcr[j] + dcv[j];
-          const T i = g[j], f = g[H + j], gg = g[2 * H + j];
-          g[j] = dc * gg * i * (T(1) - i);
-          g[H + j] = dc * cp[j] * f * (T(1) - f);
-          g[2 * H + j] = dc * i * (T(1) - gg * gg);
-          dcr[j] = dc * f;
-        }
-      }
-      // through the normalization of W_h h
-      T* dRh = Gt;
-      if (norms.h != Norm::none) {
-        T* Hht = cc.Hh.data() + t * NG;
-        kern::column_grad_sums(Gt, Hht, N, G, vm, s1.data(), s2.data());
-        for (int j = 0; j < G; ++j) dgh[j] += static_cast<T>(s2[j]);
-        if (norms.h == Norm::bn_step)
-          kern::column_norm_backward(Gt, Hht, N, G, vm, gh,
-                                     cc.rh.data() + static_cast<size_t>(t) * G, s1.data(),
-                                     s2.data(), count[t], batch, Hht, tmp_small);
-        else
-          kern::row_norm_backward(Gt, Hht, N, G, vm, gh, cc.rh.data() + static_cast<size_t>(t) * N,
-                                  Hht);
-        dRh = Hht;
-      }
-      // dh_{t-1} = dRh R for valid rows; padded rows pass their gradient through unchanged.
-      blas::gemm(false, false, N, H, G, T(1), dRh, G, R, H, T(0), dh_new.data(), H);
-      for (int n = 0; n < N; ++n)
-        if (vm[n])
-          std::copy_n(dh_new.data() + static_cast<int64_t>(n) * H, H,
-                      dh_rec.data() + static_cast<int64_t>(n) * H);
     }
     if (nT == 0) return;
 

@@ -50,6 +50,16 @@ std::vector<CellCase> reference_cases() {
     d.learn_init_state = true;
     d.given_state = false;
     out.push_back(d);
+    CellCase w;  // wide enough for the time loop to split units over threads (blocks of 16)
+    w.cell = cell;
+    w.T = 4;
+    w.N = 5;
+    w.C = 3;
+    w.H = 40;
+    w.L = 2;
+    w.t_max = 4;
+    w.lengths = {4, 1, 3, 4, 2};
+    out.push_back(w);
   }
   CellCase e;
   e.cell = Cell::lnlstm;
@@ -186,8 +196,9 @@ TEST_P(CellGradient, FiniteDifferences) {
       v = keep;
       check.add(what, analytic, (lp - lm) / (2 * h));
     };
+    // Every entry of small tensors; about 256 evenly spread entries of large ones.
     for (const auto& ti : s.param_info())
-      for (size_t i = 0; i < ti.numel; ++i)
+      for (size_t i = 0; i < ti.numel; i += std::max<size_t>(1, ti.numel / 256))
         probe(s.params()[ti.offset + i], ti.name + "[" + std::to_string(i) + "]", g[ti.offset + i]);
     for (size_t i = 0; i < x.size(); ++i) probe(x[i], "x[" + std::to_string(i) + "]", dx[i]);
     if (given)
@@ -219,6 +230,16 @@ std::vector<CellCase> gradient_cases() {
     b.learn_init_state = true;
     b.given_state = false;
     out.push_back(b);
+    CellCase w;  // several threads in the time loop
+    w.cell = cell;
+    w.T = 3;
+    w.N = 8;  // enough rows per step that no BN feature has a near-zero batch variance
+    w.C = 3;
+    w.H = 33;
+    w.L = 2;
+    w.t_max = 3;
+    w.lengths = {3, 1, 2, 3, 3, 2, 3, 3};
+    out.push_back(w);
   }
   CellCase e;
   e.cell = Cell::lnlstm;
