@@ -229,6 +229,8 @@ namespace rbn::kern {
 // ---- serial column kernels over a column block [rows, w] with row stride ld ----------------
 // Used inside the time loop's parallel region, where each thread owns a block of hidden units.
 
+// One pass: sums and sums of squares in double (var = E[z^2] - mean^2 keeps ~6 significant digits
+// even when mean^2 / var reaches 1e10, far beyond what activations show).
 template <class T>
 void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* mean,
                       double* var) {
@@ -239,19 +241,21 @@ void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* va
     ++count;
     const T* zr = z + r * ld;
 #pragma omp simd
-    for (int j = 0; j < w; ++j) mean[j] += zr[j];
-  }
-  for (int j = 0; j < w; ++j) mean[j] = count ? mean[j] / count : 0.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!valid[r]) continue;
-    const T* zr = z + r * ld;
-#pragma omp simd
     for (int j = 0; j < w; ++j) {
-      const double d = zr[j] - mean[j];
-      var[j] += d * d;
+      const double v = zr[j];
+      mean[j] += v;
+      var[j] += v * v;
     }
   }
-  for (int j = 0; j < w; ++j) var[j] = count ? var[j] / count : 1.0;
+  for (int j = 0; j < w; ++j) {
+    if (count == 0) {
+      mean[j] = 0.0;
+      var[j] = 1.0;
+      continue;
+    }
+    mean[j] /= count;
+    var[j] = std::max(0.0, var[j] / count - mean[j] * mean[j]);
+  }
 }
 
 template <class T>

@@ -101,7 +101,7 @@ struct Stack<T>::Impl {
 
   // workspaces
   std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn, tmp_small;
-  std::vector<double> s1, s2, dstat_mean, dstat_var;
+  std::vector<double> s1, s2, dstat_mean, dstat_var, xsum1, xsum2;
 
   size_t add_param(const std::string& name, std::vector<int64_t> shape) {
     return add(pinfo, name, std::move(shape));
@@ -438,16 +438,7 @@ struct Stack<T>::Impl {
     blas::gemm(false, true, Tc * N, G, C, T(1), X, C, W, C, T(0), cc.Ax.data(), G);
     switch (norms.x) {
       case Norm::none: break;
-      case Norm::bn_step:
-        for (int t = 0; t < Tc; ++t) {
-          T* z = cc.Ax.data() + t * NG;
-          T* m = cc.mx.data() + static_cast<size_t>(t) * G;
-          T* r = cc.rx.data() + static_cast<size_t>(t) * G;
-          bn_stats(z, N, G, vmask + t * N, batch, L.mx, L.vx, L.rows_x, tg0 + t, update_running,
-                   m, r);
-          kern::column_normalize(z, N, G, vmask + t * N, m, r, z);
-        }
-        break;
+      case Norm::bn_step: break;  // per step inside the time loop, while Ax[t] is in cache
       case Norm::bn_seq:
         bn_stats(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask, batch, L.mx, L.vx, 1, 0,
                  update_running, cc.mx.data(), cc.rx.data());
@@ -484,9 +475,18 @@ struct Stack<T>::Impl {
         T* hnext = cc.Hs.data() + (t + 1) * NH;
         T* cnext = cc.Cs.data() + (t + 1) * NH;
         T* Gt = cc.G.data() + t * NG;
-        const T* Axt = cc.Ax.data() + t * NG;
         T* Hht = norms.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
 
+        if (norms.x == Norm::bn_step) {
+          T* m = cc.mx.data() + static_cast<size_t>(t) * G;
+          T* r = cc.rx.data() + static_cast<size_t>(t) * G;
+          T* ax = cc.Ax.data() + t * NG;
+          for (int q = 0; q < 4; ++q) {
+            const int j0 = q * H + k0;
+            block_stats(ax + j0, N, G, w, vm, cnt, batch, L.mx, L.vx, L.rows_x, tg, G, j0,
+                        update_running, sm.data(), sv.data(), m + j0, r + j0);
+          }
+        }
         // Recurrent product for the owned columns: into Hh (normalized in place) or into G.
         T* rh = Hht ? Hht : Gt;
         if (w > 0)
@@ -500,7 +500,6 @@ struct Stack<T>::Impl {
             const int j0 = q * H + k0;
             block_stats(rh + j0, N, G, w, vm, cnt, batch, L.mh, L.vh, L.rows_h, tg, G, j0,
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
-            kern::col_normalize_serial(rh + j0, N, G, w, vm, m + j0, r + j0, rh + j0, G);
           }
         } else if (norms.h == Norm::ln) {
           ln_rows(rh, G, G, k0, w, 4, H, vm, N, p, P, ln_part_h.data(), rowm.data(), rowr.data());
@@ -511,19 +510,36 @@ struct Stack<T>::Impl {
         }
 
         // Gates and the raw cell state for the owned units.
+        const bool xbn = norms.x == Norm::bn_step, hbn = norms.h == Norm::bn_step;
+        const T* mxt = xbn ? cc.mx.data() + static_cast<size_t>(t) * G : nullptr;
+        const T* rxt = xbn ? cc.rx.data() + static_cast<size_t>(t) * G : nullptr;
+        const T* mht = hbn ? cc.mh.data() + static_cast<size_t>(t) * G : nullptr;
+        const T* rht = hbn ? cc.rh.data() + static_cast<size_t>(t) * G : nullptr;
         for (int n = 0; n < N; ++n) {
           T* g = Gt + static_cast<int64_t>(n) * G;
           T* cn = cnext + static_cast<int64_t>(n) * H;
           const T* cp = cprev + static_cast<int64_t>(n) * H;
-          if (!vm[n]) {  // padded: carry the state, no gates
-            for (int q = 0; q < 4; ++q) std::fill_n(g + q * H + k0, w, T(0));
+          T* ax = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
+          T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
+          if (!vm[n]) {  // padded: carry the state, no gates, normalized values 0
+            for (int q = 0; q < 4; ++q) {
+              std::fill_n(g + q * H + k0, w, T(0));
+              if (xbn) std::fill_n(ax + q * H + k0, w, T(0));
+              if (hbn) std::fill_n(ah + q * H + k0, w, T(0));
+            }
             std::copy_n(cp + k0, w, cn + k0);
             continue;
           }
-          const T* ax = Axt + static_cast<int64_t>(n) * G;
-          const T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
           for (int q = 0; q < 4; ++q) {
             const int j0 = q * H + k0;
+            if (xbn) {  // BN of W x and of R h fused here: x-hat written back for backward
+#pragma omp simd
+              for (int j = j0; j < j0 + w; ++j) ax[j] = (ax[j] - mxt[j]) * rxt[j];
+            }
+            if (hbn) {
+#pragma omp simd
+              for (int j = j0; j < j0 + w; ++j) ah[j] = (ah[j] - mht[j]) * rht[j];
+            }
 #pragma omp simd
             for (int j = j0; j < j0 + w; ++j) {
               const T xa = gx ? gx[j] * ax[j] : ax[j];
@@ -742,6 +758,10 @@ struct Stack<T>::Impl {
     ensure(s2, G);
     const T* X = k == 0 ? cc.X.data() : caches[k - 1].Hs.data() + NH;
 
+    if (norms.x == Norm::bn_step) {
+      ensure(xsum1, static_cast<size_t>(nT) * G);
+      ensure(xsum2, static_cast<size_t>(nT) * G);
+    }
     // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
     // before each thread computes its columns of dh_{t-1} = dRh R.
     const int P = time_loop_threads(H);
@@ -752,7 +772,9 @@ struct Stack<T>::Impl {
       const int p = P > 1 ? omp_get_thread_num() : 0;
       const auto [k0, k1] = unit_block(p, P, H);
       const int w = k1 - k0;
-      std::vector<double> a1(4 * static_cast<size_t>(w) + 1), a2(4 * static_cast<size_t>(w) + 1);
+      std::vector<double> a1(4 * static_cast<size_t>(w) + 1), a2(4 * static_cast<size_t>(w) + 1),
+          a3(4 * static_cast<size_t>(w) + 1);
+      std::vector<double> db_acc(4 * static_cast<size_t>(w), 0.0), dgx_acc(4 * static_cast<size_t>(w), 0.0);
       for (int t = nT - 1; t >= 0; --t) {
         const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
         const int64_t cnt = count[t];
@@ -805,7 +827,15 @@ struct Stack<T>::Impl {
             ln_rows_backward(dcn.data(), cht, H, H, k0, w, 1, H, gc, vm, N, p, P,
                              ln_part_c.data(), cc.rc.data() + static_cast<size_t>(t) * N);
         }
-        // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G).
+        // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G). The same
+        // pass takes the column sums that db and the W x / R h normalizations need (sum of dpre,
+        // sum of dpre * x-hat), while the row is in cache.
+        const bool xbn = norms.x == Norm::bn_step, hn = norms.h != Norm::none;
+        T* Hht = hn ? cc.Hh.data() + t * NG : nullptr;
+        const size_t W4 = 4 * static_cast<size_t>(w);
+        std::fill_n(a1.data(), W4, 0.0);  // sum dpre (per owned column)
+        std::fill_n(a2.data(), W4, 0.0);  // sum dpre * x-hat of R h
+        std::fill_n(a3.data(), W4, 0.0);  // sum dpre * x-hat of W x
         for (int n = 0; n < N; ++n) {
           T* g = Gt + static_cast<int64_t>(n) * G;
           if (!vm[n]) {
@@ -824,19 +854,46 @@ struct Stack<T>::Impl {
             g[2 * H + j] = dc * i * (T(1) - gg * gg);
             dcr[j] = dc * f;
           }
-        }
-        // through the normalization of W_h h
-        T* dRh = Gt;
-        if (norms.h != Norm::none) {
-          T* Hht = cc.Hh.data() + t * NG;
+          const T* xr = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
+          const T* hr = hn ? Hht + static_cast<int64_t>(n) * G : nullptr;
           for (int q = 0; q < 4; ++q) {
             const int j0 = q * H + k0;
-            kern::col_grad_sums_serial(Gt + j0, Hht + j0, N, G, w, vm, a1.data(), a2.data());
-            for (int j = 0; j < w; ++j) dgh[j0 + j] += static_cast<T>(a2[j]);
+            double* s1q = a1.data() + q * w;
+            double* s2q = a2.data() + q * w;
+            double* s3q = a3.data() + q * w;
+#pragma omp simd
+            for (int j = 0; j < w; ++j) s1q[j] += g[j0 + j];
+            if (hr) {
+#pragma omp simd
+              for (int j = 0; j < w; ++j) s2q[j] += static_cast<double>(g[j0 + j]) * hr[j0 + j];
+            }
+            if (xbn) {
+#pragma omp simd
+              for (int j = 0; j < w; ++j) s3q[j] += static_cast<double>(g[j0 + j]) * xr[j0 + j];
+            }
+          }
+        }
+        for (size_t j = 0; j < W4; ++j) db_acc[j] += a1[j];
+        if (xbn)
+          for (int q = 0; q < 4; ++q) {
+            const size_t off = static_cast<size_t>(t) * G + q * H + k0;
+            for (int j = 0; j < w; ++j) {
+              xsum1[off + j] = a1[q * w + j];
+              xsum2[off + j] = a3[q * w + j];
+              dgx_acc[q * w + j] += a3[q * w + j];
+            }
+          }
+        // through the normalization of W_h h
+        T* dRh = Gt;
+        if (hn) {
+          for (int q = 0; q < 4; ++q) {
+            const int j0 = q * H + k0;
+            for (int j = 0; j < w; ++j) dgh[j0 + j] += static_cast<T>(a2[q * w + j]);
             if (norms.h == Norm::bn_step)
               kern::col_norm_backward_serial(Gt + j0, Hht + j0, N, G, w, vm, gh + j0,
                                              cc.rh.data() + static_cast<size_t>(t) * G + j0,
-                                             a1.data(), a2.data(), cnt, batch, Hht + j0);
+                                             a1.data() + q * w, a2.data() + q * w, cnt, batch,
+                                             Hht + j0);
           }
           if (norms.h == Norm::ln) {
             // dRh is written over x-hat in Hh: ln_rows_backward reads x-hat before writing.
@@ -855,6 +912,11 @@ struct Stack<T>::Impl {
                           dh_rec.data() + static_cast<int64_t>(n) * H + k0);
         }
       }
+      for (int q = 0; q < 4; ++q)
+        for (int j = 0; j < w; ++j) {
+          db[q * H + k0 + j] += static_cast<T>(db_acc[q * w + j]);
+          if (norms.x == Norm::bn_step) dgx[q * H + k0 + j] += static_cast<T>(dgx_acc[q * w + j]);
+        }
     }
     if (nT == 0) return;
 
@@ -862,23 +924,19 @@ struct Stack<T>::Impl {
     const T* dRhAll = norms.h != Norm::none ? cc.Hh.data() : cc.G.data();
     blas::gemm(true, false, G, H, static_cast<int>(TN), T(1), dRhAll, G, cc.Hs.data(), H, T(1), dR,
                H);
-    {
-      std::vector<uint8_t>& vm = valid;
-      kern::column_grad_sums(cc.G.data(), cc.G.data(), TN, G, vm.data(), s1.data(), s2.data());
-      for (int j = 0; j < G; ++j) db[j] += static_cast<T>(s1[j]);
-    }
     // Input normalization backward, in place on G (dpre -> d(W x)).
     switch (norms.x) {
       case Norm::none: break;
-      case Norm::bn_step:
+      case Norm::bn_step:  // the column sums were taken in the time loop
+#pragma omp parallel for schedule(static) if (TN * G > kern::kParallelWork)
         for (int t = 0; t < nT; ++t) {
           const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
           T* d = cc.G.data() + t * NG;
           const T* xh = cc.Ax.data() + t * NG;
-          kern::column_grad_sums(d, xh, N, G, vm, s1.data(), s2.data());
-          for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
-          kern::column_norm_backward(d, xh, N, G, vm, gx, cc.rx.data() + static_cast<size_t>(t) * G,
-                                     s1.data(), s2.data(), count[t], batch, d, tmp_small);
+          kern::col_norm_backward_serial(d, xh, N, G, G, vm, gx,
+                                         cc.rx.data() + static_cast<size_t>(t) * G,
+                                         xsum1.data() + static_cast<size_t>(t) * G,
+                                         xsum2.data() + static_cast<size_t>(t) * G, count[t], batch, d);
         }
         break;
       case Norm::bn_seq: {
