@@ -1,0 +1,46 @@
+"""rbn: fused batch-normalized and layer-normalized LSTMs (Cooijmans et al. 2017) from Python.
+
+    import rbn
+    s = rbn.Stack("bnlstm", input_size=1, hidden_size=100, t_max=784)
+    y, hT, cT = s.forward(x)            # x: float32 [T, N, C]; training mode by default
+    dx, dh0, dc0 = s.backward(dy=dy)    # parameter gradients accumulate in s.grads()
+
+`rbn.torch` wraps the same kernels as torch.nn.Modules.
+"""
+import os as _os
+
+
+def _select_blas_kernel():
+    # OpenBLAS 0.3.21 falls back to slow generic kernels on CPUs it does not know; it reads
+    # OPENBLAS_CORETYPE once, when it loads, so this only helps if numpy/torch are not loaded yet.
+    if "OPENBLAS_CORETYPE" in _os.environ:
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l for l in f if l.startswith("flags")), "").split()
+    except OSError:
+        return
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags):
+        _os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= set(flags):
+        _os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
+_select_blas_kernel()
+
+import numpy as _np  # noqa: E402
+
+from ._rbn import RbnError, Stack32, Stack64, cells  # noqa: E402,F401
+
+
+def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32", **kwargs):
+    """A stack of recurrent layers. cell: lstm | bnlstm | bnx | bnx-seq | lnlstm.
+
+    kwargs: eps, gamma_x, gamma_h, gamma_c, forget_bias, momentum, ln_input, learn_init_state,
+    recurrent_init ('orthogonal' | 'identity'), seed.
+    """
+    cls = {"float32": Stack32, "float64": Stack64}[_np.dtype(dtype).name]
+    return cls(cell, input_size, hidden_size, num_layers, t_max, **kwargs)
+
+
+__all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells"]
