@@ -32,9 +32,15 @@ void check_shape(const py::array& a, std::initializer_list<int64_t> want, const 
   if (!ok) {
     std::string s = std::string(what) + ": expected shape [";
     i = 0;
-    for (int64_t w : want) s += (i++ ? "," : "") + std::to_string(w);
+    for (int64_t w : want) {
+      if (i++) s += ',';
+      s += std::to_string(w);
+    }
     s += "], got [";
-    for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? "," : "") + std::to_string(a.shape(d));
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+      if (d) s += ',';
+      s += std::to_string(a.shape(d));
+    }
     throw py::value_error(s + "]");
   }
 }
