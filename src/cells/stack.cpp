@@ -276,7 +276,7 @@ struct Stack<T>::Impl {
 
   // ---- the time loop's thread layout --------------------------------------------------------
 
-  std::vector<double> ln_part_h, ln_part_c;  // per thread and row: partial sums for LN rows
+  std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // per thread and row: partial sums for LN rows
 
   // Threads for the time loop: a block of at least 16 hidden units each.
   static int time_loop_threads(int H) {
@@ -314,26 +314,30 @@ struct Stack<T>::Impl {
   }
 
   // Layer normalization of rows over F features, in place on z (stride ld), for the columns this
-  // thread owns: nb blocks of width w at offsets q*stride + k0. Partial sums of all threads are
-  // combined after a barrier; every thread then knows each row's mean and rstd (rowm, rowr).
-  void ln_rows(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
-               int p, int P, double* part, T* rowm, T* rowr) {
+  // thread owns: nb blocks of width w at offsets q*stride + k0. ln_partial writes this thread's
+  // partial sums; after a barrier ln_finish combines all threads' and normalizes (every thread then
+  // knows each row's mean and rstd: rowm, rowr). Two normalizations can share one barrier.
+  void ln_partial(const T* z, int ld, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
+                  int p, double* part) {
     for (int n = 0; n < N; ++n) {
       double s = 0, q2 = 0;
       if (vm[n]) {
         const T* zr = z + static_cast<int64_t>(n) * ld;
-        for (int q = 0; q < nb; ++q)
-          for (int j = q * stride + k0; j < q * stride + k0 + w; ++j) {
-            s += zr[j];
-            q2 += static_cast<double>(zr[j]) * zr[j];
+        for (int q = 0; q < nb; ++q) {
+          const T* zq = zr + q * stride + k0;
+#pragma omp simd reduction(+ : s, q2)
+          for (int j = 0; j < w; ++j) {
+            s += zq[j];
+            q2 += static_cast<double>(zq[j]) * zq[j];
           }
+        }
       }
       part[(static_cast<size_t>(p) * N + n) * 2] = s;
       part[(static_cast<size_t>(p) * N + n) * 2 + 1] = q2;
     }
-    if (P > 1) {
-#pragma omp barrier
-    }
+  }
+  void ln_finish(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
+                 int P, const double* part, T* rowm, T* rowr) {
     for (int n = 0; n < N; ++n) {
       if (!vm[n]) {
         rowm[n] = 0;
@@ -363,31 +367,42 @@ struct Stack<T>::Impl {
       }
     }
   }
+  void ln_rows(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
+               int p, int P, double* part, T* rowm, T* rowr) {
+    ln_partial(z, ld, k0, w, nb, stride, vm, N, p, part);
+    if (P > 1) {
+#pragma omp barrier
+    }
+    ln_finish(z, ld, F, k0, w, nb, stride, vm, N, P, part, rowm, rowr);
+  }
 
   // LN backward over rows for the owned columns: dz = rstd*(dy*g - mean(dy*g) - xh*mean(dy*g*xh)),
-  // the means over all F features (partial sums combined after a barrier). dz may alias dy or xh
-  // (each element is read before it is written).
-  void ln_rows_backward_to(const T* dy, const T* xh, int ld, int F, int k0, int w, int nb,
-                           int stride, const T* gamma, const uint8_t* vm, int N, int p, int P,
-                           double* part, const T* rstd, T* dz) {
+  // the means over all F features (partial sums combined after a barrier, which two
+  // normalizations can share). dz may alias dy or xh (each element is read before it is written).
+  void ln_bwd_partial(const T* dy, const T* xh, int ld, int k0, int w, int nb, int stride,
+                      const T* gamma, const uint8_t* vm, int N, int p, double* part) {
     for (int n = 0; n < N; ++n) {
       double s1 = 0, s2 = 0;
       if (vm[n]) {
         const T* d = dy + static_cast<int64_t>(n) * ld;
         const T* x = xh + static_cast<int64_t>(n) * ld;
-        for (int q = 0; q < nb; ++q)
-          for (int j = q * stride + k0; j < q * stride + k0 + w; ++j) {
+        for (int q = 0; q < nb; ++q) {
+          const int j0 = q * stride + k0;
+#pragma omp simd reduction(+ : s1, s2)
+          for (int j = j0; j < j0 + w; ++j) {
             const double gd = static_cast<double>(d[j]) * gamma[j];
             s1 += gd;
             s2 += gd * x[j];
           }
+        }
       }
       part[(static_cast<size_t>(p) * N + n) * 2] = s1;
       part[(static_cast<size_t>(p) * N + n) * 2 + 1] = s2;
     }
-    if (P > 1) {
-#pragma omp barrier
-    }
+  }
+  void ln_bwd_finish(const T* dy, const T* xh, int ld, int F, int k0, int w, int nb, int stride,
+                     const T* gamma, const uint8_t* vm, int N, int P, const double* part,
+                     const T* rstd, T* dz) {
     for (int n = 0; n < N; ++n) {
       const T* d = dy + static_cast<int64_t>(n) * ld;
       const T* x = xh + static_cast<int64_t>(n) * ld;
@@ -412,7 +427,11 @@ struct Stack<T>::Impl {
   void ln_rows_backward(T* dy, const T* xh, int ld, int F, int k0, int w, int nb, int stride,
                         const T* gamma, const uint8_t* vm, int N, int p, int P, double* part,
                         const T* rstd) {
-    ln_rows_backward_to(dy, xh, ld, F, k0, w, nb, stride, gamma, vm, N, p, P, part, rstd, dy);
+    ln_bwd_partial(dy, xh, ld, k0, w, nb, stride, gamma, vm, N, p, part);
+    if (P > 1) {
+#pragma omp barrier
+    }
+    ln_bwd_finish(dy, xh, ld, F, k0, w, nb, stride, gamma, vm, N, P, part, rstd, dy);
   }
 
   // ---- forward ----------------------------------------------------------------------------
@@ -432,7 +451,6 @@ struct Stack<T>::Impl {
     const T* gh = L.gh != npos ? params.data() + L.gh : nullptr;
     const T* gc = L.gc != npos ? params.data() + L.gc : nullptr;
     const T* bc = L.bc != npos ? params.data() + L.bc : nullptr;
-    const double eps = cfg.eps;
 
     // Input projection for all steps at once, then its normalization (outside the recurrence).
     blas::gemm(false, true, Tc * N, G, C, T(1), X, C, W, C, T(0), cc.Ax.data(), G);
@@ -445,10 +463,7 @@ struct Stack<T>::Impl {
         kern::column_normalize(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask,
                                cc.mx.data(), cc.rx.data(), cc.Ax.data());
         break;
-      case Norm::ln:
-        kern::row_normalize(cc.Ax.data(), static_cast<int64_t>(Tc) * N, G, vmask, eps,
-                            cc.mx.data(), cc.rx.data(), cc.Ax.data());
-        break;
+      case Norm::ln: break;  // per step inside the time loop, sharing LN(R h)'s barrier
     }
 
     // The time loop runs in one parallel region. Each thread owns a block of hidden units and the
@@ -458,6 +473,7 @@ struct Stack<T>::Impl {
     const int P = time_loop_threads(H);
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
+    ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
@@ -502,10 +518,24 @@ struct Stack<T>::Impl {
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
           }
         } else if (norms.h == Norm::ln) {
-          ln_rows(rh, G, G, k0, w, 4, H, vm, N, p, P, ln_part_h.data(), rowm.data(), rowr.data());
+          T* ax = cc.Ax.data() + t * NG;
+          const bool lnx = norms.x == Norm::ln;
+          ln_partial(rh, G, k0, w, 4, H, vm, N, p, ln_part_h.data());
+          if (lnx) ln_partial(ax, G, k0, w, 4, H, vm, N, p, ln_part_x.data());
+          if (P > 1) {
+#pragma omp barrier
+          }
+          ln_finish(rh, G, G, k0, w, 4, H, vm, N, P, ln_part_h.data(), rowm.data(), rowr.data());
           if (p == 0) {
             std::copy_n(rowm.data(), N, cc.mh.data() + static_cast<size_t>(t) * N);
             std::copy_n(rowr.data(), N, cc.rh.data() + static_cast<size_t>(t) * N);
+          }
+          if (lnx) {
+            ln_finish(ax, G, G, k0, w, 4, H, vm, N, P, ln_part_x.data(), rowm.data(), rowr.data());
+            if (p == 0) {
+              std::copy_n(rowm.data(), N, cc.mx.data() + static_cast<size_t>(t) * N);
+              std::copy_n(rowr.data(), N, cc.rx.data() + static_cast<size_t>(t) * N);
+            }
           }
         }
 
@@ -767,6 +797,7 @@ struct Stack<T>::Impl {
     const int P = time_loop_threads(H);
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
+    ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
@@ -830,7 +861,9 @@ struct Stack<T>::Impl {
         // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G). The same
         // pass takes the column sums that db and the W x / R h normalizations need (sum of dpre,
         // sum of dpre * x-hat), while the row is in cache.
-        const bool xbn = norms.x == Norm::bn_step, hn = norms.h != Norm::none;
+        // xs: the input normalization is per step (BN_t or LN): its dgamma sums come from here.
+        const bool xbn = norms.x == Norm::bn_step || norms.x == Norm::ln,
+                   hn = norms.h != Norm::none;
         T* Hht = hn ? cc.Hh.data() + t * NG : nullptr;
         const size_t W4 = 4 * static_cast<size_t>(w);
         std::fill_n(a1.data(), W4, 0.0);  // sum dpre (per owned column)
@@ -876,11 +909,13 @@ struct Stack<T>::Impl {
         for (size_t j = 0; j < W4; ++j) db_acc[j] += a1[j];
         if (xbn)
           for (int q = 0; q < 4; ++q) {
-            const size_t off = static_cast<size_t>(t) * G + q * H + k0;
-            for (int j = 0; j < w; ++j) {
-              xsum1[off + j] = a1[q * w + j];
-              xsum2[off + j] = a3[q * w + j];
-              dgx_acc[q * w + j] += a3[q * w + j];
+            for (int j = 0; j < w; ++j) dgx_acc[q * w + j] += a3[q * w + j];
+            if (norms.x == Norm::bn_step) {
+              const size_t off = static_cast<size_t>(t) * G + q * H + k0;
+              for (int j = 0; j < w; ++j) {
+                xsum1[off + j] = a1[q * w + j];
+                xsum2[off + j] = a3[q * w + j];
+              }
             }
           }
         // through the normalization of W_h h
@@ -896,9 +931,20 @@ struct Stack<T>::Impl {
                                              Hht + j0);
           }
           if (norms.h == Norm::ln) {
-            // dRh is written over x-hat in Hh: ln_rows_backward reads x-hat before writing.
-            ln_rows_backward_to(Gt, Hht, G, G, k0, w, 4, H, gh, vm, N, p, P, ln_part_h.data(),
-                                cc.rh.data() + static_cast<size_t>(t) * N, Hht);
+            // dRh is written over x-hat in Hh, then d(W x) over dpre in G (LN of W x shares
+            // the barrier): each element is read before it is written.
+            T* ax = cc.Ax.data() + t * NG;
+            const bool lnx = norms.x == Norm::ln;
+            ln_bwd_partial(Gt, Hht, G, k0, w, 4, H, gh, vm, N, p, ln_part_h.data());
+            if (lnx) ln_bwd_partial(Gt, ax, G, k0, w, 4, H, gx, vm, N, p, ln_part_x.data());
+            if (P > 1) {
+#pragma omp barrier
+            }
+            ln_bwd_finish(Gt, Hht, G, G, k0, w, 4, H, gh, vm, N, P, ln_part_h.data(),
+                          cc.rh.data() + static_cast<size_t>(t) * N, Hht);
+            if (lnx)
+              ln_bwd_finish(Gt, ax, G, G, k0, w, 4, H, gx, vm, N, P, ln_part_x.data(),
+                            cc.rx.data() + static_cast<size_t>(t) * N, Gt);
           }
           dRh = Hht;
         }
@@ -915,7 +961,7 @@ struct Stack<T>::Impl {
       for (int q = 0; q < 4; ++q)
         for (int j = 0; j < w; ++j) {
           db[q * H + k0 + j] += static_cast<T>(db_acc[q * w + j]);
-          if (norms.x == Norm::bn_step) dgx[q * H + k0 + j] += static_cast<T>(dgx_acc[q * w + j]);
+          if (dgx) dgx[q * H + k0 + j] += static_cast<T>(dgx_acc[q * w + j]);
         }
     }
     if (nT == 0) return;
@@ -950,13 +996,7 @@ struct Stack<T>::Impl {
                                    tmp_small);
         break;
       }
-      case Norm::ln:
-        kern::column_grad_sums(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), s1.data(),
-                               s2.data());
-        for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
-        kern::row_norm_backward(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), gx, cc.rx.data(),
-                                cc.G.data());
-        break;
+      case Norm::ln: break;  // done in the time loop
     }
     blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), cc.G.data(), G, X, C, T(1), dW, C);
     if (dX)
