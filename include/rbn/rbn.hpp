@@ -15,12 +15,16 @@
 
 namespace rbn {
 
-enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm };
+enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm, rnn, bnrnn };
 
-std::optional<Cell> parse_cell(std::string_view name);  // "lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"
+// "lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"; and the tanh RNNs "rnn", "bnrnn" (the paper's
+// gradient-flow experiment: h = tanh(BN_t(W x) + BN_t(R h) + b)).
+std::optional<Cell> parse_cell(std::string_view name);
 const char* cell_name(Cell cell);
-const std::vector<Cell>& all_cells();
-bool cell_has_population_stats(Cell cell);  // bnlstm, bnx, bnx-seq
+const std::vector<Cell>& all_cells();       // the five LSTM cells
+const std::vector<Cell>& all_rnn_cells();   // rnn, bnrnn
+bool cell_has_population_stats(Cell cell);  // bnlstm, bnx, bnx-seq, bnrnn
+int cell_gates(Cell cell);                  // 4 (i, f, g, o) for LSTMs, 1 for tanh RNNs
 
 enum class Mode { train, infer };
 enum class RecurrentInit { orthogonal, identity };
@@ -116,6 +120,10 @@ class Stack {
   // Normalized values before the affine (x_hat), as cached by the last forward, for tests and
   // tools: which is "x", "h" or "c"; returns [T,N,F] or empty when the cell has no such norm.
   std::span<const T> cached_normalized(int layer, std::string_view which) const;
+  // Gradient probe (the gradient-flow figure): when set, backward() writes the batch mean of
+  // ||dL/dh_t|| over the valid rows, for every step of layer `layer`, into *norms ([T]).
+  void set_grad_probe(int layer, std::vector<double>* norms);
+
   // Bytes of activations that backward reads (for memory reporting).
   size_t cache_bytes() const;
   size_t workspace_bytes() const;

@@ -12,11 +12,13 @@ struct CellName {
   Cell cell;
   const char* name;
 };
-constexpr std::array<CellName, 5> kCellNames{{{Cell::lstm, "lstm"},
+constexpr std::array<CellName, 7> kCellNames{{{Cell::lstm, "lstm"},
                                               {Cell::bnlstm, "bnlstm"},
                                               {Cell::bnx, "bnx"},
                                               {Cell::bnx_seq, "bnx-seq"},
-                                              {Cell::lnlstm, "lnlstm"}}};
+                                              {Cell::lnlstm, "lnlstm"},
+                                              {Cell::rnn, "rnn"},
+                                              {Cell::bnrnn, "bnrnn"}}};
 }  // namespace
 
 std::optional<Cell> parse_cell(std::string_view name) {
@@ -37,9 +39,16 @@ const std::vector<Cell>& all_cells() {
   return cells;
 }
 
-bool cell_has_population_stats(Cell cell) {
-  return cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq;
+const std::vector<Cell>& all_rnn_cells() {
+  static const std::vector<Cell> cells{Cell::rnn, Cell::bnrnn};
+  return cells;
 }
+
+bool cell_has_population_stats(Cell cell) {
+  return cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq || cell == Cell::bnrnn;
+}
+
+int cell_gates(Cell cell) { return cell == Cell::rnn || cell == Cell::bnrnn ? 1 : 4; }
 
 // Defaults: BN gains 0.1 (Cooijmans et al. 2017, also used for Laurent's input BN here, whose own
 // choice is 1); LN gains 1 (Ba et al. 2016).

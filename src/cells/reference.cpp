@@ -71,12 +71,16 @@ const std::vector<double>& get(const Tensors& t, const std::string& name) {
 Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers, Mode mode,
                int T, int N, const std::vector<double>& x, const std::vector<int>& lengths,
                const std::vector<double>& h0, const std::vector<double>& c0, int t0) {
-  const int H = cfg.hidden_size, G = 4 * H, L = cfg.num_layers;
+  const int H = cfg.hidden_size, L = cfg.num_layers;
+  const int G = (cfg.cell == Cell::rnn || cfg.cell == Cell::bnrnn ? 1 : 4) * H;
   const double eps = cfg.eps;
   const bool train = mode == Mode::train;
   const Cell cell = cfg.cell;
-  const bool bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq;
+  const bool rnn = cell == Cell::rnn || cell == Cell::bnrnn;  // h = tanh(pre), no c
+  const bool bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq ||
+                    cell == Cell::bnrnn;
   const bool bn_hc = cell == Cell::bnlstm;
+  const bool bn_h = cell == Cell::bnlstm || cell == Cell::bnrnn;
   const bool ln = cell == Cell::lnlstm;
   const bool ln_x = ln && cfg.ln_input;
 
@@ -152,7 +156,7 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
       const int tg = t0 + t;
       // input term
       Rows ax = wx[t];
-      if (cell == Cell::bnlstm || cell == Cell::bnx) {
+      if (cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn) {
         std::vector<double> m, var;
         ax = batch_norm(wx[t], valid, eps, train, pop_row(p + "bn_x.running_mean", tg, G),
                         pop_row(p + "bn_x.running_var", tg, G), m, var);
@@ -174,7 +178,7 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
           for (int q = 0; q < H; ++q) s += R[static_cast<size_t>(r) * H + q] * h[n][q];
           ah[n][r] = s;
         }
-      if (bn_hc) {
+      if (bn_h) {
         std::vector<double> m, var;
         ah = batch_norm(ah, valid, eps, train, pop_row(p + "bn_h.running_mean", tg, G),
                         pop_row(p + "bn_h.running_var", tg, G), m, var);
@@ -185,9 +189,19 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
       }
       if (ln)
         for (int n = 0; n < N; ++n) ah[n] = layer_norm(ah[n], eps);
-      if (bn_hc || ln)
+      if (bn_h || ln)
         for (int n = 0; n < N; ++n)
           for (int j = 0; j < G; ++j) ah[n][j] *= gh[j];
+      if (rnn) {  // h_t = tanh(pre); c is carried unchanged
+        for (int n = 0; n < N; ++n) {
+          if (!valid[n]) continue;
+          for (int j = 0; j < H; ++j) {
+            h[n][j] = std::tanh(ax[n][j] + ah[n][j] + b[j]);
+            out[(static_cast<size_t>(t) * N + n) * H + j] = h[n][j];
+          }
+        }
+        continue;
+      }
       // gates and the raw cell state
       Rows cnew = c, ogate(N, std::vector<double>(H, 0.0));
       for (int n = 0; n < N; ++n) {

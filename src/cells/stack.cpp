@@ -40,6 +40,8 @@ Norms norms_of(const StackConfig& cfg) {
     case Cell::bnx: return {Norm::bn_step, Norm::none, Norm::none};
     case Cell::bnx_seq: return {Norm::bn_seq, Norm::none, Norm::none};
     case Cell::lnlstm: return {cfg.ln_input ? Norm::ln : Norm::none, Norm::ln, Norm::ln};
+    case Cell::rnn: return {Norm::none, Norm::none, Norm::none};
+    case Cell::bnrnn: return {Norm::bn_step, Norm::bn_step, Norm::none};
   }
   return {Norm::none, Norm::none, Norm::none};
 }
@@ -80,6 +82,7 @@ template <class T>
 struct Stack<T>::Impl {
   StackConfig cfg;
   Norms norms;
+  int ng = 4;  // gate blocks: 4 (i, f, g, o) for LSTMs, 1 for tanh RNNs
   std::vector<TensorInfo> pinfo, binfo;
   std::vector<T> params, grads, buffers;
   std::vector<LayerLayout> layers;
@@ -121,7 +124,8 @@ struct Stack<T>::Impl {
   explicit Impl(const StackConfig& c) : cfg(c) {
     cfg.validate();
     norms = norms_of(cfg);
-    const int64_t H = cfg.hidden_size, G = 4 * H;
+    ng = cell_gates(cfg.cell);
+    const int64_t H = cfg.hidden_size, G = ng * H;
     for (int k = 0; k < cfg.num_layers; ++k) {
       LayerLayout L;
       L.C = k == 0 ? cfg.input_size : cfg.hidden_size;
@@ -180,28 +184,30 @@ struct Stack<T>::Impl {
     for (const auto& L : layers) {
       // W_x and W_h orthogonal per gate block; "identity" puts I on the g block of W_h
       // (the authors' MNIST runs).
-      for (int gate = 0; gate < 4; ++gate) {
+      for (int gate = 0; gate < ng; ++gate) {
         block.resize(static_cast<size_t>(H) * L.C);
         orthogonal_init(block.data(), H, L.C, rng);
         T* dst = params.data() + L.W + static_cast<size_t>(gate) * H * L.C;
         for (size_t i = 0; i < block.size(); ++i) dst[i] = static_cast<T>(block[i]);
       }
-      for (int gate = 0; gate < 4; ++gate) {
+      for (int gate = 0; gate < ng; ++gate) {
         block.resize(static_cast<size_t>(H) * H);
         orthogonal_init(block.data(), H, H, rng);
         T* dst = params.data() + L.R + static_cast<size_t>(gate) * H * H;
-        const bool identity = cfg.recurrent_init == RecurrentInit::identity && gate == 2;
+        // identity on the g block (LSTM) or on the whole R (tanh RNN, Le et al.'s iRNN)
+        const bool identity = cfg.recurrent_init == RecurrentInit::identity && (gate == 2 || ng == 1);
         for (int r = 0; r < H; ++r)
           for (int c = 0; c < H; ++c)
             dst[static_cast<size_t>(r) * H + c] =
                 identity ? T(r == c ? 1 : 0) : static_cast<T>(block[static_cast<size_t>(r) * H + c]);
       }
-      for (int j = 0; j < H; ++j) params[L.b + H + j] = static_cast<T>(cfg.forget_bias);
+      if (ng == 4)
+        for (int j = 0; j < H; ++j) params[L.b + H + j] = static_cast<T>(cfg.forget_bias);
       auto fill = [&](size_t off, size_t n, double v) {
         if (off != npos) std::fill_n(params.data() + off, n, static_cast<T>(v));
       };
-      fill(L.gx, 4 * H, cfg.gamma_x_or_default());
-      fill(L.gh, 4 * H, cfg.gamma_h_or_default());
+      fill(L.gx, ng * H, cfg.gamma_x_or_default());
+      fill(L.gh, ng * H, cfg.gamma_h_or_default());
       fill(L.gc, H, cfg.gamma_c_or_default());
     }
     reset_population_stats();
@@ -276,7 +282,11 @@ struct Stack<T>::Impl {
 
   // ---- the time loop's thread layout --------------------------------------------------------
 
-  std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // per thread and row: partial sums for LN rows
+  std::vector<double> ln_part_h, ln_part_c, ln_part_x;
+  // gradient probe: per step, thread and row, the partial sum of squares of dL/dh_t
+  int probe_layer = -1;
+  std::vector<double>* probe_out = nullptr;
+  std::vector<double> probe_sq;  // per thread and row: partial sums for LN rows
 
   // Threads for the time loop: a block of at least 16 hidden units each.
   static int time_loop_threads(int H) {
@@ -442,7 +452,7 @@ struct Stack<T>::Impl {
                      bool batch, bool update_running) {
     const LayerLayout& L = layers[k];
     LayerCache<T>& cc = caches[k];
-    const int H = cfg.hidden_size, G = 4 * H, C = L.C;
+    const int H = cfg.hidden_size, G = ng * H, C = L.C;
     const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
     const T* W = params.data() + L.W;
     const T* R = params.data() + L.R;
@@ -479,7 +489,7 @@ struct Stack<T>::Impl {
       const int p = P > 1 ? omp_get_thread_num() : 0;
       const auto [k0, k1] = unit_block(p, P, H);
       const int w = k1 - k0;
-      std::vector<double> sm(4 * static_cast<size_t>(w) + 1), sv(4 * static_cast<size_t>(w) + 1);
+      std::vector<double> sm(static_cast<size_t>(ng) * w + 1), sv(static_cast<size_t>(ng) * w + 1);
       std::vector<T> rowm(N), rowr(N);
       for (int t = 0; t < Tc; ++t) {
         const uint8_t* vm = vmask + t * N;
@@ -497,7 +507,7 @@ struct Stack<T>::Impl {
           T* m = cc.mx.data() + static_cast<size_t>(t) * G;
           T* r = cc.rx.data() + static_cast<size_t>(t) * G;
           T* ax = cc.Ax.data() + t * NG;
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             block_stats(ax + j0, N, G, w, vm, cnt, batch, L.mx, L.vx, L.rows_x, tg, G, j0,
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
@@ -506,13 +516,13 @@ struct Stack<T>::Impl {
         // Recurrent product for the owned columns: into Hh (normalized in place) or into G.
         T* rh = Hht ? Hht : Gt;
         if (w > 0)
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < ng; ++q)
             blas::gemm(false, true, N, w, H, T(1), hprev, H, R + static_cast<size_t>(q * H + k0) * H,
                        H, T(0), rh + q * H + k0, G);
         if (norms.h == Norm::bn_step) {
           T* m = cc.mh.data() + static_cast<size_t>(t) * G;
           T* r = cc.rh.data() + static_cast<size_t>(t) * G;
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             block_stats(rh + j0, N, G, w, vm, cnt, batch, L.mh, L.vh, L.rows_h, tg, G, j0,
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
@@ -520,18 +530,18 @@ struct Stack<T>::Impl {
         } else if (norms.h == Norm::ln) {
           T* ax = cc.Ax.data() + t * NG;
           const bool lnx = norms.x == Norm::ln;
-          ln_partial(rh, G, k0, w, 4, H, vm, N, p, ln_part_h.data());
-          if (lnx) ln_partial(ax, G, k0, w, 4, H, vm, N, p, ln_part_x.data());
+          ln_partial(rh, G, k0, w, ng, H, vm, N, p, ln_part_h.data());
+          if (lnx) ln_partial(ax, G, k0, w, ng, H, vm, N, p, ln_part_x.data());
           if (P > 1) {
 #pragma omp barrier
           }
-          ln_finish(rh, G, G, k0, w, 4, H, vm, N, P, ln_part_h.data(), rowm.data(), rowr.data());
+          ln_finish(rh, G, G, k0, w, ng, H, vm, N, P, ln_part_h.data(), rowm.data(), rowr.data());
           if (p == 0) {
             std::copy_n(rowm.data(), N, cc.mh.data() + static_cast<size_t>(t) * N);
             std::copy_n(rowr.data(), N, cc.rh.data() + static_cast<size_t>(t) * N);
           }
           if (lnx) {
-            ln_finish(ax, G, G, k0, w, 4, H, vm, N, P, ln_part_x.data(), rowm.data(), rowr.data());
+            ln_finish(ax, G, G, k0, w, ng, H, vm, N, P, ln_part_x.data(), rowm.data(), rowr.data());
             if (p == 0) {
               std::copy_n(rowm.data(), N, cc.mx.data() + static_cast<size_t>(t) * N);
               std::copy_n(rowr.data(), N, cc.rx.data() + static_cast<size_t>(t) * N);
@@ -552,7 +562,7 @@ struct Stack<T>::Impl {
           T* ax = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
           T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
           if (!vm[n]) {  // padded: carry the state, no gates, normalized values 0
-            for (int q = 0; q < 4; ++q) {
+            for (int q = 0; q < ng; ++q) {
               std::fill_n(g + q * H + k0, w, T(0));
               if (xbn) std::fill_n(ax + q * H + k0, w, T(0));
               if (hbn) std::fill_n(ah + q * H + k0, w, T(0));
@@ -560,7 +570,7 @@ struct Stack<T>::Impl {
             std::copy_n(cp + k0, w, cn + k0);
             continue;
           }
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             if (xbn) {  // BN of W x and of R h fused here: x-hat written back for backward
 #pragma omp simd
@@ -576,6 +586,12 @@ struct Stack<T>::Impl {
               const T ha = gh ? gh[j] * ah[j] : ah[j];
               g[j] = xa + ha + b[j];
             }
+          }
+          if (ng == 1) {  // tanh RNN: h = tanh(pre), kept in G for backward; c stays as given
+            kern::tanh_inplace(g + k0, w);
+            std::copy_n(g + k0, w, hnext + static_cast<int64_t>(n) * H + k0);
+            std::copy_n(cp + k0, w, cn + k0);
+            continue;
           }
           kern::sigmoid_inplace(g + k0, w);          // i
           kern::sigmoid_inplace(g + H + k0, w);      // f
@@ -611,6 +627,7 @@ struct Stack<T>::Impl {
             std::copy_n(hprev + static_cast<int64_t>(n) * H + k0, w, hn + k0);
             continue;
           }
+          if (ng == 1) continue;  // tanh RNN: h written with the gates
           const T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
           if (cht) {
             const T* ch = cht + static_cast<int64_t>(n) * H;
@@ -630,7 +647,7 @@ struct Stack<T>::Impl {
 
   void allocate_cache(int k, int Tc, int N, bool copy_input) {
     LayerCache<T>& cc = caches[k];
-    const size_t H = cfg.hidden_size, G = 4 * H, C = layers[k].C;
+    const size_t H = cfg.hidden_size, G = ng * H, C = layers[k].C;
     const size_t TN = static_cast<size_t>(Tc) * N;
     if (copy_input) ensure(cc.X, TN * C);
     ensure(cc.Ax, TN * G);
@@ -765,7 +782,7 @@ struct Stack<T>::Impl {
   void layer_backward(int k, const T* dYin, T* dX) {
     const LayerLayout& L = layers[k];
     LayerCache<T>& cc = caches[k];
-    const int nT = T_, N = N_, H = cfg.hidden_size, G = 4 * H, C = L.C;
+    const int nT = T_, N = N_, H = cfg.hidden_size, G = ng * H, C = L.C;
     const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
     const int64_t TN = static_cast<int64_t>(nT) * N;
     const bool batch = cache_batch_stats;
@@ -792,6 +809,8 @@ struct Stack<T>::Impl {
       ensure(xsum1, static_cast<size_t>(nT) * G);
       ensure(xsum2, static_cast<size_t>(nT) * G);
     }
+    const bool probe = probe_out && probe_layer == k;
+    if (probe) probe_sq.assign(static_cast<size_t>(nT) * time_loop_threads(H) * N, 0.0);
     // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
     // before each thread computes its columns of dh_{t-1} = dRh R.
     const int P = time_loop_threads(H);
@@ -803,9 +822,9 @@ struct Stack<T>::Impl {
       const int p = P > 1 ? omp_get_thread_num() : 0;
       const auto [k0, k1] = unit_block(p, P, H);
       const int w = k1 - k0;
-      std::vector<double> a1(4 * static_cast<size_t>(w) + 1), a2(4 * static_cast<size_t>(w) + 1),
-          a3(4 * static_cast<size_t>(w) + 1);
-      std::vector<double> db_acc(4 * static_cast<size_t>(w), 0.0), dgx_acc(4 * static_cast<size_t>(w), 0.0);
+      std::vector<double> a1(static_cast<size_t>(ng) * w + 1), a2(static_cast<size_t>(ng) * w + 1),
+          a3(static_cast<size_t>(ng) * w + 1);
+      std::vector<double> db_acc(static_cast<size_t>(ng) * w, 0.0), dgx_acc(static_cast<size_t>(ng) * w, 0.0);
       for (int t = nT - 1; t >= 0; --t) {
         const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
         const int64_t cnt = count[t];
@@ -823,6 +842,17 @@ struct Stack<T>::Impl {
             const T* d = dYt + static_cast<int64_t>(n) * H;
 #pragma omp simd
             for (int j = k0; j < k1; ++j) dh[j] += d[j];
+          }
+          if (probe) {
+            double q2 = 0;
+            for (int j = k0; j < k1; ++j) q2 += static_cast<double>(dh[j]) * dh[j];
+            probe_sq[(static_cast<size_t>(t) * P + p) * N + n] = q2;
+          }
+          if (ng == 1) {  // tanh RNN: dpre = dh (1 - h^2), h = tanh(pre) kept in G
+            T* g = Gt + static_cast<int64_t>(n) * G;
+#pragma omp simd
+            for (int j = k0; j < k1; ++j) g[j] = dh[j] * (T(1) - g[j] * g[j]);
+            continue;
           }
           T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
           T* dc = dcn.data() + static_cast<int64_t>(n) * H;
@@ -858,6 +888,7 @@ struct Stack<T>::Impl {
             ln_rows_backward(dcn.data(), cht, H, H, k0, w, 1, H, gc, vm, N, p, P,
                              ln_part_c.data(), cc.rc.data() + static_cast<size_t>(t) * N);
         }
+        // (tanh RNN: dpre is already in G for valid rows; padded rows are zeroed below.)
         // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G). The same
         // pass takes the column sums that db and the W x / R h normalizations need (sum of dpre,
         // sum of dpre * x-hat), while the row is in cache.
@@ -865,31 +896,33 @@ struct Stack<T>::Impl {
         const bool xbn = norms.x == Norm::bn_step || norms.x == Norm::ln,
                    hn = norms.h != Norm::none;
         T* Hht = hn ? cc.Hh.data() + t * NG : nullptr;
-        const size_t W4 = 4 * static_cast<size_t>(w);
+        const size_t W4 = static_cast<size_t>(ng) * w;
         std::fill_n(a1.data(), W4, 0.0);  // sum dpre (per owned column)
         std::fill_n(a2.data(), W4, 0.0);  // sum dpre * x-hat of R h
         std::fill_n(a3.data(), W4, 0.0);  // sum dpre * x-hat of W x
         for (int n = 0; n < N; ++n) {
           T* g = Gt + static_cast<int64_t>(n) * G;
           if (!vm[n]) {
-            for (int q = 0; q < 4; ++q) std::fill_n(g + q * H + k0, w, T(0));
+            for (int q = 0; q < ng; ++q) std::fill_n(g + q * H + k0, w, T(0));
             continue;
           }
           T* dcr = dc_rec.data() + static_cast<int64_t>(n) * H;
           const T* dcv = dcn.data() + static_cast<int64_t>(n) * H;
           const T* cp = cprev + static_cast<int64_t>(n) * H;
+          if (ng == 4) {
 #pragma omp simd
-          for (int j = k0; j < k1; ++j) {
-            const T dc = dcr[j] + dcv[j];
-            const T i = g[j], f = g[H + j], gg = g[2 * H + j];
-            g[j] = dc * gg * i * (T(1) - i);
-            g[H + j] = dc * cp[j] * f * (T(1) - f);
-            g[2 * H + j] = dc * i * (T(1) - gg * gg);
-            dcr[j] = dc * f;
+            for (int j = k0; j < k1; ++j) {
+              const T dc = dcr[j] + dcv[j];
+              const T i = g[j], f = g[H + j], gg = g[2 * H + j];
+              g[j] = dc * gg * i * (T(1) - i);
+              g[H + j] = dc * cp[j] * f * (T(1) - f);
+              g[2 * H + j] = dc * i * (T(1) - gg * gg);
+              dcr[j] = dc * f;
+            }
           }
           const T* xr = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
           const T* hr = hn ? Hht + static_cast<int64_t>(n) * G : nullptr;
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             double* s1q = a1.data() + q * w;
             double* s2q = a2.data() + q * w;
@@ -908,7 +941,7 @@ struct Stack<T>::Impl {
         }
         for (size_t j = 0; j < W4; ++j) db_acc[j] += a1[j];
         if (xbn)
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             for (int j = 0; j < w; ++j) dgx_acc[q * w + j] += a3[q * w + j];
             if (norms.x == Norm::bn_step) {
               const size_t off = static_cast<size_t>(t) * G + q * H + k0;
@@ -921,7 +954,7 @@ struct Stack<T>::Impl {
         // through the normalization of W_h h
         T* dRh = Gt;
         if (hn) {
-          for (int q = 0; q < 4; ++q) {
+          for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             for (int j = 0; j < w; ++j) dgh[j0 + j] += static_cast<T>(a2[q * w + j]);
             if (norms.h == Norm::bn_step)
@@ -935,15 +968,15 @@ struct Stack<T>::Impl {
             // the barrier): each element is read before it is written.
             T* ax = cc.Ax.data() + t * NG;
             const bool lnx = norms.x == Norm::ln;
-            ln_bwd_partial(Gt, Hht, G, k0, w, 4, H, gh, vm, N, p, ln_part_h.data());
-            if (lnx) ln_bwd_partial(Gt, ax, G, k0, w, 4, H, gx, vm, N, p, ln_part_x.data());
+            ln_bwd_partial(Gt, Hht, G, k0, w, ng, H, gh, vm, N, p, ln_part_h.data());
+            if (lnx) ln_bwd_partial(Gt, ax, G, k0, w, ng, H, gx, vm, N, p, ln_part_x.data());
             if (P > 1) {
 #pragma omp barrier
             }
-            ln_bwd_finish(Gt, Hht, G, G, k0, w, 4, H, gh, vm, N, P, ln_part_h.data(),
+            ln_bwd_finish(Gt, Hht, G, G, k0, w, ng, H, gh, vm, N, P, ln_part_h.data(),
                           cc.rh.data() + static_cast<size_t>(t) * N, Hht);
             if (lnx)
-              ln_bwd_finish(Gt, ax, G, G, k0, w, 4, H, gx, vm, N, P, ln_part_x.data(),
+              ln_bwd_finish(Gt, ax, G, G, k0, w, ng, H, gx, vm, N, P, ln_part_x.data(),
                             cc.rx.data() + static_cast<size_t>(t) * N, Gt);
           }
           dRh = Hht;
@@ -958,11 +991,25 @@ struct Stack<T>::Impl {
                           dh_rec.data() + static_cast<int64_t>(n) * H + k0);
         }
       }
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < ng; ++q)
         for (int j = 0; j < w; ++j) {
           db[q * H + k0 + j] += static_cast<T>(db_acc[q * w + j]);
           if (dgx) dgx[q * H + k0 + j] += static_cast<T>(dgx_acc[q * w + j]);
         }
+    }
+    if (probe) {  // batch mean over valid rows of ||dL/dh_t||
+      const int P = time_loop_threads(H);
+      probe_out->assign(nT, 0.0);
+      for (int t = 0; t < nT; ++t) {
+        double sum = 0;
+        for (int n = 0; n < N; ++n) {
+          if (!valid[static_cast<size_t>(t) * N + n]) continue;
+          double q2 = 0;
+          for (int p = 0; p < P; ++p) q2 += probe_sq[(static_cast<size_t>(t) * P + p) * N + n];
+          sum += std::sqrt(q2);
+        }
+        (*probe_out)[t] = count[t] ? sum / count[t] : 0.0;
+      }
     }
     if (nT == 0) return;
 
@@ -1147,10 +1194,16 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
   if (layer < 0 || layer >= I.cfg.num_layers || !I.have_cache) return {};
   const auto& cc = I.caches[layer];
   const size_t TN = static_cast<size_t>(I.T_) * I.N_, H = I.cfg.hidden_size;
-  if (which == "x" && I.norms.x != Norm::none) return {cc.Ax.data(), TN * 4 * H};
-  if (which == "h" && I.norms.h != Norm::none) return {cc.Hh.data(), TN * 4 * H};
+  if (which == "x" && I.norms.x != Norm::none) return {cc.Ax.data(), TN * I.ng * H};
+  if (which == "h" && I.norms.h != Norm::none) return {cc.Hh.data(), TN * I.ng * H};
   if (which == "c" && I.norms.c != Norm::none) return {cc.Ch.data(), TN * H};
   return {};
+}
+
+template <class T>
+void Stack<T>::set_grad_probe(int layer, std::vector<double>* norms) {
+  impl_->probe_layer = layer;
+  impl_->probe_out = norms;
 }
 
 template <class T>

@@ -12,9 +12,15 @@
 namespace rbn::testing {
 namespace {
 
+std::vector<Cell> every_cell() {
+  std::vector<Cell> v = all_cells();
+  for (Cell c : all_rnn_cells()) v.push_back(c);
+  return v;
+}
+
 std::vector<CellCase> reference_cases() {
   std::vector<CellCase> out;
-  for (Cell cell : all_cells()) {
+  for (Cell cell : every_cell()) {
     CellCase a;
     a.cell = cell;
     a.lengths = {5, 3, 5, 1};
@@ -215,7 +221,7 @@ TEST_P(CellGradient, FiniteDifferences) {
 
 std::vector<CellCase> gradient_cases() {
   std::vector<CellCase> out;
-  for (Cell cell : all_cells()) {
+  for (Cell cell : every_cell()) {
     CellCase a;  // 2 layers, uneven lengths, given initial state
     a.cell = cell;
     a.lengths = {5, 3, 5, 1};
@@ -345,7 +351,7 @@ TEST_P(CellPadding, PaddedStepsAndRowsChangeNothing) {
         EXPECT_NEAR(dh0b[(k * N2 + n) * H + j], dh0a[(k * N + n) * H + j], 1e-10);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCells, CellPadding, ::testing::ValuesIn(all_cells()),
+INSTANTIATE_TEST_SUITE_P(AllCells, CellPadding, ::testing::ValuesIn(every_cell()),
                          [](const auto& info) {
                            std::string s = cell_name(info.param);
                            std::replace(s.begin(), s.end(), '-', '_');
@@ -587,6 +593,52 @@ TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
     opt.need_backward = true;
     s.forward(opt, cc.T, cc.N, x.data(), l32.data(), nullptr, nullptr, y2.data(), nullptr, nullptr);
     EXPECT_LE(max_abs_diff(y1, y2), 1e-12) << cell_name(cell);
+  }
+}
+
+// The gradient probe (figure 1 of the paper) against the step API: splitting the sequence at t,
+// the second chunk's dL/dh0 plus the direct gradient at t is dL/dh_t.
+TEST(GradProbe, MatchesTheStepApi) {
+  for (Cell cell : {Cell::lstm, Cell::bnrnn, Cell::bnlstm}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = 6;
+    cc.N = 5;
+    cc.L = 1;
+    cc.H = 20;
+    cc.t_max = 6;
+    Stack<double> s(cc.config());
+    randomize(s, 141);
+    const size_t NH = static_cast<size_t>(cc.N) * cc.H;
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 142);
+    auto wy = random_vec<double>(static_cast<size_t>(cc.T) * NH, 143);
+    std::vector<double> y(cc.T * NH), norms;
+    ForwardOptions opt;
+    opt.update_running = false;
+    s.forward(opt, cc.T, cc.N, x.data(), nullptr, nullptr, nullptr, y.data(), nullptr, nullptr);
+    s.set_grad_probe(0, &norms);
+    s.backward(wy.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
+    s.set_grad_probe(-1, nullptr);
+    ASSERT_EQ(norms.size(), static_cast<size_t>(cc.T));
+    const int split = 3;  // chunk 1: steps [0, 3], chunk 2: steps [4, 6)
+    std::vector<double> hT(NH), cT(NH), y1((split + 1) * NH), y2((cc.T - split - 1) * NH);
+    s.forward(opt, split + 1, cc.N, x.data(), nullptr, nullptr, nullptr, y1.data(), hT.data(), cT.data());
+    ForwardOptions o2 = opt;
+    o2.t0 = split + 1;
+    s.forward(o2, cc.T - split - 1, cc.N, x.data() + (split + 1) * cc.N * cc.C, nullptr, hT.data(),
+              cT.data(), y2.data(), nullptr, nullptr);
+    std::vector<double> dh0(NH), dc0(NH);
+    s.backward(wy.data() + (split + 1) * NH, nullptr, nullptr, nullptr, dh0.data(), dc0.data());
+    double mean = 0;
+    for (int n = 0; n < cc.N; ++n) {
+      double q = 0;
+      for (int j = 0; j < cc.H; ++j) {
+        const double g = dh0[n * cc.H + j] + wy[split * NH + n * cc.H + j];
+        q += g * g;
+      }
+      mean += std::sqrt(q) / cc.N;
+    }
+    EXPECT_NEAR(norms[split], mean, 1e-10 * (1 + mean)) << cell_name(cell);
   }
 }
 
