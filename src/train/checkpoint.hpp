@@ -1,0 +1,62 @@
+// Checkpoints (SPEC section 5): one .safetensors file, written atomically, with the model's
+// tensors under their SPEC names, the population statistics, optimizer state
+// (optim.<slot>.<param>), the training config and the data's vocabulary / permutation.
+#pragma once
+
+#include <cmath>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "train/config.hpp"
+#include "train/model.hpp"
+
+namespace rbn {
+
+class Optimizer;
+class LrSchedule;
+class TaskData;
+
+struct CheckpointState {
+  int64_t step = 0;
+  double best_metric = INFINITY;
+  int evals_without_improvement = 0;
+  std::string popstats = "running";  // what the population-statistics buffers hold: running | pass
+  std::string popstats_data;         // fingerprint of the data a pass ran over
+};
+
+// Everything of a training run (resume) or of a finished model.
+void save_checkpoint(const std::string& path, Model& model, const TrainConfig& cfg,
+                     const TaskData& data, Optimizer* opt, LrSchedule* schedule,
+                     const CheckpointState& st);
+
+// Restores parameters, buffers, optimizer and schedule state into a model built from the same
+// config (resume). Throws DataError naming the file on any mismatch.
+CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer* opt,
+                                LrSchedule* schedule);
+
+// The training config stored in a checkpoint written by `rbn train`.
+TrainConfig read_checkpoint_config(const std::string& path);
+
+// A model from a checkpoint alone (eval, forward, sample, info): config from the metadata
+// (SPEC keys), tensors checked against it.
+struct LoadedCheckpoint {
+  std::unique_ptr<Model> model;
+  std::map<std::string, std::string> metadata;
+  std::optional<TrainConfig> train_config;
+  std::vector<int32_t> permutation;  // data.permutation, where used
+  nlohmann::json vocab;              // language models: the vocabulary (null otherwise)
+  CheckpointState state;
+  size_t file_bytes = 0;
+};
+LoadedCheckpoint load_model_checkpoint(const std::string& path);
+
+// Rewrite a loaded checkpoint's model (e.g. after a statistics pass), keeping its metadata.
+void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
+                           const CheckpointState& st);
+
+}  // namespace rbn

@@ -1,0 +1,106 @@
+#include "train/config.hpp"
+
+#include <cmath>
+
+#include "util/error.hpp"
+
+namespace rbn {
+
+// One list of fields serves to_json, from_json and the unknown-key check.
+#define RBN_TRAIN_FIELDS(X)                                                                     \
+  X(task) X(data) X(permutation) X(permutation_seed) X(mnist_split_train) X(mnist_split_valid)  \
+  X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
+  X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
+  X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
+  X(beta2) X(opt_eps) X(weight_decay) X(decay) X(clip) X(lr_schedule) X(lr_gamma) X(lr_step)    \
+  X(lr_patience) X(batch_size) X(seq_len) X(steps) X(eval_every) X(eval_batches) X(log_every)   \
+  X(checkpoint_every) X(max_bad_steps) X(early_stop) X(seed) X(threads) X(out)
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j;
+#define X(f) j[#f] = f;
+  RBN_TRAIN_FIELDS(X)
+#undef X
+  return j;
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& source) {
+  if (!j.is_object()) throw UsageError(source + ": a training config must be a JSON object");
+  TrainConfig c;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& key = it.key();
+    bool known = false;
+    try {
+#define X(f)                          \
+  if (key == #f) {                    \
+    it.value().get_to(c.f);           \
+    known = true;                     \
+  }
+      RBN_TRAIN_FIELDS(X)
+#undef X
+    } catch (const nlohmann::json::exception&) {
+      throw UsageError(source + ": key '" + key + "' has the wrong type");
+    }
+    if (!known) throw UsageError(source + ": unknown key '" + key + "'");
+  }
+  return c;
+}
+
+void TrainConfig::validate() const {
+  auto bad = [](const char* flag, const std::string& what) {
+    throw UsageError(std::string(flag) + ": " + what);
+  };
+  if (task != "seqmnist" && task != "pmnist" && task != "ptb" && task != "text8" && task != "text")
+    bad("--task", "unknown task '" + task + "' (seqmnist, pmnist, ptb, text8, text)");
+  if (!parse_cell(cell)) bad("--cell", "unknown cell '" + cell + "' (lstm, bnlstm, bnx, bnx-seq, lnlstm)");
+  if (hidden <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden));
+  if (layers <= 0) bad("--layers", "must be positive, got " + std::to_string(layers));
+  if (embed < 0) bad("--embed", "must be >= 0");
+  if (!(eps > 0)) bad("--eps", "must be positive");
+  if (!(lr > 0) || !std::isfinite(lr)) bad("--lr", "must be positive, got " + std::to_string(lr));
+  if (momentum < 0 || momentum >= 1) bad("--momentum", "must be in [0, 1)");
+  if (!(bn_momentum > 0 && bn_momentum <= 1)) bad("--bn-momentum", "must be in (0, 1]");
+  if (h0_noise < 0) bad("--h0-noise", "must be >= 0");
+  if (weight_decay < 0) bad("--weight-decay", "must be >= 0");
+  if (clip < 0) bad("--clip", "must be >= 0 (0 = off)");
+  if (batch_size <= 0) bad("--batch-size", "must be positive, got " + std::to_string(batch_size));
+  if (seq_len <= 0) bad("--seq-len", "must be positive, got " + std::to_string(seq_len));
+  if (steps < 0) bad("--steps", "must be >= 0");
+  if (eval_every < 0) bad("--eval-every", "must be >= 0");
+  if (log_every <= 0) bad("--log-every", "must be positive");
+  if (checkpoint_every < 0) bad("--checkpoint-every", "must be >= 0");
+  if (max_bad_steps <= 0) bad("--max-bad-steps", "must be positive");
+  if (popstats != "pass" && popstats != "running") bad("--popstats", "must be 'pass' or 'running'");
+  if (popstats_batches <= 0) bad("--popstats-batches", "must be positive");
+  if (popstats_batch_size < 0) bad("--popstats-batch-size", "must be >= 0");
+  if (init_recurrent != "orthogonal" && init_recurrent != "identity")
+    bad("--init-recurrent", "must be 'orthogonal' or 'identity'");
+  if (lr_schedule != "constant" && lr_schedule != "step" && lr_schedule != "exp" &&
+      lr_schedule != "plateau")
+    bad("--lr-schedule", "must be constant, step, exp or plateau");
+  if (threads < 0) bad("--threads", "must be >= 0");
+  if (out.empty()) bad("--out", "must not be empty");
+  if (!is_lm() && task != "seqmnist" && task != "pmnist") bad("--task", "unknown");
+}
+
+StackConfig TrainConfig::stack_config(int input_size) const {
+  StackConfig s;
+  s.cell = *parse_cell(cell);
+  s.input_size = input_size;
+  s.hidden_size = hidden;
+  s.num_layers = layers;
+  s.t_max = is_lm() ? seq_len : 784;
+  s.eps = eps;
+  s.gamma_x = gamma_x;
+  s.gamma_h = gamma_h;
+  s.gamma_c = gamma_c;
+  s.forget_bias = forget_bias;
+  s.momentum = bn_momentum;
+  s.ln_input = ln_input;
+  s.learn_init_state = learn_init_state;
+  s.recurrent_init = init_recurrent == "identity" ? RecurrentInit::identity : RecurrentInit::orthogonal;
+  s.seed = seed;
+  return s;
+}
+
+}  // namespace rbn

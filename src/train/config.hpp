@@ -1,0 +1,79 @@
+// Every hyperparameter of a training run: a flag of `rbn train` and a key of its JSON config.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "rbn/rbn.hpp"
+
+namespace rbn {
+
+struct TrainConfig {
+  // task and data
+  std::string task = "seqmnist";  // seqmnist | pmnist | ptb | text8 | text
+  std::string data;               // directory (idx files, ptb files) or file (text8, text)
+  std::string permutation = "seeded";  // pmnist: seeded | authors | FILE of 784 indices
+  uint64_t permutation_seed = 0;  // 0: derived from --seed
+  int mnist_split_train = 0;      // >0: only a test set present: take this many for training...
+  int mnist_split_valid = 0;      // ...and this many for validation (the rest is the test set)
+
+  // model
+  std::string cell = "bnlstm";
+  int hidden = 100;
+  int layers = 1;
+  int embed = 0;  // language models: 0 = one-hot input
+  double eps = 1e-5;
+  double gamma_x = -1, gamma_h = -1, gamma_c = -1;
+  double forget_bias = 1.0;
+  bool ln_input = true;
+  bool learn_init_state = false;
+  std::string init_recurrent = "orthogonal";  // orthogonal | identity
+  double bn_momentum = 0.1;
+  double h0_noise = 0.0;
+
+  // population statistics for evaluation
+  std::string popstats = "pass";  // pass | running
+  int popstats_batches = 20;
+  int popstats_batch_size = 0;  // 0: the training batch size
+
+  // optimization
+  std::string optimizer = "adam";  // sgd | rmsprop | adam | rmsprop-authors
+  double lr = 1e-3;
+  double momentum = 0.0;
+  double alpha = 0.99;    // rmsprop
+  double beta1 = 0.9, beta2 = 0.999;
+  double opt_eps = 1e-8;
+  double weight_decay = 0.0;
+  double decay = 0.5;     // rmsprop-authors
+  double clip = 1.0;      // global gradient norm; 0 = off
+  std::string lr_schedule = "constant";  // constant | step | exp | plateau
+  double lr_gamma = 0.5;
+  int lr_step = 1000;     // steps between decays (step schedule)
+  int lr_patience = 2;    // evaluations without improvement (plateau)
+
+  // loop
+  int batch_size = 100;
+  int seq_len = 100;       // language models: input steps per window (T); T_max = seq_len
+  int64_t steps = 1000;
+  int eval_every = 200;    // steps; 0 = only at the end
+  int eval_batches = 0;    // 0: the whole validation split
+  int log_every = 10;
+  int checkpoint_every = 100;
+  int max_bad_steps = 5;   // consecutive non-finite steps before the run stops
+  int early_stop = 0;      // evaluations without improvement before stopping; 0 = never
+  uint64_t seed = 1;
+  int threads = 0;
+  std::string out = "runs/run";
+
+  nlohmann::json to_json() const;
+  // Unknown keys are an error naming the key (a typo must not pass silently).
+  static TrainConfig from_json(const nlohmann::json& j, const std::string& source);
+  // Throws UsageError naming the flag for impossible values.
+  void validate() const;
+  bool is_lm() const { return task == "ptb" || task == "text8" || task == "text"; }
+  StackConfig stack_config(int input_size) const;
+};
+
+}  // namespace rbn

@@ -1,0 +1,340 @@
+#include "train/trainer.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "train/checkpoint.hpp"
+#include "train/optim.hpp"
+#include "train/schedule.hpp"
+#include "train/task.hpp"
+#include "util/error.hpp"
+#include "util/platform.hpp"
+#include "util/progress.hpp"
+
+namespace rbn {
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+struct SignalGuard {
+  struct sigaction old_int {}, old_term {};
+  SignalGuard() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~SignalGuard() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+std::vector<ParamRef> param_refs(Model& m) {
+  std::vector<ParamRef> out;
+  for (auto& p : m.parameters()) out.push_back({p.name, p.value, p.grad, p.numel});
+  return out;
+}
+
+OptimConfig optim_config(const TrainConfig& c) {
+  OptimConfig o;
+  o.name = c.optimizer;
+  o.lr = c.lr;
+  o.momentum = c.momentum;
+  o.alpha = c.alpha;
+  o.eps = c.opt_eps;
+  o.beta1 = c.beta1;
+  o.beta2 = c.beta2;
+  o.weight_decay = c.weight_decay;
+  o.decay = c.decay;
+  return o;
+}
+
+// Keep only the metrics lines of steps <= `step` (a resumed run rewrites what came after).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::vector<std::string> keep;
+  std::string line;
+  while (std::getline(in, line)) {
+    try {
+      auto j = nlohmann::json::parse(line);
+      if (j.value("step", int64_t{0}) <= step) keep.push_back(line);
+    } catch (const nlohmann::json::exception&) {
+      // a line torn by a kill: dropped
+    }
+  }
+  in.close();
+  std::ofstream out(path, std::ios::trunc);
+  for (const auto& l : keep) out << l << '\n';
+}
+
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) : f_(std::fopen(path.c_str(), "a")), path_(path) {
+    if (!f_) throw DataError(path + ": cannot open for writing: " + std::strerror(errno));
+  }
+  ~MetricsLog() {
+    if (f_) std::fclose(f_);
+  }
+  void write(const nlohmann::json& j) {
+    const std::string s = j.dump() + "\n";
+    if (std::fwrite(s.data(), 1, s.size(), f_) != s.size() || std::fflush(f_) != 0)
+      throw DataError(path_ + ": write failed: " + std::strerror(errno));
+  }
+
+ private:
+  std::FILE* f_;
+  std::string path_;
+};
+
+}  // namespace
+
+TrainSummary run_training(TrainConfig cfg, bool resume) {
+  namespace fs = std::filesystem;
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::string last_path = cfg.out + "/last.safetensors";
+  const std::string best_path = cfg.out + "/best.safetensors";
+  const std::string metrics_path = cfg.out + "/metrics.jsonl";
+
+  if (resume) {
+    if (!fs::exists(last_path))
+      throw UsageError("--resume: no checkpoint at " + last_path);
+    // The run's own config wins; a resumed run may only extend its step budget.
+    const int64_t steps = cfg.steps;
+    const int threads = cfg.threads;
+    cfg = read_checkpoint_config(last_path);
+    cfg.steps = std::max(cfg.steps, steps);
+    if (threads > 0) cfg.threads = threads;
+  }
+  cfg.validate();
+  set_threads(cfg.threads);
+  std::error_code ec;
+  fs::create_directories(cfg.out, ec);
+  if (ec) throw DataError(cfg.out + ": cannot create the output directory: " + ec.message());
+
+  auto data = load_task(cfg);
+  ModelConfig mc;
+  mc.rnn = cfg.stack_config(data->input_size());
+  mc.rnn.t_max = data->seq_len();
+  mc.head = data->head();
+  mc.num_classes = data->num_classes();
+  mc.embed_dim = cfg.embed;
+  if (mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
+    std::fprintf(stderr,
+                 "warning: lnlstm with one input feature: LN(W x) loses the pixel's magnitude and "
+                 "is 0/0 at x = 0; consider --ln-input off\n");
+  if (mc.rnn.cell == Cell::bnx_seq && data->head() == Head::lm)
+    std::fprintf(stderr,
+                 "warning: bnx-seq in a language model: sequence-wise statistics see the whole "
+                 "window, so later characters leak into earlier steps during training\n");
+  Model model(mc);
+  auto params = param_refs(model);
+  auto optimizer = make_optimizer(optim_config(cfg));
+  LrSchedule schedule = make_schedule(cfg);
+
+  TrainSummary summary;
+  int64_t step = 0;
+  double best_metric = INFINITY;  // lower is better: error rate or bpc
+  int evals_without_improvement = 0;
+  if (resume) {
+    CheckpointState st = load_checkpoint(last_path, model, optimizer.get(), &schedule);
+    step = st.step;
+    best_metric = st.best_metric;
+    evals_without_improvement = st.evals_without_improvement;
+    truncate_metrics(metrics_path, step);
+    std::fprintf(stderr, "resumed %s at step %lld\n", last_path.c_str(),
+                 static_cast<long long>(step));
+  } else {
+    std::ofstream(metrics_path, std::ios::trunc);
+    std::ofstream(cfg.out + "/config.json") << cfg.to_json().dump(2) << '\n';
+  }
+  MetricsLog metrics(metrics_path);
+  std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads\n",
+               data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,
+               [&] {
+                 size_t n = 0;
+                 for (auto& p : params) n += p.numel;
+                 return n;
+               }(),
+               blas_description().c_str(), num_threads());
+
+  const int N = cfg.batch_size;
+  const int64_t per_epoch = data->batches_per_epoch(N);
+  if (per_epoch <= 0)
+    throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
+  const int pop_n = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : N;
+  const bool has_pop = cell_has_population_stats(mc.rnn.cell);
+
+  auto save_last = [&](int64_t at_step) {
+    CheckpointState st;
+    st.step = at_step;
+    st.best_metric = best_metric;
+    st.evals_without_improvement = evals_without_improvement;
+    st.popstats = "running";
+    save_checkpoint(last_path, model, cfg, *data, optimizer.get(), &schedule, st);
+  };
+
+  // Validation with population statistics. The pass replaces the running averages for the
+  // evaluation only: they are restored afterwards, so training (and resume) never depend on it.
+  auto validate = [&](int64_t at_step, double lr) {
+    std::vector<float> running(model.rnn().buffers().begin(), model.rnn().buffers().end());
+    if (has_pop && cfg.popstats == "pass") {
+      Progress pp("popstats", cfg.popstats_batches);
+      popstats_pass(model, *data, cfg.popstats_batches, pop_n, cfg.seed,
+                    [&](int64_t d, int64_t) { pp.update(d, ""); });
+      pp.finish();
+    }
+    const int64_t total = data->eval_batches(Split::valid, N);
+    Progress pe("valid", cfg.eval_batches > 0 ? std::min<int64_t>(total, cfg.eval_batches) : total);
+    EvalResult r = evaluate_batches(model, *data, Split::valid, N, cfg.eval_batches,
+                                    [&](int64_t d, int64_t) { pe.update(d, ""); });
+    pe.finish();
+    const bool lm = data->head() == Head::lm;
+    const double metric = lm ? r.bpc : 1.0 - r.accuracy;
+    nlohmann::json j{{"step", at_step},   {"split", "valid"}, {"loss", r.loss},
+                     {"lr", lr},          {"count", r.count},
+                     {"popstats", has_pop ? cfg.popstats : "none"},
+                     {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()}};
+    if (lm)
+      j["bpc"] = r.bpc;
+    else
+      j["accuracy"] = r.accuracy;
+    metrics.write(j);
+    std::fprintf(stderr, "step %lld valid: loss %.4f %s %.4f (%lld items, %.1fs)\n",
+                 static_cast<long long>(at_step), r.loss, lm ? "bpc" : "accuracy",
+                 lm ? r.bpc : r.accuracy, static_cast<long long>(r.count), r.seconds);
+    summary.final_valid = r;
+    if (metric < best_metric) {
+      best_metric = metric;
+      evals_without_improvement = 0;
+      summary.best_valid = r;
+      CheckpointState st;
+      st.step = at_step;
+      st.best_metric = best_metric;
+      st.popstats = has_pop ? cfg.popstats : "running";
+      if (has_pop && cfg.popstats == "pass") st.popstats_data = data->train_fingerprint();
+      save_checkpoint(best_path, model, cfg, *data, nullptr, nullptr, st);
+      summary.best_checkpoint = best_path;
+    } else {
+      ++evals_without_improvement;
+    }
+    schedule.on_eval(metric);
+    std::copy(running.begin(), running.end(), model.rnn().buffers().begin());
+  };
+
+  SignalGuard signals;
+  Batch b;
+  int bad_in_row = 0;
+  Progress bar("train", cfg.steps);
+  bar.update(step, "");
+  double loss_acc = 0, acc_acc = 0;
+  int64_t acc_count = 0, log_n = 0;
+  auto t_log = std::chrono::steady_clock::now();
+  while (step < cfg.steps) {
+    if (const int sig = g_stop_signal.load()) {
+      save_last(step);
+      bar.finish();
+      std::fprintf(stderr, "stopped by signal %d at step %lld; checkpoint %s (continue with --resume)\n",
+                   sig, static_cast<long long>(step), last_path.c_str());
+      summary.exit_code = 128 + sig;
+      summary.steps_done = step;
+      return summary;
+    }
+    const int64_t epoch = step / per_epoch, index = step % per_epoch;
+    data->train_batch(cfg.seed, epoch, index, N, b);
+    model.zero_grad();
+    ForwardOptions opt;
+    opt.mode = Mode::train;
+    opt.h0_noise = cfg.h0_noise;
+    opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
+    const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
+    StepResult r = data->head() == Head::lm
+                       ? model.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
+                                       nullptr, nullptr, nullptr, true)
+                       : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
+    const double loss = r.count ? r.loss_sum / r.count : 0.0;
+    const double gnorm = cfg.clip > 0 ? clip_grad_norm(params, static_cast<float>(cfg.clip))
+                                      : clip_grad_norm(params, INFINITY);
+    const double lr = schedule.lr(step);
+    ++step;
+    if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
+      ++bad_in_row;
+      std::fprintf(stderr, "\nwarning: step %lld: non-finite %s; update skipped (%d in a row)\n",
+                   static_cast<long long>(step), std::isfinite(loss) ? "gradient" : "loss",
+                   bad_in_row);
+      if (bad_in_row >= cfg.max_bad_steps) {
+        bar.finish();
+        std::fprintf(stderr,
+                     "error: %d non-finite steps in a row, the last at step %lld; stopping. The "
+                     "last good checkpoint is %s\n",
+                     bad_in_row, static_cast<long long>(step), last_path.c_str());
+        summary.exit_code = 1;
+        summary.steps_done = step;
+        return summary;
+      }
+    } else {
+      bad_in_row = 0;
+      optimizer->step(params, static_cast<float>(lr));
+      loss_acc += loss;
+      acc_acc += r.count ? static_cast<double>(r.correct) / r.count : 0.0;
+      ++log_n;
+    }
+    acc_count += r.count;
+    if (step % cfg.log_every == 0 || step == cfg.steps) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_log).count();
+      const bool lm = data->head() == Head::lm;
+      nlohmann::json j{{"step", step},
+                       {"split", "train"},
+                       {"loss", log_n ? loss_acc / log_n : NAN},
+                       {"lr", lr},
+                       {"grad_norm", gnorm},
+                       {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()},
+                       {"items_per_second", secs > 0 ? acc_count / secs : 0.0}};
+      if (lm)
+        j["bpc"] = log_n ? loss_acc / log_n / std::log(2.0) : NAN;
+      else
+        j["accuracy"] = log_n ? acc_acc / log_n : NAN;
+      metrics.write(j);
+      bar.update(step, fmt::format("loss {:.4f} {} {:.4f}", log_n ? loss_acc / log_n : NAN,
+                                   lm ? "bpc" : "acc",
+                                   lm ? (log_n ? loss_acc / log_n / std::log(2.0) : NAN)
+                                      : (log_n ? acc_acc / log_n : NAN)));
+      loss_acc = acc_acc = 0;
+      acc_count = log_n = 0;
+      t_log = std::chrono::steady_clock::now();
+    }
+    const bool eval_now = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == cfg.steps;
+    if (eval_now) {
+      validate(step, lr);
+      if (cfg.early_stop > 0 && evals_without_improvement >= cfg.early_stop) {
+        save_last(step);
+        std::fprintf(stderr, "early stop at step %lld: %d evaluations without improvement\n",
+                     static_cast<long long>(step), evals_without_improvement);
+        break;
+      }
+    }
+    if ((cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0) || step == cfg.steps)
+      save_last(step);
+  }
+  bar.finish();
+  summary.steps_done = step;
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  return summary;
+}
+
+}  // namespace rbn

@@ -1,0 +1,262 @@
+// Bad input never crashes or hangs: each case below runs the rbn tool on a broken file or an
+// impossible flag and expects one line naming the file or flag, and exit code 2 (usage) or 1 (data).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <zlib.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Outcome {
+  int code = -1;
+  std::string err;
+};
+
+Outcome run(const std::string& args) {
+  const std::string cmd = std::string(RBN_CLI_PATH) + " " + args + " 2>&1 >/dev/null";
+  Outcome o;
+  FILE* p = popen(("timeout 120 " + cmd).c_str(), "r");
+  if (!p) return o;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) o.err.append(buf.data(), n);
+  const int st = pclose(p);
+  o.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return o;
+}
+
+class BadInput : public ::testing::Test {
+ protected:
+  static fs::path dir() {
+    static const fs::path d = [] {
+      fs::path p = fs::temp_directory_path() / ("rbn-bad-input-" + std::to_string(getpid()));
+      fs::create_directories(p);
+      return p;
+    }();
+    return d;
+  }
+  static std::string file(const std::string& name, const std::string& bytes) {
+    const fs::path p = dir() / name;
+    std::ofstream(p, std::ios::binary) << bytes;
+    return p.string();
+  }
+  static std::string gz(const std::string& name, const std::string& bytes, size_t keep = std::string::npos) {
+    const fs::path p = dir() / name;
+    gzFile g = gzopen(p.c_str(), "wb");
+    gzwrite(g, bytes.data(), static_cast<unsigned>(bytes.size()));
+    gzclose(g);
+    if (keep != std::string::npos) fs::resize_file(p, keep);
+    return p.string();
+  }
+  static std::string be32(uint32_t v) {
+    return {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
+  }
+  static std::string idx_images(uint32_t n, int rows = 28, int cols = 28, uint32_t magic = 2051,
+                                size_t data = std::string::npos) {
+    std::string s = be32(magic) + be32(n) + be32(rows) + be32(cols);
+    s += std::string(data == std::string::npos ? size_t(n) * rows * cols : data, '\x10');
+    return s;
+  }
+  static std::string idx_labels(uint32_t n, uint8_t label = 3, uint32_t magic = 2049) {
+    return be32(magic) + be32(n) + std::string(n, char(label));
+  }
+  // An MNIST-format directory whose files are given.
+  static std::string mnist_dir(const std::string& name, const std::string& train_images,
+                               const std::string& train_labels, const std::string& test_images,
+                               const std::string& test_labels) {
+    const fs::path d = dir() / name;
+    fs::create_directories(d);
+    std::ofstream(d / "train-images-idx3-ubyte", std::ios::binary) << train_images;
+    std::ofstream(d / "train-labels-idx1-ubyte", std::ios::binary) << train_labels;
+    std::ofstream(d / "t10k-images-idx3-ubyte", std::ios::binary) << test_images;
+    std::ofstream(d / "t10k-labels-idx1-ubyte", std::ios::binary) << test_labels;
+    return d.string();
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(dir(), ec);
+  }
+};
+
+struct Case {
+  std::string what;
+  std::string args;
+  int code;
+  std::string mention;  // the file or flag the message must name
+};
+
+void expect_case(const Case& c) {
+  SCOPED_TRACE(c.what + ": rbn " + c.args);
+  const Outcome o = run(c.args);
+  EXPECT_EQ(o.code, c.code) << o.err;
+  // one line (a progress line may precede it on stderr only when not a terminal: none here)
+  std::string err = o.err;
+  while (!err.empty() && (err.back() == '\n')) err.pop_back();
+  while (!err.empty() && err.front() == '\n') err.erase(0, 1);
+  EXPECT_EQ(err.find('\n'), std::string::npos) << "more than one line:\n" << o.err;
+  EXPECT_NE(o.err.find(c.mention), std::string::npos) << "message does not name '" << c.mention << "': " << o.err;
+}
+
+TEST_F(BadInput, ImpossibleFlags) {
+  const std::string d = "--task seqmnist --data " + dir().string() + " --out " + (dir() / "run").string();
+  const std::vector<Case> cases{
+      {"hidden size 0", "train " + d + " --hidden 0", 2, "--hidden"},
+      {"negative hidden size", "train " + d + " --hidden -3", 2, "--hidden"},
+      {"negative learning rate", "train " + d + " --lr -1", 2, "--lr"},
+      {"zero learning rate", "train " + d + " --lr 0", 2, "--lr"},
+      {"unknown cell", "train " + d + " --cell gru", 2, "--cell"},
+      {"unknown task", "train --task imagenet --out x", 2, "--task"},
+      {"zero layers", "train " + d + " --layers 0", 2, "--layers"},
+      {"zero batch", "train " + d + " --batch-size 0", 2, "--batch-size"},
+      {"bad momentum", "train " + d + " --momentum 1.5", 2, "--momentum"},
+      {"bad bn momentum", "train " + d + " --bn-momentum 0", 2, "--bn-momentum"},
+      {"negative clip", "train " + d + " --clip -1", 2, "--clip"},
+      {"bad popstats", "train " + d + " --popstats median", 2, "--popstats"},
+      {"bad schedule", "train " + d + " --lr-schedule cosine", 2, "--lr-schedule"},
+      {"bad init", "train " + d + " --init-recurrent zeros", 2, "--init-recurrent"},
+      {"not a number", "train " + d + " --hidden abc", 2, "--hidden"},
+      {"unknown flag", "train " + d + " --hiden 10", 2, "--hiden"},
+      {"negative eps", "train " + d + " --eps -1", 2, "--eps"},
+      {"unknown subcommand", "fly", 2, "fly"},
+      {"bench unknown shape", "bench --shapes imagenet --no-torch", 2, "--shapes"},
+      {"bench unknown cell", "bench --cells gru --no-torch", 2, "--cells"},
+      {"sample zero temperature", "sample --checkpoint " + dir().string() + "/none.safetensors --temperature 0", 2, "--checkpoint"},
+      {"missing config file", "train --config " + dir().string() + "/missing.json", 2, "--config"},
+  };
+  for (const auto& c : cases) expect_case(c);
+}
+
+TEST_F(BadInput, ConfigFiles) {
+  const std::vector<Case> cases{
+      {"config not JSON", "train --config " + file("bad.json", "{ not json"), 2, "bad.json"},
+      {"config not an object", "train --config " + file("arr.json", "[1,2]"), 2, "arr.json"},
+      {"config unknown key", "train --config " + file("key.json", R"({"hiden": 3})"), 2, "hiden"},
+      {"config wrong type", "train --config " + file("type.json", R"({"hidden": "many"})"), 2, "hidden"},
+      {"config impossible value", "train --config " + file("val.json", R"({"hidden": 0})"), 2, "--hidden"},
+  };
+  for (const auto& c : cases) expect_case(c);
+}
+
+TEST_F(BadInput, PixelDatasets) {
+  const std::string ok_tr = idx_images(20), ok_trl = idx_labels(20), ok_te = idx_images(10),
+                    ok_tel = idx_labels(10);
+  auto train = [&](const std::string& dirpath) {
+    return "train --task seqmnist --hidden 4 --batch-size 2 --steps 1 --data " + dirpath +
+           " --out " + (dir() / "run-pix").string();
+  };
+  const std::vector<Case> cases{
+      {"missing directory", train((dir() / "nowhere").string()), 1, "nowhere"},
+      {"wrong image magic", train(mnist_dir("m1", idx_images(20, 28, 28, 1234), ok_trl, ok_te, ok_tel)), 1, "train-images"},
+      {"wrong label magic", train(mnist_dir("m2", ok_tr, idx_labels(20, 3, 77), ok_te, ok_tel)), 1, "train-labels"},
+      {"truncated images", train(mnist_dir("m3", idx_images(20, 28, 28, 2051, 100), ok_trl, ok_te, ok_tel)), 1, "train-images"},
+      {"label out of range", train(mnist_dir("m4", ok_tr, idx_labels(20, 12), ok_te, ok_tel)), 1, "train-labels"},
+      {"counts disagree", train(mnist_dir("m5", ok_tr, idx_labels(19), ok_te, ok_tel)), 1, "train"},
+      {"empty image file", train(mnist_dir("m6", "", ok_trl, ok_te, ok_tel)), 1, "train-images"},
+      {"header only", train(mnist_dir("m7", be32(2051), ok_trl, ok_te, ok_tel)), 1, "train-images"},
+      {"absurd count", train(mnist_dir("m8", be32(2051) + be32(0xFFFFFFF0u) + be32(28) + be32(28), ok_trl, ok_te, ok_tel)), 1, "train-images"},
+  };
+  for (const auto& c : cases) expect_case(c);
+}
+
+TEST_F(BadInput, GzipAndText) {
+  // a truncated .gz of a valid idx file
+  const fs::path d = dir() / "gzdir";
+  fs::create_directories(d);
+  gz("gzdir/train-images-idx3-ubyte.gz", idx_images(20), 60);
+  std::ofstream(d / "train-labels-idx1-ubyte", std::ios::binary) << idx_labels(20);
+  std::ofstream(d / "t10k-images-idx3-ubyte", std::ios::binary) << idx_images(10);
+  std::ofstream(d / "t10k-labels-idx1-ubyte", std::ios::binary) << idx_labels(10);
+  const std::string out = " --out " + (dir() / "run-text").string();
+  const std::vector<Case> cases{
+      {"truncated gzip", "train --task seqmnist --hidden 4 --steps 1 --batch-size 2 --data " + d.string() + out, 1, "train-images"},
+      {"corrupt gzip", "train --task text --hidden 4 --steps 1 --data " + file("junk.gz", "\x1f\x8b\x08\x00garbage-garbage") + out, 1, "junk.gz"},
+      {"empty text file", "train --task text --hidden 4 --steps 1 --data " + file("empty.txt", "") + out, 1, "empty.txt"},
+      {"one-character text", "train --task text --hidden 4 --steps 1 --data " + file("one.txt", "a") + out, 1, "one.txt"},
+      {"text8 with bad symbols", "train --task text8 --hidden 4 --steps 1 --data " + file("t8.txt", std::string(2000, 'a') + "B!") + out, 1, "t8.txt"},
+      {"missing text file", "train --task text --hidden 4 --steps 1 --data " + (dir() / "no.txt").string() + out, 1, "no.txt"},
+      {"batch larger than data", "train --task text --hidden 4 --steps 1 --seq-len 50 --batch-size 1000 --data " + file("small.txt", std::string(3000, 'x') + "yz") + out, 2, "--batch-size"},
+  };
+  for (const auto& c : cases) expect_case(c);
+}
+
+TEST_F(BadInput, CheckpointsAndArrays) {
+  auto le64 = [](uint64_t v) {
+    std::string s(8, '\0');
+    for (int i = 0; i < 8; ++i) s[i] = char(v >> (8 * i));
+    return s;
+  };
+  auto st = [&](const std::string& header, const std::string& data) { return le64(header.size()) + header + data; };
+  const std::string meta =
+      R"("__metadata__":{"format":"rbn/1","cell":"lstm","input_size":"2","hidden_size":"3","num_layers":"1","t_max":"4","eps":"1e-05","popstats":"running","head":"none"})";
+  auto tensor = [](const std::string& name, const std::string& shape, size_t b, size_t e, const char* dt = "F32") {
+    return "\"" + name + "\":{\"dtype\":\"" + dt + "\",\"shape\":" + shape + ",\"data_offsets\":[" +
+           std::to_string(b) + "," + std::to_string(e) + "]}";
+  };
+  // a complete bare lstm: weight_ih [12,2] (96 B), weight_hh [12,3] (144 B), bias [12] (48 B)
+  const std::string full = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,2]", 0, 96) + "," +
+                           tensor("rnn.0.weight_hh", "[12,3]", 96, 240) + "," +
+                           tensor("rnn.0.bias", "[12]", 240, 288) + "}";
+  const std::string good = file("good.safetensors", st(full, std::string(288, '\0')));
+  const std::string missing = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,2]", 0, 96) + "," +
+                              tensor("rnn.0.weight_hh", "[12,3]", 96, 240) + "}";
+  const std::string shape = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,3]", 0, 144) + "," +
+                            tensor("rnn.0.weight_hh", "[12,3]", 144, 288) + "," +
+                            tensor("rnn.0.bias", "[12]", 288, 336) + "}";
+  const std::string dtype = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,2]", 0, 96, "I32") + "," +
+                            tensor("rnn.0.weight_hh", "[12,3]", 96, 240) + "," +
+                            tensor("rnn.0.bias", "[12]", 240, 288) + "}";
+  const std::string overlap = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,2]", 0, 96) + "," +
+                              tensor("rnn.0.weight_hh", "[12,3]", 48, 192) + "," +
+                              tensor("rnn.0.bias", "[12]", 240, 288) + "}";
+  const std::string range = "{" + meta + "," + tensor("rnn.0.weight_ih", "[12,2]", 0, 96) + "," +
+                            tensor("rnn.0.weight_hh", "[12,3]", 96, 240) + "," +
+                            tensor("rnn.0.bias", "[12]", 240, 9999) + "}";
+  std::string contradict = full;
+  contradict.replace(contradict.find(R"("hidden_size":"3")"), 17, R"("hidden_size":"5")");
+  auto fwd = [&](const std::string& ck, const std::string& in) {
+    return "forward --checkpoint " + ck + " --input " + in + " --output " + (dir() / "y.npy").string();
+  };
+  auto npy = [](const std::string& descr, const std::string& shape, size_t bytes, bool fortran = false) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                    ", 'shape': " + shape + ", }";
+    while ((10 + h.size() + 1) % 64) h += ' ';
+    h += '\n';
+    std::string s = "\x93NUMPY\x01\x00";
+    s += char(h.size() & 0xff);
+    s += char(h.size() >> 8);
+    return s + h + std::string(bytes, '\0');
+  };
+  const std::string x_ok = file("x.npy", npy("<f4", "(4, 2, 2)", 64));
+  const std::vector<Case> cases{
+      {"missing checkpoint", fwd((dir() / "none.safetensors").string(), x_ok), 1, "none.safetensors"},
+      {"header past end", fwd(file("past.safetensors", le64(1 << 20) + "{}"), x_ok), 1, "past.safetensors"},
+      {"empty checkpoint", fwd(file("empty.safetensors", ""), x_ok), 1, "empty.safetensors"},
+      {"header not JSON", fwd(file("nojson.safetensors", st("{oops", "")), x_ok), 1, "nojson.safetensors"},
+      {"missing tensor", fwd(file("missing.safetensors", st(missing, std::string(240, '\0'))), x_ok), 1, "rnn.0.bias"},
+      {"wrong shape", fwd(file("shape.safetensors", st(shape, std::string(336, '\0'))), x_ok), 1, "rnn.0.weight_ih"},
+      {"wrong dtype", fwd(file("dtype.safetensors", st(dtype, std::string(288, '\0'))), x_ok), 1, "rnn.0.weight_ih"},
+      {"overlapping offsets", fwd(file("overlap.safetensors", st(overlap, std::string(288, '\0'))), x_ok), 1, "overlap.safetensors"},
+      {"offset out of range", fwd(file("range.safetensors", st(range, std::string(288, '\0'))), x_ok), 1, "range.safetensors"},
+      {"config contradicts tensors", fwd(file("contra.safetensors", st(contradict, std::string(288, '\0'))), x_ok), 1, "contra.safetensors"},
+      {"npy wrong dtype", fwd(good, file("xb.npy", npy("|b1", "(4, 2, 2)", 16))), 1, "xb.npy"},
+      {"npy fortran order", fwd(good, file("xf.npy", npy("<f4", "(4, 2, 2)", 64, true))), 1, "xf.npy"},
+      {"npy wrong rank", fwd(good, file("xr.npy", npy("<f4", "(4, 4)", 64))), 1, "xr.npy"},
+      {"npy wrong features", fwd(good, file("xc.npy", npy("<f4", "(4, 2, 3)", 96))), 1, "xc.npy"},
+      {"npy truncated", fwd(good, file("xt.npy", npy("<f4", "(4, 2, 2)", 10))), 1, "xt.npy"},
+      {"npy not npy", fwd(good, file("xn.npy", "hello")), 1, "xn.npy"},
+      {"npy big-endian", fwd(good, file("xe.npy", npy(">f4", "(4, 2, 2)", 64))), 1, "xe.npy"},
+  };
+  for (const auto& c : cases) expect_case(c);
+  // and the good file runs
+  const Outcome ok = run(fwd(good, x_ok));
+  EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+}  // namespace

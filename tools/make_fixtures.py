@@ -1,0 +1,241 @@
+#!/usr/bin/python3
+"""Golden fixtures for rbn's cells, computed in double precision with tools/torch_cells.py.
+
+    /usr/bin/python3 tools/make_fixtures.py [--out tests/fixtures/cells]
+
+Writes one safetensors file per case (names and shapes: tests/fixtures/README.md). The safetensors
+format is written by hand (8-byte little-endian header length, JSON header, raw little-endian
+bytes) because no Debian package provides it. Output is byte-for-byte deterministic: fixed seeds,
+one thread, sorted keys.
+"""
+
+import argparse
+import copy
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_cells import RecurrentStack  # noqa: E402
+
+EPS = 1e-5
+MOMENTUM = 0.1
+ADAM = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+ADAM_STEPS = 3
+
+# name, cell, ln_input, T, N, C, H, L, lengths, T_infer, infer lengths, seed
+MAIN = dict(T=5, N=4, C=3, H=4, L=2, lengths=[5, 3, 5, 1], T_infer=7, infer_lengths=[7, 4, 6, 2])
+EDGE = dict(T=1, N=1, C=3, H=4, L=2, lengths=[1], T_infer=3, infer_lengths=[3])
+CASES = [
+    ("lstm", "lstm", True, MAIN, 101),
+    ("bnlstm", "bnlstm", True, MAIN, 102),
+    ("bnx", "bnx", True, MAIN, 103),
+    ("bnx-seq", "bnx-seq", True, MAIN, 104),
+    ("lnlstm", "lnlstm", True, MAIN, 105),
+    ("lnlstm-ln-input-off", "lnlstm", False, MAIN, 106),
+    ("lstm-t1n1", "lstm", True, EDGE, 107),
+    ("lnlstm-t1n1", "lnlstm", True, EDGE, 108),
+]
+# Statistics-pass batches: (T, lengths). The last one is padded past T_max = 5 but no row is
+# longer than 4, so population row 4 is reached by no batch and must keep its previous value.
+PASS_BATCHES = [(4, [4, 2, 3]), (2, [2, 1, 2, 2, 1]), (6, [3, 4])]
+
+
+def write_safetensors(path, tensors, metadata):
+    """tensors: {name: tensor (float64 or int32)}; metadata: {str: str}."""
+    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu()
+        if t.dtype == torch.float64:
+            dtype, arr = "F64", t.numpy().astype("<f8")
+        elif t.dtype == torch.int32:
+            dtype, arr = "I32", t.numpy().astype("<i4")
+        else:
+            raise TypeError(f"{name}: unsupported dtype {t.dtype}")
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # pad so the data starts 8-byte aligned (spaces are allowed)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+    os.replace(tmp, path)
+
+
+def read_safetensors(path):
+    """The inverse of write_safetensors (for checks): ({name: tensor}, metadata)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        np_dtype = {"F64": "<f8", "I32": "<i4"}[info["dtype"]]
+        arr = np.frombuffer(data[base + a:base + b], dtype=np_dtype).reshape(info["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out, meta
+
+
+def randomize(model, g):
+    """Random parameters, with gains and biases away from their init so that each one matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            norm = ".bn_" in name or ".ln_" in name
+            if norm and name.endswith(".weight"):
+                # gains in [0.5, 1.5)
+                p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
+            elif name.endswith("bias"):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            else:
+                p.copy_(0.6 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def loss_fn(y, hT, cT, w):
+    return (w["loss.wy"] * y).sum() + (w["loss.whT"] * hT).sum() + (w["loss.wcT"] * cT).sum()
+
+
+def make_case(name, cell, ln_input, shape, seed):
+    T, N, C, H, L = shape["T"], shape["N"], shape["C"], shape["H"], shape["L"]
+    lengths, t_max = shape["lengths"], T
+    g = torch.Generator().manual_seed(seed)
+    D = torch.float64
+
+    def randn(*s, scale=1.0):
+        return scale * torch.randn(*s, generator=g, dtype=D)
+
+    model = RecurrentStack(cell, C, H, L, t_max=t_max, eps=EPS, momentum=MOMENTUM,
+                           ln_input=ln_input).double()
+    randomize(model, g)
+    model.reset_running_stats()
+    out = {}
+    out["input.x"] = randn(T, N, C)
+    out["input.lengths"] = torch.tensor(lengths, dtype=torch.int32)
+    out["input.h0"] = torch.rand(L, N, H, generator=g, dtype=D) * 1.8 - 0.9
+    out["input.c0"] = randn(L, N, H)
+    w = {"loss.wy": randn(T, N, H), "loss.whT": randn(L, N, H), "loss.wcT": randn(L, N, H)}
+    out.update(w)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for n, p in params.items():
+        out["param." + n] = p
+    has_stats = any(True for _ in model.buffers())
+
+    # training mode: outputs, loss, every gradient, running statistics after this one forward
+    m = copy.deepcopy(model).train()
+    x = out["input.x"].clone().requires_grad_()
+    h0 = out["input.h0"].clone().requires_grad_()
+    c0 = out["input.c0"].clone().requires_grad_()
+    y, (hT, cT) = m(x, lengths, h0, c0)
+    loss = loss_fn(y, hT, cT, w)
+    loss.backward()
+    out["train.y"], out["train.hT"], out["train.cT"] = y.detach(), hT.detach(), cT.detach()
+    out["train.loss"] = loss.detach().reshape(1)
+    out["grad.x"], out["grad.h0"], out["grad.c0"] = x.grad, h0.grad, c0.grad
+    for n, p in m.named_parameters():
+        out["grad." + n] = p.grad.detach().clone()
+    for n, b in m.named_buffers():
+        out["train.running." + n] = b.detach().clone()
+
+    # inference mode with given population statistics, T_infer > T_max (clamp to the last row)
+    Ti = shape["T_infer"]
+    pop = {}
+    for n, b in model.named_buffers():
+        pop[n] = randn(*b.shape) if n.endswith("running_mean") else \
+            torch.rand(b.shape, generator=g, dtype=D) * 1.5 + 0.2
+        out["infer.pop." + n] = pop[n]
+    out["infer.x"] = randn(Ti, N, C)
+    out["infer.lengths"] = torch.tensor(shape["infer_lengths"], dtype=torch.int32)
+    m = copy.deepcopy(model)
+    m.load_state_dict({**params, **pop})
+    m.eval()
+    with torch.no_grad():
+        y, (hT, cT) = m(out["infer.x"], shape["infer_lengths"], out["input.h0"], out["input.c0"])
+    out["infer.y"], out["infer.hT"], out["infer.cT"] = y, hT, cT
+
+    # statistics pass over 3 batches, starting from the infer.pop buffers, zero initial state
+    if has_stats:
+        m = copy.deepcopy(model)
+        m.load_state_dict({**params, **pop})
+        m.popstats_begin()
+        for k, (Tb, lb) in enumerate(PASS_BATCHES, start=1):
+            xb = randn(Tb, len(lb), C)
+            out[f"pass.batch{k}.x"] = xb
+            out[f"pass.batch{k}.lengths"] = torch.tensor(lb, dtype=torch.int32)
+            m.popstats_feed(xb, lb)
+        m.popstats_finish()
+        for n, b in m.named_buffers():
+            out["pass.result." + n] = b.detach().clone()
+
+    # three Adam steps on the training loss (training mode, the same inputs)
+    m = copy.deepcopy(model).train()
+    opt = torch.optim.Adam(m.parameters(), **ADAM)
+    for k in range(1, ADAM_STEPS + 1):
+        opt.zero_grad()
+        y, (hT, cT) = m(out["input.x"], lengths, out["input.h0"], out["input.c0"])
+        loss_fn(y, hT, cT, w).backward()
+        opt.step()
+        for n, p in m.named_parameters():
+            out[f"adam.step{k}.{n}"] = p.detach().clone()
+
+    meta = {
+        "format": "rbn-fixture/1",
+        "case": name,
+        "cell": cell,
+        "input_size": C,
+        "hidden_size": H,
+        "num_layers": L,
+        "t_max": t_max,
+        "eps": repr(EPS),
+        "momentum": repr(MOMENTUM),
+        "ln_input": "true" if ln_input else "false",
+        "t0": 0,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": "sum(loss.wy*y) + sum(loss.whT*hT) + sum(loss.wcT*cT)",
+        "adam": json.dumps({"lr": ADAM["lr"], "betas": list(ADAM["betas"]), "eps": ADAM["eps"],
+                            "steps": ADAM_STEPS, "weight_decay": 0, "amsgrad": False}),
+        "pass_start": "infer.pop" if has_stats else "none",
+        "pass_initial_state": "zeros",
+        "dtype": "float64",
+    }
+    return {k: v.detach().to(torch.int32 if v.dtype == torch.int32 else torch.float64)
+            for k, v in out.items()}, meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    default_out = os.path.normpath(os.path.join(here, "..", "tests", "fixtures", "cells"))
+    ap.add_argument("--out", default=default_out)
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # one thread: the same reduction order, the same bytes, every run
+    os.makedirs(args.out, exist_ok=True)
+    total = 0
+    for name, cell, ln_input, shape, seed in CASES:
+        tensors, meta = make_case(name, cell, ln_input, shape, seed)
+        path = os.path.join(args.out, name + ".safetensors")
+        write_safetensors(path, tensors, meta)
+        back, meta_back = read_safetensors(path)  # round trip, so a writer bug cannot hide
+        assert set(back) == set(tensors) and meta_back == {k: str(v) for k, v in meta.items()}
+        assert all(torch.equal(back[k], tensors[k]) for k in tensors)
+        size = os.path.getsize(path)
+        total += size
+        print(f"{path}: {len(tensors)} tensors, {size} bytes")
+    print(f"total {total} bytes")
+
+
+if __name__ == "__main__":
+    main()

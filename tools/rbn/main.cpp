@@ -1,0 +1,47 @@
+// rbn: train and run normalized recurrent networks. See docs/cli.md.
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+#include "util/error.hpp"
+#include "util/platform.hpp"
+
+int main(int argc, char** argv) {
+  rbn::select_blas_kernel(argv);
+  CLI::App app{"rbn: batch-normalized and layer-normalized LSTMs (Cooijmans et al. 2017)", "rbn"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "rbn 0.1.0");
+  int exit_code = 0;
+  rbn::cli::register_train(app, exit_code);
+  rbn::cli::register_eval(app, exit_code);
+  rbn::cli::register_popstats(app, exit_code);
+  rbn::cli::register_sample(app, exit_code);
+  rbn::cli::register_forward(app, exit_code);
+  rbn::cli::register_info(app, exit_code);
+  rbn::cli::register_convert(app, exit_code);
+  rbn::cli::register_plot(app, exit_code);
+  rbn::cli::register_bench(app, exit_code);
+  rbn::cli::register_reproduce(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "rbn: %s\n", e.what());
+    return 2;
+  } catch (const rbn::Error& e) {
+    std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
+    return e.exit_code();
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "\nrbn: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
+    return 1;
+  }
+  return exit_code;
+}
