@@ -56,8 +56,8 @@ IdxArray parse_idx(std::span<const uint8_t> b, const std::string& file) {
   for (int d = 0; d < ndim; ++d) {
     const uint32_t v = be32(4 + 4 * d);
     a.dims.push_back(v);
-    numel *= v;
-    if (numel > b.size()) break;  // more than the file holds: reported below, no allocation
+    // saturate: more than the file holds is reported below, and nothing is allocated for it
+    numel = numel > (uint64_t{1} << 40) ? numel : numel * v;
   }
   if (ndim == 3 && (a.dims[1] == 0 || a.dims[2] == 0)) throw DataError(file + ": image size 0");
   const uint64_t have = b.size() - header;

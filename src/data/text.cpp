@@ -86,6 +86,7 @@ std::vector<std::string> ptb_symbols(const std::string& content, const std::stri
     size_t e = content.find('\n', pos);
     if (e == std::string::npos) e = content.size();
     size_t p = pos;
+    const size_t before = out.size();
     while (p < e) {
       while (p < e && (content[p] == ' ' || content[p] == '\r')) ++p;
       size_t q = p;
@@ -99,7 +100,9 @@ std::vector<std::string> ptb_symbols(const std::string& content, const std::stri
       }
       p = q;
     }
-    out.push_back(kEol);
+    // a last line without its newline ends with an end-of-line symbol too, unless it is only
+    // blanks (Mikolov's files end with "\n ")
+    if (e < content.size() || out.size() > before) out.push_back(kEol);
     pos = e + 1;
     ++line;
   }

@@ -203,7 +203,8 @@ StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t
   rnn_.forward(opt, T, N, x_.data(), lengths, h0, c0, y_.data(), hT, cT);
   head_forward(static_cast<int>(TN), y_.data(), logits_.data());
   // counted positions: inside the row's length and with a target
-  std::vector<int32_t> tgt(targets, targets + TN);
+  std::vector<int32_t>& tgt = tgt_;
+  tgt.assign(targets, targets + TN);
   if (lengths)
     for (int t = 0; t < T; ++t)
       for (int n = 0; n < N; ++n)
@@ -221,15 +222,16 @@ StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t
                dhead_w_.data(), H);
     for (int64_t r = 0; r < TN; ++r)
       for (int k = 0; k < K; ++k) dhead_b_[k] += dlog[r * K + k];
-    std::vector<float> dyh(TN * H);
+    ensure(dyh_, TN * H);
+    float* dyh = dyh_.data();
     blas::gemm(false, false, static_cast<int>(TN), H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f,
-               dyh.data(), H);
+               dyh, H);
     float* dx = nullptr;
     if (!embed_w_.empty()) {
       ensure(dx_, TN * C);
       dx = dx_.data();
     }
-    rnn_.backward(dyh.data(), nullptr, nullptr, dx, nullptr, nullptr);
+    rnn_.backward(dyh, nullptr, nullptr, dx, nullptr, nullptr);
     if (dx)
       for (int64_t r = 0; r < TN; ++r) {
         const int id = ids[r];
@@ -265,7 +267,7 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
 
 size_t Model::workspace_bytes() const {
   size_t n = 0;
-  for (const auto* v : {&x_, &y_, &logits_, &dy_, &dx_, &hT_, &cT_, &dhT_}) n += v->size();
+  for (const auto* v : {&x_, &y_, &logits_, &dy_, &dx_, &hT_, &cT_, &dhT_, &dyh_}) n += v->size();
   return n * sizeof(float) + rnn_.workspace_bytes();
 }
 

@@ -79,7 +79,8 @@ class Model {
   std::vector<float> head_w_, head_b_, embed_w_;     // [K,H], [K], [V,E]
   std::vector<float> dhead_w_, dhead_b_, dembed_w_;  // gradients
   // scratch
-  std::vector<float> x_, y_, logits_, dy_, dx_, hT_, cT_, dhT_;
+  std::vector<float> x_, y_, logits_, dy_, dx_, hT_, cT_, dhT_, dyh_;
+  std::vector<int32_t> tgt_;
 };
 
 }  // namespace rbn

@@ -163,6 +163,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::ofstream(metrics_path, std::ios::trunc);
     std::ofstream(cfg.out + "/config.json") << cfg.to_json().dump(2) << '\n';
   }
+  const int N = cfg.batch_size;
+  const int64_t per_epoch = data->batches_per_epoch(N);
+  if (per_epoch <= 0)
+    throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
   MetricsLog metrics(metrics_path);
   std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads\n",
                data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,
@@ -173,10 +177,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                }(),
                blas_description().c_str(), num_threads());
 
-  const int N = cfg.batch_size;
-  const int64_t per_epoch = data->batches_per_epoch(N);
-  if (per_epoch <= 0)
-    throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
   const int pop_n = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : N;
   const bool has_pop = cell_has_population_stats(mc.rnn.cell);
 
@@ -191,7 +191,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
 
   // Validation with population statistics. The pass replaces the running averages for the
   // evaluation only: they are restored afterwards, so training (and resume) never depend on it.
-  auto validate = [&](int64_t at_step, double lr) {
+  auto validate = [&](int64_t at_step, double lr, bool counts) {
     std::vector<float> running(model.rnn().buffers().begin(), model.rnn().buffers().end());
     if (has_pop && cfg.popstats == "pass") {
       Progress pp("popstats", cfg.popstats_batches);
@@ -221,7 +221,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     summary.final_valid = r;
     if (metric < best_metric) {
       best_metric = metric;
-      evals_without_improvement = 0;
+      if (counts) evals_without_improvement = 0;
       summary.best_valid = r;
       CheckpointState st;
       st.step = at_step;
@@ -230,10 +230,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (has_pop && cfg.popstats == "pass") st.popstats_data = data->train_fingerprint();
       save_checkpoint(best_path, model, cfg, *data, nullptr, nullptr, st);
       summary.best_checkpoint = best_path;
-    } else {
+    } else if (counts) {
       ++evals_without_improvement;
     }
-    schedule.on_eval(metric);
+    if (counts) schedule.on_eval(metric);
     std::copy(running.begin(), running.end(), model.rnn().buffers().begin());
   };
 
@@ -318,9 +318,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       acc_count = log_n = 0;
       t_log = std::chrono::steady_clock::now();
     }
-    const bool eval_now = (cfg.eval_every > 0 && step % cfg.eval_every == 0) || step == cfg.steps;
-    if (eval_now) {
-      validate(step, lr);
+    const bool scheduled = cfg.eval_every > 0 && step % cfg.eval_every == 0;
+    if (scheduled || step == cfg.steps) {
+      // An end-of-budget evaluation off the schedule reports, but changes nothing that training
+      // depends on (schedule, early stopping): a run extended with --resume stays bit-exact.
+      validate(step, lr, scheduled || cfg.eval_every == 0);
       if (cfg.early_stop > 0 && evals_without_improvement >= cfg.early_stop) {
         save_last(step);
         std::fprintf(stderr, "early stop at step %lld: %d evaluations without improvement\n",

@@ -127,7 +127,7 @@ TEST_F(BadInput, ImpossibleFlags) {
       {"unknown subcommand", "fly", 2, "fly"},
       {"bench unknown shape", "bench --shapes imagenet --no-torch", 2, "--shapes"},
       {"bench unknown cell", "bench --cells gru --no-torch", 2, "--cells"},
-      {"sample zero temperature", "sample --checkpoint " + dir().string() + "/none.safetensors --temperature 0", 2, "--checkpoint"},
+      {"sample zero temperature", "sample --checkpoint " + dir().string() + "/none.safetensors --temperature 0", 2, "--temperature"},
       {"missing config file", "train --config " + dir().string() + "/missing.json", 2, "--config"},
   };
   for (const auto& c : cases) expect_case(c);
@@ -228,7 +228,7 @@ TEST_F(BadInput, CheckpointsAndArrays) {
                     ", 'shape': " + shape + ", }";
     while ((10 + h.size() + 1) % 64) h += ' ';
     h += '\n';
-    std::string s = "\x93NUMPY\x01\x00";
+    std::string s("\x93NUMPY\x01\x00", 8);
     s += char(h.size() & 0xff);
     s += char(h.size() >> 8);
     return s + h + std::string(bytes, '\0');

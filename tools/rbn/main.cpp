@@ -22,6 +22,16 @@ int main(int argc, char** argv) {
   rbn::cli::register_plot(app, exit_code);
   rbn::cli::register_bench(app, exit_code);
   rbn::cli::register_reproduce(app, exit_code);
+  auto is_subcommand = [&](const char* name) {
+    for (const auto* sub : app.get_subcommands({}))
+      if (sub->check_name(name)) return true;
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_subcommand(argv[1])) {
+    std::fprintf(stderr, "rbn: unknown subcommand '%s' (train, eval, popstats, sample, forward, info, "
+                 "convert, plot, bench, reproduce)\n", argv[1]);
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
