@@ -111,6 +111,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const std::string best_path = cfg.out + "/best.safetensors";
   const std::string metrics_path = cfg.out + "/metrics.jsonl";
 
+  SignalGuard signals;  // from here on SIGINT/SIGTERM stop the run at the next step boundary
   if (resume) {
     if (!fs::exists(last_path))
       throw UsageError("--resume: no checkpoint at " + last_path);
@@ -181,6 +182,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const bool has_pop = cell_has_population_stats(mc.rnn.cell);
 
   auto save_last = [&](int64_t at_step) {
+    // never replace a good checkpoint with non-finite parameters
+    for (const auto& p : params)
+      for (size_t i = 0; i < p.numel; ++i)
+        if (!std::isfinite(p.value[i])) {
+          std::fprintf(stderr, "\nwarning: step %lld: non-finite parameter %s; checkpoint not written\n",
+                       static_cast<long long>(at_step), p.name.c_str());
+          return;
+        }
     CheckpointState st;
     st.step = at_step;
     st.best_metric = best_metric;
@@ -237,7 +246,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::copy(running.begin(), running.end(), model.rnn().buffers().begin());
   };
 
-  SignalGuard signals;
   Batch b;
   int bad_in_row = 0;
   Progress bar("train", cfg.steps);

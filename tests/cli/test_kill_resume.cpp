@@ -95,7 +95,10 @@ TEST(KillResume, SigtermWritesACheckpointAndStops) {
   auto args = train_args(base / "run");
   args[std::find(args.begin(), args.end(), "--steps") - args.begin() + 1] = "100000";
   const pid_t pid = spawn(args, false);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // wait until training has logged its first steps (data loading can be slow on a loaded machine)
+  const fs::path metrics = base / "run/metrics.jsonl";
+  for (int i = 0; i < 600 && !(fs::exists(metrics) && fs::file_size(metrics) > 0); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_exit(pid), 128 + SIGTERM);
   ASSERT_TRUE(fs::exists(base / "run/last.safetensors"));

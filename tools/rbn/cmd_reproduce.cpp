@@ -35,6 +35,7 @@ std::string quote(const std::string& s) {
 struct ReproFlags {
   std::string name, data = "data/mnist", out = "runs/reproduce", checkpoints, lengths = "100,200,500,1000";
   int hidden = 100, batch_size = 100, threads = 0, steps = 784;
+  double h0_noise = 0.1;
   uint64_t seed = 1;
 };
 
@@ -59,6 +60,7 @@ void gradflow(const ReproFlags& f) {
   out["batch_size"] = f.batch_size;
   out["hidden"] = f.hidden;
   out["steps"] = T;
+  out["h0_noise"] = f.h0_noise;
   for (Cell cell : {Cell::bnrnn, Cell::bnlstm}) {
     for (int gi = 1; gi <= 10; ++gi) {
       const double gamma = gi / 10.0;
@@ -76,6 +78,10 @@ void gradflow(const ReproFlags& f) {
       m.rnn().set_grad_probe(0, &norms);
       ForwardOptions opt;
       opt.update_running = false;
+      // h0 noise as the authors used on sequential MNIST: without it every row of the first (black)
+      // steps is identical, the batch variance is 0 and BN's backward multiplies by gamma/sqrt(eps)
+      opt.h0_noise = f.h0_noise;
+      opt.noise_seed = f.seed;
       m.zero_grad();
       m.classify_step(opt, T, b.N, b.x.data(), nullptr, b.labels.data(), true);
       m.rnn().set_grad_probe(-1, nullptr);
@@ -168,6 +174,7 @@ void register_reproduce(CLI::App& app, int& exit_code) {
   sub->add_option("--batch-size", f->batch_size, "gradflow: batch size")->capture_default_str();
   sub->add_option("--steps", f->steps, "gradflow: sequence length (<= 784)")->capture_default_str();
   sub->add_option("--seed", f->seed, "seed")->capture_default_str();
+  sub->add_option("--h0-noise", f->h0_noise, "gradflow: std of the noise on h0")->capture_default_str();
   sub->add_option("--checkpoints", f->checkpoints, "longer: comma-separated LM checkpoints");
   sub->add_option("--lengths", f->lengths, "longer: evaluation window lengths")->capture_default_str();
   sub->add_option("--threads", f->threads, "threads (0: default)");
