@@ -1,5 +1,6 @@
-// Building blocks of the fused cells: activations and the three normalizations, forward and
-// backward, over row-major [rows, F] blocks with a validity mask over rows.
+// Building blocks of the fused cells: vectorized activations, and batch normalization over the
+// columns of row-major [rows, F] blocks with a validity mask over rows, forward and backward
+// (the row statistics of LN need the time loop's threads and live in stack.cpp).
 //
 // Conventions: z [rows,F] pre-normalization values; xh [rows,F] normalized values before the
 // affine ("x hat"); out = gamma * xh + beta. Invalid (padded) rows are written as 0 and never enter
@@ -53,178 +54,6 @@ inline void sigmoid_inplace(float* p, int n) {
   tanh_inplace(p, n);
   for (int i = 0; i < n; ++i) p[i] = 0.5f + 0.5f * p[i];
 }
-
-// Column statistics over the valid rows of z [rows,F]: mean and biased variance (accumulated in
-// double: a pixel-task batch gives 784*100 rows for bnx-seq).
-template <class T>
-void column_stats(const T* z, int64_t rows, int F, const uint8_t* valid, double* mean,
-                  double* var) {
-  int64_t count = 0;
-  for (int64_t r = 0; r < rows; ++r) count += valid[r];
-  const int nblk = (F + 63) / 64;
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int blk = 0; blk < nblk; ++blk) {
-    const int j0 = blk * 64, j1 = std::min(F, j0 + 64);
-    double s[64] = {0};
-    for (int64_t r = 0; r < rows; ++r) {
-      if (!valid[r]) continue;
-      const T* zr = z + r * F;
-#pragma omp simd
-      for (int j = j0; j < j1; ++j) s[j - j0] += zr[j];
-    }
-    for (int j = j0; j < j1; ++j) mean[j] = count ? s[j - j0] / count : 0.0;
-    double q[64] = {0};
-    for (int64_t r = 0; r < rows; ++r) {
-      if (!valid[r]) continue;
-      const T* zr = z + r * F;
-#pragma omp simd
-      for (int j = j0; j < j1; ++j) {
-        const double d = zr[j] - mean[j];
-        q[j - j0] += d * d;
-      }
-    }
-    for (int j = j0; j < j1; ++j) var[j] = count ? q[j - j0] / count : 1.0;
-  }
-}
-
-// xh = (z - mean) * rstd per column, in place allowed (xh may equal z); invalid rows -> 0.
-template <class T>
-void column_normalize(const T* z, int64_t rows, int F, const uint8_t* valid, const T* mean,
-                      const T* rstd, T* xh) {
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    T* o = xh + r * F;
-    if (!valid[r]) {
-      std::fill(o, o + F, T(0));
-      continue;
-    }
-    const T* zr = z + r * F;
-#pragma omp simd
-    for (int j = 0; j < F; ++j) o[j] = (zr[j] - mean[j]) * rstd[j];
-  }
-}
-
-// Row statistics (layer normalization): per valid row, mean/rstd over its F features; xh written
-// (in place allowed). mean/rstd [rows].
-template <class T>
-void row_normalize(const T* z, int64_t rows, int F, const uint8_t* valid, double eps, T* mean,
-                   T* rstd, T* xh) {
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    T* o = xh + r * F;
-    if (!valid[r]) {
-      std::fill(o, o + F, T(0));
-      mean[r] = 0;
-      rstd[r] = 1;
-      continue;
-    }
-    const T* zr = z + r * F;
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int j = 0; j < F; ++j) s += zr[j];
-    const double m = s / F;
-    double q = 0;
-#pragma omp simd reduction(+ : q)
-    for (int j = 0; j < F; ++j) {
-      const double d = zr[j] - m;
-      q += d * d;
-    }
-    const T rs = static_cast<T>(1.0 / std::sqrt(q / F + eps));
-    const T mt = static_cast<T>(m);
-#pragma omp simd
-    for (int j = 0; j < F; ++j) o[j] = (zr[j] - mt) * rs;
-    mean[r] = mt;
-    rstd[r] = rs;
-  }
-}
-
-// Column sums over valid rows of dy and dy*xh (double): s1 = sum dy, s2 = sum dy*xh.
-template <class T>
-void column_grad_sums(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
-                      double* s1, double* s2) {
-  const int nblk = (F + 63) / 64;
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int blk = 0; blk < nblk; ++blk) {
-    const int j0 = blk * 64, j1 = std::min(F, j0 + 64);
-    double a[64] = {0}, b[64] = {0};
-    for (int64_t r = 0; r < rows; ++r) {
-      if (!valid[r]) continue;
-      const T* d = dy + r * F;
-      const T* x = xh + r * F;
-#pragma omp simd
-      for (int j = j0; j < j1; ++j) {
-        a[j - j0] += d[j];
-        b[j - j0] += static_cast<double>(d[j]) * x[j];
-      }
-    }
-    for (int j = j0; j < j1; ++j) {
-      s1[j] = a[j - j0];
-      s2[j] = b[j - j0];
-    }
-  }
-}
-
-// Batch-norm backward over the valid rows (one statistic group): given dy = dL/d(out) and the
-// column sums s1, s2 from column_grad_sums, dz = gamma*rstd*(dy - s1/M - xh*s2/M). With
-// batch_stats false (population statistics) the statistics are constants: dz = gamma*rstd*dy.
-// dz may alias dy. Invalid rows -> 0.
-template <class T>
-void column_norm_backward(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
-                          const T* gamma, const T* rstd, const double* s1, const double* s2,
-                          int64_t count, bool batch_stats, T* dz, std::vector<T>& tmp) {
-  tmp.resize(3 * static_cast<size_t>(F));
-  T* k = tmp.data();          // gamma * rstd
-  T* a = k + F;               // s1 / M
-  T* b = a + F;               // s2 / M
-  for (int j = 0; j < F; ++j) {
-    k[j] = gamma[j] * rstd[j];
-    a[j] = batch_stats && count ? static_cast<T>(s1[j] / count) : T(0);
-    b[j] = batch_stats && count ? static_cast<T>(s2[j] / count) : T(0);
-  }
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    T* o = dz + r * F;
-    if (!valid[r]) {
-      std::fill(o, o + F, T(0));
-      continue;
-    }
-    const T* d = dy + r * F;
-    const T* x = xh + r * F;
-#pragma omp simd
-    for (int j = 0; j < F; ++j) o[j] = k[j] * (d[j] - a[j] - x[j] * b[j]);
-  }
-}
-
-// Layer-norm backward per valid row: dxh = dy*gamma; dz = rstd*(dxh - mean(dxh) - xh*mean(dxh*xh)).
-// dz may alias dy. Parameter gradients are not touched here (see column_grad_sums).
-template <class T>
-void row_norm_backward(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
-                       const T* gamma, const T* rstd, T* dz) {
-#pragma omp parallel for schedule(static) if (rows * F > kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    T* o = dz + r * F;
-    if (!valid[r]) {
-      std::fill(o, o + F, T(0));
-      continue;
-    }
-    const T* d = dy + r * F;
-    const T* x = xh + r * F;
-    double s1 = 0, s2 = 0;
-#pragma omp simd reduction(+ : s1, s2)
-    for (int j = 0; j < F; ++j) {
-      const double g = static_cast<double>(d[j]) * gamma[j];
-      s1 += g;
-      s2 += g * x[j];
-    }
-    const T a = static_cast<T>(s1 / F), b = static_cast<T>(s2 / F), rs = rstd[r];
-#pragma omp simd
-    for (int j = 0; j < F; ++j) o[j] = rs * (d[j] * gamma[j] - a - x[j] * b);
-  }
-}
-
-}  // namespace rbn::kern
-
-namespace rbn::kern {
 
 // ---- serial column kernels over a column block [rows, w] with row stride ld ----------------
 // Used inside the time loop's parallel region, where each thread owns a block of hidden units.
@@ -314,6 +143,53 @@ void col_norm_backward_serial(const T* dy, const T* xh, int64_t rows, int ld, in
       for (int j = 0; j < w; ++j) o[j] = gamma[j] * rstd[j] * d[j];
     }
   }
+}
+
+
+// ---- the same over all columns, column blocks in parallel (bnx-seq's statistics over all T*N
+// rows, outside the time loop) ------------------------------------------------------------------
+
+template <class F>
+void for_column_blocks(int64_t rows, int cols, F&& fn) {
+  const int nblk = (cols + 63) / 64;
+#pragma omp parallel for schedule(static) if (rows * cols > kParallelWork)
+  for (int blk = 0; blk < nblk; ++blk) {
+    const int j0 = blk * 64;
+    fn(j0, std::min(cols, j0 + 64) - j0);
+  }
+}
+
+template <class T>
+void column_stats(const T* z, int64_t rows, int F, const uint8_t* valid, double* mean, double* var) {
+  for_column_blocks(rows, F, [&](int j0, int w) {
+    col_stats_serial(z + j0, rows, F, w, valid, mean + j0, var + j0);
+  });
+}
+
+template <class T>
+void column_normalize(const T* z, int64_t rows, int F, const uint8_t* valid, const T* mean,
+                      const T* rstd, T* xh) {
+  for_column_blocks(rows, F, [&](int j0, int w) {
+    col_normalize_serial(z + j0, rows, F, w, valid, mean + j0, rstd + j0, xh + j0, F);
+  });
+}
+
+template <class T>
+void column_grad_sums(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
+                      double* s1, double* s2) {
+  for_column_blocks(rows, F, [&](int j0, int w) {
+    col_grad_sums_serial(dy + j0, xh + j0, rows, F, w, valid, s1 + j0, s2 + j0);
+  });
+}
+
+template <class T>
+void column_norm_backward(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
+                          const T* gamma, const T* rstd, const double* s1, const double* s2,
+                          int64_t count, bool batch_stats, T* dz) {
+  for_column_blocks(rows, F, [&](int j0, int w) {
+    col_norm_backward_serial(dy + j0, xh + j0, rows, F, w, valid, gamma + j0, rstd + j0, s1 + j0,
+                             s2 + j0, count, batch_stats, dz + j0);
+  });
 }
 
 }  // namespace rbn::kern

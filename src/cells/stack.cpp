@@ -103,7 +103,7 @@ struct Stack<T>::Impl {
   bool h0_given = false, c0_given = false;
 
   // workspaces
-  std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn, tmp_small;
+  std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn;
   std::vector<double> s1, s2, dstat_mean, dstat_var, xsum1, xsum2;
 
   size_t add_param(const std::string& name, std::vector<int64_t> shape) {
@@ -1039,8 +1039,7 @@ struct Stack<T>::Impl {
                                s2.data());
         for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
         kern::column_norm_backward(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), gx,
-                                   cc.rx.data(), s1.data(), s2.data(), cnt, batch, cc.G.data(),
-                                   tmp_small);
+                                   cc.rx.data(), s1.data(), s2.data(), cnt, batch, cc.G.data());
         break;
       }
       case Norm::ln: break;  // done in the time loop
@@ -1221,7 +1220,7 @@ template <class T>
 size_t Stack<T>::workspace_bytes() const {
   const auto& I = *impl_;
   size_t n = 0;
-  for (const auto* v : {&I.dY, &I.dh_rec, &I.dc_rec, &I.dh_new, &I.dcn, &I.tmp_small}) n += v->size();
+  for (const auto* v : {&I.dY, &I.dh_rec, &I.dc_rec, &I.dh_new, &I.dcn}) n += v->size();
   return n * sizeof(T);
 }
 

@@ -39,7 +39,10 @@ std::string Progress::format(const std::string& label, int64_t done, int64_t tot
   if (bar && total > 0) {
     const int width = 24;
     const int fill = static_cast<int>(std::clamp<double>(double(done) / total, 0, 1) * width);
-    s += "[" + std::string(fill, '#') + std::string(width - fill, '.') + "] ";
+    s += '[';
+    s.append(static_cast<size_t>(fill), '#');
+    s.append(static_cast<size_t>(width - fill), '.');
+    s += "] ";
   }
   if (total > 0)
     s += fmt::format("{}/{} ({:.0f}%)", done, total, 100.0 * done / total);
