@@ -487,7 +487,8 @@ struct Stack<T>::Impl {
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
-      const auto [k0, k1] = unit_block(p, P, H);
+      const std::pair<int, int> blk = unit_block(p, P, H);
+      const int k0 = blk.first, k1 = blk.second;  // (no structured binding: clang 14 cannot capture one in omp simd)
       const int w = k1 - k0;
       std::vector<double> sm(static_cast<size_t>(ng) * w + 1), sv(static_cast<size_t>(ng) * w + 1);
       std::vector<T> rowm(N), rowr(N);
@@ -820,7 +821,8 @@ struct Stack<T>::Impl {
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
-      const auto [k0, k1] = unit_block(p, P, H);
+      const std::pair<int, int> blk = unit_block(p, P, H);
+      const int k0 = blk.first, k1 = blk.second;  // (no structured binding: clang 14 cannot capture one in omp simd)
       const int w = k1 - k0;
       std::vector<double> a1(static_cast<size_t>(ng) * w + 1), a2(static_cast<size_t>(ng) * w + 1),
           a3(static_cast<size_t>(ng) * w + 1);

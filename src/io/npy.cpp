@@ -89,7 +89,7 @@ NpyArray parse_npy(std::span<const uint8_t> b, const std::string& file) {
   auto bad = [&](const std::string& w) { throw DataError(file + ": " + w); };
   if (b.size() < 10 || std::memcmp(b.data(), "\x93NUMPY", 6) != 0) bad("not a .npy file (bad magic)");
   const int major = b[6];
-  size_t hlen, hstart;
+  size_t hlen = 0, hstart = 0;
   if (major == 1) {
     hlen = b[8] | (size_t(b[9]) << 8);
     hstart = 10;

@@ -140,7 +140,6 @@ class Adam final : public Optimizer {
     const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
     float* m = s[0];
     float* v = s[1];
-#pragma omp simd
     for (size_t i = 0; i < p.numel; ++i) {
       const float g = p.grad[i] + wd * p.value[i];
       m[i] = b1 * m[i] + (1 - b1) * g;
