@@ -42,6 +42,9 @@ struct TrainConfig {
   std::string optimizer = "adam";  // sgd | rmsprop | adam | rmsprop-authors
   double lr = 1e-3;
   double momentum = 0.0;
+  double dampening = 0.0;  // sgd
+  bool nesterov = false;   // sgd
+  bool centered = false;   // rmsprop
   double alpha = 0.99;    // rmsprop
   double beta1 = 0.9, beta2 = 0.999;
   double opt_eps = 1e-8;
@@ -52,6 +55,8 @@ struct TrainConfig {
   double lr_gamma = 0.5;
   int lr_step = 1000;     // steps between decays (step schedule)
   int lr_patience = 2;    // evaluations without improvement (plateau)
+  double lr_threshold = 1e-4;  // plateau: relative improvement that counts
+  double lr_min = 0.0;         // plateau: floor of the rate
 
   // loop
   int batch_size = 100;

@@ -55,6 +55,9 @@ OptimConfig optim_config(const TrainConfig& c) {
   o.name = c.optimizer;
   o.lr = c.lr;
   o.momentum = c.momentum;
+  o.dampening = c.dampening;
+  o.nesterov = c.nesterov;
+  o.centered = c.centered;
   o.alpha = c.alpha;
   o.eps = c.opt_eps;
   o.beta1 = c.beta1;
@@ -123,6 +126,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (threads > 0) cfg.threads = threads;
   }
   cfg.validate();
+  optim_config(cfg).validate();  // flag errors before any data is read or directory made
+  (void)make_schedule(cfg);
   set_threads(cfg.threads);
   std::error_code ec;
   fs::create_directories(cfg.out, ec);

@@ -1,8 +1,10 @@
 #include "util/progress.hpp"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -10,80 +12,128 @@
 namespace rbn {
 
 namespace {
+
 std::string hms(double s) {
-  if (!std::isfinite(s) || s < 0) return "--:--";
-  const long t = std::lround(s);
+  if (!std::isfinite(s) || s < 0 || s > 1e9) return "--:--";
+  const long long t = std::llround(s);
   return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
                    : fmt::format("{:02}:{:02}", t / 60, t % 60);
 }
+
+int terminal_columns(std::FILE* out) {
+  winsize ws{};
+  if (ioctl(fileno(out), TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
 }  // namespace
 
 Progress::Progress(std::string label, int64_t total, std::FILE* out, double interval_s)
-    : label_(std::move(label)),
-      total_(total),
-      out_(out),
-      tty_(out && isatty(fileno(out))),
-      interval_(interval_s),
-      start_(std::chrono::steady_clock::now()),
-      last_(start_) {}
+    : Progress(std::move(label), total, out, [&] {
+        ProgressOptions o;
+        o.interval_s = interval_s;
+        return o;
+      }()) {}
 
-Progress::~Progress() {
-  if (!finished_ && drawn_ && tty_) std::fputc('\n', out_);
+Progress::Progress(std::string label, int64_t total, std::FILE* out, ProgressOptions opt)
+    : label_(std::move(label)), total_(total), out_(out), opt_(std::move(opt)) {
+  if (out_) {
+    tty_ = opt_.tty >= 0 ? opt_.tty != 0 : isatty(fileno(out_)) != 0;
+    width_ = opt_.width > 0 ? opt_.width : tty_ && opt_.tty < 0 ? terminal_columns(out_) : 80;
+  }
+  start_ = last_ = now();
 }
 
-std::string Progress::format(const std::string& label, int64_t done, int64_t total, double elapsed,
-                             const std::string& extra, bool bar) {
-  const double rate = elapsed > 0 ? done / elapsed : 0.0;
-  const double eta = rate > 0 && total > 0 ? (total - done) / rate : NAN;
-  std::string s = label + " ";
-  if (bar && total > 0) {
-    const int width = 24;
-    const int fill = static_cast<int>(std::clamp<double>(double(done) / total, 0, 1) * width);
+Progress::~Progress() {
+  if (!finished_ && drawn_ && tty_) {
+    std::fputc('\n', out_);
+    std::fflush(out_);
+  }
+}
+
+double Progress::now() const {
+  if (opt_.clock) return opt_.clock();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string Progress::format(const ProgressLine& l) {
+  const int64_t run = l.done - l.base;
+  const double rate = l.elapsed > 0 && run > 0 ? static_cast<double>(run) / l.elapsed : 0.0;
+  const double eta = rate > 0 && l.total > 0 ? static_cast<double>(std::max<int64_t>(l.total - l.done, 0)) / rate
+                                              : NAN;
+  std::string s = l.label + " ";
+  if (l.bar && l.total > 0) {
+    constexpr int width = 24;
+    const double frac = std::clamp(static_cast<double>(l.done) / static_cast<double>(l.total), 0.0, 1.0);
+    const int fill = static_cast<int>(frac * width);
     s += '[';
     s.append(static_cast<size_t>(fill), '#');
     s.append(static_cast<size_t>(width - fill), '.');
     s += "] ";
   }
-  if (total > 0)
-    s += fmt::format("{}/{} ({:.0f}%)", done, total, 100.0 * done / total);
-  else
-    s += fmt::format("{}", done);
-  s += fmt::format(" {:.1f}/s elapsed {} eta {}", rate, hms(elapsed), hms(eta));
-  if (!extra.empty()) s += " " + extra;
+  if (l.total > 0) {
+    // floor: 100% only when all is done
+    const double pct = std::floor(100.0 * static_cast<double>(l.done) / static_cast<double>(l.total));
+    s += fmt::format("{}/{} ({:.0f}%)", l.done, l.total, pct);
+  } else {
+    s += fmt::format("{}", l.done);
+  }
+  s += fmt::format(" {:.1f}/s elapsed {} eta {}", rate, hms(l.elapsed), hms(eta));
+  if (!l.extra.empty()) s += " " + l.extra;
   return s;
+}
+
+std::string Progress::format(const std::string& label, int64_t done, int64_t total, double elapsed,
+                             const std::string& extra, bool bar) {
+  return format(ProgressLine{label, done, total, 0, elapsed, extra, bar});
+}
+
+std::string Progress::fit(std::string s, int columns) {
+  if (columns <= 0 || s.size() <= static_cast<size_t>(columns)) return s;
+  size_t n = static_cast<size_t>(columns);
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // s[n] continues a sequence
+  s.resize(n);
+  return s;
+}
+
+void Progress::begin_at(int64_t done) {
+  base_ = done;
+  done_ = done;
+}
+
+void Progress::emit(bool final_line) {
+  const double t = now();
+  const std::string line =
+      format(ProgressLine{label_, done_, total_, base_, t - start_, extra_, tty_});
+  if (tty_) {
+    // one column short: a line that fills the terminal exactly would wrap on some terminals
+    std::fprintf(out_, "\r\033[K%s%s", fit(line, width_ - 1).c_str(), final_line ? "\n" : "");
+    drawn_ = true;
+  } else {
+    std::fprintf(out_, "%s\n", line.c_str());
+  }
+  std::fflush(out_);
+  last_ = t;
 }
 
 void Progress::update(int64_t done, const std::string& extra) {
   done_ = done;
   if (!extra.empty()) extra_ = extra;
-  if (!out_) return;
-  const auto now = std::chrono::steady_clock::now();
-  const double since = std::chrono::duration<double>(now - last_).count();
-  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  if (!out_ || finished_) return;
+  const double since = now() - last_;
   if (tty_) {
-    if (since < 0.1 && done < total_) return;
-    std::fprintf(out_, "\r\033[K%s", format(label_, done, total_, elapsed, extra_, true).c_str());
-    std::fflush(out_);
-    drawn_ = true;
-  } else {
-    if (since < interval_) return;
-    std::fprintf(out_, "%s\n", format(label_, done, total_, elapsed, extra_, false).c_str());
-    std::fflush(out_);
+    // the last item is drawn at once; the rest at most every redraw_s
+    if (since >= opt_.redraw_s || (total_ > 0 && done >= total_) || !drawn_) emit(false);
+  } else if (since >= opt_.interval_s) {
+    emit(false);
+    started_ = true;
   }
-  last_ = now;
 }
 
 void Progress::finish() {
   if (finished_ || !out_) return;
   finished_ = true;
-  const double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  if (tty_) {
-    std::fprintf(out_, "\r\033[K%s\n", format(label_, done_, total_, elapsed, extra_, true).c_str());
-  } else if (elapsed >= 1.0) {  // short work stays quiet when piped
-    std::fprintf(out_, "%s\n", format(label_, done_, total_, elapsed, extra_, false).c_str());
-  }
-  std::fflush(out_);
+  if (tty_ || started_ || now() - start_ >= opt_.quiet_below_s) emit(true);
 }
 
 }  // namespace rbn

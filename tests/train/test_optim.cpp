@@ -1,9 +1,12 @@
-// Optimizers against torch.optim (fixtures from tools/make_optim_fixtures.py), the authors'
-// RMSProp by hand, gradient clipping, validation, and bit-identical continuation from saved state.
+// Optimizers, gradient clipping and learning-rate schedules against torch (fixtures from
+// tools/make_optim_fixtures.py: torch.optim, torch.nn.utils.clip_grad_norm_,
+// torch.optim.lr_scheduler), the authors' RMSProp by hand, validation, and bit-identical
+// continuation from saved state.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <fstream>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -29,50 +32,107 @@ OptimConfig config_of(const nlohmann::json& c) {
   o.nesterov = k.value("nesterov", false);
   o.alpha = k.value("alpha", 0.99);
   o.centered = k.value("centered", false);
-  o.eps = k.value("eps", o.name == "rmsprop" ? 1e-8 : 1e-8);
+  o.eps = k.value("eps", 1e-8);
   o.beta1 = k.value("beta1", 0.9);
   o.beta2 = k.value("beta2", 0.999);
   o.weight_decay = k.value("weight_decay", 0.0);
   return o;
 }
 
+using Tensors = std::map<std::string, std::vector<float>>;
+
+// Difference from the fixture's value relative to 1 + |value|: a few float epsilons. Not ulps:
+// torch's vector loops use fused multiply-adds, and values that are small differences of large
+// ones (a momentum buffer near zero) lose their low bits either way.
+double rel(float have, float want) { return std::abs(double(have) - double(want)) / (1 + std::abs(double(want))); }
+constexpr double kTol = 1e-6;
+
+// Every case, both parameters (7 values: a scalar loop; 21: a vector loop with a tail, a dotted
+// name), five steps; then the optimizer state under torch's slot names. rbn does the float
+// arithmetic in torch's order, so the results agree to float rounding.
 TEST(Optim, MatchesTorchOptim) {
   const auto j = fixtures();
   double worst = 0;
   for (const auto& c : j["cases"]) {
     const OptimConfig oc = config_of(c);
     auto opt = make_optimizer(oc);
-    std::vector<float> p = c["p0"].get<std::vector<float>>(), g(p.size());
-    std::vector<ParamRef> refs{{"w", p.data(), g.data(), p.size()}};
+    Tensors p = c["params"].get<Tensors>(), g;
     for (size_t s = 0; s < c["grads"].size(); ++s) {
-      g = c["grads"][s].get<std::vector<float>>();
-      refs[0].grad = g.data();
+      g = c["grads"][s].get<Tensors>();
+      std::vector<ParamRef> refs;
+      for (auto& [name, v] : p) refs.push_back({name, v.data(), g.at(name).data(), v.size()});
       opt->step(refs, static_cast<float>(oc.lr));
-      const auto want = c["after"][s].get<std::vector<float>>();
-      for (size_t i = 0; i < p.size(); ++i) {
-        const double d = std::abs(p[i] - want[i]);
-        worst = std::max(worst, d / (1 + std::abs(want[i])));
-        EXPECT_NEAR(p[i], want[i], 2e-6 * (1 + std::abs(want[i]))) << c["config"].dump() << " step " << s;
+      const auto want = c["after"][s].get<Tensors>();
+      for (const auto& [name, v] : p)
+        for (size_t i = 0; i < v.size(); ++i) {
+          const double d = rel(v[i], want.at(name)[i]);
+          worst = std::max(worst, d);
+          EXPECT_LE(d, kTol) << c["optimizer"] << " " << c["config"].dump() << " step " << s << " " << name << "[" << i
+                          << "]: " << v[i] << " vs " << want.at(name)[i];
+        }
+    }
+    EXPECT_EQ(opt->step_count(), static_cast<int64_t>(c["grads"].size()));
+    // state: exactly torch's slots, values as torch's
+    size_t n_slots = 0;
+    for (const auto& [slot, per_param] : c["state"].items()) {
+      for (const auto& [name, want] : per_param.items()) {
+        const float* have = opt->slot(slot, name);
+        ASSERT_NE(have, nullptr) << c["optimizer"] << " slot " << slot << " " << name;
+        const auto w = want.get<std::vector<float>>();
+        for (size_t i = 0; i < w.size(); ++i) EXPECT_LE(rel(have[i], w[i]), kTol) << slot << " " << name << "[" << i << "]";
+        ++n_slots;
       }
     }
+    EXPECT_EQ(opt->state_tensors().size(), n_slots) << c["optimizer"] << " " << c["config"].dump();
   }
   std::printf("[ optim ] largest relative difference from torch.optim: %.2e\n", worst);
 }
 
 TEST(Optim, ClipGradNormMatchesTorch) {
-  const auto c = fixtures()["clip"];
-  auto a = c["grads"][0].get<std::vector<float>>(), b = c["grads"][1].get<std::vector<float>>();
-  std::vector<float> pa(a.size()), pb(b.size());
-  std::vector<ParamRef> refs{{"a", pa.data(), a.data(), a.size()}, {"b", pb.data(), b.data(), b.size()}};
-  const float norm = clip_grad_norm(refs, c["max_norm"].get<float>());
-  EXPECT_NEAR(norm, c["norm"].get<double>(), 1e-5);
-  const auto wa = c["after"][0].get<std::vector<float>>(), wb = c["after"][1].get<std::vector<float>>();
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], wa[i], 1e-6);
-  for (size_t i = 0; i < b.size(); ++i) EXPECT_NEAR(b[i], wb[i], 1e-6);
+  for (const auto& c : fixtures()["clip"]) {
+    Tensors g = c["grads"].get<Tensors>(), p;
+    std::vector<ParamRef> refs;
+    for (auto& [name, v] : g) {
+      p[name].assign(v.size(), 0.0f);
+      refs.push_back({name, p[name].data(), v.data(), v.size()});
+    }
+    const float norm = clip_grad_norm(refs, c["max_norm"].get<float>());
+    EXPECT_NEAR(norm, c["norm"].get<double>(), 1e-6 * c["norm"].get<double>());
+    const auto want = c["after"].get<Tensors>();
+    for (const auto& [name, v] : g)
+      for (size_t i = 0; i < v.size(); ++i) EXPECT_LE(rel(v[i], want.at(name)[i]), kTol) << name << "[" << i << "]";
+  }
   // non-finite gradients: the norm says so and nothing is scaled
-  b[0] = NAN;
+  std::vector<float> a{3.0f, 4.0f}, b{NAN}, pa(2), pb(1);
+  std::vector<ParamRef> refs{{"a", pa.data(), a.data(), 2}, {"b", pb.data(), b.data(), 1}};
   EXPECT_FALSE(std::isfinite(clip_grad_norm(refs, 1.0f)));
-  EXPECT_EQ(a[1], wa[1]);
+  EXPECT_EQ(a[1], 4.0f);
+  EXPECT_THROW(clip_grad_norm(refs, 0.0f), UsageError);
+}
+
+TEST(Schedule, MatchesTorchLrScheduler) {
+  for (const auto& c : fixtures()["schedules"]) {
+    ScheduleConfig sc;
+    sc.kind = c["kind"].get<std::string>();
+    sc.lr = c["lr"].get<double>();
+    sc.gamma = c.value("gamma", 0.5);
+    sc.every = c.value("every", int64_t{1});
+    sc.patience = c.value("patience", 2);
+    sc.min_lr = c.value("min_lr", 0.0);
+    LrSchedule s(sc);
+    const auto want = c["lrs"].get<std::vector<double>>();
+    for (size_t i = 0; i < want.size(); ++i) {
+      double have;
+      if (sc.kind == "plateau") {  // the rate after each validation result (null: NaN)
+        const auto& m = c["metrics"][i];
+        s.on_eval(m.is_null() ? NAN : m.get<double>());
+        have = s.lr(static_cast<int64_t>(i));
+      } else {
+        have = s.lr(static_cast<int64_t>(i));
+      }
+      EXPECT_NEAR(have, want[i], 1e-12 * want[i]) << c.dump() << " at " << i;
+    }
+  }
 }
 
 TEST(Optim, AuthorsRmsPropByHand) {
@@ -105,6 +165,9 @@ TEST(Optim, InvalidConfigsNameTheFlag) {
   c.lr = -1;
   expect_flag(c, "--lr");
   c = {};
+  c.lr = NAN;
+  expect_flag(c, "--lr");
+  c = {};
   c.name = "adagrad";
   expect_flag(c, "--optimizer");
   c = {};
@@ -113,6 +176,33 @@ TEST(Optim, InvalidConfigsNameTheFlag) {
   c = {};
   c.beta2 = 1.0;
   expect_flag(c, "--beta2");
+  c = {};
+  c.nesterov = true;  // adam has none
+  expect_flag(c, "--nesterov");
+  c.name = "sgd";  // needs momentum
+  expect_flag(c, "--nesterov");
+  c = {};
+  c.dampening = 2;
+  expect_flag(c, "--dampening");
+  c = {};
+  c.eps = 0;
+  expect_flag(c, "--opt-eps");
+}
+
+TEST(Optim, StateOfAnotherModelIsRejected) {
+  OptimConfig oc;
+  oc.name = "adam";
+  auto opt = make_optimizer(oc);
+  std::vector<float> p(4, 1.0f), g(4, 0.5f);
+  std::vector<ParamRef> refs{{"w", p.data(), g.data(), 4}};
+  opt->step(refs, 0.01f);
+  auto other = make_optimizer(oc);
+  Optimizer::State s = opt->state();
+  s.tensors["optim.exp_avg.w"].resize(3);
+  other->load_state(s);
+  EXPECT_THROW(other->step(refs, 0.01f), DataError);
+  s.tensors["optim.momentum_buffer.w"] = {1};
+  EXPECT_THROW(other->load_state(s), DataError);
 }
 
 TEST(Optim, SavedStateContinuesBitIdentically) {
@@ -125,7 +215,7 @@ TEST(Optim, SavedStateContinuesBitIdentically) {
       std::vector<float> g(p.size());
       std::vector<ParamRef> refs{{"w", p.data(), g.data(), p.size()}};
       for (int s = 0; s < steps; ++s) {
-        for (size_t i = 0; i < g.size(); ++i) g[i] = std::sin(float(o.steps() * 7 + i));
+        for (size_t i = 0; i < g.size(); ++i) g[i] = std::sin(float(o.step_count() * 7 + i));
         o.step(refs, 0.01f);
       }
     };
@@ -135,21 +225,37 @@ TEST(Optim, SavedStateContinuesBitIdentically) {
     auto b = make_optimizer(oc);
     std::vector<float> pb(5, 1.0f);
     run(3, *b, pb);
-    auto c = make_optimizer(oc);  // restore b's state into a fresh optimizer
+    auto c = make_optimizer(oc);  // restore b's state into a fresh optimizer, as a checkpoint does
     c->load_scalar_state(b->scalar_state());
     for (const auto& t : b->state_tensors())
       c->load_state_tensor(t.slot, t.param, std::vector<float>(t.data, t.data + t.numel));
     run(3, *c, pb);
     EXPECT_EQ(pa, pb) << name;
+    auto d = make_optimizer(oc);  // and through the whole-state API
+    std::vector<float> pd(5, 1.0f);
+    run(3, *d, pd);
+    auto e = make_optimizer(oc);
+    e->load_state(d->state());
+    run(3, *e, pd);
+    EXPECT_EQ(pa, pd) << name;
   }
 }
 
-TEST(Schedule, StepExpAndPlateau) {
+TEST(Schedule, StepExpPlateauAndState) {
   LrSchedule s("step", 1.0, 0.5, 10, 0);
   EXPECT_DOUBLE_EQ(s.lr(9), 1.0);
   EXPECT_DOUBLE_EQ(s.lr(10), 0.5);
   LrSchedule e("exp", 1.0, 0.5, 10, 0);
   EXPECT_NEAR(e.lr(5), std::sqrt(0.5), 1e-12);
+  ScheduleConfig ec;
+  ec.kind = "step";
+  ec.lr = 1.0;
+  ec.every = 2;
+  ec.unit = "epochs";
+  ec.steps_per_epoch = 100;
+  LrSchedule se(ec);
+  EXPECT_DOUBLE_EQ(se.lr(199), 1.0);
+  EXPECT_DOUBLE_EQ(se.lr(200), 0.5);
   LrSchedule p("plateau", 1.0, 0.1, 1, 1);
   p.on_eval(1.0);
   p.on_eval(1.0);  // 1 bad: within patience
@@ -159,7 +265,11 @@ TEST(Schedule, StepExpAndPlateau) {
   LrSchedule q("plateau", 1.0, 0.1, 1, 1);
   q.load_state(p.state());
   EXPECT_DOUBLE_EQ(q.lr(0), 0.1);
+  EXPECT_EQ(q.best(), p.best());
   EXPECT_THROW(LrSchedule("cosine", 1, 0.5, 1, 1), UsageError);
+  EXPECT_THROW(LrSchedule("step", 1, 0.5, 0, 1), UsageError);
+  LrSchedule other("step", 1.0, 0.5, 10, 0);
+  EXPECT_THROW(other.load_state(p.state()), DataError);
 }
 
 }  // namespace

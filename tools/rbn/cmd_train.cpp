@@ -57,6 +57,9 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   opt("optimizer", "--optimizer", c.optimizer, "sgd | rmsprop | adam | rmsprop-authors");
   opt("lr", "--lr", c.lr, "learning rate");
   opt("momentum", "--momentum", c.momentum, "SGD / RMSprop momentum");
+  opt("dampening", "--dampening", c.dampening, "SGD dampening");
+  flag("nesterov", "--nesterov", c.nesterov, "SGD: Nesterov momentum");
+  flag("centered", "--centered", c.centered, "RMSprop: centered (divide by the variance)");
   opt("alpha", "--alpha", c.alpha, "RMSprop smoothing constant");
   opt("beta1", "--beta1", c.beta1, "Adam beta1");
   opt("beta2", "--beta2", c.beta2, "Adam beta2");
@@ -68,6 +71,8 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   opt("lr_gamma", "--lr-gamma", c.lr_gamma, "learning-rate decay factor");
   opt("lr_step", "--lr-step", c.lr_step, "steps between decays (step schedule)");
   opt("lr_patience", "--lr-patience", c.lr_patience, "evaluations without improvement (plateau)");
+  opt("lr_threshold", "--lr-threshold", c.lr_threshold, "plateau: relative improvement that counts");
+  opt("lr_min", "--lr-min", c.lr_min, "plateau: lowest learning rate");
   opt("batch_size", "--batch-size", c.batch_size, "batch size N");
   opt("seq_len", "--seq-len", c.seq_len, "language models: window length T (= T_max)");
   opt("steps", "--steps", c.steps, "training steps");
