@@ -254,7 +254,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   Batch b;
   int bad_in_row = 0;
   Progress bar("train", cfg.steps);
-  bar.update(step, "");
+  bar.begin_at(step);  // a resumed run: its rate and ETA count only this run's steps
   double loss_acc = 0, acc_acc = 0;
   int64_t acc_count = 0, log_n = 0;
   auto t_log = std::chrono::steady_clock::now();
