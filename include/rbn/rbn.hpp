@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -123,6 +124,16 @@ class Stack {
   // Gradient probe (the gradient-flow figure): when set, backward() writes the batch mean of
   // ||dL/dh_t|| over the valid rows, for every step of layer `layer`, into *norms ([T]).
   void set_grad_probe(int layer, std::vector<double>* norms);
+
+  // Data-parallel training (synchronized batch normalization): when set, every batch statistic
+  // is computed from sums over the whole group — each rank's sums of z and z^2 over its valid
+  // rows, and in backward its sums of dy and dy*x_hat, are passed to `allreduce`, which must
+  // replace buf[0..n) by their sum over all ranks (every rank calls it in the same order with
+  // the same n; it is called from one thread). K ranks with N/K rows each then compute what one
+  // process computes with all N rows. Parameter gradients stay local (sum them afterwards).
+  // Empty: statistics of this process's rows only.
+  using Allreduce = std::function<void(double* buf, size_t n)>;
+  void set_stat_allreduce(Allreduce allreduce);
 
   // Bytes of activations that backward reads (for memory reporting).
   size_t cache_bytes() const;

@@ -58,33 +58,46 @@ inline void sigmoid_inplace(float* p, int n) {
 // ---- serial column kernels over a column block [rows, w] with row stride ld ----------------
 // Used inside the time loop's parallel region, where each thread owns a block of hidden units.
 
-// One pass: sums and sums of squares in double (var = E[z^2] - mean^2 keeps ~6 significant digits
-// even when mean^2 / var reaches 1e10, far beyond what activations show).
+// Sums and sums of squares in double over the valid rows of a column block (the raw material of
+// the batch statistics; data-parallel training adds them up over the ranks before dividing).
 template <class T>
-void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* mean,
-                      double* var) {
-  int64_t count = 0;
-  for (int j = 0; j < w; ++j) mean[j] = var[j] = 0.0;
+void col_sums_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* sum,
+                     double* sq) {
+  for (int j = 0; j < w; ++j) sum[j] = sq[j] = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     if (!valid[r]) continue;
-    ++count;
     const T* zr = z + r * ld;
 #pragma omp simd
     for (int j = 0; j < w; ++j) {
       const double v = zr[j];
-      mean[j] += v;
-      var[j] += v * v;
+      sum[j] += v;
+      sq[j] += v * v;
     }
   }
+}
+
+// mean and biased variance from the sums over `count` rows, in place (sum -> mean, sq -> var).
+// var = E[z^2] - mean^2 in double keeps ~6 significant digits even when mean^2 / var reaches 1e10,
+// far beyond what activations show. No rows: mean 0, var 1.
+inline void stats_from_sums(int w, int64_t count, double* sum_mean, double* sq_var) {
   for (int j = 0; j < w; ++j) {
     if (count == 0) {
-      mean[j] = 0.0;
-      var[j] = 1.0;
+      sum_mean[j] = 0.0;
+      sq_var[j] = 1.0;
       continue;
     }
-    mean[j] /= count;
-    var[j] = std::max(0.0, var[j] / count - mean[j] * mean[j]);
+    sum_mean[j] /= count;
+    sq_var[j] = std::max(0.0, sq_var[j] / count - sum_mean[j] * sum_mean[j]);
   }
+}
+
+template <class T>
+void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* mean,
+                      double* var) {
+  col_sums_serial(z, rows, ld, w, valid, mean, var);
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) count += valid[r] != 0;
+  stats_from_sums(w, count, mean, var);
 }
 
 template <class T>
@@ -163,6 +176,13 @@ template <class T>
 void column_stats(const T* z, int64_t rows, int F, const uint8_t* valid, double* mean, double* var) {
   for_column_blocks(rows, F, [&](int j0, int w) {
     col_stats_serial(z + j0, rows, F, w, valid, mean + j0, var + j0);
+  });
+}
+
+template <class T>
+void column_sums(const T* z, int64_t rows, int F, const uint8_t* valid, double* sum, double* sq) {
+  for_column_blocks(rows, F, [&](int j0, int w) {
+    col_sums_serial(z + j0, rows, F, w, valid, sum + j0, sq + j0);
   });
 }
 

@@ -102,6 +102,27 @@ struct Stack<T>::Impl {
   std::vector<int64_t> count;  // [T] valid rows per step
   bool h0_given = false, c0_given = false;
 
+  // Synchronized batch statistics (data-parallel training): see Stack::set_stat_allreduce.
+  std::function<void(double*, size_t)> allreduce;
+  bool synced = false;           // the last forward summed its batch statistics over the group
+  std::vector<int64_t> gcount;   // [T] valid rows per step over the group (when synced)
+  std::vector<double> red_xh;    // per-step group sums: [W x: sum, sq | R h: sum, sq], each G
+  std::vector<double> red_c;     // per-step group sums of c: [sum, sq], each H
+  // Rows behind step t's batch statistics.
+  int64_t stat_count(int t) const { return synced ? gcount[t] : count[t]; }
+
+  // Inside the time loop's parallel region: buf[0..n) (each thread has written its own columns)
+  // becomes the sum over the group. Thread 0 talks to the group between two barriers.
+  void group_sum(int p, int P, double* buf, size_t n) {
+    if (P > 1) {
+#pragma omp barrier
+    }
+    if (p == 0) allreduce(buf, n);
+    if (P > 1) {
+#pragma omp barrier
+    }
+  }
+
   // workspaces
   std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn;
   std::vector<double> s1, s2, dstat_mean, dstat_var, xsum1, xsum2;
@@ -261,9 +282,20 @@ struct Stack<T>::Impl {
     if (batch) {
       ensure(dstat_mean, F);
       ensure(dstat_var, F);
-      kern::column_stats(z, nrows, F, vmask, dstat_mean.data(), dstat_var.data());
       int64_t cnt = 0;
       for (int64_t r = 0; r < nrows; ++r) cnt += vmask[r];
+      if (synced) {  // [sum F | sq F | count] summed over the group, then divided
+        std::vector<double> red(2 * static_cast<size_t>(F) + 1);
+        kern::column_sums(z, nrows, F, vmask, red.data(), red.data() + F);
+        red[2 * static_cast<size_t>(F)] = static_cast<double>(cnt);
+        allreduce(red.data(), red.size());
+        cnt = static_cast<int64_t>(red[2 * static_cast<size_t>(F)]);
+        std::copy_n(red.data(), F, dstat_mean.data());
+        std::copy_n(red.data() + F, F, dstat_var.data());
+        kern::stats_from_sums(F, cnt, dstat_mean.data(), dstat_var.data());
+      } else {
+        kern::column_stats(z, nrows, F, vmask, dstat_mean.data(), dstat_var.data());
+      }
       for (int j = 0; j < F; ++j) {
         mean[j] = static_cast<T>(dstat_mean[j]);
         rstd[j] = static_cast<T>(1.0 / std::sqrt(dstat_var[j] + eps));
@@ -321,6 +353,20 @@ struct Stack<T>::Impl {
         rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + eps));
       }
     }
+  }
+
+  // The same from this column block's sums over the group (sum, sq: w values each, over cnt rows).
+  void block_stats_from_sums(const double* sum, const double* sq, int w, int64_t cnt, size_t mo,
+                             size_t vo, int table_rows, int64_t tg, int F, int j0, bool update_running,
+                             double* dm, double* dv, T* mean, T* rstd) {
+    std::copy_n(sum, w, dm);
+    std::copy_n(sq, w, dv);
+    kern::stats_from_sums(w, cnt, dm, dv);
+    for (int j = 0; j < w; ++j) {
+      mean[j] = static_cast<T>(dm[j]);
+      rstd[j] = static_cast<T>(1.0 / std::sqrt(dv[j] + cfg.eps));
+    }
+    record_cols(mo, vo, table_rows, tg, F, j0, w, dm, dv, cnt, update_running);
   }
 
   // Layer normalization of rows over F features, in place on z (stride ld), for the columns this
@@ -484,6 +530,10 @@ struct Stack<T>::Impl {
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
+    if (synced) {
+      ensure(red_xh, 4 * static_cast<size_t>(G));
+      ensure(red_c, 2 * static_cast<size_t>(H));
+    }
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
@@ -504,7 +554,9 @@ struct Stack<T>::Impl {
         T* Gt = cc.G.data() + t * NG;
         T* Hht = norms.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
 
-        if (norms.x == Norm::bn_step) {
+        // Synchronized: the sums of W x and R h over the group in one exchange, after R h.
+        const bool sync_xh = batch && synced && (norms.x == Norm::bn_step || norms.h == Norm::bn_step);
+        if (norms.x == Norm::bn_step && !sync_xh) {
           T* m = cc.mx.data() + static_cast<size_t>(t) * G;
           T* r = cc.rx.data() + static_cast<size_t>(t) * G;
           T* ax = cc.Ax.data() + t * NG;
@@ -520,7 +572,30 @@ struct Stack<T>::Impl {
           for (int q = 0; q < ng; ++q)
             blas::gemm(false, true, N, w, H, T(1), hprev, H, R + static_cast<size_t>(q * H + k0) * H,
                        H, T(0), rh + q * H + k0, G);
-        if (norms.h == Norm::bn_step) {
+        if (sync_xh) {
+          double* red = red_xh.data();
+          const bool xs = norms.x == Norm::bn_step, hs = norms.h == Norm::bn_step;
+          T* ax = cc.Ax.data() + t * NG;
+          for (int q = 0; q < ng; ++q) {
+            const int j0 = q * H + k0;
+            if (xs) kern::col_sums_serial(ax + j0, N, G, w, vm, red + j0, red + G + j0);
+            if (hs) kern::col_sums_serial(rh + j0, N, G, w, vm, red + 2 * G + j0, red + 3 * G + j0);
+          }
+          group_sum(p, P, red, 4 * static_cast<size_t>(G));
+          const int64_t gcnt = gcount[t];
+          for (int q = 0; q < ng; ++q) {
+            const int j0 = q * H + k0;
+            const size_t so = static_cast<size_t>(t) * G + j0;
+            if (xs)
+              block_stats_from_sums(red + j0, red + G + j0, w, gcnt, L.mx, L.vx, L.rows_x, tg, G, j0,
+                                    update_running, sm.data(), sv.data(), cc.mx.data() + so,
+                                    cc.rx.data() + so);
+            if (hs)
+              block_stats_from_sums(red + 2 * G + j0, red + 3 * G + j0, w, gcnt, L.mh, L.vh,
+                                    L.rows_h, tg, G, j0, update_running, sm.data(), sv.data(),
+                                    cc.mh.data() + so, cc.rh.data() + so);
+          }
+        } else if (norms.h == Norm::bn_step) {
           T* m = cc.mh.data() + static_cast<size_t>(t) * G;
           T* r = cc.rh.data() + static_cast<size_t>(t) * G;
           for (int q = 0; q < ng; ++q) {
@@ -609,8 +684,16 @@ struct Stack<T>::Impl {
           if (norms.c == Norm::bn_step) {
             T* m = cc.mc.data() + static_cast<size_t>(t) * H;
             T* r = cc.rc.data() + static_cast<size_t>(t) * H;
-            block_stats(cnext + k0, N, H, w, vm, cnt, batch, L.mc, L.vc, L.rows_c, tg, H, k0,
-                        update_running, sm.data(), sv.data(), m + k0, r + k0);
+            if (batch && synced) {
+              double* red = red_c.data();
+              kern::col_sums_serial(cnext + k0, N, H, w, vm, red + k0, red + H + k0);
+              group_sum(p, P, red, 2 * static_cast<size_t>(H));
+              block_stats_from_sums(red + k0, red + H + k0, w, gcount[t], L.mc, L.vc, L.rows_c, tg,
+                                    H, k0, update_running, sm.data(), sv.data(), m + k0, r + k0);
+            } else {
+              block_stats(cnext + k0, N, H, w, vm, cnt, batch, L.mc, L.vc, L.rows_c, tg, H, k0,
+                          update_running, sm.data(), sv.data(), m + k0, r + k0);
+            }
             kern::col_normalize_serial(cnext + k0, N, H, w, vm, m + k0, r + k0, cht + k0, H);
           } else {
             for (int n = 0; n < N; ++n) std::copy_n(cnext + n * H + k0, w, cht + n * H + k0);
@@ -718,6 +801,14 @@ struct Stack<T>::Impl {
     count.assign(std::max(nT, 1), 0);
     for (int t = 0; t < nT; ++t)
       for (int n = 0; n < N; ++n) count[t] += valid[static_cast<size_t>(t) * N + n];
+    // Synchronized statistics need every step's row count over the group (one exchange).
+    synced = train && allreduce && cell_has_population_stats(cfg.cell);
+    if (synced) {
+      std::vector<double> c(count.begin(), count.end());
+      allreduce(c.data(), c.size());
+      gcount.assign(c.size(), 0);
+      for (size_t i = 0; i < c.size(); ++i) gcount[i] = static_cast<int64_t>(c[i]);
+    }
     for (int k = 0; k < L; ++k) {
       allocate_cache(k, chunk, N, keep && k == 0);
       init_state(k, N, h0 ? h0 + k * NH : nullptr, c0 ? c0 + k * NH : nullptr, opt, train);
@@ -818,6 +909,10 @@ struct Stack<T>::Impl {
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
+    if (batch && synced) {
+      ensure(red_xh, 4 * static_cast<size_t>(G));
+      ensure(red_c, 2 * static_cast<size_t>(H));
+    }
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
@@ -829,7 +924,6 @@ struct Stack<T>::Impl {
       std::vector<double> db_acc(static_cast<size_t>(ng) * w, 0.0), dgx_acc(static_cast<size_t>(ng) * w, 0.0);
       for (int t = nT - 1; t >= 0; --t) {
         const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
-        const int64_t cnt = count[t];
         T* Gt = cc.G.data() + t * NG;
         const T* cprev = cc.Cs.data() + t * NH;
         const T* cnext = cc.Cs.data() + (t + 1) * NH;
@@ -882,13 +976,23 @@ struct Stack<T>::Impl {
             dgc[k0 + j] += static_cast<T>(a2[j]);
             dbc[k0 + j] += static_cast<T>(a1[j]);
           }
-          if (norms.c == Norm::bn_step)
+          if (norms.c == Norm::bn_step) {
+            if (batch && synced) {  // the means of dy and dy*x_hat over the group's rows
+              double* red = red_c.data();
+              std::copy_n(a1.data(), w, red + k0);
+              std::copy_n(a2.data(), w, red + H + k0);
+              group_sum(p, P, red, 2 * static_cast<size_t>(H));
+              std::copy_n(red + k0, w, a1.data());
+              std::copy_n(red + H + k0, w, a2.data());
+            }
             kern::col_norm_backward_serial(dcn.data() + k0, cht + k0, N, H, w, vm, gc + k0,
                                            cc.rc.data() + static_cast<size_t>(t) * H + k0,
-                                           a1.data(), a2.data(), cnt, batch, dcn.data() + k0);
-          else
+                                           a1.data(), a2.data(), stat_count(t), batch,
+                                           dcn.data() + k0);
+          } else {
             ln_rows_backward(dcn.data(), cht, H, H, k0, w, 1, H, gc, vm, N, p, P,
                              ln_part_c.data(), cc.rc.data() + static_cast<size_t>(t) * N);
+          }
         }
         // (tanh RNN: dpre is already in G for valid rows; padded rows are zeroed below.)
         // c_t = f c_{t-1} + i g: gradients of the gate pre-activations (dpre, over G). The same
@@ -956,14 +1060,27 @@ struct Stack<T>::Impl {
         // through the normalization of W_h h
         T* dRh = Gt;
         if (hn) {
+          for (int q = 0; q < ng; ++q)  // this rank's share of dgamma (summed with the gradients)
+            for (int j = 0; j < w; ++j) dgh[q * H + k0 + j] += static_cast<T>(a2[q * w + j]);
+          if (norms.h == Norm::bn_step && batch && synced) {  // group sums for BN's backward
+            double* red = red_xh.data();
+            for (int q = 0; q < ng; ++q) {
+              std::copy_n(a1.data() + q * w, w, red + q * H + k0);
+              std::copy_n(a2.data() + q * w, w, red + G + q * H + k0);
+            }
+            group_sum(p, P, red, 2 * static_cast<size_t>(G));
+            for (int q = 0; q < ng; ++q) {
+              std::copy_n(red + q * H + k0, w, a1.data() + q * w);
+              std::copy_n(red + G + q * H + k0, w, a2.data() + q * w);
+            }
+          }
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
-            for (int j = 0; j < w; ++j) dgh[j0 + j] += static_cast<T>(a2[q * w + j]);
             if (norms.h == Norm::bn_step)
               kern::col_norm_backward_serial(Gt + j0, Hht + j0, N, G, w, vm, gh + j0,
                                              cc.rh.data() + static_cast<size_t>(t) * G + j0,
-                                             a1.data() + q * w, a2.data() + q * w, cnt, batch,
-                                             Hht + j0);
+                                             a1.data() + q * w, a2.data() + q * w, stat_count(t),
+                                             batch, Hht + j0);
           }
           if (norms.h == Norm::ln) {
             // dRh is written over x-hat in Hh, then d(W x) over dpre in G (LN of W x shares
@@ -1023,6 +1140,10 @@ struct Stack<T>::Impl {
     switch (norms.x) {
       case Norm::none: break;
       case Norm::bn_step:  // the column sums were taken in the time loop
+        if (batch && synced) {  // summed over the group in one exchange per layer
+          allreduce(xsum1.data(), static_cast<size_t>(nT) * G);
+          allreduce(xsum2.data(), static_cast<size_t>(nT) * G);
+        }
 #pragma omp parallel for schedule(static) if (TN * G > kern::kParallelWork)
         for (int t = 0; t < nT; ++t) {
           const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
@@ -1031,7 +1152,7 @@ struct Stack<T>::Impl {
           kern::col_norm_backward_serial(d, xh, N, G, G, vm, gx,
                                          cc.rx.data() + static_cast<size_t>(t) * G,
                                          xsum1.data() + static_cast<size_t>(t) * G,
-                                         xsum2.data() + static_cast<size_t>(t) * G, count[t], batch, d);
+                                         xsum2.data() + static_cast<size_t>(t) * G, stat_count(t), batch, d);
         }
         break;
       case Norm::bn_seq: {
@@ -1040,6 +1161,16 @@ struct Stack<T>::Impl {
         kern::column_grad_sums(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), s1.data(),
                                s2.data());
         for (int j = 0; j < G; ++j) dgx[j] += static_cast<T>(s2[j]);
+        if (batch && synced) {
+          std::vector<double> red(2 * static_cast<size_t>(G) + 1);
+          std::copy_n(s1.data(), G, red.data());
+          std::copy_n(s2.data(), G, red.data() + G);
+          red[2 * static_cast<size_t>(G)] = static_cast<double>(cnt);
+          allreduce(red.data(), red.size());
+          std::copy_n(red.data(), G, s1.data());
+          std::copy_n(red.data() + G, G, s2.data());
+          cnt = static_cast<int64_t>(red[2 * static_cast<size_t>(G)]);
+        }
         kern::column_norm_backward(cc.G.data(), cc.Ax.data(), TN, G, valid.data(), gx,
                                    cc.rx.data(), s1.data(), s2.data(), cnt, batch, cc.G.data());
         break;
@@ -1199,6 +1330,11 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
   if (which == "h" && I.norms.h != Norm::none) return {cc.Hh.data(), TN * I.ng * H};
   if (which == "c" && I.norms.c != Norm::none) return {cc.Ch.data(), TN * H};
   return {};
+}
+
+template <class T>
+void Stack<T>::set_stat_allreduce(Allreduce allreduce) {
+  impl_->allreduce = std::move(allreduce);
 }
 
 template <class T>
