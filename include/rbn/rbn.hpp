@@ -68,6 +68,9 @@ struct ForwardOptions {
   bool need_backward = true;    // infer mode: keep activations so that backward() can run
   double h0_noise = 0.0;        // train mode: add N(0, h0_noise^2) to h0 (Cooijmans, sequential MNIST)
   uint64_t noise_seed = 0;
+  // Index of row 0 in the global batch (data-parallel shards): the h0 noise of a row depends on
+  // (noise_seed, layer, row0 + n) only, so a shard draws what one process draws for those rows.
+  int64_t row0 = 0;
 };
 
 // A stack of L recurrent layers of one cell kind, with fused forward and backward through time.

@@ -770,11 +770,12 @@ struct Stack<T>::Impl {
         std::fill_n(dst, NH, T(0));
       }
     }
-    if (train && opt.h0_noise > 0) {
-      Rng rng(opt.noise_seed * 1000003ULL + static_cast<uint64_t>(k));
-      for (size_t i = 0; i < NH; ++i)
-        cc.Hs[i] += static_cast<T>(opt.h0_noise * rng.normal());
-    }
+    if (train && opt.h0_noise > 0)
+      for (int n = 0; n < N; ++n) {
+        Rng rng((opt.noise_seed * 1000003ULL + static_cast<uint64_t>(k)) * 0x9E3779B97F4A7C15ULL +
+                static_cast<uint64_t>(opt.row0 + n));
+        for (size_t j = 0; j < H; ++j) cc.Hs[n * H + j] += static_cast<T>(opt.h0_noise * rng.normal());
+      }
   }
 
   void forward(const ForwardOptions& opt, int nT, int N, const T* x, const int32_t* lengths,

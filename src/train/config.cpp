@@ -12,7 +12,7 @@ namespace rbn {
   X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
   X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
   X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
-  X(dampening) X(nesterov) X(centered) X(lr_threshold) X(lr_min)                              \
+  X(dampening) X(nesterov) X(centered) X(lr_threshold) X(lr_min) X(sync_bn)                  \
   X(beta2) X(opt_eps) X(weight_decay) X(decay) X(clip) X(lr_schedule) X(lr_gamma) X(lr_step)    \
   X(lr_patience) X(batch_size) X(seq_len) X(steps) X(eval_every) X(eval_batches) X(log_every)   \
   X(checkpoint_every) X(max_bad_steps) X(early_stop) X(seed) X(threads) X(out)

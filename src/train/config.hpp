@@ -58,6 +58,10 @@ struct TrainConfig {
   double lr_threshold = 1e-4;  // plateau: relative improvement that counts
   double lr_min = 0.0;         // plateau: floor of the rate
 
+  // data-parallel (mpirun): sum the batch statistics over the ranks (SyncBatchNorm); false: each
+  // rank normalizes with its own rows' statistics (what DDP without SyncBatchNorm does)
+  bool sync_bn = true;
+
   // loop
   int batch_size = 100;
   int seq_len = 100;       // language models: input steps per window (T); T_max = seq_len

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "train/group.hpp"
 #include "util/error.hpp"
 
 namespace rbn {
@@ -25,7 +26,7 @@ EvalResult finish(double loss_sum, int64_t count, int64_t correct,
 }  // namespace
 
 void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
-                   const ProgressFn& progress) {
+                   const ProgressFn& progress, Group* group) {
   Stack<float>& rnn = m.rnn();
   if (!cell_has_population_stats(rnn.config().cell)) return;
   const int64_t per_epoch = data.batches_per_epoch(N);
@@ -35,6 +36,12 @@ void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
   for (int i = 0; i < batches; ++i) {
     // A fixed sample: the first batches of a dedicated epoch order.
     data.train_batch(seed ^ 0x9095ULL, i / per_epoch, i % per_epoch, N, b);
+    if (group && group->distributed()) {
+      int64_t n0, n;
+      group->shard(b.N, n0, n);
+      if (n == 0) throw UsageError("--popstats-batch-size: fewer rows than ranks");
+      b = batch_rows(b, static_cast<int>(n0), static_cast<int>(n));
+    }
     if (data.head() == Head::lm) {
       std::vector<float> x(static_cast<size_t>(b.T) * b.N * m.input_size());
       m.embed(b.T, b.N, b.ids.data(), x.data());
@@ -48,7 +55,7 @@ void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
 }
 
 EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_t max_batches,
-                            const ProgressFn& progress) {
+                            const ProgressFn& progress, Group* group) {
   const auto t0 = std::chrono::steady_clock::now();
   int64_t nb = data.eval_batches(split, N);
   if (max_batches > 0) nb = std::min(nb, max_batches);
@@ -60,6 +67,15 @@ EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_
   int64_t count = 0, correct = 0;
   for (int64_t i = 0; i < nb; ++i) {
     data.eval_batch(split, i, N, b);
+    if (group && group->distributed()) {  // inference: the rows are independent
+      int64_t n0, n;
+      group->shard(b.N, n0, n);
+      if (n == 0) {
+        if (progress) progress(i + 1, nb);
+        continue;
+      }
+      b = batch_rows(b, static_cast<int>(n0), static_cast<int>(n));
+    }
     const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
     StepResult r = data.head() == Head::lm
                        ? m.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
@@ -69,6 +85,13 @@ EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_
     count += r.count;
     correct += r.correct;
     if (progress) progress(i + 1, nb);
+  }
+  if (group && group->distributed()) {
+    double s[3] = {loss, static_cast<double>(count), static_cast<double>(correct)};
+    group->sum(s, 3);
+    loss = s[0];
+    count = static_cast<int64_t>(s[1]);
+    correct = static_cast<int64_t>(s[2]);
   }
   return finish(loss, count, correct, t0);
 }

@@ -10,6 +10,8 @@
 
 namespace rbn {
 
+class Group;
+
 struct EvalResult {
   double loss = 0;      // mean -ln p per counted item (nats)
   double accuracy = 0;  // fraction of argmax hits
@@ -22,13 +24,17 @@ using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
 // The authors' statistics pass (SPEC 3b): `batches` training batches of `N` rows in training mode,
 // per-step statistics averaged weighted by valid rows. The batches are a fixed seeded sample.
+// With a group (data-parallel training), each rank feeds its rows of every batch; the model's
+// statistics must then be synchronized (Stack::set_stat_allreduce), so all ranks get the same.
 void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
-                   const ProgressFn& progress = {});
+                   const ProgressFn& progress = {}, Group* group = nullptr);
 
 // Batched evaluation in inference mode: classification over the split's images; language models
 // over non-overlapping windows of seq_len. max_batches 0 = all.
+// With a group, each rank evaluates its rows of every batch and the sums are combined: every
+// rank returns the result of the whole split.
 EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_t max_batches,
-                            const ProgressFn& progress = {});
+                            const ProgressFn& progress = {}, Group* group = nullptr);
 
 // A language model over the split as one continuous sequence (the authors' "proper test"):
 // `streams` contiguous parts evaluated side by side (1 = the whole split as one sequence), each in

@@ -175,7 +175,7 @@ StepResult Model::classify_step(const ForwardOptions& opt, int T, int N, const f
   head_forward(N, top, logits_.data());
   ensure(dy_, static_cast<size_t>(N) * K);
   StepResult res = softmax_xent(logits_.data(), N, K, labels, backward ? dy_.data() : nullptr,
-                                1.0f / static_cast<float>(std::max(N, 1)));
+                                inv_count(N, backward));
   if (backward) {
     const float* dlog = dy_.data();
     blas::gemm(true, false, K, H, N, 1.0f, dlog, K, top, H, 1.0f, dhead_w_.data(), H);
@@ -215,7 +215,7 @@ StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t
   for (auto v : tgt) counted += v >= 0;
   ensure(dy_, TN * K);
   StepResult res = softmax_xent(logits_.data(), TN, K, tgt.data(), backward ? dy_.data() : nullptr,
-                                1.0f / static_cast<float>(std::max<int64_t>(counted, 1)));
+                                inv_count(counted, backward));
   if (backward) {
     const float* dlog = dy_.data();
     blas::gemm(true, false, K, H, static_cast<int>(TN), 1.0f, dlog, K, y_.data(), H, 1.0f,

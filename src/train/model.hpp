@@ -2,6 +2,8 @@
 // classification on the last valid step, or a per-step language-model softmax.
 #pragma once
 
+#include <algorithm>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -69,6 +71,12 @@ class Model {
   void embed(int T, int N, const int32_t* ids, float* x) const;
   int input_size() const { return cfg_.rnn.input_size; }
 
+  // Data-parallel training: the loss is the mean over the items of the whole group's batch, so
+  // the gradients of every rank's shard add up to the gradient of that mean. `count` maps this
+  // process's number of counted items to the group's (called in every training step, on every
+  // rank). Empty: this process's batch alone.
+  void set_group_count(std::function<int64_t(int64_t)> count) { group_count_ = std::move(count); }
+
   // Reusable scratch sizes for memory reports.
   size_t workspace_bytes() const;
 
@@ -81,6 +89,12 @@ class Model {
   // scratch
   std::vector<float> x_, y_, logits_, dy_, dx_, hT_, cT_, dhT_, dyh_;
   std::vector<int32_t> tgt_;
+  std::function<int64_t(int64_t)> group_count_;
+  // The loss's denominator: items counted here, or over the group when training data-parallel.
+  float inv_count(int64_t local, bool backward) const {
+    const int64_t n = backward && group_count_ ? group_count_(local) : local;
+    return 1.0f / static_cast<float>(std::max<int64_t>(n, 1));
+  }
 };
 
 }  // namespace rbn

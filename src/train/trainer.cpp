@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "train/checkpoint.hpp"
+#include "train/group.hpp"
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
 #include "train/task.hpp"
@@ -86,15 +87,18 @@ void truncate_metrics(const std::string& path, int64_t step) {
   for (const auto& l : keep) out << l << '\n';
 }
 
+// metrics.jsonl, appended line by line; a disabled log (ranks other than 0) writes nothing.
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path) : f_(std::fopen(path.c_str(), "a")), path_(path) {
-    if (!f_) throw DataError(path + ": cannot open for writing: " + std::strerror(errno));
+  MetricsLog(const std::string& path, bool enabled)
+      : f_(enabled ? std::fopen(path.c_str(), "a") : nullptr), path_(path) {
+    if (enabled && !f_) throw DataError(path + ": cannot open for writing: " + std::strerror(errno));
   }
   ~MetricsLog() {
     if (f_) std::fclose(f_);
   }
   void write(const nlohmann::json& j) {
+    if (!f_) return;
     const std::string s = j.dump() + "\n";
     if (std::fwrite(s.data(), 1, s.size(), f_) != s.size() || std::fflush(f_) != 0)
       throw DataError(path_ + ": write failed: " + std::strerror(errno));
@@ -115,6 +119,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const std::string metrics_path = cfg.out + "/metrics.jsonl";
 
   SignalGuard signals;  // from here on SIGINT/SIGTERM stop the run at the next step boundary
+  // Data-parallel: every rank runs this loop on its rows of each global batch; rank 0 alone
+  // writes files and progress. Every decision below depends only on values summed over the
+  // group, so all ranks take the same branches.
+  Group& group = Group::world();
+  const bool root = group.rank() == 0;
+  std::FILE* progress_out = root ? stderr : nullptr;
   if (resume) {
     if (!fs::exists(last_path))
       throw UsageError("--resume: no checkpoint at " + last_path);
@@ -128,10 +138,17 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   cfg.validate();
   optim_config(cfg).validate();  // flag errors before any data is read or directory made
   (void)make_schedule(cfg);
+  if (cfg.batch_size < group.size())
+    throw UsageError(fmt::format("--batch-size: {} rows cannot be split over {} ranks", cfg.batch_size, group.size()));
+  if (cfg.popstats_batch_size > 0 && cfg.popstats_batch_size < group.size())
+    throw UsageError(fmt::format("--popstats-batch-size: {} rows cannot be split over {} ranks",
+                                 cfg.popstats_batch_size, group.size()));
   set_threads(cfg.threads);
-  std::error_code ec;
-  fs::create_directories(cfg.out, ec);
-  if (ec) throw DataError(cfg.out + ": cannot create the output directory: " + ec.message());
+  if (root) {
+    std::error_code ec;
+    fs::create_directories(cfg.out, ec);
+    if (ec) throw DataError(cfg.out + ": cannot create the output directory: " + ec.message());
+  }
 
   auto data = load_task(cfg);
   ModelConfig mc;
@@ -140,15 +157,23 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   mc.head = data->head();
   mc.num_classes = data->num_classes();
   mc.embed_dim = cfg.embed;
-  if (mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
+  if (root && mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
     std::fprintf(stderr,
                  "warning: lnlstm with one input feature: LN(W x) loses the pixel's magnitude and "
                  "is 0/0 at x = 0; consider --ln-input off\n");
-  if (mc.rnn.cell == Cell::bnx_seq && data->head() == Head::lm)
+  if (root && mc.rnn.cell == Cell::bnx_seq && data->head() == Head::lm)
     std::fprintf(stderr,
                  "warning: bnx-seq in a language model: sequence-wise statistics see the whole "
                  "window, so later characters leak into earlier steps during training\n");
   Model model(mc);
+  if (group.distributed()) {
+    model.set_group_count([&group](int64_t n) {
+      double v = static_cast<double>(n);
+      group.sum(&v, 1);
+      return static_cast<int64_t>(v);
+    });
+    if (cfg.sync_bn) model.rnn().set_stat_allreduce([&group](double* buf, size_t n) { group.sum(buf, n); });
+  }
   auto params = param_refs(model);
   auto optimizer = make_optimizer(optim_config(cfg));
   LrSchedule schedule = make_schedule(cfg);
@@ -162,10 +187,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     step = st.step;
     best_metric = st.best_metric;
     evals_without_improvement = st.evals_without_improvement;
-    truncate_metrics(metrics_path, step);
-    std::fprintf(stderr, "resumed %s at step %lld\n", last_path.c_str(),
+    if (root) truncate_metrics(metrics_path, step);
+    if (root) std::fprintf(stderr, "resumed %s at step %lld\n", last_path.c_str(),
                  static_cast<long long>(step));
-  } else {
+  } else if (root) {
     std::ofstream(metrics_path, std::ios::trunc);
     std::ofstream(cfg.out + "/config.json") << cfg.to_json().dump(2) << '\n';
   }
@@ -173,20 +198,27 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const int64_t per_epoch = data->batches_per_epoch(N);
   if (per_epoch <= 0)
     throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
-  MetricsLog metrics(metrics_path);
-  std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads\n",
+  MetricsLog metrics(metrics_path, root);
+  if (root)
+    std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads%s\n",
                data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,
                [&] {
                  size_t n = 0;
                  for (auto& p : params) n += p.numel;
                  return n;
                }(),
-               blas_description().c_str(), num_threads());
+               blas_description().c_str(), num_threads(),
+               group.distributed()
+                   ? fmt::format(" per rank; {}, {} rows per rank, statistics {}", group.describe(),
+                                 cfg.batch_size / group.size(), cfg.sync_bn ? "synchronized" : "per rank")
+                         .c_str()
+                   : "");
 
   const int pop_n = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : N;
   const bool has_pop = cell_has_population_stats(mc.rnn.cell);
 
   auto save_last = [&](int64_t at_step) {
+    if (!root) return;
     // never replace a good checkpoint with non-finite parameters
     for (const auto& p : params)
       for (size_t i = 0; i < p.numel; ++i)
@@ -208,15 +240,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   auto validate = [&](int64_t at_step, double lr, bool counts) {
     std::vector<float> running(model.rnn().buffers().begin(), model.rnn().buffers().end());
     if (has_pop && cfg.popstats == "pass") {
-      Progress pp("popstats", cfg.popstats_batches);
+      Progress pp("popstats", cfg.popstats_batches, progress_out);
       popstats_pass(model, *data, cfg.popstats_batches, pop_n, cfg.seed,
-                    [&](int64_t d, int64_t) { pp.update(d, ""); });
+                    [&](int64_t d, int64_t) { pp.update(d, ""); }, &group);
       pp.finish();
     }
     const int64_t total = data->eval_batches(Split::valid, N);
-    Progress pe("valid", cfg.eval_batches > 0 ? std::min<int64_t>(total, cfg.eval_batches) : total);
+    Progress pe("valid", cfg.eval_batches > 0 ? std::min<int64_t>(total, cfg.eval_batches) : total,
+                progress_out);
     EvalResult r = evaluate_batches(model, *data, Split::valid, N, cfg.eval_batches,
-                                    [&](int64_t d, int64_t) { pe.update(d, ""); });
+                                    [&](int64_t d, int64_t) { pe.update(d, ""); }, &group);
     pe.finish();
     const bool lm = data->head() == Head::lm;
     const double metric = lm ? r.bpc : 1.0 - r.accuracy;
@@ -229,7 +262,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     else
       j["accuracy"] = r.accuracy;
     metrics.write(j);
-    std::fprintf(stderr, "step %lld valid: loss %.4f %s %.4f (%lld items, %.1fs)\n",
+    if (root)
+      std::fprintf(stderr, "step %lld valid: loss %.4f %s %.4f (%lld items, %.1fs)\n",
                  static_cast<long long>(at_step), r.loss, lm ? "bpc" : "accuracy",
                  lm ? r.bpc : r.accuracy, static_cast<long long>(r.count), r.seconds);
     summary.final_valid = r;
@@ -242,7 +276,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       st.best_metric = best_metric;
       st.popstats = has_pop ? cfg.popstats : "running";
       if (has_pop && cfg.popstats == "pass") st.popstats_data = data->train_fingerprint();
-      save_checkpoint(best_path, model, cfg, *data, nullptr, nullptr, st);
+      if (root) save_checkpoint(best_path, model, cfg, *data, nullptr, nullptr, st);
       summary.best_checkpoint = best_path;
     } else if (counts) {
       ++evals_without_improvement;
@@ -253,16 +287,24 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
 
   Batch b;
   int bad_in_row = 0;
-  Progress bar("train", cfg.steps);
+  Progress bar("train", cfg.steps, progress_out);
+  std::vector<float> flat;  // all gradients in one buffer for the group's sum
   bar.begin_at(step);  // a resumed run: its rate and ETA count only this run's steps
   double loss_acc = 0, acc_acc = 0;
   int64_t acc_count = 0, log_n = 0;
   auto t_log = std::chrono::steady_clock::now();
   while (step < cfg.steps) {
-    if (const int sig = g_stop_signal.load()) {
+    int sig = g_stop_signal.load();
+    if (group.distributed()) {  // stop together: a signal reaching any rank stops all of them
+      double s = sig;
+      group.sum(&s, 1);
+      sig = s > 0 ? (sig ? sig : SIGTERM) : 0;
+    }
+    if (sig) {
       save_last(step);
       bar.finish();
-      std::fprintf(stderr, "stopped by signal %d at step %lld; checkpoint %s (continue with --resume)\n",
+      if (root)
+        std::fprintf(stderr, "stopped by signal %d at step %lld; checkpoint %s (continue with --resume)\n",
                    sig, static_cast<long long>(step), last_path.c_str());
       summary.exit_code = 128 + sig;
       summary.steps_done = step;
@@ -270,16 +312,46 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     }
     const int64_t epoch = step / per_epoch, index = step % per_epoch;
     data->train_batch(cfg.seed, epoch, index, N, b);
+    int64_t row0 = 0;
+    if (group.distributed()) {  // this rank's rows of the global batch
+      int64_t n;
+      group.shard(b.N, row0, n);
+      b = batch_rows(b, static_cast<int>(row0), static_cast<int>(n));
+    }
     model.zero_grad();
     ForwardOptions opt;
     opt.mode = Mode::train;
     opt.h0_noise = cfg.h0_noise;
     opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
+    opt.row0 = row0;  // a row's noise is the same on whichever rank it lands
     const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
     StepResult r = data->head() == Head::lm
                        ? model.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
                                        nullptr, nullptr, nullptr, true)
                        : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
+    if (group.distributed()) {
+      // The gradients of the shards' losses (each over the group's count) add up to the
+      // gradient of the global batch: one sum over one flat buffer; then the metrics.
+      size_t total = 0;
+      for (const auto& p : params) total += p.numel;
+      flat.resize(total);
+      size_t o = 0;
+      for (const auto& p : params) {
+        std::copy_n(p.grad, p.numel, flat.data() + o);
+        o += p.numel;
+      }
+      group.sum(flat.data(), flat.size());
+      o = 0;
+      for (const auto& p : params) {
+        std::copy_n(flat.data() + o, p.numel, p.grad);
+        o += p.numel;
+      }
+      double m[3] = {r.loss_sum, static_cast<double>(r.count), static_cast<double>(r.correct)};
+      group.sum(m, 3);
+      r.loss_sum = m[0];
+      r.count = static_cast<int64_t>(m[1]);
+      r.correct = static_cast<int64_t>(m[2]);
+    }
     const double loss = r.count ? r.loss_sum / r.count : 0.0;
     const double gnorm = cfg.clip > 0 ? clip_grad_norm(params, static_cast<float>(cfg.clip))
                                       : clip_grad_norm(params, INFINITY);
@@ -287,12 +359,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     ++step;
     if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
       ++bad_in_row;
-      std::fprintf(stderr, "\nwarning: step %lld: non-finite %s; update skipped (%d in a row)\n",
+      if (root)
+        std::fprintf(stderr, "\nwarning: step %lld: non-finite %s; update skipped (%d in a row)\n",
                    static_cast<long long>(step), std::isfinite(loss) ? "gradient" : "loss",
                    bad_in_row);
       if (bad_in_row >= cfg.max_bad_steps) {
         bar.finish();
-        std::fprintf(stderr,
+        if (root)
+          std::fprintf(stderr,
                      "error: %d non-finite steps in a row, the last at step %lld; stopping. The "
                      "last good checkpoint is %s\n",
                      bad_in_row, static_cast<long long>(step), last_path.c_str());
@@ -338,7 +412,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       validate(step, lr, scheduled || cfg.eval_every == 0);
       if (cfg.early_stop > 0 && evals_without_improvement >= cfg.early_stop) {
         save_last(step);
-        std::fprintf(stderr, "early stop at step %lld: %d evaluations without improvement\n",
+        if (root)
+          std::fprintf(stderr, "early stop at step %lld: %d evaluations without improvement\n",
                      static_cast<long long>(step), evals_without_improvement);
         break;
       }

@@ -89,7 +89,8 @@ TEST(Optim, MatchesTorchOptim) {
 }
 
 TEST(Optim, ClipGradNormMatchesTorch) {
-  for (const auto& c : fixtures()["clip"]) {
+  const auto j = fixtures();  // (the range of a range-for must outlive the loop)
+  for (const auto& c : j["clip"]) {
     Tensors g = c["grads"].get<Tensors>(), p;
     std::vector<ParamRef> refs;
     for (auto& [name, v] : g) {
@@ -111,7 +112,8 @@ TEST(Optim, ClipGradNormMatchesTorch) {
 }
 
 TEST(Schedule, MatchesTorchLrScheduler) {
-  for (const auto& c : fixtures()["schedules"]) {
+  const auto j = fixtures();
+  for (const auto& c : j["schedules"]) {
     ScheduleConfig sc;
     sc.kind = c["kind"].get<std::string>();
     sc.lr = c["lr"].get<double>();

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "train/group.hpp"
 #include "train/model.hpp"
 #include "train/optim.hpp"
 #include "util/blas.hpp"
@@ -239,7 +240,40 @@ struct BenchFlags {
   bool no_torch = false;
   std::string torch_script;
   std::string json;
+  bool allreduce = false;
 };
+
+// Under mpirun: the median time of one in-place sum over the group for messages of 8 B to 8 MB,
+// as the trainer issues them (doubles for statistics, floats for gradients). Rank 0 prints.
+void bench_allreduce(int repeats) {
+  Group& g = Group::world();
+  if (!g.distributed())
+    throw UsageError("--allreduce: run under mpirun with 2 or more ranks (mpirun -np 2 rbn bench --allreduce)");
+  const bool root = g.rank() == 0;
+  if (root) {
+    std::printf("sum over %d ranks (%s): median of %d\n", g.size(), g.describe().c_str(), repeats);
+    std::printf("%12s %12s %12s\n", "bytes", "us", "MB/s");
+  }
+  for (size_t bytes = 8; bytes <= (size_t{8} << 20); bytes *= 4) {
+    std::vector<double> buf(bytes / 8, 1.0);
+    const int reps = bytes < (1 << 20) ? std::max(repeats, 200) : std::max(repeats, 10);
+    std::vector<double> us;
+    for (int r = 0; r < reps + 3; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      g.sum(buf.data(), buf.size());
+      const double dt = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      if (r >= 3) us.push_back(dt);
+    }
+    // every rank's median, the slowest reported (a sum waits for the last rank)
+    std::sort(us.begin(), us.end());
+    double med = us[us.size() / 2], worst = med;
+    std::vector<double> all(g.size(), 0.0);
+    all[g.rank()] = med;
+    g.sum(all.data(), all.size());
+    for (double v : all) worst = std::max(worst, v);
+    if (root) std::printf("%12zu %12.1f %12.1f\n", bytes, worst, bytes / worst);
+  }
+}
 
 }  // namespace
 
@@ -257,7 +291,13 @@ void register_bench(CLI::App& app, int& exit_code) {
   sub->add_flag("--no-torch", f->no_torch, "skip the PyTorch baseline");
   sub->add_option("--torch-script", f->torch_script, "bench/torch_baseline.py (default: found beside the sources)");
   sub->add_option("--json", f->json, "write the results here");
+  sub->add_flag("--allreduce", f->allreduce,
+                "under mpirun: time the group's sums (8 B to 8 MB) instead of training steps");
   sub->callback([f, &exit_code]() {
+    if (f->allreduce) {
+      bench_allreduce(f->repeats);
+      return;
+    }
     std::vector<Shape> shapes;
     for (const auto& n : split_csv(f->shapes)) {
       auto it = std::find_if(all_shapes().begin(), all_shapes().end(), [&](const Shape& s) { return s.name == n; });

@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "train/config.hpp"
+#include "train/group.hpp"
 #include "train/trainer.hpp"
 #include "util/error.hpp"
 
@@ -73,6 +74,8 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   opt("lr_patience", "--lr-patience", c.lr_patience, "evaluations without improvement (plateau)");
   opt("lr_threshold", "--lr-threshold", c.lr_threshold, "plateau: relative improvement that counts");
   opt("lr_min", "--lr-min", c.lr_min, "plateau: lowest learning rate");
+  flag("sync_bn", "--sync-bn", c.sync_bn,
+       "mpirun: batch statistics over all ranks (false: each rank's own rows)");
   opt("batch_size", "--batch-size", c.batch_size, "batch size N");
   opt("seq_len", "--seq-len", c.seq_len, "language models: window length T (= T_max)");
   opt("steps", "--steps", c.steps, "training steps");
@@ -116,7 +119,7 @@ void register_train(CLI::App& app, int& exit_code) {
     }
     TrainSummary s = run_training(cfg, flags->resume);
     exit_code = s.exit_code;
-    if (s.exit_code == 0 && !s.best_checkpoint.empty())
+    if (s.exit_code == 0 && !s.best_checkpoint.empty() && Group::world().rank() == 0)
       std::fprintf(stderr, "done: %lld steps in %.1fs; best validation checkpoint %s\n",
                    static_cast<long long>(s.steps_done), s.seconds, s.best_checkpoint.c_str());
   });

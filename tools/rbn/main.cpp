@@ -1,13 +1,35 @@
 // rbn: train and run normalized recurrent networks. See docs/cli.md.
 #include <cstdio>
 #include <exception>
+#include <optional>
 
 #include "commands.hpp"
+#include "train/group.hpp"
 #include "util/error.hpp"
 #include "util/platform.hpp"
 
+namespace {
+// Data-parallel runs: MPI is finalized on every exit path; an error on one rank ends all of them
+// (the others would wait forever in the next sum).
+struct GroupGuard {
+  GroupGuard(int& argc, char**& argv) { rbn::group_init(argc, argv); }
+  ~GroupGuard() { rbn::group_finalize(); }
+  static int fail(int code) {
+    if (rbn::Group::world().distributed()) rbn::Group::world().abort(code);
+    return code;
+  }
+};
+}  // namespace
+
 int main(int argc, char** argv) {
   rbn::select_blas_kernel(argv);
+  std::optional<GroupGuard> group;
+  try {
+    group.emplace(argc, argv);
+  } catch (const rbn::Error& e) {
+    std::fprintf(stderr, "rbn: error: %s\n", e.what());
+    return e.exit_code();
+  }
   CLI::App app{"rbn: batch-normalized and layer-normalized LSTMs (Cooijmans et al. 2017)", "rbn"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "rbn 0.1.0");
@@ -45,13 +67,13 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const rbn::Error& e) {
     std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
-    return e.exit_code();
+    return GroupGuard::fail(e.exit_code());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "\nrbn: error: out of memory\n");
-    return 1;
+    return GroupGuard::fail(1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
-    return 1;
+    return GroupGuard::fail(1);
   }
   return exit_code;
 }

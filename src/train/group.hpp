@@ -1,0 +1,51 @@
+// The data-parallel group of a training run: the ranks of `mpirun -np K rbn train ...` (OpenMPI,
+// when rbn is configured with -DRBN_MPI=ON), or this process alone. Everything that crosses
+// ranks goes through here: sums of gradients, of batch statistics and of metrics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace rbn {
+
+struct Batch;
+
+class Group {
+ public:
+  // The process's group: MPI_COMM_WORLD once group_init() has started MPI, else one rank.
+  static Group& world();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool distributed() const { return size_ > 1; }
+  // "1 process" or "OpenMPI, 2 ranks".
+  std::string describe() const;
+
+  // In place: buf[0..n) becomes its sum over the ranks (the same bits on every rank).
+  void sum(double* buf, size_t n);
+  void sum(float* buf, size_t n);
+  // Rows [first, first + count) of a global batch of N rows that this rank takes: contiguous,
+  // sizes differing by at most one.
+  void shard(int64_t N, int64_t& first, int64_t& count) const;
+  // Ends every rank (an error on one rank must not leave the others waiting in a sum).
+  [[noreturn]] void abort(int code);
+
+ private:
+  friend void group_init(int& argc, char**& argv);
+  int rank_ = 0, size_ = 1;
+};
+
+// Starts MPI when the process was launched by an MPI launcher (mpirun sets OMPI_COMM_WORLD_SIZE
+// or PMI/PMIx variables); otherwise, and in builds without MPI, the group is this process alone.
+// A launch with several ranks of a build without MPI is an error (each rank would train alone).
+void group_init(int& argc, char**& argv);
+// MPI_Finalize, when MPI was started. Idempotent.
+void group_finalize();
+// Whether this build can run data-parallel.
+bool group_has_mpi();
+
+// Rows [n0, n0 + n) of a batch (inputs, targets, labels, lengths), T unchanged.
+Batch batch_rows(const Batch& b, int n0, int n);
+
+}  // namespace rbn
