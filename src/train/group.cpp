@@ -1,6 +1,7 @@
 #include "train/group.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -36,23 +37,24 @@ std::string Group::describe() const {
   return "MPI, " + std::to_string(size_) + (size_ == 1 ? " rank" : " ranks");
 }
 
-void Group::sum(double* buf, size_t n) {
+template <class T>
+void Group::sum_impl(T* buf, size_t n) {
 #if RBN_WITH_MPI
-  if (size_ > 1 && n > 0) MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  if (size_ <= 1 || n == 0) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), sizeof(T) == 8 ? MPI_DOUBLE : MPI_FLOAT, MPI_SUM,
+                MPI_COMM_WORLD);
+  traffic_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ++traffic_.calls;
+  traffic_.bytes += n * sizeof(T);
 #else
   (void)buf;
   (void)n;
 #endif
 }
 
-void Group::sum(float* buf, size_t n) {
-#if RBN_WITH_MPI
-  if (size_ > 1 && n > 0) MPI_Allreduce(MPI_IN_PLACE, buf, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-#else
-  (void)buf;
-  (void)n;
-#endif
-}
+void Group::sum(double* buf, size_t n) { sum_impl(buf, n); }
+void Group::sum(float* buf, size_t n) { sum_impl(buf, n); }
 
 void Group::shard(int64_t N, int64_t& first, int64_t& count) const {
   first = N * rank_ / size_;

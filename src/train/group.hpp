@@ -28,12 +28,22 @@ class Group {
   // Rows [first, first + count) of a global batch of N rows that this rank takes: contiguous,
   // sizes differing by at most one.
   void shard(int64_t N, int64_t& first, int64_t& count) const;
+  // What the sums have cost this process so far: calls, bytes sent into them, seconds inside.
+  struct Traffic {
+    uint64_t calls = 0, bytes = 0;
+    double seconds = 0;
+  };
+  const Traffic& traffic() const { return traffic_; }
+
   // Ends every rank (an error on one rank must not leave the others waiting in a sum).
   [[noreturn]] void abort(int code);
 
  private:
   friend void group_init(int& argc, char**& argv);
+  template <class T>
+  void sum_impl(T* buf, size_t n);
   int rank_ = 0, size_ = 1;
+  Traffic traffic_;
 };
 
 // Starts MPI when the process was launched by an MPI launcher (mpirun sets OMPI_COMM_WORLD_SIZE

@@ -422,6 +422,13 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       save_last(step);
   }
   bar.finish();
+  if (root && group.distributed()) {
+    const auto& tr = group.traffic();
+    const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    std::fprintf(stderr, "group sums (rank 0): %llu calls, %.1f MB, %.1f s (%.1f%% of the run's %.1f s)\n",
+                 static_cast<unsigned long long>(tr.calls), tr.bytes / 1e6, tr.seconds,
+                 100.0 * tr.seconds / std::max(run_s, 1e-9), run_s);
+  }
   summary.steps_done = step;
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return summary;
