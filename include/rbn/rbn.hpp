@@ -134,6 +134,8 @@ class Stack {
   // replace buf[0..n) by their sum over all ranks (every rank calls it in the same order with
   // the same n; it is called from one thread). K ranks with N/K rows each then compute what one
   // process computes with all N rows. Parameter gradients stay local (sum them afterwards).
+  // Every rank must run the same calls (train-mode forward, backward, statistics pass) with the
+  // same T, or the ranks wait for each other forever.
   // Empty: statistics of this process's rows only.
   using Allreduce = std::function<void(double* buf, size_t n)>;
   void set_stat_allreduce(Allreduce allreduce);

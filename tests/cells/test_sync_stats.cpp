@@ -46,14 +46,14 @@ constexpr int kT = 6, kN = 6, kC = 3, kH = 20, kL = 2;  // H = 20: two blocks of
 const std::vector<int32_t> kLengths{6, 4, 6, 2, 5, 3};
 
 StackConfig sync_config(Cell cell) {
-  StackConfig c;
+  CellCase c;
   c.cell = cell;
-  c.input_size = kC;
-  c.hidden_size = kH;
-  c.num_layers = kL;
-  c.t_max = kT;
-  c.seed = 3;
-  return c;
+  c.T = c.t_max = kT;
+  c.N = kN;
+  c.C = kC;
+  c.H = kH;
+  c.L = kL;
+  return c.config();
 }
 
 // Rows [n0, n0 + n) of a [A, N, B] tensor.

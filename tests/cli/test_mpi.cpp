@@ -146,4 +146,25 @@ TEST(MpiUnsynchronized, BatchNormWithoutSynchronizationDiffers) {
   fs::remove_all(base);
 }
 
+// A data-parallel run stopped and resumed (every rank reads rank 0's checkpoint) ends bit for bit
+// where the uninterrupted data-parallel run ends.
+TEST(MpiResume, ResumedRunEndsWhereTheUninterruptedOneEnds) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-resume-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string np2 = mpirun(2);
+  ASSERT_EQ(run(np2 + train_command("bnlstm", base / "straight", ""), base / "a.log"), 0);
+  std::string cmd = train_command("bnlstm", base / "resumed", "");
+  const size_t ck = cmd.find("--checkpoint-every 50");
+  ASSERT_NE(ck, std::string::npos);
+  cmd.replace(ck, 21, "--checkpoint-every 10");
+  const size_t at = cmd.find("--steps 50");
+  ASSERT_NE(at, std::string::npos);
+  ASSERT_EQ(run(np2 + std::string(cmd).replace(at, 10, "--steps 30"), base / "b.log"), 0);
+  ASSERT_EQ(run(np2 + cmd + " --resume", base / "c.log"), 0) << std::ifstream(base / "c.log").rdbuf();
+  EXPECT_EQ(checkpoint_diff(base / "resumed" / "last.safetensors", base / "straight" / "last.safetensors"), 0.0);
+  fs::remove_all(base);
+}
+
 }  // namespace
