@@ -58,11 +58,14 @@ longer() {
     --lengths 100,200,500,1000 --out "$OUT/longer" | tee "$OUT/longer/table.txt"
 }
 
-# Population statistics across time steps of the permuted Fashion-MNIST BN-LSTM.
+# Population statistics across time steps: the permuted Fashion-MNIST and the PTB BN-LSTMs.
 popstats() {
   /usr/bin/python3 tools/plot_popstats.py "$OUT/pfashion-bnlstm/best.safetensors" --out "$FIG/popstats.png" \
     --title "BN-LSTM, permuted Fashion-MNIST: population statistics (pass) across the 784 steps" \
     | tee "$OUT/popstats.json"
+  /usr/bin/python3 tools/plot_popstats.py "$OUT/ptb-bnlstm/best.safetensors" --out "$FIG/popstats-ptb.png" \
+    --title "BN-LSTM, Penn Treebank characters: population statistics (pass) across the 100 steps" \
+    | tee "$OUT/popstats-ptb.json"
 }
 
 # The paper's figure 1: gradient norms at initialization, BN tanh RNN and BN-LSTM, gamma 0.1..1.

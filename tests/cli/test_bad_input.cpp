@@ -102,6 +102,7 @@ void expect_case(const Case& c) {
   while (!err.empty() && err.front() == '\n') err.erase(0, 1);
   EXPECT_EQ(err.find('\n'), std::string::npos) << "more than one line:\n" << o.err;
   EXPECT_NE(o.err.find(c.mention), std::string::npos) << "message does not name '" << c.mention << "': " << o.err;
+  std::printf("[ bad input ] %s -> exit %d: %s\n", c.what.c_str(), o.code, err.c_str());
 }
 
 TEST_F(BadInput, ImpossibleFlags) {
@@ -124,6 +125,9 @@ TEST_F(BadInput, ImpossibleFlags) {
       {"not a number", "train " + d + " --hidden abc", 2, "--hidden"},
       {"unknown flag", "train " + d + " --hiden 10", 2, "--hiden"},
       {"negative eps", "train " + d + " --eps -1", 2, "--eps"},
+      {"nesterov with adam", "train " + d + " --nesterov true", 2, "--nesterov"},
+      {"plateau floor above the rate", "train " + d + " --lr-schedule plateau --lr-min 1", 2, "--lr-min"},
+      {"sync-bn not a boolean", "train " + d + " --sync-bn maybe", 2, "--sync-bn"},
       {"unknown subcommand", "fly", 2, "fly"},
       {"bench unknown shape", "bench --shapes imagenet --no-torch", 2, "--shapes"},
       {"bench unknown cell", "bench --cells gru --no-torch", 2, "--cells"},
