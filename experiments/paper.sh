@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's experiments at a budget that fits a 2-core machine (docs/results.md has the results
 # and the paper's numbers beside them). Each stage writes runs/paper/<stage>/ and a figure in
-# docs/figures/. Stages: ptb pfashion longer popstats gradflow (default: all, in that order).
+# docs/figures/. Stages: ptb pfashion seqfashion longer popstats gradflow (default: all, in that
+# order).
 #
 #   bash experiments/paper.sh [stage ...]        # BUILD=build, OUT=runs/paper, budgets below
 set -euo pipefail
@@ -14,7 +15,7 @@ FM=${FM:-/usr/share/datasets/fashion-mnist}
 RBN="$BUILD/rbn"
 mkdir -p "$OUT" "$FIG"
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(ptb pfashion longer popstats gradflow)
+[ ${#stages[@]} -eq 0 ] && stages=(ptb pfashion seqfashion longer popstats gradflow)
 
 # Penn Treebank characters: H=256, windows of 100, batch 32, Adam 2e-3 (the paper: H=1000, 64,
 # Adam 2e-3, 100-step windows), validation over 20 batches of windows every 200 steps with
@@ -49,6 +50,23 @@ pfashion() {
   "$RBN" plot "$OUT"/pfashion-{lstm,bnlstm,lnlstm}/metrics.jsonl --labels lstm,bnlstm,lnlstm --metric accuracy \
     --title "permuted Fashion-MNIST, 784 steps: validation accuracy (H=100, RMSProp 1e-3)" \
     --out "$FIG/pfashion-curves.png"
+}
+
+# Sequential (unpermuted) pixel-by-pixel Fashion-MNIST, the same settings, lstm against bnlstm.
+seqfashion() {
+  for cell in lstm bnlstm; do
+    extra=()
+    [ "$cell" = bnlstm ] && extra=(--h0-noise 0.1)
+    "$RBN" train --task seqmnist --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
+      --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
+      --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/seqfashion-$cell" \
+      2> "$OUT/seqfashion-$cell.log"
+    "$RBN" eval --checkpoint "$OUT/seqfashion-$cell/best.safetensors" --split test \
+      --json "$OUT/seqfashion-$cell/test.json" 2>> "$OUT/seqfashion-$cell.log"
+  done
+  "$RBN" plot "$OUT"/seqfashion-{lstm,bnlstm}/metrics.jsonl --labels lstm,bnlstm --metric accuracy \
+    --title "sequential Fashion-MNIST, 784 steps: validation accuracy (H=100, RMSProp 1e-3)" \
+    --out "$FIG/seqfashion-curves.png"
 }
 
 # Generalization to longer sequences: the PTB models (trained on windows of 100) on test windows of

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -62,7 +63,8 @@ def main():
                     label=f"{label} (valid)")
     ax.set_xlabel("training steps")
     ax.set_ylabel({"bpc": "bits per character", "accuracy": "accuracy", "loss": "loss (nats)"}[metric])
-    ax.set_title(args.title or f"{metric} against training steps")
+    # long titles wrap instead of running off the figure
+    ax.set_title(textwrap.fill(args.title or f"{metric} against training steps", 70), fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
