@@ -35,18 +35,21 @@ ptb() {
 # Permuted pixel-by-pixel Fashion-MNIST (784 steps, Debian's dataset-fashion-mnist): H=100, batch
 # 100, RMSProp 1e-3, gradient clipping 1, BN-LSTM with h0 noise 0.1 (the paper's MNIST setting),
 # validation on 1000 held-out training images every 100 steps, test on the 10,000 test images.
+# One pixel-task run: train, then test the best checkpoint. pixel_run TASK NAME CELL
+pixel_run() {
+  local task=$1 name=$2 cell=$3 extra=()
+  [ "$cell" = bnlstm ] && extra=(--h0-noise 0.1)
+  [ "$cell" = lnlstm ] && extra=(--ln-input false)
+  "$RBN" train --task "$task" --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
+    --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
+    --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/$name-$cell" \
+    2> "$OUT/$name-$cell.log"
+  "$RBN" eval --checkpoint "$OUT/$name-$cell/best.safetensors" --split test \
+    --json "$OUT/$name-$cell/test.json" 2>> "$OUT/$name-$cell.log"
+}
+
 pfashion() {
-  for cell in lstm bnlstm lnlstm; do
-    extra=()
-    [ "$cell" = bnlstm ] && extra=(--h0-noise 0.1)
-    [ "$cell" = lnlstm ] && extra=(--ln-input false)
-    "$RBN" train --task pmnist --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
-      --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
-      --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/pfashion-$cell" \
-      2> "$OUT/pfashion-$cell.log"
-    "$RBN" eval --checkpoint "$OUT/pfashion-$cell/best.safetensors" --split test \
-      --json "$OUT/pfashion-$cell/test.json" 2>> "$OUT/pfashion-$cell.log"
-  done
+  for cell in lstm bnlstm lnlstm; do pixel_run pmnist pfashion "$cell"; done
   "$RBN" plot "$OUT"/pfashion-{lstm,bnlstm,lnlstm}/metrics.jsonl --labels lstm,bnlstm,lnlstm --metric accuracy \
     --title "permuted Fashion-MNIST, 784 steps: validation accuracy (H=100, RMSProp 1e-3)" \
     --out "$FIG/pfashion-curves.png"
@@ -54,16 +57,7 @@ pfashion() {
 
 # Sequential (unpermuted) pixel-by-pixel Fashion-MNIST, the same settings, lstm against bnlstm.
 seqfashion() {
-  for cell in lstm bnlstm; do
-    extra=()
-    [ "$cell" = bnlstm ] && extra=(--h0-noise 0.1)
-    "$RBN" train --task seqmnist --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
-      --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
-      --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/seqfashion-$cell" \
-      2> "$OUT/seqfashion-$cell.log"
-    "$RBN" eval --checkpoint "$OUT/seqfashion-$cell/best.safetensors" --split test \
-      --json "$OUT/seqfashion-$cell/test.json" 2>> "$OUT/seqfashion-$cell.log"
-  done
+  for cell in lstm bnlstm; do pixel_run seqmnist seqfashion "$cell"; done
   "$RBN" plot "$OUT"/seqfashion-{lstm,bnlstm}/metrics.jsonl --labels lstm,bnlstm --metric accuracy \
     --title "sequential Fashion-MNIST, 784 steps: validation accuracy (H=100, RMSProp 1e-3)" \
     --out "$FIG/seqfashion-curves.png"
