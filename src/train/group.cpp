@@ -18,10 +18,11 @@ namespace rbn {
 namespace {
 bool g_mpi_started = false;
 
-// Ranks announced by the launcher (OpenMPI, MPICH/Hydra, PMIx), 0 when not launched by one.
+// Ranks announced by the launcher (OpenMPI's mpirun, MPICH's Hydra), 1 when a PMIx launcher gives
+// only a rank, 0 when not launched by one.
 int launcher_size() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"})
-    if (const char* s = std::getenv(v)) return std::atoi(s);
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
+    if (const char* s = std::getenv(v)) return std::max(1, std::atoi(s));
   if (std::getenv("PMIX_RANK") || std::getenv("PMI_RANK")) return 1;
   return 0;
 }
