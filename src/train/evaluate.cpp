@@ -36,11 +36,9 @@ void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
   for (int i = 0; i < batches; ++i) {
     // A fixed sample: the first batches of a dedicated epoch order.
     data.train_batch(seed ^ 0x9095ULL, i / per_epoch, i % per_epoch, N, b);
-    if (group && group->distributed()) {
-      int64_t n0, n;
-      group->shard(b.N, n0, n);
-      if (n == 0) throw UsageError("--popstats-batch-size: fewer rows than ranks");
-      b = batch_rows(b, static_cast<int>(n0), static_cast<int>(n));
+    if (group) {
+      group->take_rows(b);
+      if (b.N == 0) throw UsageError("--popstats-batch-size: fewer rows than ranks");
     }
     if (data.head() == Head::lm) {
       std::vector<float> x(static_cast<size_t>(b.T) * b.N * m.input_size());
@@ -67,14 +65,10 @@ EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_
   int64_t count = 0, correct = 0;
   for (int64_t i = 0; i < nb; ++i) {
     data.eval_batch(split, i, N, b);
-    if (group && group->distributed()) {  // inference: the rows are independent
-      int64_t n0, n;
-      group->shard(b.N, n0, n);
-      if (n == 0) {
-        if (progress) progress(i + 1, nb);
-        continue;
-      }
-      b = batch_rows(b, static_cast<int>(n0), static_cast<int>(n));
+    if (group) group->take_rows(b);  // inference: the rows are independent
+    if (b.N == 0) {  // a batch with fewer rows than ranks
+      if (progress) progress(i + 1, nb);
+      continue;
     }
     const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
     StepResult r = data.head() == Head::lm

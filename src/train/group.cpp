@@ -18,6 +18,9 @@ namespace rbn {
 namespace {
 bool g_mpi_started = false;
 
+// Rows [n0, n0 + n) of a batch (inputs, targets, labels, lengths), T unchanged.
+Batch batch_rows(const Batch& b, int n0, int n);
+
 // Ranks announced by the launcher (OpenMPI's mpirun, MPICH's Hydra), 1 when a PMIx launcher gives
 // only a rank, 0 when not launched by one.
 int launcher_size() {
@@ -57,10 +60,6 @@ void Group::sum_impl(T* buf, size_t n) {
 void Group::sum(double* buf, size_t n) { sum_impl(buf, n); }
 void Group::sum(float* buf, size_t n) { sum_impl(buf, n); }
 
-void Group::shard(int64_t N, int64_t& first, int64_t& count) const {
-  first = N * rank_ / size_;
-  count = N * (rank_ + 1) / size_ - first;
-}
 
 void Group::abort(int code) {
 #if RBN_WITH_MPI
@@ -112,6 +111,15 @@ bool group_has_mpi() {
 #endif
 }
 
+int64_t Group::take_rows(Batch& b) const {
+  if (size_ == 1) return 0;
+  const int64_t first = int64_t{b.N} * rank_ / size_, end = int64_t{b.N} * (rank_ + 1) / size_;
+  b = batch_rows(b, static_cast<int>(first), static_cast<int>(end - first));
+  return first;
+}
+
+namespace {
+
 Batch batch_rows(const Batch& b, int n0, int n) {
   Batch out;
   out.T = b.T;
@@ -137,5 +145,7 @@ Batch batch_rows(const Batch& b, int n0, int n) {
   per_row(b.lengths, out.lengths);
   return out;
 }
+
+}  // namespace
 
 }  // namespace rbn

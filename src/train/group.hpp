@@ -25,9 +25,10 @@ class Group {
   // In place: buf[0..n) becomes its sum over the ranks (the same bits on every rank).
   void sum(double* buf, size_t n);
   void sum(float* buf, size_t n);
-  // Rows [first, first + count) of a global batch of N rows that this rank takes: contiguous,
-  // sizes differing by at most one.
-  void shard(int64_t N, int64_t& first, int64_t& count) const;
+  // Keeps in b this rank's rows of a global batch — contiguous, N·r/K … N·(r+1)/K, so the sizes
+  // differ by at most one (all rows with one rank) — and returns the global index of the first.
+  // b.N becomes 0 on some ranks when the batch has fewer rows than the group has ranks.
+  int64_t take_rows(Batch& b) const;
   // What the sums have cost this process so far: calls, bytes sent into them, seconds inside.
   struct Traffic {
     uint64_t calls = 0, bytes = 0;
@@ -54,8 +55,5 @@ void group_init(int& argc, char**& argv);
 void group_finalize();
 // Whether this build can run data-parallel.
 bool group_has_mpi();
-
-// Rows [n0, n0 + n) of a batch (inputs, targets, labels, lengths), T unchanged.
-Batch batch_rows(const Batch& b, int n0, int n);
 
 }  // namespace rbn

@@ -312,12 +312,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     }
     const int64_t epoch = step / per_epoch, index = step % per_epoch;
     data->train_batch(cfg.seed, epoch, index, N, b);
-    int64_t row0 = 0;
-    if (group.distributed()) {  // this rank's rows of the global batch
-      int64_t n;
-      group.shard(b.N, row0, n);
-      b = batch_rows(b, static_cast<int>(row0), static_cast<int>(n));
-    }
+    const int64_t row0 = group.take_rows(b);  // this rank's rows of the global batch
     model.zero_grad();
     ForwardOptions opt;
     opt.mode = Mode::train;
