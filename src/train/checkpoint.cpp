@@ -134,7 +134,7 @@ void save_checkpoint(const std::string& path, Model& model, const TrainConfig& c
   st.metadata["config"] = cfg.to_json().dump();
   if (opt) {
     for (const auto& slot : opt->state_tensors())
-      st.add_f32("optim." + slot.slot + "." + slot.param, {static_cast<int64_t>(slot.numel)}, slot.data);
+      st.add_f32(Optimizer::tensor_name(slot.slot, slot.param), {static_cast<int64_t>(slot.numel)}, slot.data);
     st.metadata["optim"] = opt->scalar_state().dump();
   }
   if (schedule) st.metadata["schedule"] = schedule->state().dump();
@@ -157,13 +157,14 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer
     nlohmann::json j = nlohmann::json::parse(it->second, nullptr, false);
     if (j.is_discarded()) throw DataError(path + ": metadata 'optim' is not JSON");
     opt->load_scalar_state(j);
-    for (const auto& name : st.names()) {
-      if (!name.starts_with("optim.")) continue;
-      const std::string rest = name.substr(6);
-      const size_t dot = rest.find('.');
-      if (dot == std::string::npos) throw DataError(path + ": bad optimizer tensor name '" + name + "'");
-      const std::string slot = rest.substr(0, dot), param = rest.substr(dot + 1);
-      opt->load_state_tensor(slot, param, st.get_f32(name, {}));
+    Optimizer::State state;
+    state.step_count = opt->step_count();
+    for (const auto& name : st.names())
+      if (name.starts_with("optim.")) state.tensors.emplace(name, st.get_f32(name, {}));
+    try {
+      opt->load_state(state);  // checks each name against the optimizer's slots
+    } catch (const DataError& e) {
+      throw DataError(path + ": " + e.what());
     }
   }
   if (schedule) {

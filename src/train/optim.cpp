@@ -115,15 +115,6 @@ void Optimizer::load_scalar_state(const nlohmann::json& j) {
   step_ = j["step"].get<int64_t>();
 }
 
-void Optimizer::load_state_tensor(const std::string& slot, const std::string& param,
-                                  const std::vector<float>& v) {
-  const auto names = slot_names();
-  if (std::find(names.begin(), names.end(), slot) == names.end())
-    throw DataError("optimizer state: slot '" + slot + "' does not belong to " + cfg_.name +
-                    (cfg_.name == "sgd" || cfg_.name == "rmsprop" ? " with these settings" : ""));
-  state_[slot][param] = v;
-}
-
 namespace {
 
 float f32(double x) { return static_cast<float>(x); }

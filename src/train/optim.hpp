@@ -65,7 +65,6 @@ class Optimizer {
 
   // Updates done so far (torch's `step` state; Adam's bias correction uses it).
   int64_t step_count() const { return step_; }
-  int64_t steps() const { return step_; }
 
   // The slots this optimizer keeps per parameter, under torch's names: sgd with momentum
   // {momentum_buffer}; rmsprop {square_avg[, momentum_buffer][, grad_avg]}; adam {exp_avg,
@@ -92,8 +91,6 @@ class Optimizer {
   // Checkpoint metadata: {"name": optimizer, "step": count}; loading checks the name.
   nlohmann::json scalar_state() const;
   void load_scalar_state(const nlohmann::json& j);
-  // One tensor of a checkpoint (slot must be one of slot_names(); DataError otherwise).
-  void load_state_tensor(const std::string& slot, const std::string& param, const std::vector<float>& v);
 
   static std::string tensor_name(std::string_view slot, std::string_view param) {
     return "optim." + std::string(slot) + "." + std::string(param);

@@ -229,8 +229,11 @@ TEST(Optim, SavedStateContinuesBitIdentically) {
     run(3, *b, pb);
     auto c = make_optimizer(oc);  // restore b's state into a fresh optimizer, as a checkpoint does
     c->load_scalar_state(b->scalar_state());
+    Optimizer::State saved;
+    saved.step_count = c->step_count();
     for (const auto& t : b->state_tensors())
-      c->load_state_tensor(t.slot, t.param, std::vector<float>(t.data, t.data + t.numel));
+      saved.tensors.emplace(Optimizer::tensor_name(t.slot, t.param), std::vector<float>(t.data, t.data + t.numel));
+    c->load_state(saved);
     run(3, *c, pb);
     EXPECT_EQ(pa, pb) << name;
     auto d = make_optimizer(oc);  // and through the whole-state API
