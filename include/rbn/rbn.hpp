@@ -121,8 +121,10 @@ class Stack {
                      const T* c0 = nullptr);
   void popstats_finish();
 
-  // Normalized values before the affine (x_hat), as cached by the last forward, for tests and
-  // tools: which is "x", "h" or "c"; returns [T,N,F] or empty when the cell has no such norm.
+  // Normalized values before the affine (x_hat) of the last forward (before any backward, which
+  // overwrites W x with its gradient), for tests and tools: which is "x", "h" or "c"; returns
+  // [T,N,F] (0 at padded positions; valid until the next call) or empty when the cell has no
+  // such norm.
   std::span<const T> cached_normalized(int layer, std::string_view which) const;
   // Gradient probe (the gradient-flow figure): when set, backward() writes the batch mean of
   // ||dL/dh_t|| over the valid rows, for every step of layer `layer`, into *norms ([T]).

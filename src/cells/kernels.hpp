@@ -63,12 +63,34 @@ inline void sigmoid_inplace(float* p, int n) {
 template <class T>
 void col_sums_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* sum,
                      double* sq) {
-  for (int j = 0; j < w; ++j) sum[j] = sq[j] = 0.0;
+  // Blocks of 16 columns with the accumulators in registers: a loop over all w columns per row
+  // would load and store each sum once per row.
+  constexpr int B = 16;
+  int j0 = 0;
+  for (; j0 + B <= w; j0 += B) {
+    double s[B] = {}, q[B] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!valid[r]) continue;
+      const T* zr = z + r * ld + j0;
+#pragma omp simd
+      for (int j = 0; j < B; ++j) {
+        const double v = zr[j];
+        s[j] += v;
+        q[j] += v * v;
+      }
+    }
+    for (int j = 0; j < B; ++j) {
+      sum[j0 + j] = s[j];
+      sq[j0 + j] = q[j];
+    }
+  }
+  if (j0 == w) return;
+  for (int j = j0; j < w; ++j) sum[j] = sq[j] = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     if (!valid[r]) continue;
     const T* zr = z + r * ld;
 #pragma omp simd
-    for (int j = 0; j < w; ++j) {
+    for (int j = j0; j < w; ++j) {
       const double v = zr[j];
       sum[j] += v;
       sq[j] += v * v;
@@ -115,49 +137,90 @@ void col_normalize_serial(const T* z, int64_t rows, int ld, int w, const uint8_t
   }
 }
 
+// s1 = sum dy, s2 = sum dy * x-hat over the valid rows. x-hat is xh itself, or, with a mean
+// given, (xh - mean) * rstd from raw values. Accumulated in T over blocks of up to 128 rows (16
+// float lanes), the blocks added in double: a batch's rows cost little, and all T*N rows of
+// bnx-seq keep double's precision across blocks.
 template <class T>
 void col_grad_sums_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
-                          const uint8_t* valid, double* s1, double* s2) {
+                          const uint8_t* valid, double* s1, double* s2, const T* mean = nullptr,
+                          const T* rstd = nullptr) {
+  constexpr int B = 64;
+  constexpr int64_t RB = 128;
   for (int j = 0; j < w; ++j) s1[j] = s2[j] = 0.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!valid[r]) continue;
-    const T* d = dy + r * ld;
-    const T* x = xh + r * ld;
+  for (int j0 = 0; j0 < w; j0 += B) {
+    const int wb = std::min(B, w - j0);
+    for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+      T u1[B] = {}, u2[B] = {};
+      for (int64_t r = r0; r < std::min(rows, r0 + RB); ++r) {
+        if (!valid[r]) continue;
+        const T* d = dy + r * ld + j0;
+        const T* x = xh + r * ld + j0;
+        if (mean) {
+          const T* mu = mean + j0;
+          const T* rs = rstd + j0;
 #pragma omp simd
-    for (int j = 0; j < w; ++j) {
-      s1[j] += d[j];
-      s2[j] += static_cast<double>(d[j]) * x[j];
+          for (int j = 0; j < wb; ++j) {
+            u1[j] += d[j];
+            u2[j] += d[j] * ((x[j] - mu[j]) * rs[j]);
+          }
+        } else {
+#pragma omp simd
+          for (int j = 0; j < wb; ++j) {
+            u1[j] += d[j];
+            u2[j] += d[j] * x[j];
+          }
+        }
+      }
+      for (int j = 0; j < wb; ++j) {
+        s1[j0 + j] += u1[j];
+        s2[j0 + j] += u2[j];
+      }
     }
   }
 }
 
-// dz = gamma*rstd*(dy - s1/M - xh*s2/M) (batch statistics) or gamma*rstd*dy; dz may alias dy.
+// dz = gamma*rstd*(dy - s1/M - xh*s2/M) (batch statistics) or gamma*rstd*dy; dz may alias dy
+// or xh. With a mean given, xh holds the raw values and x-hat = (xh - mean) * rstd. Per column the
+// coefficients are formed once (a block of columns at a time), so the row loop is a few
+// multiply-adds in T.
 template <class T>
 void col_norm_backward_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
                               const uint8_t* valid, const T* gamma, const T* rstd,
                               const double* s1, const double* s2, int64_t count, bool batch,
-                              T* dz) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* o = dz + r * ld;
-    if (!valid[r]) {
-      std::fill(o, o + w, T(0));
-      continue;
+                              T* dz, const T* mean = nullptr) {
+  constexpr int B = 64;
+  T a[B], m1[B], m2[B];  // dz = a*dy - m1 - xh*m2
+  const bool centred = batch && count;
+  const double inv = centred ? 1.0 / static_cast<double>(count) : 0.0;
+  for (int j0 = 0; j0 < w; j0 += B) {
+    const int wb = std::min(B, w - j0);
+    for (int j = 0; j < wb; ++j) {
+      const T gr = gamma[j0 + j] * rstd[j0 + j];
+      a[j] = gr;
+      m1[j] = centred ? gr * static_cast<T>(s1[j0 + j] * inv) : T(0);
+      m2[j] = centred ? gr * static_cast<T>(s2[j0 + j] * inv) : T(0);
     }
-    const T* d = dy + r * ld;
-    const T* x = xh + r * ld;
-    if (batch && count) {
-      const double inv = 1.0 / count;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* o = dz + r * ld + j0;
+      if (!valid[r]) {
+        std::fill(o, o + wb, T(0));
+        continue;
+      }
+      const T* d = dy + r * ld + j0;
+      const T* x = xh + r * ld + j0;
+      if (mean) {
+        const T* mu = mean + j0;
+        const T* rs = rstd + j0;
 #pragma omp simd
-      for (int j = 0; j < w; ++j)
-        o[j] = gamma[j] * rstd[j] *
-               (d[j] - static_cast<T>(s1[j] * inv) - x[j] * static_cast<T>(s2[j] * inv));
-    } else {
+        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - ((x[j] - mu[j]) * rs[j]) * m2[j];
+      } else {
 #pragma omp simd
-      for (int j = 0; j < w; ++j) o[j] = gamma[j] * rstd[j] * d[j];
+        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - x[j] * m2[j];
+      }
     }
   }
 }
-
 
 // ---- the same over all columns, column blocks in parallel (bnx-seq's statistics over all T*N
 // rows, outside the time loop) ------------------------------------------------------------------

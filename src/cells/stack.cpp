@@ -1,10 +1,14 @@
 // The fused recurrent stack: forward and backward through time over a whole sequence.
 //
-// Shapes: x [T,N,C]; per layer: Ax [T,N,4H] (W x, then x-hat of its normalization), G [T,N,4H]
-// (activated gates i,f,g,o; reused for dpre in backward), Hh [T,N,4H] (x-hat of W_h h; reused for
-// dRh), Hs/Cs [T+1,N,H] (states, initial state at row 0; padded rows carry their state forward),
-// Ch [T,N,H] (x-hat of c). One GEMM computes W x over all T*N rows before the time loop; per step
-// only R h, its normalization and the pointwise gates run. Backward defers dR and dW to one GEMM
+// Shapes: x [T,N,C]; per layer: Ax [T,N,4H] (W x, raw; bnx-seq: its x-hat), G [T,N,4H] (activated
+// gates i,f,g,o; reused for dpre in backward), Hh [T,N,4H] (W_h h, raw), Hs/Cs [T+1,N,H] (states,
+// initial state at row 0; padded rows carry their state forward), and each normalization's
+// statistics per step (BN: per column; LN: per row). One GEMM computes W x over all T*N rows
+// before the time loop; per step only R h, its statistics and the pointwise gates run, with the
+// normalizations applied on the fly. The caches keep the raw W x, R h and c: backward forms x-hat
+// = (z - mean) * rstd where it needs it, which costs one multiply-add and saves writing a
+// normalized copy (the pixel shape is bound by memory traffic, not arithmetic). Backward
+// writes d(W x) over Ax for the per-step input normalizations, and defers dR and dW to one GEMM
 // each over all T*N rows.
 //
 // Accumulation contract: parameter gradients +=, activation gradients (dx, dh0, dc0) =.
@@ -66,9 +70,17 @@ struct LayerCache {
   std::vector<T> Hh;  // [T,N,4H] (norm.h != none)
   std::vector<T> Hs;  // [T+1,N,H]
   std::vector<T> Cs;  // [T+1,N,H]
-  std::vector<T> Ch;  // [T,N,H] (norm.c != none)
   // statistics: BN per step [T,F] (bn_seq [F]); LN per row [T,N]
   std::vector<T> mx, rx, mh, rh, mc, rc;
+  // Few input features (inline_x): W x is formed per step inside the time loop and recomputed in
+  // backward instead of stored; Ax then holds one step [N,4H] and Wt = W^T [C,4H].
+  bool inline_x = false;
+  std::vector<T> Wt;
+  // Hh's columns by thread (hh_blocked): each time-loop thread's gate blocks side by side, gate q
+  // of the units [k0, k1) at ng*k0 + q*w, so that no cache line holds two threads' values; else
+  // in gate order (q*H + k), where backward's dRh over Hh feeds the per-step product with R.
+  bool hh_blocked = false;
+  int P = 1;  // threads of the forward's time loop (backward keeps its partition of the units)
 };
 
 template <class T>
@@ -113,6 +125,79 @@ struct Stack<T>::Impl {
 
   // Inside the time loop's parallel region: buf[0..n) (each thread has written its own columns)
   // becomes the sum over the group. Thread 0 talks to the group between two barriers.
+  // Layers with at most this many input features form W x inside the time loop (C multiply-adds
+  // per gate value) instead of one GEMM over all steps whose [T,N,4H] result goes to memory and
+  // back, and backward recomputes it instead of reading it; dW and dx then accumulate per step.
+  // For the pixel tasks (C = 1) the stored W x was pure memory traffic. Not for bnx-seq (its
+  // statistics span all steps before the loop) or synchronized BN of W x (its backward runs after
+  // the loop, from the group's sums).
+  static constexpr int kInlineInput = 8;
+  bool inline_input(int k, bool batch) const {
+    return layers[k].C <= kInlineInput && norms.x != Norm::bn_seq &&
+           !(batch && synced && norms.x == Norm::bn_step);
+  }
+  // Backward forms d(W x) inside the time loop (and dRh then goes over dpre in G): per-step
+  // input normalizations and inline W x, but not synchronized BN_t of W x (its backward waits
+  // for the group's sums after the loop).
+  bool x_in_loop(bool batch, bool inl) const {
+    return inl || norms.x == Norm::ln || (norms.x == Norm::bn_step && !(batch && synced));
+  }
+  // Offset of Hh's gate block q for the units [k0, k0 + w) in a row.
+  int hh_offset(const LayerCache<T>& cc, int q, int k0, int w) const {
+    return cc.hh_blocked ? ng * k0 + q * w : q * cfg.hidden_size + k0;
+  }
+
+  // W x of step t for the columns [j0, j0 + w) of every row: out [N,G] (stride G), X_t [N,C].
+  static void input_projection(const T* Xt, const T* Wt, int N, int C, int G, int j0, int w,
+                               T* out) {
+    for (int n = 0; n < N; ++n) {
+      T* o = out + static_cast<int64_t>(n) * G + j0;
+      const T* xr = Xt + static_cast<int64_t>(n) * C;
+      const T x0 = xr[0];
+      const T* w0 = Wt + j0;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) o[j] = x0 * w0[j];
+      for (int c = 1; c < C; ++c) {
+        const T xc = xr[c];
+        const T* wc = Wt + static_cast<int64_t>(c) * G + j0;
+#pragma omp simd
+        for (int j = 0; j < w; ++j) o[j] += xc * wc[j];
+      }
+    }
+  }
+
+  // Sums over the valid rows of x_t [N,C]: mom[c] = sum x_c, mom[C + c*C + e] = sum x_c x_e.
+  static void input_moments(const T* Xt, const uint8_t* vm, int N, int C, double* mom) {
+    std::fill_n(mom, C + C * C, 0.0);
+    for (int n = 0; n < N; ++n) {
+      if (!vm[n]) continue;
+      const T* xr = Xt + static_cast<int64_t>(n) * C;
+      for (int c = 0; c < C; ++c) {
+        mom[c] += xr[c];
+        for (int e = 0; e < C; ++e) mom[C + c * C + e] += static_cast<double>(xr[c]) * xr[e];
+      }
+    }
+  }
+  // z = w . x over cnt rows with input sums mom (input_moments): mean and biased variance, the
+  // latter as w^T Cov(x) w from centred moments (no cancellation against mean^2). No rows:
+  // mean 0, var 1 (as stats_from_sums).
+  static void linear_stats(const T* w, int C, const double* mom, int64_t cnt, double* mean,
+                           double* var) {
+    if (cnt <= 0) {
+      *mean = 0.0;
+      *var = 1.0;
+      return;
+    }
+    const double inv = 1.0 / static_cast<double>(cnt);
+    double s = 0, v = 0;
+    for (int c = 0; c < C; ++c) s += w[c] * mom[c];
+    for (int c = 0; c < C; ++c)
+      for (int e = 0; e < C; ++e)
+        v += static_cast<double>(w[c]) * w[e] * (mom[C + c * C + e] - mom[c] * mom[e] * inv);
+    *mean = s * inv;
+    *var = std::max(0.0, v * inv);
+  }
+
   void group_sum(int p, int P, double* buf, size_t n) {
     if (P > 1) {
 #pragma omp barrier
@@ -123,9 +208,13 @@ struct Stack<T>::Impl {
     }
   }
 
+  mutable std::vector<T> xhat_view;  // cached_normalized's result
   // workspaces
-  std::vector<T> dY, dh_rec, dc_rec, dh_new, dcn;
+  std::vector<T> dY, dh_rec, dc_rec;
+  std::vector<T> bwd_rows;  // [P][4][N,H]: each time-loop thread's dh, dc, dc~ and new dh rows
   std::vector<double> s1, s2, dstat_mean, dstat_var, xsum1, xsum2;
+  std::vector<T> dx_part;  // [P,T,N,C] (inline input)
+  std::vector<T> r_packed, rh_step;  // forward: R's rows by thread [G,H]; the step's R h [N,G]
 
   size_t add_param(const std::string& name, std::vector<int64_t> shape) {
     return add(pinfo, name, std::move(shape));
@@ -362,6 +451,12 @@ struct Stack<T>::Impl {
     std::copy_n(sum, w, dm);
     std::copy_n(sq, w, dv);
     kern::stats_from_sums(w, cnt, dm, dv);
+    block_stats_given(dm, dv, w, cnt, mo, vo, table_rows, tg, F, j0, update_running, mean, rstd);
+  }
+  // The same from this column block's mean and biased variance over cnt rows (dm, dv).
+  void block_stats_given(const double* dm, const double* dv, int w, int64_t cnt, size_t mo,
+                         size_t vo, int table_rows, int64_t tg, int F, int j0, bool update_running,
+                         T* mean, T* rstd) {
     for (int j = 0; j < w; ++j) {
       mean[j] = static_cast<T>(dm[j]);
       rstd[j] = static_cast<T>(1.0 / std::sqrt(dv[j] + cfg.eps));
@@ -369,10 +464,11 @@ struct Stack<T>::Impl {
     record_cols(mo, vo, table_rows, tg, F, j0, w, dm, dv, cnt, update_running);
   }
 
-  // Layer normalization of rows over F features, in place on z (stride ld), for the columns this
-  // thread owns: nb blocks of width w at offsets q*stride + k0. ln_partial writes this thread's
-  // partial sums; after a barrier ln_finish combines all threads' and normalizes (every thread then
-  // knows each row's mean and rstd: rowm, rowr). Two normalizations can share one barrier.
+  // Layer normalization of rows over F features (stride ld), for the columns this thread owns: nb
+  // blocks of width w at offsets q*stride + k0. ln_partial writes this thread's partial sums; after
+  // a barrier ln_row_stats combines all threads' (every thread then knows each row's mean and
+  // rstd). Two normalizations can share one barrier. The values themselves stay raw: whoever reads
+  // them applies (z - mean) * rstd.
   void ln_partial(const T* z, int ld, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
                   int p, double* part) {
     for (int n = 0; n < N; ++n) {
@@ -392,8 +488,9 @@ struct Stack<T>::Impl {
       part[(static_cast<size_t>(p) * N + n) * 2 + 1] = q2;
     }
   }
-  void ln_finish(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
-                 int P, const double* part, T* rowm, T* rowr) {
+  // Each row's mean and rstd over all F features from every thread's partial sums (after the
+  // barrier that follows ln_partial); padded rows get mean 0, rstd 1.
+  void ln_row_stats(int F, const uint8_t* vm, int N, int P, const double* part, T* rowm, T* rowr) {
     for (int n = 0; n < N; ++n) {
       if (!vm[n]) {
         rowm[n] = 0;
@@ -409,59 +506,18 @@ struct Stack<T>::Impl {
       rowm[n] = static_cast<T>(m);
       rowr[n] = static_cast<T>(1.0 / std::sqrt(var + cfg.eps));
     }
-    for (int n = 0; n < N; ++n) {
-      T* zr = z + static_cast<int64_t>(n) * ld;
-      for (int q = 0; q < nb; ++q) {
-        T* o = zr + q * stride + k0;
-        if (!vm[n]) {
-          std::fill_n(o, w, T(0));
-          continue;
-        }
-        const T m = rowm[n], r = rowr[n];
-#pragma omp simd
-        for (int j = 0; j < w; ++j) o[j] = (o[j] - m) * r;
-      }
-    }
-  }
-  void ln_rows(T* z, int ld, int F, int k0, int w, int nb, int stride, const uint8_t* vm, int N,
-               int p, int P, double* part, T* rowm, T* rowr) {
-    ln_partial(z, ld, k0, w, nb, stride, vm, N, p, part);
-    if (P > 1) {
-#pragma omp barrier
-    }
-    ln_finish(z, ld, F, k0, w, nb, stride, vm, N, P, part, rowm, rowr);
   }
 
   // LN backward over rows for the owned columns: dz = rstd*(dy*g - mean(dy*g) - xh*mean(dy*g*xh)),
-  // the means over all F features (partial sums combined after a barrier, which two
-  // normalizations can share). dz may alias dy or xh (each element is read before it is written).
-  void ln_bwd_partial(const T* dy, const T* xh, int ld, int k0, int w, int nb, int stride,
-                      const T* gamma, const uint8_t* vm, int N, int p, double* part) {
-    for (int n = 0; n < N; ++n) {
-      double s1 = 0, s2 = 0;
-      if (vm[n]) {
-        const T* d = dy + static_cast<int64_t>(n) * ld;
-        const T* x = xh + static_cast<int64_t>(n) * ld;
-        for (int q = 0; q < nb; ++q) {
-          const int j0 = q * stride + k0;
-#pragma omp simd reduction(+ : s1, s2)
-          for (int j = j0; j < j0 + w; ++j) {
-            const double gd = static_cast<double>(d[j]) * gamma[j];
-            s1 += gd;
-            s2 += gd * x[j];
-          }
-        }
-      }
-      part[(static_cast<size_t>(p) * N + n) * 2] = s1;
-      part[(static_cast<size_t>(p) * N + n) * 2 + 1] = s2;
-    }
-  }
-  void ln_bwd_finish(const T* dy, const T* xh, int ld, int F, int k0, int w, int nb, int stride,
-                     const T* gamma, const uint8_t* vm, int N, int P, const double* part,
-                     const T* rstd, T* dz) {
+  // the means over all F features from every thread's partial sums (part: sum dy*g, sum
+  // dy*g*x-hat per thread and row, taken in the pass before the barrier). z holds the raw values:
+  // x-hat = (z - mean_n) * rstd_n with each row's statistics. dz may alias dy or z.
+  void ln_bwd_finish(const T* dy, const T* z, int ld, int F, int k0, int w, int nb, int stride,
+                     const T* gamma, const uint8_t* vm, int N, const T* mean, const T* rstd, int P,
+                     const double* part, T* dz) {
     for (int n = 0; n < N; ++n) {
       const T* d = dy + static_cast<int64_t>(n) * ld;
-      const T* x = xh + static_cast<int64_t>(n) * ld;
+      const T* x = z + static_cast<int64_t>(n) * ld;
       T* o = dz + static_cast<int64_t>(n) * ld;
       if (!vm[n]) {
         for (int q = 0; q < nb; ++q) std::fill_n(o + q * stride + k0, w, T(0));
@@ -472,22 +528,85 @@ struct Stack<T>::Impl {
         s1 += part[(static_cast<size_t>(pp) * N + n) * 2];
         s2 += part[(static_cast<size_t>(pp) * N + n) * 2 + 1];
       }
-      const T a = static_cast<T>(s1 / F), bb = static_cast<T>(s2 / F), r = rstd[n];
+      const T a = static_cast<T>(s1 / F), bb = static_cast<T>(s2 / F), m = mean[n], r = rstd[n];
       for (int q = 0; q < nb; ++q) {
         const int j0 = q * stride + k0;
 #pragma omp simd
-        for (int j = j0; j < j0 + w; ++j) o[j] = r * (d[j] * gamma[j] - a - x[j] * bb);
+        for (int j = j0; j < j0 + w; ++j) o[j] = r * (d[j] * gamma[j] - a - ((x[j] - m) * r) * bb);
       }
     }
   }
-  void ln_rows_backward(T* dy, const T* xh, int ld, int F, int k0, int w, int nb, int stride,
-                        const T* gamma, const uint8_t* vm, int N, int p, int P, double* part,
-                        const T* rstd) {
-    ln_bwd_partial(dy, xh, ld, k0, w, nb, stride, gamma, vm, N, p, part);
-    if (P > 1) {
-#pragma omp barrier
+
+  // LN backward of R h (and of W x, when zx is given) from row sums taken elsewhere (ln_part_h,
+  // ln_part_x: sum dy*gamma, sum dy*gamma*x-hat per thread): dzh = rstd_h*(dy*g_h - a_h -
+  // x-hat_h*b_h), likewise dzx, for the owned columns. zh is in Hh's layout (zh_blocked: see
+  // LayerCache::hh_blocked), the rest in gate order. Outputs may alias dy or the inputs.
+  void ln_bwd_rows(const T* dy, const T* zh, bool zh_blocked, const T* zx, int ld, int k0, int w,
+                   int nb, int stride,
+                   const T* gh, const T* gx, const uint8_t* vm, int N, const T* mh, const T* rh,
+                   const T* mx, const T* rx, int P, T* dzh, T* dzx) {
+    const double F = static_cast<double>(nb) * stride;
+    auto row_means = [&](const std::vector<double>& part, int n, T& a, T& b) {
+      double s1 = 0, s2 = 0;
+      for (int pp = 0; pp < P; ++pp) {
+        s1 += part[(static_cast<size_t>(pp) * N + n) * 2];
+        s2 += part[(static_cast<size_t>(pp) * N + n) * 2 + 1];
+      }
+      a = static_cast<T>(s1 / F);
+      b = static_cast<T>(s2 / F);
+    };
+    for (int n = 0; n < N; ++n) {
+      const int64_t ro = static_cast<int64_t>(n) * ld;
+      if (!vm[n]) {
+        for (int q = 0; q < nb; ++q) {
+          std::fill_n(dzh + ro + q * stride + k0, w, T(0));
+          if (zx) std::fill_n(dzx + ro + q * stride + k0, w, T(0));
+        }
+        continue;
+      }
+      T ah, bh, ax = 0, bx = 0;
+      row_means(ln_part_h, n, ah, bh);
+      if (zx) row_means(ln_part_x, n, ax, bx);
+      const T hm = mh[n], hr = rh[n], xm = zx ? mx[n] : T(0), xr = zx ? rx[n] : T(1);
+      for (int q = 0; q < nb; ++q) {
+        const int64_t o = ro + q * stride + k0;
+        const T* d = dy + o;
+        const T* h = zh + ro + (zh_blocked ? nb * k0 + q * w : q * stride + k0);
+        const T* ghq = gh + q * stride + k0;
+        T* oh = dzh + o;
+        if (zx) {
+          const T* x = zx + o;
+          const T* gxq = gx + q * stride + k0;
+          T* ox = dzx + o;
+#pragma omp simd
+          for (int j = 0; j < w; ++j) {
+            const T dj = d[j];
+            ox[j] = xr * (dj * gxq[j] - ax - ((x[j] - xm) * xr) * bx);
+            oh[j] = hr * (dj * ghq[j] - ah - ((h[j] - hm) * hr) * bh);
+          }
+        } else {
+#pragma omp simd
+          for (int j = 0; j < w; ++j) oh[j] = hr * (d[j] * ghq[j] - ah - ((h[j] - hm) * hr) * bh);
+        }
+      }
     }
-    ln_bwd_finish(dy, xh, ld, F, k0, w, nb, stride, gamma, vm, N, P, part, rstd, dy);
+  }
+
+  // tanh(gamma_c * c-hat + beta_c), or tanh(c) without a normalization of c, for the units
+  // [k0, k1) of one row of raw c: BN through the step's coefficients (kc * c + sc), LN through
+  // the row's mean m and rstd r.
+  void c_tilde(const T* c, int k0, int k1, const T* kc, const T* sc, T m, T r, const T* gc,
+               const T* bc, T* out) const {
+    if (norms.c == Norm::bn_step) {
+#pragma omp simd
+      for (int j = k0; j < k1; ++j) out[j] = kc[j] * c[j] + sc[j];
+    } else if (norms.c == Norm::ln) {
+#pragma omp simd
+      for (int j = k0; j < k1; ++j) out[j] = gc[j] * ((c[j] - m) * r) + bc[j];
+    } else {
+      std::copy_n(c + k0, k1 - k0, out + k0);
+    }
+    kern::tanh_inplace(out + k0, k1 - k0);
   }
 
   // ---- forward ----------------------------------------------------------------------------
@@ -508,9 +627,30 @@ struct Stack<T>::Impl {
     const T* gc = L.gc != npos ? params.data() + L.gc : nullptr;
     const T* bc = L.bc != npos ? params.data() + L.bc : nullptr;
 
-    // Input projection for all steps at once, then its normalization (outside the recurrence).
-    blas::gemm(false, true, Tc * N, G, C, T(1), X, C, W, C, T(0), cc.Ax.data(), G);
-    switch (norms.x) {
+    // Input projection for all steps at once, then its normalization (outside the recurrence);
+    // or, with few input features, per step in the loop.
+    const bool inl = cc.inline_x;
+    // LN of an inline W x: the mean over the G features of each row is x . wbar and its variance
+    // x^T Cov(W) x, with wbar and Cov(W) over W's rows [C + C*C], in double.
+    std::vector<double> wmom;
+    if (inl) {
+      cc.Wt.resize(static_cast<size_t>(C) * G);
+      for (int j = 0; j < G; ++j)
+        for (int c = 0; c < C; ++c) cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
+      if (norms.x == Norm::ln) {
+        wmom.assign(static_cast<size_t>(C) + C * C, 0.0);
+        for (int j = 0; j < G; ++j)
+          for (int c = 0; c < C; ++c) {
+            const double wc = W[static_cast<size_t>(j) * C + c];
+            wmom[c] += wc / G;
+            for (int e = 0; e < C; ++e) wmom[C + c * C + e] += wc * W[static_cast<size_t>(j) * C + e] / G;
+          }
+        for (int c = 0; c < C; ++c)
+          for (int e = 0; e < C; ++e) wmom[C + c * C + e] -= wmom[c] * wmom[e];
+      }
+    }
+    if (!inl) blas::gemm(false, true, Tc * N, G, C, T(1), X, C, W, C, T(0), cc.Ax.data(), G);
+    switch (inl ? Norm::none : norms.x) {
       case Norm::none: break;
       case Norm::bn_step: break;  // per step inside the time loop, while Ax[t] is in cache
       case Norm::bn_seq:
@@ -526,10 +666,12 @@ struct Stack<T>::Impl {
     // four gate columns of each (i, f, g, o of unit k): its part of R h, the BN statistics of those
     // columns, the gates, c and h need no other thread, and one barrier per step publishes h_t.
     // LN's row statistics span all units: partial sums and one more barrier per normalization.
-    const int P = time_loop_threads(H);
+    const int P = cc.P;
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
+    if (Tc >= 4) ensure(r_packed, static_cast<size_t>(G) * H);
+    ensure(rh_step, static_cast<size_t>(N) * G);
     if (synced) {
       ensure(red_xh, 4 * static_cast<size_t>(G));
       ensure(red_c, 2 * static_cast<size_t>(H));
@@ -541,7 +683,24 @@ struct Stack<T>::Impl {
       const int k0 = blk.first, k1 = blk.second;  // (no structured binding: clang 14 cannot capture one in omp simd)
       const int w = k1 - k0;
       std::vector<double> sm(static_cast<size_t>(ng) * w + 1), sv(static_cast<size_t>(ng) * w + 1);
-      std::vector<T> rowm(N), rowr(N);
+      std::vector<T> rowm(N), rowr(N), rowmx(N), rowrx(N);  // LN row statistics of this step
+      std::vector<T> kx(G), kh(G), sh(G), kc(H), sc(H);     // per-step coefficients, owned columns
+      std::vector<double> xmom(static_cast<size_t>(C) + C * C);  // inline BN of W x: input moments
+      // This thread's rows of R packed together (gate q's units k0..k1 at rows q*w..), for one
+      // product per step instead of ng; not worth the copy for a few steps (the step API).
+      // Slices of the layer's workspaces (thread p's at ng*k0 rows of R, columns of R h).
+      const int W4 = ng * w;
+      const bool pack = Tc >= 4;
+      T* Rp = r_packed.data() + static_cast<size_t>(ng) * k0 * H;    // [W4, H]
+      T* rscr = rh_step.data() + static_cast<size_t>(N) * ng * k0;    // [N, W4]
+      // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
+      // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
+      const int ldr = W4;
+      if (pack)
+        for (int q = 0; q < ng; ++q)
+          std::copy_n(R + static_cast<size_t>(q * H + k0) * H, static_cast<size_t>(w) * H,
+                      Rp + static_cast<size_t>(q) * w * H);
+      const bool ln_gates = norms.h == Norm::ln, lnx = norms.x == Norm::ln;
       for (int t = 0; t < Tc; ++t) {
         const uint8_t* vm = vmask + t * N;
         int64_t cnt = 0;
@@ -556,30 +715,49 @@ struct Stack<T>::Impl {
 
         // Synchronized: the sums of W x and R h over the group in one exchange, after R h.
         const bool sync_xh = batch && synced && (norms.x == Norm::bn_step || norms.h == Norm::bn_step);
-        if (norms.x == Norm::bn_step && !sync_xh) {
+        T* ax = cc.Ax.data() + (inl ? p * NG : t * NG);
+        if (inl)
+          for (int q = 0; q < ng; ++q)
+            input_projection(X + static_cast<int64_t>(t) * N * C, cc.Wt.data(), N, C, G, q * H + k0, w, ax);
+        if (norms.x == Norm::bn_step && inl && batch) {
+          // z = W x is linear in the few inputs: its column sums follow from the step's input
+          // moments (in double), without a pass over z.
+          input_moments(X + static_cast<int64_t>(t) * N * C, vm, N, C, xmom.data());
           T* m = cc.mx.data() + static_cast<size_t>(t) * G;
           T* r = cc.rx.data() + static_cast<size_t>(t) * G;
-          T* ax = cc.Ax.data() + t * NG;
+          for (int q = 0; q < ng; ++q) {
+            const int j0 = q * H + k0;
+            for (int j = 0; j < w; ++j)
+              linear_stats(W + static_cast<size_t>(j0 + j) * C, C, xmom.data(), cnt, &sm[j], &sv[j]);
+            block_stats_given(sm.data(), sv.data(), w, cnt, L.mx, L.vx, L.rows_x, tg, G, j0,
+                              update_running, m + j0, r + j0);
+          }
+        } else if (norms.x == Norm::bn_step && !sync_xh) {
+          T* m = cc.mx.data() + static_cast<size_t>(t) * G;
+          T* r = cc.rx.data() + static_cast<size_t>(t) * G;
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             block_stats(ax + j0, N, G, w, vm, cnt, batch, L.mx, L.vx, L.rows_x, tg, G, j0,
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
           }
         }
-        // Recurrent product for the owned columns: into Hh (normalized in place) or into G.
-        T* rh = Hht ? Hht : Gt;
-        if (w > 0)
+        // Recurrent product for the owned columns: rh [N, ng*w] (stride ldr), gate q's columns at
+        // q*w, raw.
+        T* rh = rscr;
+        if (w > 0 && pack) {
+          blas::gemm(false, true, N, W4, H, T(1), hprev, H, Rp, H, T(0), rh, ldr);
+        } else if (w > 0) {
           for (int q = 0; q < ng; ++q)
             blas::gemm(false, true, N, w, H, T(1), hprev, H, R + static_cast<size_t>(q * H + k0) * H,
-                       H, T(0), rh + q * H + k0, G);
+                       H, T(0), rh + q * w, ldr);
+        }
         if (sync_xh) {
           double* red = red_xh.data();
           const bool xs = norms.x == Norm::bn_step, hs = norms.h == Norm::bn_step;
-          T* ax = cc.Ax.data() + t * NG;
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             if (xs) kern::col_sums_serial(ax + j0, N, G, w, vm, red + j0, red + G + j0);
-            if (hs) kern::col_sums_serial(rh + j0, N, G, w, vm, red + 2 * G + j0, red + 3 * G + j0);
+            if (hs) kern::col_sums_serial(rh + q * w, N, ldr, w, vm, red + 2 * G + j0, red + 3 * G + j0);
           }
           group_sum(p, P, red, 4 * static_cast<size_t>(G));
           const int64_t gcnt = gcount[t];
@@ -600,67 +778,125 @@ struct Stack<T>::Impl {
           T* r = cc.rh.data() + static_cast<size_t>(t) * G;
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
-            block_stats(rh + j0, N, G, w, vm, cnt, batch, L.mh, L.vh, L.rows_h, tg, G, j0,
+            block_stats(rh + q * w, N, ldr, w, vm, cnt, batch, L.mh, L.vh, L.rows_h, tg, G, j0,
                         update_running, sm.data(), sv.data(), m + j0, r + j0);
           }
-        } else if (norms.h == Norm::ln) {
-          T* ax = cc.Ax.data() + t * NG;
-          const bool lnx = norms.x == Norm::ln;
-          ln_partial(rh, G, k0, w, ng, H, vm, N, p, ln_part_h.data());
-          if (lnx) ln_partial(ax, G, k0, w, ng, H, vm, N, p, ln_part_x.data());
+        } else if (norms.h == Norm::ln) {  // row statistics over all units: one barrier
+          ln_partial(rh, ldr, 0, w, ng, w, vm, N, p, ln_part_h.data());
+          if (lnx && !inl) ln_partial(ax, G, k0, w, ng, H, vm, N, p, ln_part_x.data());
           if (P > 1) {
 #pragma omp barrier
           }
-          ln_finish(rh, G, G, k0, w, ng, H, vm, N, P, ln_part_h.data(), rowm.data(), rowr.data());
+          T* mh = cc.mh.data() + static_cast<size_t>(t) * N;
+          T* rhs = cc.rh.data() + static_cast<size_t>(t) * N;
+          ln_row_stats(G, vm, N, P, ln_part_h.data(), rowm.data(), rowr.data());
+          if (lnx && !inl) ln_row_stats(G, vm, N, P, ln_part_x.data(), rowmx.data(), rowrx.data());
+          if (lnx && inl)  // z = W x: each row's moments from the input row and W's moments
+            for (int n = 0; n < N; ++n) {
+              if (!vm[n]) {
+                rowmx[n] = 0;
+                rowrx[n] = 1;
+                continue;
+              }
+              const T* xr = X + (static_cast<int64_t>(t) * N + n) * C;
+              double m = 0, v = 0;
+              for (int c = 0; c < C; ++c) {
+                m += wmom[c] * xr[c];
+                for (int e = 0; e < C; ++e) v += wmom[C + c * C + e] * xr[c] * xr[e];
+              }
+              rowmx[n] = static_cast<T>(m);
+              rowrx[n] = static_cast<T>(1.0 / std::sqrt(std::max(0.0, v) + cfg.eps));
+            }
           if (p == 0) {
-            std::copy_n(rowm.data(), N, cc.mh.data() + static_cast<size_t>(t) * N);
-            std::copy_n(rowr.data(), N, cc.rh.data() + static_cast<size_t>(t) * N);
-          }
-          if (lnx) {
-            ln_finish(ax, G, G, k0, w, ng, H, vm, N, P, ln_part_x.data(), rowm.data(), rowr.data());
-            if (p == 0) {
-              std::copy_n(rowm.data(), N, cc.mx.data() + static_cast<size_t>(t) * N);
-              std::copy_n(rowr.data(), N, cc.rx.data() + static_cast<size_t>(t) * N);
+            std::copy_n(rowm.data(), N, mh);
+            std::copy_n(rowr.data(), N, rhs);
+            if (lnx) {
+              std::copy_n(rowmx.data(), N, cc.mx.data() + static_cast<size_t>(t) * N);
+              std::copy_n(rowrx.data(), N, cc.rx.data() + static_cast<size_t>(t) * N);
             }
           }
         }
 
-        // Gates and the raw cell state for the owned units.
-        const bool xbn = norms.x == Norm::bn_step, hbn = norms.h == Norm::bn_step;
-        const T* mxt = xbn ? cc.mx.data() + static_cast<size_t>(t) * G : nullptr;
-        const T* rxt = xbn ? cc.rx.data() + static_cast<size_t>(t) * G : nullptr;
-        const T* mht = hbn ? cc.mh.data() + static_cast<size_t>(t) * G : nullptr;
-        const T* rht = hbn ? cc.rh.data() + static_cast<size_t>(t) * G : nullptr;
+        // Gate pre-activations and the raw cell state for the owned units. The caches keep W x and
+        // R h raw: the normalization is applied here, on the fly. BN (and no normalization) as
+        // per-column coefficients, pre = kx * Wx + kh * Rh + sh; LN with each row's mean and rstd.
+        if (!ln_gates) {
+          const T* mxt = norms.x == Norm::bn_step ? cc.mx.data() + static_cast<size_t>(t) * G : nullptr;
+          const T* rxt = norms.x == Norm::bn_step ? cc.rx.data() + static_cast<size_t>(t) * G : nullptr;
+          const T* mht = norms.h == Norm::bn_step ? cc.mh.data() + static_cast<size_t>(t) * G : nullptr;
+          const T* rht = norms.h == Norm::bn_step ? cc.rh.data() + static_cast<size_t>(t) * G : nullptr;
+          for (int q = 0; q < ng; ++q)
+            for (int j = q * H + k0; j < q * H + k1; ++j) {
+              T s = b[j];
+              T a = gx ? gx[j] : T(1);  // bnx-seq: Ax holds x-hat already
+              if (mxt) {
+                a *= rxt[j];
+                s -= a * mxt[j];
+              }
+              T c = gh ? gh[j] : T(1);
+              if (mht) {
+                c *= rht[j];
+                s -= c * mht[j];
+              }
+              kx[j] = a;
+              kh[j] = c;
+              sh[j] = s;
+            }
+        }
         for (int n = 0; n < N; ++n) {
           T* g = Gt + static_cast<int64_t>(n) * G;
           T* cn = cnext + static_cast<int64_t>(n) * H;
           const T* cp = cprev + static_cast<int64_t>(n) * H;
-          T* ax = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
-          T* ah = Hht ? Hht + static_cast<int64_t>(n) * G : g;
-          if (!vm[n]) {  // padded: carry the state, no gates, normalized values 0
-            for (int q = 0; q < ng; ++q) {
-              std::fill_n(g + q * H + k0, w, T(0));
-              if (xbn) std::fill_n(ax + q * H + k0, w, T(0));
-              if (hbn) std::fill_n(ah + q * H + k0, w, T(0));
-            }
+          T* axn = ax + static_cast<int64_t>(n) * G;
+          const T* ahr = rh + static_cast<int64_t>(n) * ldr;  // R h of this row, [ng][w]
+          if (Hht)  // raw R h for backward
+            for (int q = 0; q < ng; ++q)
+              std::copy_n(ahr + q * w, w, Hht + static_cast<int64_t>(n) * G + hh_offset(cc, q, k0, w));
+          if (t + 1 < Tc) {  // the next step's rows (from memory) while this row computes
+            const T* nx = inl ? nullptr : axn + NG;
+            const T* ng_ = g + NG;
+            const T* nh = Hht ? Hht + static_cast<int64_t>(n) * G + NG : nullptr;
+            for (int q = 0; q < ng; ++q)
+              for (int j = 0; j < w; j += 64 / static_cast<int>(sizeof(T))) {
+                if (nx) __builtin_prefetch(nx + q * H + k0 + j, 1, 3);
+                __builtin_prefetch(ng_ + q * H + k0 + j, 1, 3);
+                if (nh) __builtin_prefetch(nh + hh_offset(cc, q, k0, w) + j, 1, 3);
+              }
+          }
+          if (!vm[n]) {  // padded: carry the state, no gates
+            for (int q = 0; q < ng; ++q) std::fill_n(g + q * H + k0, w, T(0));
             std::copy_n(cp + k0, w, cn + k0);
             continue;
           }
-          for (int q = 0; q < ng; ++q) {
-            const int j0 = q * H + k0;
-            if (xbn) {  // BN of W x and of R h fused here: x-hat written back for backward
+          if (ln_gates) {
+            const T mh = rowm[n], rr = rowr[n];
+            const T mx = lnx ? rowmx[n] : T(0), rx = lnx ? rowrx[n] : T(1);
+            for (int q = 0; q < ng; ++q) {
+              const int j0 = q * H + k0;
+              T* gq = g + j0;
+              const T* xq = axn + j0;
+              const T* hq = ahr + q * w;
+              const T* gxq = lnx ? gx + j0 : nullptr;
+              const T* ghq = gh + j0;
+              const T* bq = b + j0;
+              if (lnx) {
 #pragma omp simd
-              for (int j = j0; j < j0 + w; ++j) ax[j] = (ax[j] - mxt[j]) * rxt[j];
+                for (int j = 0; j < w; ++j)
+                  gq[j] = gxq[j] * ((xq[j] - mx) * rx) + ghq[j] * ((hq[j] - mh) * rr) + bq[j];
+              } else {
+#pragma omp simd
+                for (int j = 0; j < w; ++j) gq[j] = xq[j] + ghq[j] * ((hq[j] - mh) * rr) + bq[j];
+              }
             }
-            if (hbn) {
+          } else {
+            for (int q = 0; q < ng; ++q) {
+              const int j0 = q * H + k0;
+              T* gq = g + j0;
+              const T* xq = axn + j0;
+              const T* hq = ahr + q * w;
+              const T *kxq = kx.data() + j0, *khq = kh.data() + j0, *shq = sh.data() + j0;
 #pragma omp simd
-              for (int j = j0; j < j0 + w; ++j) ah[j] = (ah[j] - mht[j]) * rht[j];
-            }
-#pragma omp simd
-            for (int j = j0; j < j0 + w; ++j) {
-              const T xa = gx ? gx[j] * ax[j] : ax[j];
-              const T ha = gh ? gh[j] * ah[j] : ah[j];
-              g[j] = xa + ha + b[j];
+              for (int j = 0; j < w; ++j) gq[j] = kxq[j] * xq[j] + khq[j] * hq[j] + shq[j];
             }
           }
           if (ng == 1) {  // tanh RNN: h = tanh(pre), kept in G for backward; c stays as given
@@ -677,34 +913,36 @@ struct Stack<T>::Impl {
           for (int j = k0; j < k1; ++j) cn[j] = g[H + j] * cp[j] + g[j] * g[2 * H + j];
         }
 
-        // Output normalization of c (never carried: the raw c goes to the next step).
-        T* cht = nullptr;
-        if (norms.c != Norm::none) {
-          cht = cc.Ch.data() + t * NH;
-          if (norms.c == Norm::bn_step) {
-            T* m = cc.mc.data() + static_cast<size_t>(t) * H;
-            T* r = cc.rc.data() + static_cast<size_t>(t) * H;
-            if (batch && synced) {
-              double* red = red_c.data();
-              kern::col_sums_serial(cnext + k0, N, H, w, vm, red + k0, red + H + k0);
-              group_sum(p, P, red, 2 * static_cast<size_t>(H));
-              block_stats_from_sums(red + k0, red + H + k0, w, gcount[t], L.mc, L.vc, L.rows_c, tg,
-                                    H, k0, update_running, sm.data(), sv.data(), m + k0, r + k0);
-            } else {
-              block_stats(cnext + k0, N, H, w, vm, cnt, batch, L.mc, L.vc, L.rows_c, tg, H, k0,
-                          update_running, sm.data(), sv.data(), m + k0, r + k0);
-            }
-            kern::col_normalize_serial(cnext + k0, N, H, w, vm, m + k0, r + k0, cht + k0, H);
+        // Statistics of c for its output normalization (the raw c goes to the next step and stays
+        // in Cs; h = o * tanh(gamma_c * c-hat + beta_c) is formed from it below).
+        if (norms.c == Norm::bn_step) {
+          T* m = cc.mc.data() + static_cast<size_t>(t) * H;
+          T* r = cc.rc.data() + static_cast<size_t>(t) * H;
+          if (batch && synced) {
+            double* red = red_c.data();
+            kern::col_sums_serial(cnext + k0, N, H, w, vm, red + k0, red + H + k0);
+            group_sum(p, P, red, 2 * static_cast<size_t>(H));
+            block_stats_from_sums(red + k0, red + H + k0, w, gcount[t], L.mc, L.vc, L.rows_c, tg,
+                                  H, k0, update_running, sm.data(), sv.data(), m + k0, r + k0);
           } else {
-            for (int n = 0; n < N; ++n) std::copy_n(cnext + n * H + k0, w, cht + n * H + k0);
-            ln_rows(cht, H, H, k0, w, 1, H, vm, N, p, P, ln_part_c.data(), rowm.data(), rowr.data());
-            if (p == 0) {
-              std::copy_n(rowm.data(), N, cc.mc.data() + static_cast<size_t>(t) * N);
-              std::copy_n(rowr.data(), N, cc.rc.data() + static_cast<size_t>(t) * N);
-            }
+            block_stats(cnext + k0, N, H, w, vm, cnt, batch, L.mc, L.vc, L.rows_c, tg, H, k0,
+                        update_running, sm.data(), sv.data(), m + k0, r + k0);
+          }
+          for (int j = k0; j < k1; ++j) {  // gamma_c * c-hat + beta_c = kc * c + sc
+            kc[j] = gc[j] * r[j];
+            sc[j] = bc[j] - kc[j] * m[j];
+          }
+        } else if (norms.c == Norm::ln) {
+          ln_partial(cnext, H, k0, w, 1, H, vm, N, p, ln_part_c.data());
+          if (P > 1) {
+#pragma omp barrier
+          }
+          ln_row_stats(H, vm, N, P, ln_part_c.data(), rowm.data(), rowr.data());
+          if (p == 0) {
+            std::copy_n(rowm.data(), N, cc.mc.data() + static_cast<size_t>(t) * N);
+            std::copy_n(rowr.data(), N, cc.rc.data() + static_cast<size_t>(t) * N);
           }
         }
-
         for (int n = 0; n < N; ++n) {
           T* hn = hnext + static_cast<int64_t>(n) * H;
           if (!vm[n]) {
@@ -713,14 +951,9 @@ struct Stack<T>::Impl {
           }
           if (ng == 1) continue;  // tanh RNN: h written with the gates
           const T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
-          if (cht) {
-            const T* ch = cht + static_cast<int64_t>(n) * H;
-#pragma omp simd
-            for (int j = k0; j < k1; ++j) hn[j] = gc[j] * ch[j] + bc[j];
-          } else {
-            std::copy_n(cnext + static_cast<int64_t>(n) * H + k0, w, hn + k0);
-          }
-          kern::tanh_inplace(hn + k0, w);
+          const bool lnc = norms.c == Norm::ln;
+          c_tilde(cnext + static_cast<int64_t>(n) * H, k0, k1, kc.data(), sc.data(),
+                  lnc ? rowm[n] : T(0), lnc ? rowr[n] : T(1), gc, bc, hn);
 #pragma omp simd
           for (int j = k0; j < k1; ++j) hn[j] *= o[j];
         }
@@ -729,17 +962,19 @@ struct Stack<T>::Impl {
     }
   }
 
-  void allocate_cache(int k, int Tc, int N, bool copy_input) {
+  void allocate_cache(int k, int Tc, int N, bool copy_input, bool inline_x, bool train_mode_for_alloc) {
     LayerCache<T>& cc = caches[k];
     const size_t H = cfg.hidden_size, G = ng * H, C = layers[k].C;
     const size_t TN = static_cast<size_t>(Tc) * N;
     if (copy_input) ensure(cc.X, TN * C);
-    ensure(cc.Ax, TN * G);
+    cc.inline_x = inline_x;
+    cc.hh_blocked = norms.h != Norm::none && x_in_loop(train_mode_for_alloc, inline_x);
+    cc.P = time_loop_threads(static_cast<int>(H));
+    ensure(cc.Ax, inline_x ? static_cast<size_t>(cc.P) * N * G : TN * G);
     ensure(cc.G, TN * G);
     if (norms.h != Norm::none) ensure(cc.Hh, TN * G);
     ensure(cc.Hs, (Tc + 1) * N * H);
     ensure(cc.Cs, (Tc + 1) * N * H);
-    if (norms.c != Norm::none) ensure(cc.Ch, TN * H);
     auto stat = [&](Norm n, size_t F, std::vector<T>& m, std::vector<T>& r) {
       size_t sz = 0;
       if (n == Norm::bn_step) sz = Tc * F;
@@ -811,7 +1046,7 @@ struct Stack<T>::Impl {
       for (size_t i = 0; i < c.size(); ++i) gcount[i] = static_cast<int64_t>(c[i]);
     }
     for (int k = 0; k < L; ++k) {
-      allocate_cache(k, chunk, N, keep && k == 0);
+      allocate_cache(k, chunk, N, keep && k == 0, inline_input(k, train), train);
       init_state(k, N, h0 ? h0 + k * NH : nullptr, c0 ? c0 + k * NH : nullptr, opt, train);
     }
     h0_given = h0 != nullptr;
@@ -892,21 +1127,27 @@ struct Stack<T>::Impl {
     T* dgh = gh ? grads.data() + L.gh : nullptr;
     T* dgc = gc ? grads.data() + L.gc : nullptr;
     T* dbc = bc ? grads.data() + L.bc : nullptr;
-    ensure(dh_new, NH);
-    ensure(dcn, NH);
+    const int P = cc.P;  // the forward's partition of the units (Hh, the inline W x scratch)
+    ensure(bwd_rows, 4 * static_cast<size_t>(P) * NH);
     ensure(s1, G);
     ensure(s2, G);
     const T* X = k == 0 ? cc.X.data() : caches[k - 1].Hs.data() + NH;
 
-    if (norms.x == Norm::bn_step) {
+    // Per-step input normalization (BN_t, LN): its backward runs inside the time loop on the
+    // step's rows while they are in cache, writing d(W x) over W x in Ax; dpre's place in G
+    // then takes dRh. Synchronized BN needs the group's sums first: those steps' column sums are
+    // kept and the backward runs after the loop (one exchange per layer), in place on G.
+    // With W x formed inline (few inputs), dW and dx also accumulate per step, and G takes dRh.
+    const bool inl = cc.inline_x;
+    const bool x_in_loop = this->x_in_loop(batch, inl);
+    if (norms.x == Norm::bn_step && !x_in_loop) {
       ensure(xsum1, static_cast<size_t>(nT) * G);
       ensure(xsum2, static_cast<size_t>(nT) * G);
     }
     const bool probe = probe_out && probe_layer == k;
-    if (probe) probe_sq.assign(static_cast<size_t>(nT) * time_loop_threads(H) * N, 0.0);
+    if (probe) probe_sq.assign(static_cast<size_t>(nT) * P * N, 0.0);
     // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
     // before each thread computes its columns of dh_{t-1} = dRh R.
-    const int P = time_loop_threads(H);
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
@@ -914,27 +1155,106 @@ struct Stack<T>::Impl {
       ensure(red_xh, 4 * static_cast<size_t>(G));
       ensure(red_c, 2 * static_cast<size_t>(H));
     }
+    // inline input: each thread's part of dx (its gate columns' share of d(W x) W), summed after
+    if (inl && dX) ensure(dx_part, static_cast<size_t>(P) * TN * C);
 #pragma omp parallel num_threads(P) if (P > 1)
     {
       const int p = P > 1 ? omp_get_thread_num() : 0;
       const std::pair<int, int> blk = unit_block(p, P, H);
       const int k0 = blk.first, k1 = blk.second;  // (no structured binding: clang 14 cannot capture one in omp simd)
       const int w = k1 - k0;
+      // Thread-private copies of the [N,H] gradient rows (only the owned columns are used): rows
+      // shared between the threads' columns would bounce between the cores every step.
+      T* dhr = bwd_rows.data() + static_cast<size_t>(4 * p) * NH;
+      T* dcr_ = dhr + NH;
+      T* dcnp = dcr_ + NH;
+      T* dhn = dcnp + NH;
+      for (int n = 0; n < N; ++n) {
+        std::copy_n(dh_rec.data() + static_cast<int64_t>(n) * H + k0, w, dhr + static_cast<int64_t>(n) * H + k0);
+        std::copy_n(dc_rec.data() + static_cast<int64_t>(n) * H + k0, w, dcr_ + static_cast<int64_t>(n) * H + k0);
+      }
       std::vector<double> a1(static_cast<size_t>(ng) * w + 1), a2(static_cast<size_t>(ng) * w + 1),
           a3(static_cast<size_t>(ng) * w + 1);
+      std::vector<double> dW_acc(inl ? static_cast<size_t>(C) * ng * w : 0, 0.0);  // [C][ng][w]
+      std::vector<T> dW_step(dW_acc.size());  // the step's part, in T over its rows
+      // BN_t of an inline W x: d(W x) = ka*dpre - km1 - x-hat*km2, x-hat = (z - kmu)*krs, formed
+      // row by row inside input_grads (never stored) [ng][w]
+      std::vector<T> ka(inl ? static_cast<size_t>(ng) * w : 0), km1(ka.size()), km2(ka.size()),
+          kmu(ka.size()), krs(ka.size()), drow(ka.size());
+      // inline input: dW += d(W x)_t^T x_t and this thread's part of dx_t, from d(W x) [N,G]
+      // (or, with bn, from dpre and the raw W x z through the BN_t backward above)
+      auto input_grads = [&](int t, const uint8_t* vm, const T* dAx, const T* z, bool bn) {
+        const T* Xt = X + static_cast<int64_t>(t) * N * C;
+        T* dxp = dX ? dx_part.data() + (static_cast<size_t>(p) * TN + static_cast<size_t>(t) * N) * C
+                    : nullptr;
+        std::fill(dW_step.begin(), dW_step.end(), T(0));
+        for (int n = 0; n < N; ++n) {
+          if (!vm[n]) {
+            if (dxp) std::fill_n(dxp + static_cast<int64_t>(n) * C, C, T(0));
+            continue;
+          }
+          const T* d = dAx + static_cast<int64_t>(n) * G;
+          const T* xr = Xt + static_cast<int64_t>(n) * C;
+          if (bn) {
+            const T* zr = z + static_cast<int64_t>(n) * G;
+            for (int q = 0; q < ng; ++q) {
+              const T* dq = d + q * H + k0;
+              const T* zq = zr + q * H + k0;
+              const size_t o = static_cast<size_t>(q) * w;
+#pragma omp simd
+              for (int j = 0; j < w; ++j)
+                drow[o + j] = ka[o + j] * dq[j] - km1[o + j] - ((zq[j] - kmu[o + j]) * krs[o + j]) * km2[o + j];
+            }
+          }
+          for (int c = 0; c < C; ++c) {
+            const T xc = xr[c];
+            T acc = 0;
+            for (int q = 0; q < ng; ++q) {
+              const T* dq = bn ? drow.data() + static_cast<size_t>(q) * w : d + q * H + k0;
+              T* wq = dW_step.data() + (static_cast<size_t>(c) * ng + q) * w;
+              const T* wt = cc.Wt.data() + static_cast<int64_t>(c) * G + q * H + k0;
+#pragma omp simd reduction(+ : acc)
+              for (int j = 0; j < w; ++j) {
+                wq[j] += dq[j] * xc;
+                acc += dq[j] * wt[j];
+              }
+            }
+            if (dxp) dxp[static_cast<int64_t>(n) * C + c] = acc;
+          }
+        }
+        for (size_t i = 0; i < dW_acc.size(); ++i) dW_acc[i] += dW_step[i];
+      };
       std::vector<double> db_acc(static_cast<size_t>(ng) * w, 0.0), dgx_acc(static_cast<size_t>(ng) * w, 0.0);
+      std::vector<T> kc(H), sc(H);  // BN of c: gamma_c * c-hat + beta_c = kc * c + sc
+      std::vector<T> u1(static_cast<size_t>(ng) * w), u2(u1.size()), u3(u1.size());
       for (int t = nT - 1; t >= 0; --t) {
         const uint8_t* vm = valid.data() + static_cast<size_t>(t) * N;
         T* Gt = cc.G.data() + t * NG;
         const T* cprev = cc.Cs.data() + t * NH;
         const T* cnext = cc.Cs.data() + (t + 1) * NH;
-        const T* cht = norms.c != Norm::none ? cc.Ch.data() + t * NH : nullptr;
+        T* axt = cc.Ax.data() + (inl ? p * NG : t * NG);  // W x of this step (raw), later d(W x)
+        if (inl && (norms.x == Norm::bn_step || norms.x == Norm::ln))  // recomputed, not stored
+          for (int q = 0; q < ng; ++q)
+            input_projection(X + static_cast<int64_t>(t) * N * C, cc.Wt.data(), N, C, G,
+                             q * H + k0, w, axt);
         const T* dYt = dYin ? dYin + t * NH : nullptr;
+        // the output normalization of c from the raw c (Cs) and the step's statistics
+        const T* mct = norms.c == Norm::bn_step ? cc.mc.data() + static_cast<size_t>(t) * H
+                       : norms.c == Norm::ln    ? cc.mc.data() + static_cast<size_t>(t) * N
+                                                : nullptr;
+        const T* rct = norms.c == Norm::bn_step ? cc.rc.data() + static_cast<size_t>(t) * H
+                       : norms.c == Norm::ln    ? cc.rc.data() + static_cast<size_t>(t) * N
+                                                : nullptr;
+        if (norms.c == Norm::bn_step)
+          for (int j = k0; j < k1; ++j) {  // gamma_c * c-hat + beta_c = kc * c + sc
+            kc[j] = gc[j] * rct[j];
+            sc[j] = bc[j] - kc[j] * mct[j];
+          }
 
         // h = o * tanh(c~): gradient into o (written over o in G) and into c~ (dcn).
         for (int n = 0; n < N; ++n) {
           if (!vm[n]) continue;
-          T* dh = dh_rec.data() + static_cast<int64_t>(n) * H;
+          T* dh = dhr + static_cast<int64_t>(n) * H;
           if (dYt) {
             const T* d = dYt + static_cast<int64_t>(n) * H;
 #pragma omp simd
@@ -952,16 +1272,11 @@ struct Stack<T>::Impl {
             continue;
           }
           T* o = Gt + static_cast<int64_t>(n) * G + 3 * H;
-          T* dc = dcn.data() + static_cast<int64_t>(n) * H;
+          T* dc = dcnp + static_cast<int64_t>(n) * H;
           // dc holds tanh(c~) first, then the gradient
-          if (cht) {
-            const T* ch = cht + static_cast<int64_t>(n) * H;
-#pragma omp simd
-            for (int j = k0; j < k1; ++j) dc[j] = gc[j] * ch[j] + bc[j];
-          } else {
-            std::copy_n(cnext + static_cast<int64_t>(n) * H + k0, w, dc + k0);
-          }
-          kern::tanh_inplace(dc + k0, w);
+          const bool lnc = norms.c == Norm::ln;
+          c_tilde(cnext + static_cast<int64_t>(n) * H, k0, k1, kc.data(), sc.data(),
+                  lnc ? mct[n] : T(0), lnc ? rct[n] : T(1), gc, bc, dc);
 #pragma omp simd
           for (int j = k0; j < k1; ++j) {
             const T tc = dc[j];
@@ -971,8 +1286,40 @@ struct Stack<T>::Impl {
           }
         }
         // through the normalization of c
+        if (norms.c == Norm::bn_step) {
+          kern::col_grad_sums_serial(dcnp + k0, cnext + k0, N, H, w, vm, a1.data(), a2.data(),
+                                     mct + k0, rct + k0);
+        } else if (norms.c == Norm::ln) {  // column sums (dgamma_c, dbeta_c) and row sums, one pass
+          T* s1c = u1.data();
+          T* s2c = u2.data();
+          std::fill_n(s1c, w, T(0));
+          std::fill_n(s2c, w, T(0));
+          const T* gcq = gc + k0;
+          for (int n = 0; n < N; ++n) {
+            double* part = ln_part_c.data() + (static_cast<size_t>(p) * N + n) * 2;
+            part[0] = part[1] = 0;
+            if (!vm[n]) continue;
+            const T* d = dcnp + static_cast<int64_t>(n) * H + k0;
+            const T* ct = cnext + static_cast<int64_t>(n) * H + k0;
+            const T m = mct[n], r = rct[n];
+            T r1 = 0, r2 = 0;
+#pragma omp simd reduction(+ : r1, r2)
+            for (int j = 0; j < w; ++j) {
+              const T xh = (ct[j] - m) * r, gd = d[j] * gcq[j];
+              s1c[j] += d[j];
+              s2c[j] += d[j] * xh;
+              r1 += gd;
+              r2 += gd * xh;
+            }
+            part[0] = r1;
+            part[1] = r2;
+          }
+          for (int j = 0; j < w; ++j) {
+            a1[j] = s1c[j];
+            a2[j] = s2c[j];
+          }
+        }
         if (norms.c != Norm::none) {
-          kern::col_grad_sums_serial(dcn.data() + k0, cht + k0, N, H, w, vm, a1.data(), a2.data());
           for (int j = 0; j < w; ++j) {
             dgc[k0 + j] += static_cast<T>(a2[j]);
             dbc[k0 + j] += static_cast<T>(a1[j]);
@@ -986,13 +1333,15 @@ struct Stack<T>::Impl {
               std::copy_n(red + k0, w, a1.data());
               std::copy_n(red + H + k0, w, a2.data());
             }
-            kern::col_norm_backward_serial(dcn.data() + k0, cht + k0, N, H, w, vm, gc + k0,
-                                           cc.rc.data() + static_cast<size_t>(t) * H + k0,
-                                           a1.data(), a2.data(), stat_count(t), batch,
-                                           dcn.data() + k0);
+            kern::col_norm_backward_serial(dcnp + k0, cnext + k0, N, H, w, vm, gc + k0,
+                                           rct + k0, a1.data(), a2.data(), stat_count(t), batch,
+                                           dcnp + k0, mct + k0);
           } else {
-            ln_rows_backward(dcn.data(), cht, H, H, k0, w, 1, H, gc, vm, N, p, P,
-                             ln_part_c.data(), cc.rc.data() + static_cast<size_t>(t) * N);
+            if (P > 1) {
+#pragma omp barrier
+            }
+            ln_bwd_finish(dcnp, cnext, H, H, k0, w, 1, H, gc, vm, N, mct, rct, P,
+                          ln_part_c.data(), dcnp);
           }
         }
         // (tanh RNN: dpre is already in G for valid rows; padded rows are zeroed below.)
@@ -1003,18 +1352,45 @@ struct Stack<T>::Impl {
         const bool xbn = norms.x == Norm::bn_step || norms.x == Norm::ln,
                    hn = norms.h != Norm::none;
         T* Hht = hn ? cc.Hh.data() + t * NG : nullptr;
+        // statistics of the step: per column [G] for BN_t, per row [N] for LN
+        const bool hln = norms.h == Norm::ln, xln = norms.x == Norm::ln;
+        const size_t hso = static_cast<size_t>(t) * (hln ? N : G);
+        const size_t xso = static_cast<size_t>(t) * (xln ? N : G);
+        const T* mht = hn ? cc.mh.data() + hso : nullptr;
+        const T* rht = hn ? cc.rh.data() + hso : nullptr;
+        const T* mxt = xbn ? cc.mx.data() + xso : nullptr;
+        const T* rxt = xbn ? cc.rx.data() + xso : nullptr;
         const size_t W4 = static_cast<size_t>(ng) * w;
-        std::fill_n(a1.data(), W4, 0.0);  // sum dpre (per owned column)
-        std::fill_n(a2.data(), W4, 0.0);  // sum dpre * x-hat of R h
-        std::fill_n(a3.data(), W4, 0.0);  // sum dpre * x-hat of W x
+        // a1: sum dpre, a2: sum dpre * x-hat of R h, a3: sum dpre * x-hat of W x (owned columns)
+        std::fill(u1.begin(), u1.end(), T(0));
+        std::fill(u2.begin(), u2.end(), T(0));
+        std::fill(u3.begin(), u3.end(), T(0));
         for (int n = 0; n < N; ++n) {
           T* g = Gt + static_cast<int64_t>(n) * G;
+          double* part_h = hln ? ln_part_h.data() + (static_cast<size_t>(p) * N + n) * 2 : nullptr;
+          double* part_x = xln ? ln_part_x.data() + (static_cast<size_t>(p) * N + n) * 2 : nullptr;
           if (!vm[n]) {
             for (int q = 0; q < ng; ++q) std::fill_n(g + q * H + k0, w, T(0));
+            if (part_h) part_h[0] = part_h[1] = 0;
+            if (part_x) part_x[0] = part_x[1] = 0;
             continue;
           }
-          T* dcr = dc_rec.data() + static_cast<int64_t>(n) * H;
-          const T* dcv = dcn.data() + static_cast<int64_t>(n) * H;
+          if (t > 0) {  // the previous step's rows (from memory) while this row computes
+            constexpr int cl = 64 / static_cast<int>(sizeof(T));
+            const int64_t rg = static_cast<int64_t>(n) * G - NG, rh = static_cast<int64_t>(n) * H - NH;
+            for (int q = 0; q < ng; ++q)
+              for (int j = 0; j < w; j += cl) {
+                __builtin_prefetch(Gt + rg + q * H + k0 + j, 1, 3);
+                if (xbn && !inl) __builtin_prefetch(axt + rg + q * H + k0 + j, 1, 3);
+                if (hn) __builtin_prefetch(Hht + rg + hh_offset(cc, q, k0, w) + j, 0, 3);
+              }
+            for (int j = k0; j < k1; j += cl) {
+              __builtin_prefetch(cprev + rh + j, 0, 3);
+              if (dYt) __builtin_prefetch(dYt + rh + j, 0, 3);
+            }
+          }
+          T* dcr = dcr_ + static_cast<int64_t>(n) * H;
+          const T* dcv = dcnp + static_cast<int64_t>(n) * H;
           const T* cp = cprev + static_cast<int64_t>(n) * H;
           if (ng == 4) {
 #pragma omp simd
@@ -1027,37 +1403,119 @@ struct Stack<T>::Impl {
               dcr[j] = dc * f;
             }
           }
-          const T* xr = cc.Ax.data() + t * NG + static_cast<int64_t>(n) * G;
+          // The column sums of dpre over the step's rows (db; dgamma and the BN backward of R h
+          // and W x, x-hat formed from the raw values) while the row is in cache: accumulated
+          // in T over the step's rows (16 float lanes; as PyTorch's BN backward), then in double.
+          const T* xr = axt + static_cast<int64_t>(n) * G;
           const T* hr = hn ? Hht + static_cast<int64_t>(n) * G : nullptr;
+          const T hm = hln ? mht[n] : T(0), hs = hln ? rht[n] : T(1);
+          const T xm = xln ? mxt[n] : T(0), xs = xln ? rxt[n] : T(1);
+          if (hln) {  // LN: the column sums and this thread's part of the row sums, in one pass
+            T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // sum dpre*g_h, dpre*g_h*x-hat_h; same for x
+            for (int q = 0; q < ng; ++q) {
+              const int j0 = q * H + k0;
+              T* s1q = u1.data() + q * w;
+              T* s2q = u2.data() + q * w;
+              T* s3q = u3.data() + q * w;
+              const T* gq = g + j0;
+              const T* zh = hr + hh_offset(cc, q, k0, w);
+              const T* ghq = gh + j0;
+              if (xln) {
+                const T* zx = xr + j0;
+                const T* gxq = gx + j0;
+#pragma omp simd reduction(+ : r1, r2, r3, r4)
+                for (int j = 0; j < w; ++j) {
+                  const T d = gq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
+                  s1q[j] += d;
+                  s2q[j] += d * xh;
+                  s3q[j] += d * xx;
+                  const T dh = d * ghq[j], dx = d * gxq[j];
+                  r1 += dh;
+                  r2 += dh * xh;
+                  r3 += dx;
+                  r4 += dx * xx;
+                }
+              } else {
+#pragma omp simd reduction(+ : r1, r2)
+                for (int j = 0; j < w; ++j) {
+                  const T d = gq[j], xh = (zh[j] - hm) * hs;
+                  s1q[j] += d;
+                  s2q[j] += d * xh;
+                  const T dh = d * ghq[j];
+                  r1 += dh;
+                  r2 += dh * xh;
+                }
+              }
+            }
+            part_h[0] = r1;
+            part_h[1] = r2;
+            if (part_x) {
+              part_x[0] = r3;
+              part_x[1] = r4;
+            }
+            continue;
+          }
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
-            double* s1q = a1.data() + q * w;
-            double* s2q = a2.data() + q * w;
-            double* s3q = a3.data() + q * w;
+            T* s1q = u1.data() + q * w;
+            T* s2q = u2.data() + q * w;
+            T* s3q = u3.data() + q * w;
+            const T* gq = g + j0;
 #pragma omp simd
-            for (int j = 0; j < w; ++j) s1q[j] += g[j0 + j];
-            if (hr) {
+            for (int j = 0; j < w; ++j) s1q[j] += gq[j];
+            if (hr) {  // (LN took the branch above)
+              const T* z = hr + hh_offset(cc, q, k0, w);
+              const T* mu = mht + j0;
+              const T* rs = rht + j0;
 #pragma omp simd
-              for (int j = 0; j < w; ++j) s2q[j] += static_cast<double>(g[j0 + j]) * hr[j0 + j];
+              for (int j = 0; j < w; ++j) s2q[j] += gq[j] * ((z[j] - mu[j]) * rs[j]);
             }
             if (xbn) {
+              const T* z = xr + j0;
+              const T* mu = mxt + j0;
+              const T* rs = rxt + j0;
 #pragma omp simd
-              for (int j = 0; j < w; ++j) s3q[j] += static_cast<double>(g[j0 + j]) * xr[j0 + j];
+              for (int j = 0; j < w; ++j) s3q[j] += gq[j] * ((z[j] - mu[j]) * rs[j]);
             }
           }
         }
+        for (size_t j = 0; j < W4; ++j) {
+          a1[j] = u1[j];
+          a2[j] = u2[j];
+          a3[j] = u3[j];
+        }
         for (size_t j = 0; j < W4; ++j) db_acc[j] += a1[j];
+        if (inl && !xbn) input_grads(t, vm, Gt, nullptr, false);  // d(W x) = dpre, before dRh
         if (xbn)
           for (int q = 0; q < ng; ++q) {
             for (int j = 0; j < w; ++j) dgx_acc[q * w + j] += a3[q * w + j];
-            if (norms.x == Norm::bn_step) {
-              const size_t off = static_cast<size_t>(t) * G + q * H + k0;
+            const int j0 = q * H + k0;
+            if (norms.x == Norm::bn_step && inl) {  // the coefficients of d(W x), used below
+              const int64_t cnt_t = stat_count(t);
+              const bool centred = batch && cnt_t > 0;
+              const double inv = centred ? 1.0 / static_cast<double>(cnt_t) : 0.0;
+              for (int j = 0; j < w; ++j) {
+                const size_t o = static_cast<size_t>(q) * w + j;
+                const T gr = gx[j0 + j] * rxt[j0 + j];
+                ka[o] = gr;
+                km1[o] = centred ? gr * static_cast<T>(a1[o] * inv) : T(0);
+                km2[o] = centred ? gr * static_cast<T>(a3[o] * inv) : T(0);
+                kmu[o] = mxt[j0 + j];
+                krs[o] = rxt[j0 + j];
+              }
+            } else if (norms.x == Norm::bn_step && x_in_loop) {  // d(W x) over x-hat, in cache
+              kern::col_norm_backward_serial(Gt + j0, axt + j0, N, G, w, vm, gx + j0, rxt + j0,
+                                             a1.data() + q * w, a3.data() + q * w, stat_count(t),
+                                             batch, axt + j0, mxt + j0);
+            } else if (norms.x == Norm::bn_step) {  // after the loop, from the group's sums
+              const size_t off = static_cast<size_t>(t) * G + j0;
               for (int j = 0; j < w; ++j) {
                 xsum1[off + j] = a1[q * w + j];
                 xsum2[off + j] = a3[q * w + j];
               }
             }
           }
+        if (inl && norms.x == Norm::bn_step) input_grads(t, vm, Gt, axt, true);  // before dRh
         // through the normalization of W_h h
         T* dRh = Gt;
         if (hn) {
@@ -1075,50 +1533,52 @@ struct Stack<T>::Impl {
               std::copy_n(red + G + q * H + k0, w, a2.data() + q * w);
             }
           }
+          // dRh goes over dpre in G when d(W x) is already out of it, else over x-hat in Hh.
+          dRh = x_in_loop ? Gt : Hht;
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             if (norms.h == Norm::bn_step)
-              kern::col_norm_backward_serial(Gt + j0, Hht + j0, N, G, w, vm, gh + j0,
-                                             cc.rh.data() + static_cast<size_t>(t) * G + j0,
-                                             a1.data() + q * w, a2.data() + q * w, stat_count(t),
-                                             batch, Hht + j0);
+              kern::col_norm_backward_serial(Gt + j0, Hht + hh_offset(cc, q, k0, w), N, G, w, vm,
+                                             gh + j0, rht + j0, a1.data() + q * w,
+                                             a2.data() + q * w, stat_count(t), batch, dRh + j0,
+                                             mht + j0);
           }
-          if (norms.h == Norm::ln) {
-            // dRh is written over x-hat in Hh, then d(W x) over dpre in G (LN of W x shares
-            // the barrier): each element is read before it is written.
-            T* ax = cc.Ax.data() + t * NG;
-            const bool lnx = norms.x == Norm::ln;
-            ln_bwd_partial(Gt, Hht, G, k0, w, ng, H, gh, vm, N, p, ln_part_h.data());
-            if (lnx) ln_bwd_partial(Gt, ax, G, k0, w, ng, H, gx, vm, N, p, ln_part_x.data());
+          if (hln) {
+            // The row sums (taken in the gate pass) over all threads, then d(W x) over W x in Ax
+            // and dRh in one pass: both read dpre, each element read before it is written.
             if (P > 1) {
 #pragma omp barrier
             }
-            ln_bwd_finish(Gt, Hht, G, G, k0, w, ng, H, gh, vm, N, P, ln_part_h.data(),
-                          cc.rh.data() + static_cast<size_t>(t) * N, Hht);
-            if (lnx)
-              ln_bwd_finish(Gt, ax, G, G, k0, w, ng, H, gx, vm, N, P, ln_part_x.data(),
-                            cc.rx.data() + static_cast<size_t>(t) * N, Gt);
+            ln_bwd_rows(Gt, Hht, cc.hh_blocked, xln ? axt : nullptr, G, k0, w, ng, H, gh, gx, vm, N,
+                        mht, rht, mxt, rxt, P, dRh, axt);
           }
-          dRh = Hht;
         }
+        if (inl && xln) input_grads(t, vm, axt, nullptr, false);
 #pragma omp barrier
         // dh_{t-1} = dRh R for the owned columns; padded rows pass their gradient through.
         if (w > 0) {
-          blas::gemm(false, false, N, w, G, T(1), dRh, G, R + k0, H, T(0), dh_new.data() + k0, H);
+          blas::gemm(false, false, N, w, G, T(1), dRh, G, R + k0, H, T(0), dhn + k0, H);
           for (int n = 0; n < N; ++n)
             if (vm[n])
-              std::copy_n(dh_new.data() + static_cast<int64_t>(n) * H + k0, w,
-                          dh_rec.data() + static_cast<int64_t>(n) * H + k0);
+              std::copy_n(dhn + static_cast<int64_t>(n) * H + k0, w,
+                          dhr + static_cast<int64_t>(n) * H + k0);
         }
       }
       for (int q = 0; q < ng; ++q)
         for (int j = 0; j < w; ++j) {
           db[q * H + k0 + j] += static_cast<T>(db_acc[q * w + j]);
           if (dgx) dgx[q * H + k0 + j] += static_cast<T>(dgx_acc[q * w + j]);
+          if (inl)
+            for (int c = 0; c < C; ++c)
+              dW[static_cast<size_t>(q * H + k0 + j) * C + c] +=
+                  static_cast<T>(dW_acc[(static_cast<size_t>(c) * ng + q) * w + j]);
         }
+      for (int n = 0; n < N; ++n) {
+        std::copy_n(dhr + static_cast<int64_t>(n) * H + k0, w, dh_rec.data() + static_cast<int64_t>(n) * H + k0);
+        std::copy_n(dcr_ + static_cast<int64_t>(n) * H + k0, w, dc_rec.data() + static_cast<int64_t>(n) * H + k0);
+      }
     }
     if (probe) {  // batch mean over valid rows of ||dL/dh_t||
-      const int P = time_loop_threads(H);
       probe_out->assign(nT, 0.0);
       for (int t = 0; t < nT; ++t) {
         double sum = 0;
@@ -1134,13 +1594,14 @@ struct Stack<T>::Impl {
     if (nT == 0) return;
 
     // Deferred parameter gradients over all T*N rows.
-    const T* dRhAll = norms.h != Norm::none ? cc.Hh.data() : cc.G.data();
+    const T* dRhAll = norms.h != Norm::none && !x_in_loop ? cc.Hh.data() : cc.G.data();
     blas::gemm(true, false, G, H, static_cast<int>(TN), T(1), dRhAll, G, cc.Hs.data(), H, T(1), dR,
                H);
     // Input normalization backward, in place on G (dpre -> d(W x)).
     switch (norms.x) {
       case Norm::none: break;
       case Norm::bn_step:  // the column sums were taken in the time loop
+        if (x_in_loop) break;
         if (batch && synced) {  // summed over the group in one exchange per layer
           allreduce(xsum1.data(), static_cast<size_t>(nT) * G);
           allreduce(xsum2.data(), static_cast<size_t>(nT) * G);
@@ -1153,7 +1614,8 @@ struct Stack<T>::Impl {
           kern::col_norm_backward_serial(d, xh, N, G, G, vm, gx,
                                          cc.rx.data() + static_cast<size_t>(t) * G,
                                          xsum1.data() + static_cast<size_t>(t) * G,
-                                         xsum2.data() + static_cast<size_t>(t) * G, stat_count(t), batch, d);
+                                         xsum2.data() + static_cast<size_t>(t) * G, stat_count(t),
+                                         batch, d, cc.mx.data() + static_cast<size_t>(t) * G);
         }
         break;
       case Norm::bn_seq: {
@@ -1178,9 +1640,18 @@ struct Stack<T>::Impl {
       }
       case Norm::ln: break;  // done in the time loop
     }
-    blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), cc.G.data(), G, X, C, T(1), dW, C);
-    if (dX)
-      blas::gemm(false, false, static_cast<int>(TN), C, G, T(1), cc.G.data(), G, W, C, T(0), dX, C);
+    if (inl) {  // dW accumulated in the loop; dx = the threads' parts
+      if (dX)
+        for (int64_t i = 0; i < TN * C; ++i) {
+          T v = 0;
+          for (int pp = 0; pp < P; ++pp) v += dx_part[static_cast<size_t>(pp) * TN * C + i];
+          dX[i] = v;
+        }
+      return;
+    }
+    const T* dAx = x_in_loop ? cc.Ax.data() : cc.G.data();  // d(W x) [T,N,G]
+    blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), dAx, G, X, C, T(1), dW, C);
+    if (dX) blas::gemm(false, false, static_cast<int>(TN), C, G, T(1), dAx, G, W, C, T(0), dX, C);
   }
 
   void backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0) {
@@ -1326,11 +1797,54 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
   const auto& I = *impl_;
   if (layer < 0 || layer >= I.cfg.num_layers || !I.have_cache) return {};
   const auto& cc = I.caches[layer];
-  const size_t TN = static_cast<size_t>(I.T_) * I.N_, H = I.cfg.hidden_size;
-  if (which == "x" && I.norms.x != Norm::none) return {cc.Ax.data(), TN * I.ng * H};
-  if (which == "h" && I.norms.h != Norm::none) return {cc.Hh.data(), TN * I.ng * H};
-  if (which == "c" && I.norms.c != Norm::none) return {cc.Ch.data(), TN * H};
-  return {};
+  const int N = I.N_, H = I.cfg.hidden_size, G = I.ng * H;
+  const size_t TN = static_cast<size_t>(I.T_) * N;
+  // The caches hold raw values (bnx-seq's Ax excepted): form x-hat from the step's statistics.
+  Norm norm = Norm::none;
+  const T *z = nullptr, *mean = nullptr, *rstd = nullptr;
+  int F = 0;
+  std::vector<T> zx;  // W x of every step when the forward formed it inline
+  if (which == "x") {
+    norm = I.norms.x, z = cc.Ax.data(), mean = cc.mx.data(), rstd = cc.rx.data(), F = G;
+    if (cc.inline_x && norm != Norm::none) {
+      const int C = I.layers[layer].C;
+      const T* X = layer == 0 ? cc.X.data() : I.caches[layer - 1].Hs.data() + static_cast<size_t>(N) * H;
+      zx.resize(TN * G);
+      for (int t = 0; t < I.T_; ++t)
+        Impl::input_projection(X + static_cast<size_t>(t) * N * C, cc.Wt.data(), N, C, G, 0, G,
+                               zx.data() + static_cast<size_t>(t) * N * G);
+      z = zx.data();
+    }
+  } else if (which == "h") {
+    norm = I.norms.h, z = cc.Hh.data(), mean = cc.mh.data(), rstd = cc.rh.data(), F = G;
+    if (cc.hh_blocked && norm != Norm::none) {  // back to gate order
+      zx.resize(TN * G);
+      for (int p = 0; p < cc.P; ++p) {
+        const auto [k0, k1] = Impl::unit_block(p, cc.P, H);
+        for (size_t r = 0; r < TN; ++r)
+          for (int q = 0; q < I.ng; ++q)
+            std::copy_n(cc.Hh.data() + r * G + I.hh_offset(cc, q, k0, k1 - k0), k1 - k0,
+                        zx.data() + r * G + q * H + k0);
+      }
+      z = zx.data();
+    }
+  } else if (which == "c") {
+    norm = I.norms.c, z = cc.Cs.data() + static_cast<size_t>(N) * H, mean = cc.mc.data(),
+    rstd = cc.rc.data(), F = H;
+  }
+  if (norm == Norm::none) return {};
+  if (norm == Norm::bn_seq) return {cc.Ax.data(), TN * G};
+  auto& out = I.xhat_view;
+  out.assign(TN * F, T(0));
+  for (size_t r = 0; r < TN; ++r) {
+    if (!I.valid[r]) continue;
+    const size_t t = r / N;
+    for (int j = 0; j < F; ++j) {
+      const size_t si = norm == Norm::ln ? r : t * F + j;
+      out[r * F + j] = (z[r * F + j] - mean[si]) * rstd[si];
+    }
+  }
+  return {out.data(), out.size()};
 }
 
 template <class T>
@@ -1349,7 +1863,7 @@ size_t Stack<T>::cache_bytes() const {
   const auto& I = *impl_;
   size_t n = 0;
   for (const auto& cc : I.caches)
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.G, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ch, &cc.mx, &cc.rx,
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.G, &cc.Hh, &cc.Hs, &cc.Cs, &cc.mx, &cc.rx,
                           &cc.mh, &cc.rh, &cc.mc, &cc.rc})
       n += v->size();
   return n * sizeof(T);
@@ -1359,7 +1873,8 @@ template <class T>
 size_t Stack<T>::workspace_bytes() const {
   const auto& I = *impl_;
   size_t n = 0;
-  for (const auto* v : {&I.dY, &I.dh_rec, &I.dc_rec, &I.dh_new, &I.dcn}) n += v->size();
+  for (const auto* v : {&I.dY, &I.dh_rec, &I.dc_rec, &I.bwd_rows, &I.dx_part, &I.r_packed, &I.rh_step})
+    n += v->size();
   return n * sizeof(T);
 }
 

@@ -113,22 +113,10 @@ struct RbnResult {
   double backward_reads_mb = 0, allocated_mb = 0, infer_state_mb = 0;
 };
 
-RbnResult bench_rbn(const Shape& s, Cell cell, const std::vector<int>& thread_counts, int warmup,
-                    int repeats) {
-  ModelConfig mc;
-  mc.rnn.cell = cell;
-  mc.rnn.input_size = s.C;
-  mc.rnn.hidden_size = s.H;
-  mc.rnn.t_max = s.T;
-  mc.head = s.lm ? Head::lm : Head::classify;
-  mc.num_classes = s.K;
-  Model model(mc);
-  std::vector<ParamRef> params;
-  for (auto& p : model.parameters()) params.push_back({p.name, p.value, p.grad, p.numel});
-  OptimConfig oc;
-  oc.name = "adam";
-  oc.lr = 1e-3;
-  auto opt = make_optimizer(oc);
+// One model per cell, all timed in the same rounds (cell after cell, repeated): the machines are
+// shared and their speed drifts, and interleaving keeps the ratios between cells fair.
+std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
+                                 const std::vector<int>& thread_counts, int warmup, int repeats) {
   Rng rng(7);
   std::vector<float> x(size_t(s.T) * s.N * s.C);
   std::vector<int32_t> ids(size_t(s.T) * s.N), tgt(size_t(s.T) * s.N), labels(s.N);
@@ -138,54 +126,81 @@ RbnResult bench_rbn(const Shape& s, Cell cell, const std::vector<int>& thread_co
   for (auto& v : labels) v = static_cast<int32_t>(rng.below(s.K));
   std::vector<float> logits(size_t(s.lm ? s.T : 1) * s.N * s.K);
 
-  auto train_step = [&] {
-    model.zero_grad();
+  struct Case {
+    std::unique_ptr<Model> model;
+    std::vector<ParamRef> params;
+    std::unique_ptr<Optimizer> opt;
+  };
+  std::vector<Case> cases;
+  for (Cell cell : cells) {
+    ModelConfig mc;
+    mc.rnn.cell = cell;
+    mc.rnn.input_size = s.C;
+    mc.rnn.hidden_size = s.H;
+    mc.rnn.t_max = s.T;
+    mc.head = s.lm ? Head::lm : Head::classify;
+    mc.num_classes = s.K;
+    Case c;
+    c.model = std::make_unique<Model>(mc);
+    for (auto& p : c.model->parameters()) c.params.push_back({p.name, p.value, p.grad, p.numel});
+    OptimConfig oc;
+    oc.name = "adam";
+    oc.lr = 1e-3;
+    c.opt = make_optimizer(oc);
+    cases.push_back(std::move(c));
+  }
+  auto train_step = [&](Case& c) {
+    c.model->zero_grad();
     ForwardOptions fo;
     if (s.lm)
-      model.lm_step(fo, s.T, s.N, ids.data(), tgt.data(), nullptr, nullptr, nullptr, nullptr,
-                    nullptr, true);
+      c.model->lm_step(fo, s.T, s.N, ids.data(), tgt.data(), nullptr, nullptr, nullptr, nullptr,
+                       nullptr, true);
     else
-      model.classify_step(fo, s.T, s.N, x.data(), nullptr, labels.data(), true);
-    clip_grad_norm(params, 1.0f);
-    opt->step(params, 1e-3f);
+      c.model->classify_step(fo, s.T, s.N, x.data(), nullptr, labels.data(), true);
+    clip_grad_norm(c.params, 1.0f);
+    c.opt->step(c.params, 1e-3f);
   };
-  auto infer_step = [&] {
+  auto infer_step = [&](Case& c) {
     ForwardOptions fo;
     fo.mode = Mode::infer;
     fo.need_backward = false;
-    model.logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
-                 nullptr, nullptr, logits.data(), nullptr, nullptr);
+    c.model->logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
+                    nullptr, nullptr, logits.data(), nullptr, nullptr);
   };
-  auto time_it = [&](auto& fn) {
-    for (int i = 0; i < warmup; ++i) fn();
-    std::vector<double> ms;
-    for (int i = 0; i < repeats; ++i) {
-      const double t0 = now_ms();
-      fn();
-      ms.push_back(now_ms() - t0);
-    }
-    return median(ms);
+  // medians over rounds of every case (one run of each per round)
+  auto time_all = [&](auto&& fn) {
+    for (int i = 0; i < warmup; ++i)
+      for (auto& c : cases) fn(c);
+    std::vector<std::vector<double>> ms(cases.size());
+    for (int i = 0; i < repeats; ++i)
+      for (size_t k = 0; k < cases.size(); ++k) {
+        const double t0 = now_ms();
+        fn(cases[k]);
+        ms[k].push_back(now_ms() - t0);
+      }
+    std::vector<double> med;
+    for (auto& v : ms) med.push_back(median(v));
+    return med;
   };
-  RbnResult r;
-  r.train_ms = r.infer_ms = 1e300;
+  std::vector<RbnResult> res(cases.size());
+  for (auto& r : res) r.train_ms = r.infer_ms = 1e300;
   for (int th : thread_counts) {
     set_threads(th);
-    const double tr = time_it(train_step);
-    if (tr < r.train_ms) {
-      r.train_ms = tr;
-      r.train_threads = th;
-    }
-    const double in = time_it(infer_step);
-    if (in < r.infer_ms) {
-      r.infer_ms = in;
-      r.infer_threads = th;
+    const auto tr = time_all(train_step);
+    const auto in = time_all(infer_step);
+    for (size_t k = 0; k < cases.size(); ++k) {
+      if (tr[k] < res[k].train_ms) res[k].train_ms = tr[k], res[k].train_threads = th;
+      if (in[k] < res[k].infer_ms) res[k].infer_ms = in[k], res[k].infer_threads = th;
     }
   }
   // Memory: what backward reads (the stack's cache) beside everything the step allocated.
-  train_step();
-  r.backward_reads_mb = model.rnn().cache_bytes() / 1e6;
-  r.allocated_mb = (model.rnn().cache_bytes() + model.workspace_bytes()) / 1e6;
-  return r;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    train_step(cases[k]);
+    const Model& m = *cases[k].model;
+    res[k].backward_reads_mb = m.rnn().cache_bytes() / 1e6;
+    res[k].allocated_mb = (m.rnn().cache_bytes() + m.workspace_bytes()) / 1e6;
+  }
+  return res;
 }
 
 // Inference state memory at T and 8T: chunked inference keeps O(N*H) state.
@@ -336,18 +351,24 @@ void register_bench(CLI::App& app, int& exit_code) {
     std::printf("rbn bench: BLAS %s; medians of %d runs after %d warm-up; rbn at its best of threads {%s}; "
                 "PyTorch at its best of torch threads {1,2}\n\n",
                 blas_description().c_str(), f->repeats, f->warmup, f->threads.c_str());
-    std::printf("%-7s %-8s %-6s %10s %4s %11s %4s %7s %8s %8s %6s %9s %9s\n", "shape", "cell", "mode",
-                "rbn ms", "thr", "torch ms", "thr", "ratio", "GFLOP/s", "sgemm", "%sgemm",
-                "bwd-read", "alloc");
+    std::printf("%-7s %-8s %-6s %10s %4s %11s %4s %7s %7s %8s %8s %6s %9s %9s\n", "shape", "cell",
+                "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "x lstm", "GFLOP/s", "sgemm",
+                "%sgemm", "bwd-read", "alloc");
     for (const auto& s : shapes) {
       int max_threads = *std::max_element(threads.begin(), threads.end());
       set_threads(max_threads);
       const double sgemm = sgemm_rate_gflops(s, 3);
       const Flops fl = step_flops(s);
-      double lstm_train_ms = 0;
-      for (Cell cell : cells) {
-        RbnResult r = bench_rbn(s, cell, threads, f->warmup, f->repeats);
-        if (cell == Cell::lstm) lstm_train_ms = r.train_ms;
+      double lstm_train_ms = 0, lstm_infer_ms = 0;
+      const std::vector<RbnResult> results = bench_rbn(s, cells, threads, f->warmup, f->repeats);
+      for (size_t ci = 0; ci < cells.size(); ++ci)
+        if (cells[ci] == Cell::lstm) {
+          lstm_train_ms = results[ci].train_ms;
+          lstm_infer_ms = results[ci].infer_ms;
+        }
+      for (size_t ci = 0; ci < cells.size(); ++ci) {
+        const Cell cell = cells[ci];
+        const RbnResult& r = results[ci];
         nlohmann::json row{{"shape", s.name},
                            {"cell", cell_name(cell)},
                            {"T", s.T}, {"N", s.N}, {"C", s.C}, {"H", s.H}, {"K", s.K},
@@ -363,6 +384,7 @@ void register_bench(CLI::App& app, int& exit_code) {
                            {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
                            {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
         if (lstm_train_ms > 0) row["train_vs_rbn_lstm"] = r.train_ms / lstm_train_ms;
+        if (lstm_infer_ms > 0) row["infer_vs_rbn_lstm"] = r.infer_ms / lstm_infer_ms;
         for (const char* mode : {"train", "infer"}) {
           const bool tr = std::string(mode) == "train";
           const double ms = tr ? r.train_ms : r.infer_ms;
@@ -378,11 +400,13 @@ void register_bench(CLI::App& app, int& exit_code) {
             row[std::string("ratio_") + mode] = ms / tms;
           }
           const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
-          std::printf("%-7s %-8s %-6s %10.1f %4d %11s %4s %7s %8.1f %8.1f %5.0f%% %8.1fM %8.1fM\n",
+          const double lstm_ms = tr ? lstm_train_ms : lstm_infer_ms;
+          std::printf("%-7s %-8s %-6s %10.1f %4d %11s %4s %7s %7s %8.1f %8.1f %5.0f%% %8.1fM %8.1fM\n",
                       s.name.c_str(), cell_name(cell), mode, ms, tr ? r.train_threads : r.infer_threads,
                       tms > 0 ? fmt::format("{:.1f}", tms).c_str() : "-",
                       tth > 0 ? std::to_string(tth).c_str() : "-",
-                      tms > 0 ? fmt::format("{:.3f}", ms / tms).c_str() : "-", gf, sgemm,
+                      tms > 0 ? fmt::format("{:.3f}", ms / tms).c_str() : "-",
+                      lstm_ms > 0 ? fmt::format("{:.2f}", ms / lstm_ms).c_str() : "-", gf, sgemm,
                       100.0 * gf / sgemm, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
                       tr ? r.allocated_mb : row["infer_state_mb_8T"].get<double>());
           std::fflush(stdout);
@@ -391,7 +415,8 @@ void register_bench(CLI::App& app, int& exit_code) {
       }
     }
     out["peak_rss_mb"] = peak_rss_kb() / 1e3;
-    std::printf("\nratio = rbn / PyTorch (lower is faster). GFLOP/s = the step's matrix-product FLOPs / its "
+    std::printf("\nratio = rbn / PyTorch (lower is faster); x lstm = rbn / rbn's lstm, each at its best "
+                "thread count, the cells timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its "
                 "time; sgemm = this machine's sgemm on the same products, run alone; bwd-read = bytes "
                 "backward reads, alloc = all the step allocates (train rows); for infer rows: state at T "
                 "and at 8T (chunked inference).\npeak RSS %.0f MB\n",
