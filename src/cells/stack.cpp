@@ -123,8 +123,6 @@ struct Stack<T>::Impl {
   // Rows behind step t's batch statistics.
   int64_t stat_count(int t) const { return synced ? gcount[t] : count[t]; }
 
-  // Inside the time loop's parallel region: buf[0..n) (each thread has written its own columns)
-  // becomes the sum over the group. Thread 0 talks to the group between two barriers.
   // Layers with at most this many input features form W x inside the time loop (C multiply-adds
   // per gate value) instead of one GEMM over all steps whose [T,N,4H] result goes to memory and
   // back, and backward recomputes it instead of reading it; dW and dx then accumulate per step.
@@ -132,6 +130,9 @@ struct Stack<T>::Impl {
   // statistics span all steps before the loop) or synchronized BN of W x (its backward runs after
   // the loop, from the group's sums).
   static constexpr int kInlineInput = 8;
+  // Forward calls of at least this many steps pack each thread's rows of R for one product per
+  // step (the step API's short calls use R in place).
+  static constexpr int kPackMinSteps = 4;
   bool inline_input(int k, bool batch) const {
     return layers[k].C <= kInlineInput && norms.x != Norm::bn_seq &&
            !(batch && synced && norms.x == Norm::bn_step);
@@ -198,6 +199,8 @@ struct Stack<T>::Impl {
     *var = std::max(0.0, v * inv);
   }
 
+  // Inside the time loop's parallel region: buf[0..n) (each thread has written its own columns)
+  // becomes the sum over the group. Thread 0 talks to the group between two barriers.
   void group_sum(int p, int P, double* buf, size_t n) {
     if (P > 1) {
 #pragma omp barrier
@@ -425,21 +428,16 @@ struct Stack<T>::Impl {
   void block_stats(const T* z, int rows, int ld, int w, const uint8_t* vm, int64_t cnt, bool batch,
                    size_t mo, size_t vo, int table_rows, int64_t tg, int F, int j0,
                    bool update_running, double* dm, double* dv, T* mean, T* rstd) {
-    const double eps = cfg.eps;
     if (batch) {
       kern::col_stats_serial(z, rows, ld, w, vm, dm, dv);
-      for (int j = 0; j < w; ++j) {
-        mean[j] = static_cast<T>(dm[j]);
-        rstd[j] = static_cast<T>(1.0 / std::sqrt(dv[j] + eps));
-      }
-      record_cols(mo, vo, table_rows, tg, F, j0, w, dm, dv, cnt, update_running);
+      block_stats_given(dm, dv, w, cnt, mo, vo, table_rows, tg, F, j0, update_running, mean, rstd);
     } else {
       const int64_t row = std::min<int64_t>(tg, table_rows - 1);
       const T* pm = buffers.data() + mo + static_cast<size_t>(row) * F + j0;
       const T* pv = buffers.data() + vo + static_cast<size_t>(row) * F + j0;
       for (int j = 0; j < w; ++j) {
         mean[j] = pm[j];
-        rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + eps));
+        rstd[j] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(pv[j]) + cfg.eps));
       }
     }
   }
@@ -670,7 +668,7 @@ struct Stack<T>::Impl {
     ensure(ln_part_h, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_c, static_cast<size_t>(P) * N * 2);
     ensure(ln_part_x, static_cast<size_t>(P) * N * 2);
-    if (Tc >= 4) ensure(r_packed, static_cast<size_t>(G) * H);
+    if (Tc >= kPackMinSteps) ensure(r_packed, static_cast<size_t>(G) * H);
     ensure(rh_step, static_cast<size_t>(N) * G);
     if (synced) {
       ensure(red_xh, 4 * static_cast<size_t>(G));
@@ -687,10 +685,10 @@ struct Stack<T>::Impl {
       std::vector<T> kx(G), kh(G), sh(G), kc(H), sc(H);     // per-step coefficients, owned columns
       std::vector<double> xmom(static_cast<size_t>(C) + C * C);  // inline BN of W x: input moments
       // This thread's rows of R packed together (gate q's units k0..k1 at rows q*w..), for one
-      // product per step instead of ng; not worth the copy for a few steps (the step API).
+      // product per step instead of ng.
       // Slices of the layer's workspaces (thread p's at ng*k0 rows of R, columns of R h).
       const int W4 = ng * w;
-      const bool pack = Tc >= 4;
+      const bool pack = Tc >= kPackMinSteps;
       T* Rp = r_packed.data() + static_cast<size_t>(ng) * k0 * H;    // [W4, H]
       T* rscr = rh_step.data() + static_cast<size_t>(N) * ng * k0;    // [N, W4]
       // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
@@ -1410,81 +1408,73 @@ struct Stack<T>::Impl {
           const T* hr = hn ? Hht + static_cast<int64_t>(n) * G : nullptr;
           const T hm = hln ? mht[n] : T(0), hs = hln ? rht[n] : T(1);
           const T xm = xln ? mxt[n] : T(0), xs = xln ? rxt[n] : T(1);
-          if (hln) {  // LN: the column sums and this thread's part of the row sums, in one pass
-            T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // sum dpre*g_h, dpre*g_h*x-hat_h; same for x
-            for (int q = 0; q < ng; ++q) {
-              const int j0 = q * H + k0;
-              T* s1q = u1.data() + q * w;
-              T* s2q = u2.data() + q * w;
-              T* s3q = u3.data() + q * w;
-              const T* gq = g + j0;
-              const T* zh = hr + hh_offset(cc, q, k0, w);
-              const T* ghq = gh + j0;
-              if (xln) {
-                const T* zx = xr + j0;
-                const T* gxq = gx + j0;
-#pragma omp simd reduction(+ : r1, r2, r3, r4)
-                for (int j = 0; j < w; ++j) {
-                  const T d = gq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
-                  s1q[j] += d;
-                  s2q[j] += d * xh;
-                  s3q[j] += d * xx;
-                  const T dh = d * ghq[j], dx = d * gxq[j];
-                  r1 += dh;
-                  r2 += dh * xh;
-                  r3 += dx;
-                  r4 += dx * xx;
-                }
-              } else {
-#pragma omp simd reduction(+ : r1, r2)
-                for (int j = 0; j < w; ++j) {
-                  const T d = gq[j], xh = (zh[j] - hm) * hs;
-                  s1q[j] += d;
-                  s2q[j] += d * xh;
-                  const T dh = d * ghq[j];
-                  r1 += dh;
-                  r2 += dh * xh;
-                }
-              }
-            }
-            part_h[0] = r1;
-            part_h[1] = r2;
-            if (part_x) {
-              part_x[0] = r3;
-              part_x[1] = r4;
-            }
-            continue;
-          }
+          T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // LN: sum dpre*g_h, dpre*g_h*x-hat_h; same for x
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;
             T* s1q = u1.data() + q * w;
             T* s2q = u2.data() + q * w;
             T* s3q = u3.data() + q * w;
             const T* gq = g + j0;
+            const T* zh = hr ? hr + hh_offset(cc, q, k0, w) : nullptr;
+            const T* zx = xr + j0;
+            if (hln && xln) {  // LN: the column sums and this thread's part of the row sums
+              const T* ghq = gh + j0;
+              const T* gxq = gx + j0;
+#pragma omp simd reduction(+ : r1, r2, r3, r4)
+              for (int j = 0; j < w; ++j) {
+                const T d = gq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
+                s1q[j] += d;
+                s2q[j] += d * xh;
+                s3q[j] += d * xx;
+                const T dh = d * ghq[j], dx = d * gxq[j];
+                r1 += dh;
+                r2 += dh * xh;
+                r3 += dx;
+                r4 += dx * xx;
+              }
+            } else if (hln) {
+              const T* ghq = gh + j0;
+#pragma omp simd reduction(+ : r1, r2)
+              for (int j = 0; j < w; ++j) {
+                const T d = gq[j], xh = (zh[j] - hm) * hs;
+                s1q[j] += d;
+                s2q[j] += d * xh;
+                const T dh = d * ghq[j];
+                r1 += dh;
+                r2 += dh * xh;
+              }
+            } else {  // BN (or none): per-column statistics
 #pragma omp simd
-            for (int j = 0; j < w; ++j) s1q[j] += gq[j];
-            if (hr) {  // (LN took the branch above)
-              const T* z = hr + hh_offset(cc, q, k0, w);
-              const T* mu = mht + j0;
-              const T* rs = rht + j0;
+              for (int j = 0; j < w; ++j) s1q[j] += gq[j];
+              if (zh) {
+                const T* mu = mht + j0;
+                const T* rs = rht + j0;
 #pragma omp simd
-              for (int j = 0; j < w; ++j) s2q[j] += gq[j] * ((z[j] - mu[j]) * rs[j]);
+                for (int j = 0; j < w; ++j) s2q[j] += gq[j] * ((zh[j] - mu[j]) * rs[j]);
+              }
+              if (xbn) {
+                const T* mu = mxt + j0;
+                const T* rs = rxt + j0;
+#pragma omp simd
+                for (int j = 0; j < w; ++j) s3q[j] += gq[j] * ((zx[j] - mu[j]) * rs[j]);
+              }
             }
-            if (xbn) {
-              const T* z = xr + j0;
-              const T* mu = mxt + j0;
-              const T* rs = rxt + j0;
-#pragma omp simd
-              for (int j = 0; j < w; ++j) s3q[j] += gq[j] * ((z[j] - mu[j]) * rs[j]);
-            }
+          }
+          if (part_h) {
+            part_h[0] = r1;
+            part_h[1] = r2;
+          }
+          if (part_x) {
+            part_x[0] = r3;
+            part_x[1] = r4;
           }
         }
         for (size_t j = 0; j < W4; ++j) {
           a1[j] = u1[j];
           a2[j] = u2[j];
           a3[j] = u3[j];
+          db_acc[j] += a1[j];
         }
-        for (size_t j = 0; j < W4; ++j) db_acc[j] += a1[j];
         if (inl && !xbn) input_grads(t, vm, Gt, nullptr, false);  // d(W x) = dpre, before dRh
         if (xbn)
           for (int q = 0; q < ng; ++q) {
@@ -1503,7 +1493,7 @@ struct Stack<T>::Impl {
                 kmu[o] = mxt[j0 + j];
                 krs[o] = rxt[j0 + j];
               }
-            } else if (norms.x == Norm::bn_step && x_in_loop) {  // d(W x) over x-hat, in cache
+            } else if (norms.x == Norm::bn_step && x_in_loop) {  // d(W x) over W x, in cache
               kern::col_norm_backward_serial(Gt + j0, axt + j0, N, G, w, vm, gx + j0, rxt + j0,
                                              a1.data() + q * w, a3.data() + q * w, stat_count(t),
                                              batch, axt + j0, mxt + j0);
@@ -1533,7 +1523,7 @@ struct Stack<T>::Impl {
               std::copy_n(red + G + q * H + k0, w, a2.data() + q * w);
             }
           }
-          // dRh goes over dpre in G when d(W x) is already out of it, else over x-hat in Hh.
+          // dRh goes over dpre in G when d(W x) is already out of it, else over the raw R h in Hh.
           dRh = x_in_loop ? Gt : Hht;
           for (int q = 0; q < ng; ++q) {
             const int j0 = q * H + k0;

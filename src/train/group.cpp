@@ -60,7 +60,6 @@ void Group::sum_impl(T* buf, size_t n) {
 void Group::sum(double* buf, size_t n) { sum_impl(buf, n); }
 void Group::sum(float* buf, size_t n) { sum_impl(buf, n); }
 
-
 void Group::abort(int code) {
 #if RBN_WITH_MPI
   if (g_mpi_started && size_ > 1) {
