@@ -1,146 +1,581 @@
-"""rbn kernels as torch.nn.Modules: a fast BN-LSTM / LN-LSTM on CPU inside a PyTorch model.
+"""rbn's recurrent stacks as drop-in replacements for torch.nn.LSTM (CPU, float32 / float64).
 
     from rbn.torch import BNLSTM
-    rnn = BNLSTM(input_size=1, hidden_size=100, t_max=784)
-    y, (hT, cT) = rnn(x, lengths)          # x [T, N, C], time-major
+    rnn = BNLSTM(1, 100, t_max=784)          # nn.LSTM's arguments + the normalization's own
+    y, (hT, cT) = rnn(x)                     # x [T, N, C] (or [N, T, C] with batch_first=True)
+    y, (hT, cT) = rnn(x, (h0, c0))           # hx as nn.LSTM takes it; PackedSequence in -> out
 
-Parameters and buffers carry the rbn / SPEC names (rnn.0.weight_ih, rnn.0.bn_x.weight,
-rnn.0.bn_x.running_mean, ...) with '.' replaced by '_' inside the module (torch forbids dots);
-`state_dict_rbn()` gives them under their SPEC names. Training mode uses batch statistics and
-updates the running averages; eval mode uses the population statistics.
+Parameters carry nn.LSTM's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) and the
+normalization's in the same style (bn_x_weight_l0, bn_c_bias_l0, bn_h_running_mean_l0, ...), so
+`load_state_dict(nn.LSTM(...).state_dict())` works. rbn's cells have one bias per layer (SPEC
+section 5 `rnn.k.bias`); the two torch biases are summed when the stack runs and when
+`state_dict_rbn()` writes the SPEC names. docs/python.md is the user's page.
+
+How autograd is kept exact: the C++ backward consumes the activations its forward cached (it
+writes gradients over them). Each forward leaves a token naming the graph node whose activations
+the stack holds; a backward whose token is not current (a second backward through a retained
+graph, or another forward ran in between) first recomputes its forward from the saved inputs, with
+the running statistics untouched. The first backward after a forward never recomputes.
 """
+import math
+import warnings
+
 import numpy as np
 import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import Stack
 
-_CELLS = ("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm")
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _attr(name):
-    return name.replace(".", "_")
+def _torch_name(spec_name):
+    """SPEC section 5 name -> the module's attribute: rnn.0.bn_x.weight -> bn_x_weight_l0."""
+    _, k, rest = spec_name.split(".", 2)
+    return rest.replace(".", "_") + "_l" + k
+
+
+def _numpy(t):
+    """A CPU tensor as a NumPy array without a copy where the layout allows (the binding copies
+    non-contiguous arrays)."""
+    return None if t is None else t.detach().numpy()
+
+
+class _StackState:
+    """One C++ stack of the module (one per dtype) and what it holds.
+
+    synced: SPEC name -> key of the torch tensors last copied in ((data_ptr, _version) of each
+    source), so unchanged parameters are not copied again; owner: token of the graph node whose
+    activations the stack's cache holds (None: no usable activations)."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.synced = {}
+        self.owner = None
 
 
 class _StackFunction(torch.autograd.Function):
+    """(x [T,N,C], h0, c0 [L,N,H] or None, *params) -> y [T,N,H], hT, cT [L,N,H]."""
+
     @staticmethod
-    def forward(ctx, module, x, lengths, h0, c0, *params):
-        st = module._stack
-        module._sync_params_in()
-        train = module.training
-        need_bw = torch.is_grad_enabled() or any(p.requires_grad for p in params) or x.requires_grad
-        xs = x.detach().cpu().numpy()
-        ln = None if lengths is None else lengths.detach().cpu().numpy().astype(np.int32)
-        h0n = None if h0 is None else h0.detach().cpu().numpy()
-        c0n = None if c0 is None else c0.detach().cpu().numpy()
-        y, hT, cT = st.forward(xs, ln, h0n, c0n, train=train, t0=module._t0,
-                               update_running=train, need_backward=True)
-        if train:
-            module._sync_buffers_out()
-        module._forward_id += 1
-        ctx.module = module
-        ctx.forward_id = module._forward_id
-        ctx.saved = (xs, ln, h0n, c0n, train)
+    def forward(ctx, module, run, x, h0, c0, *params):
+        state = module._state_for(x.dtype)
+        module._sync_in(state, params)
+        y, hT, cT = module._run(state, run, x, h0, c0, update_running=run["train"])
+        token = object()
+        state.owner = token if run["keep"] else None
+        ctx.set_materialize_grads(False)
+        ctx.module, ctx.run, ctx.state, ctx.token = module, run, state, token
         ctx.has_h0 = h0 is not None
-        ctx.has_c0 = c0 is not None
-        del need_bw
-        dt = x.dtype
-        return torch.from_numpy(y).to(dt), torch.from_numpy(hT).to(dt), torch.from_numpy(cT).to(dt)
+        ctx.buffer_versions = [] if run["train"] else [(b, b._version) for b in module._buffer_list()]
+        ctx.save_for_backward(x, h0, c0, *params)
+        return torch.from_numpy(y), torch.from_numpy(hT), torch.from_numpy(cT)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dhT, dcT):
-        module = ctx.module
-        st = module._stack
-        xs, ln, h0n, c0n, train = ctx.saved
-        if module._forward_id != ctx.forward_id:
-            # Another forward ran since: recompute this one (no running-statistics update).
-            module._sync_params_in()
-            st.forward(xs, ln, h0n, c0n, train=train, t0=module._t0, update_running=False,
-                       need_backward=True)
+        x, h0, c0, *params = ctx.saved_tensors  # raises if any was modified in place since
+        module, state, run = ctx.module, ctx.state, ctx.run
+        if state.owner is not ctx.token:
+            _StackFunction._recompute(ctx, x, h0, c0, params)
+        state.owner = None  # the C++ backward overwrites the activations
+        st = state.stack
         st.zero_grad()
-        np_or_none = (lambda t: None if t is None else t.detach().cpu().contiguous().numpy())
-        dx, dh0, dc0 = st.backward(np_or_none(dy), np_or_none(dhT), np_or_none(dcT))
-        grads = st.grads()
-        dt = dy.dtype if dy is not None else dhT.dtype
-        pgrads = [torch.from_numpy(grads[n]).to(dt) for n in module._param_names]
-        return (None, torch.from_numpy(dx).to(dt), None,
-                torch.from_numpy(dh0).to(dt) if ctx.has_h0 else None,
-                torch.from_numpy(dc0).to(dt) if ctx.has_c0 else None, *pgrads)
+        dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
+        pgrads = module._param_grads(st.grads(), params)
+        dh0 = torch.from_numpy(dh0) if ctx.has_h0 else None
+        dc0 = torch.from_numpy(dc0) if ctx.has_h0 else None
+        return (None, None, torch.from_numpy(dx), dh0, dc0, *pgrads)
+
+    @staticmethod
+    def _recompute(ctx, x, h0, c0, params):
+        """The activations of this node are gone: run its forward again (same parameters and,
+        in eval mode, the same population statistics; running averages not updated)."""
+        for b, v in ctx.buffer_versions:
+            if b._version != v:
+                raise RuntimeError(
+                    "rbn.torch: the population statistics used by this eval-mode forward were "
+                    "changed (a training-mode forward or an in-place write) before its backward")
+        run = dict(ctx.run, keep=True)
+        ctx.module._sync_in(ctx.state, params)
+        ctx.module._run(ctx.state, run, x, h0, c0, update_running=False)
 
 
-class RbnRNN(torch.nn.Module):
-    """A stack of rbn recurrent layers as a torch Module (dtype float32 or float64, CPU)."""
+def _grad(g):
+    return None if g is None else g.detach().contiguous().numpy()
 
-    def __init__(self, cell, input_size, hidden_size, num_layers=1, t_max=1, dtype=torch.float32,
-                 **kwargs):
+
+class _RbnLSTMBase(nn.Module):
+    """nn.LSTM's interface over one of rbn's cells (the subclasses set `_cell`)."""
+
+    _cell = None
+    _default_init = "spec"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, gamma_c=None,
+                 forget_bias=1.0, ln_input=True, learn_init_state=False,
+                 recurrent_init="orthogonal", init=None):
         super().__init__()
-        if cell not in _CELLS:
-            raise ValueError(f"cell: one of {_CELLS}")
-        self.cell = cell
-        npdt = "float64" if dtype == torch.float64 else "float32"
-        self._stack = Stack(cell, input_size, hidden_size, num_layers, t_max, dtype=npdt, **kwargs)
-        self._param_names = list(self._stack.param_names)
-        self._buffer_names = list(self._stack.buffer_names)
-        for name, v in self._stack.params().items():
-            self.register_parameter(_attr(name), torch.nn.Parameter(torch.from_numpy(v.copy())))
-        for name, v in self._stack.buffers().items():
-            self.register_buffer(_attr(name), torch.from_numpy(v.copy()))
-        self._t0 = 0
-        self._forward_id = 0
+        name = type(self).__name__
+        _check_size(name, "input_size", input_size, 1)
+        _check_size(name, "hidden_size", hidden_size, 1)
+        _check_size(name, "num_layers", num_layers, 1)
+        _check_size(name, "t_max", t_max, 1)
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
+                          "layers only, so it has no effect (as in nn.LSTM)")
+        if bidirectional:
+            raise NotImplementedError(f"{name}: bidirectional=True is not implemented: rbn's "
+                                      "stacks run forward in time only")
+        if proj_size != 0:
+            raise NotImplementedError(f"{name}: proj_size={proj_size} is not implemented: rbn's "
+                                      "cells have no projection (proj_size must be 0)")
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"{name}: device={device!r}: rbn's kernels run on the CPU only")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        _check_dtype(name, dtype)
+        init = self._default_init if init is None else init
+        if init not in ("torch", "spec"):
+            raise ValueError(f"{name}: init must be 'torch' (nn.LSTM's uniform) or 'spec' "
+                             f"(orthogonal, forget bias; docs/cells.md), got {init!r}")
+        self.mode = "LSTM"
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = False, 0
+        self.init = init
+        # Everything the C++ StackConfig needs (the stacks are rebuilt from this after pickling).
+        self._config = dict(
+            cell=self._cell, input_size=input_size, hidden_size=hidden_size,
+            num_layers=num_layers, t_max=t_max, eps=eps, momentum=momentum,
+            gamma_x=-1.0 if gamma_x is None else float(gamma_x),
+            gamma_h=-1.0 if gamma_h is None else float(gamma_h),
+            gamma_c=-1.0 if gamma_c is None else float(gamma_c),
+            forget_bias=float(forget_bias), ln_input=bool(ln_input),
+            learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init)
+        self._stacks = {}
+        probe = self._new_stack(dtype, seed=1)  # validates the keywords; names and shapes
+        self._spec_params = list(probe.param_names)
+        self._spec_buffers = list(probe.buffer_names)
+        self._register(probe, dtype)
+        self.reset_parameters()
 
-    def _sync_params_in(self):
-        for name in self._param_names:
-            self._stack.set(name, getattr(self, _attr(name)).detach().cpu().numpy())
-        for name in self._buffer_names:
-            self._stack.set(name, getattr(self, _attr(name)).detach().cpu().numpy())
+    # ---- construction ---------------------------------------------------------------------
 
-    def _sync_buffers_out(self):
-        for name, v in self._stack.buffers().items():
-            getattr(self, _attr(name)).copy_(torch.from_numpy(v))
+    @property
+    def t_max(self):
+        return self._config["t_max"]
 
-    def forward(self, x, lengths=None, state=None, t0=0):
-        """x [T,N,C]; lengths [N] (optional); state = (h0, c0) each [L,N,H] (optional); t0: global
-        time of x[0] (population-statistics row; the step API). Returns y, (hT, cT)."""
-        self._t0 = int(t0)
-        h0, c0 = (None, None) if state is None else state
-        params = [getattr(self, _attr(n)) for n in self._param_names]
-        y, hT, cT = _StackFunction.apply(self, x, lengths, h0, c0, *params)
-        return y, (hT, cT)
+    @property
+    def eps(self):
+        return self._config["eps"]
 
-    def state_dict_rbn(self):
-        """Parameters and buffers under their rbn / SPEC names."""
-        out = {n: getattr(self, _attr(n)).detach().clone() for n in self._param_names}
-        out.update({n: getattr(self, _attr(n)).detach().clone() for n in self._buffer_names})
+    @property
+    def momentum(self):
+        return self._config["momentum"]
+
+    def _new_stack(self, dtype, seed=1):
+        c = dict(self._config)
+        return Stack(c.pop("cell"), c.pop("input_size"), c.pop("hidden_size"),
+                     c.pop("num_layers"), c.pop("t_max"), dtype=_DTYPES[dtype], seed=seed, **c)
+
+    def _register(self, probe, dtype):
+        """Parameters in nn.LSTM's order per layer (weight_ih, weight_hh, bias_ih, bias_hh), then
+        the layer's normalization parameters; buffers (population statistics) likewise."""
+        params = probe.params()
+        self._param_names = []  # torch names, in registration order
+        for spec in self._spec_params:
+            k = spec.split(".")[1]
+            if spec.endswith(".bias") and spec.count(".") == 2:
+                names = [f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else []
+            else:
+                names = [_torch_name(spec)]
+            for n in names:
+                t = torch.empty(params[spec].shape, dtype=dtype)
+                self.register_parameter(n, nn.Parameter(t))
+                self._param_names.append(n)
+        for spec, v in probe.buffers().items():
+            self.register_buffer(_torch_name(spec), torch.empty(v.shape, dtype=dtype))
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """init='torch': every weight and bias U(-1/sqrt(H), 1/sqrt(H)) drawn in nn.LSTM's order
+        (so a seeded rbn.torch.LSTM starts where a seeded nn.LSTM does); normalization gains and
+        biases as the SPEC. init='spec': the SPEC's (orthogonal W, b_f = forget_bias in bias_ih,
+        bias_hh = 0), from a seed drawn from torch's generator. Population statistics reset."""
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if self.init == "spec" else 1
+        fresh = self._new_stack(torch.float64, seed=seed)
+        spec = fresh.params()
+        for k in range(self.num_layers):
+            for n in ("weight_ih", "weight_hh"):
+                getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
+            if self.bias:
+                getattr(self, f"bias_ih_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.bias"]))
+                getattr(self, f"bias_hh_l{k}").zero_()
+        for s in self._spec_params:
+            if _torch_name(s) in self._param_names and not _is_lstm_param(s):
+                getattr(self, _torch_name(s)).copy_(torch.from_numpy(spec[s]))
+        for s, v in fresh.buffers().items():
+            getattr(self, _torch_name(s)).copy_(torch.from_numpy(v))
+        if self.init == "torch":
+            stdv = 1.0 / math.sqrt(self.hidden_size)
+            for n in self._param_names:
+                if _is_lstm_param(n):
+                    getattr(self, n).uniform_(-stdv, stdv)
+
+    @classmethod
+    def from_lstm(cls, lstm, **kwargs):
+        """A module of this class with the weights and biases of `lstm` (a torch.nn.LSTM or an
+        rbn.torch module); the normalization starts as the SPEC says. kwargs: this class's
+        keywords (t_max, gamma_x, ...)."""
+        ref = next(lstm.parameters())
+        m = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
+                lstm.dropout, lstm.bidirectional, getattr(lstm, "proj_size", 0),
+                dtype=ref.dtype, **kwargs)
+        src = dict(lstm.named_parameters())
+        with torch.no_grad():
+            for n in m._param_names:
+                if _is_lstm_param(n):
+                    getattr(m, n).copy_(src[n])
+        return m
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        return s + self._norm_repr()
+
+    def _norm_repr(self):
+        c, s = self._config, ""
+        if self._cell in ("bnlstm", "bnx", "bnx-seq"):
+            s += f", t_max={c['t_max']}"
+            if c["momentum"] != 0.1:
+                s += f", momentum={c['momentum']}"
+        if self._cell != "lstm" and c["eps"] != 1e-5:
+            s += f", eps={c['eps']}"
+        for g in ("gamma_x", "gamma_h", "gamma_c"):
+            if c[g] >= 0:
+                s += f", {g}={c[g]}"
+        if c["forget_bias"] != 1.0:
+            s += f", forget_bias={c['forget_bias']}"
+        if self._cell == "lnlstm" and not c["ln_input"]:
+            s += ", ln_input=False"
+        if c["learn_init_state"]:
+            s += ", learn_init_state=True"
+        if c["recurrent_init"] != "orthogonal":
+            s += f", recurrent_init={c['recurrent_init']!r}"
+        return s
+
+    # ---- pickling, deepcopy, .to(): the C++ stacks are a cache of the torch tensors ----------
+
+    def __getstate__(self):
+        d = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        d = dict(d)
+        d["_stacks"] = {}
+        return d
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._stacks = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        for s in self._stacks.values():  # tensors may be new: copy everything in next time
+            s.synced.clear()
+            s.owner = None
         return out
 
-    def load_state_dict_rbn(self, tensors):
+    # ---- running the stack ----------------------------------------------------------------
+
+    def _state_for(self, dtype):
+        s = self._stacks.get(dtype)
+        if s is None:
+            s = self._stacks[dtype] = _StackState(self._new_stack(dtype))
+        return s
+
+    def _buffer_list(self):
+        return [getattr(self, _torch_name(s)) for s in self._spec_buffers]
+
+    def _sources(self, spec, params):
+        """The torch tensors that make the SPEC tensor `spec` (two for a summed bias)."""
+        i = self._param_index
+        k = spec.split(".")[1]
+        if spec.endswith(".bias") and spec.count(".") == 2:
+            return [params[i[f"bias_ih_l{k}"]], params[i[f"bias_hh_l{k}"]]] if self.bias else []
+        return [params[i[_torch_name(spec)]]]
+
+    @property
+    def _param_index(self):
+        return {n: j for j, n in enumerate(self._param_names)}
+
+    def _sync_in(self, state, params):
+        """Copy into the stack the parameters (and buffers) that changed since the last copy:
+        a tensor is unchanged when its storage address and version counter are."""
+        st, synced = state.stack, state.synced
+        for spec in self._spec_params:
+            src = self._sources(spec, params)
+            key = tuple((t.data_ptr(), t._version) for t in src)
+            if synced.get(spec) == key:
+                continue
+            if not src:  # bias=False: the stack's single bias stays 0
+                st.set(spec, np.zeros(st.params()[spec].shape, dtype=_DTYPES[params[0].dtype]))
+            else:
+                v = src[0].detach() if len(src) == 1 else src[0].detach() + src[1].detach()
+                st.set(spec, v.numpy())
+            synced[spec] = key
+        for spec in self._spec_buffers:
+            b = getattr(self, _torch_name(spec))
+            key = ((b.data_ptr(), b._version),)
+            if synced.get(spec) != key:
+                st.set(spec, b.numpy())
+                synced[spec] = key
+
+    def _sync_buffers_out(self, state):
+        """After a training-mode forward: the stack's updated running averages into the buffers
+        (and their new versions recorded, so they are not copied back in)."""
+        for spec, v in state.stack.buffers().items():
+            b = getattr(self, _torch_name(spec))
+            b.copy_(torch.from_numpy(v))
+            state.synced[spec] = ((b.data_ptr(), b._version),)
+
+    def _run(self, state, run, x, h0, c0, update_running):
+        y, hT, cT = state.stack.forward(
+            _numpy(x), run["lengths"], _numpy(h0), _numpy(c0), train=run["train"], t0=run["t0"],
+            update_running=update_running, need_backward=run["keep"])
+        if run["train"] and update_running:
+            self._sync_buffers_out(state)
+        return y, hT, cT
+
+    def _param_grads(self, grads, params):
+        out = []
+        for n, p in zip(self._param_names, params):
+            if n.startswith("bias_ih_l") or n.startswith("bias_hh_l"):
+                g = torch.from_numpy(grads[f"rnn.{n[9:]}.bias"])
+            else:
+                spec = _spec_name(n)
+                g = torch.from_numpy(grads[spec])
+            out.append(g)
+        return out
+
+    # ---- forward: nn.LSTM's contract --------------------------------------------------------
+
+    def forward(self, input, hx=None, *, lengths=None, t0=0):
+        """input [T,N,C] ([N,T,C] with batch_first), [T,C] unbatched, or a PackedSequence;
+        hx = (h0, c0), each [L,N,H] ([L,H] unbatched). Returns output, (h_n, c_n) as nn.LSTM:
+        output a PackedSequence for a packed input. lengths [N] (padded input only): valid steps
+        per row; output is 0 past them and h_n, c_n are the states at each row's last step.
+        t0: global time of input's first step (row t0 + t of the population statistics)."""
+        name = type(self).__name__
+        if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
+            raise TypeError(f"{name}: the second argument is hx = (h0, c0) as in nn.LSTM; pass "
+                            "sequence lengths as lengths=")
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError(f"{name}: lengths= with a PackedSequence (it has its own)")
+            return self._forward_packed(input, hx, t0)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: input must be 2-D (unbatched) or 3-D, got {input.dim()}-D")
+        unbatched = input.dim() == 2
+        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        h0, c0 = self._check_hx(hx, x.shape[1], unbatched)
+        y, hT, cT = self._forward_tm(x, h0, c0, lengths, t0)
+        if unbatched:
+            return y.squeeze(1), (hT.squeeze(1), cT.squeeze(1))
+        return (y.transpose(0, 1) if self.batch_first else y), (hT, cT)
+
+    def _forward_packed(self, packed, hx, t0):
+        x, lengths = pad_packed_sequence(packed)  # [T,N,C], rows in the caller's order
+        h0, c0 = self._check_hx(hx, x.shape[1], False)
+        y, hT, cT = self._forward_tm(x, h0, c0, lengths, t0)
+        si = packed.sorted_indices
+        ys = y if si is None else y.index_select(1, si)
+        ls = lengths if si is None else lengths.index_select(0, si)
+        data = pack_padded_sequence(ys, ls, enforce_sorted=True).data
+        out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
+                             packed.unsorted_indices)
+        return out, (hT, cT)
+
+    def _check_hx(self, hx, N, unbatched):
+        name = type(self).__name__
+        if hx is None:
+            return None, None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{name}: hx must be a tuple (h0, c0), as nn.LSTM takes it")
+        h0, c0 = hx
+        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N,
+                                                                        self.hidden_size)
+        for n, t in (("h0", h0), ("c0", c0)):
+            if tuple(t.shape) != want:
+                raise RuntimeError(f"{name}: expected hidden {n} size {want}, got {tuple(t.shape)}")
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        return h0, c0
+
+    def _forward_tm(self, x, h0, c0, lengths, t0):
+        """Time-major x [T,N,C] -> y [T,N,H], hT, cT [L,N,H]."""
+        name = type(self).__name__
+        params = [getattr(self, n) for n in self._param_names]
+        dtype = params[0].dtype
+        _check_dtype(name, dtype)
+        for n, t in (("input", x), ("h0", h0), ("c0", c0)):
+            if t is None:
+                continue
+            if t.device.type != "cpu":
+                raise ValueError(f"{name}: {n} is on {t.device}: rbn's kernels run on the CPU only")
+            if t.dtype != dtype:
+                raise RuntimeError(f"{name}: {n} must have the type {dtype} (the module's "
+                                   f"parameters), got type {t.dtype}")
+        if x.shape[2] != self.input_size:
+            raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. "
+                               f"Expected {self.input_size}, got {x.shape[2]}")
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            raise NotImplementedError(f"{name}: dropout={self.dropout} between layers is not "
+                                      "implemented in training mode (eval mode ignores it, as "
+                                      "nn.LSTM does); set dropout=0")
+        ln = None
+        if lengths is not None:
+            ln = np.ascontiguousarray(torch.as_tensor(lengths).cpu().numpy(), dtype=np.int32)
+            if ln.shape != (x.shape[1],):
+                raise ValueError(f"{name}: lengths must be [N] = [{x.shape[1]}], got {ln.shape}")
+        grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in params)
+            or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
+        # Training mode keeps activations in the C++ stack whatever `keep` says (docs/python.md).
+        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln)
+        return _StackFunction.apply(self, run, x, h0, c0, *params)
+
+    # ---- rbn's own: SPEC names, the statistics pass ----------------------------------------
+
+    def state_dict_rbn(self):
+        """Parameters and buffers under their SPEC section 5 names (rnn.0.weight_ih, rnn.0.bias =
+        bias_ih_l0 + bias_hh_l0, rnn.0.bn_x.running_mean, ...), as rbn's checkpoints hold them."""
+        params = [getattr(self, n) for n in self._param_names]
+        out = {}
         with torch.no_grad():
-            for n in self._param_names + self._buffer_names:
-                if n in tensors:
-                    getattr(self, _attr(n)).copy_(torch.as_tensor(tensors[n]))
+            for spec in self._spec_params:
+                src = self._sources(spec, params)
+                if not src:
+                    out[spec] = torch.zeros(4 * self.hidden_size, dtype=params[0].dtype)
+                else:
+                    out[spec] = src[0].detach().clone() if len(src) == 1 else src[0] + src[1]
+            for spec in self._spec_buffers:
+                out[spec] = getattr(self, _torch_name(spec)).detach().clone()
+        return out
+
+    def load_state_dict_rbn(self, tensors, strict=True):
+        """Load SPEC-named tensors (an rbn checkpoint's rnn.* entries). rnn.k.bias goes into
+        bias_ih_lk, and bias_hh_lk becomes 0. strict: unknown or missing names raise KeyError."""
+        name = type(self).__name__
+        wanted = self._spec_params + self._spec_buffers
+        if strict:
+            unknown = sorted(set(tensors) - set(wanted))
+            missing = sorted(set(wanted) - set(tensors))
+            if unknown or missing:
+                raise KeyError(f"{name}.load_state_dict_rbn: unexpected keys {unknown}, "
+                               f"missing keys {missing}")
+        with torch.no_grad():
+            for spec in wanted:
+                if spec not in tensors:
+                    continue
+                v = torch.as_tensor(np.asarray(tensors[spec]))
+                if spec.endswith(".bias") and spec.count(".") == 2:
+                    k = spec.split(".")[1]
+                    if not self.bias:
+                        if v.abs().max() > 0:
+                            raise ValueError(f"{name}: {spec} is not zero but bias=False")
+                        continue
+                    getattr(self, f"bias_ih_l{k}").copy_(v)
+                    getattr(self, f"bias_hh_l{k}").zero_()
+                else:
+                    getattr(self, _torch_name(spec)).copy_(v)
 
     def popstats(self, batches):
-        """The authors' statistics pass over an iterable of (x, lengths) batches: the population
-        statistics become the valid-row-weighted average of the per-step batch statistics."""
-        self._sync_params_in()
-        self._stack.popstats_begin()
+        """The authors' statistics pass over an iterable of (x [T,N,C] time-major, lengths or
+        None): the population statistics become the valid-row-weighted average of the per-step
+        batch statistics (SPEC section 3b)."""
+        params = [getattr(self, n) for n in self._param_names]
+        state = self._state_for(params[0].dtype)
+        self._sync_in(state, params)
+        state.owner = None
+        st = state.stack
+        st.popstats_begin()
         for x, lengths in batches:
-            ln = None if lengths is None else lengths.cpu().numpy().astype(np.int32)
-            self._stack.popstats_feed(x.detach().cpu().numpy(), ln)
-        self._stack.popstats_finish()
-        self._sync_buffers_out()
+            ln = None if lengths is None else np.asarray(torch.as_tensor(lengths), dtype=np.int32)
+            st.popstats_feed(_numpy(x), ln)
+        st.popstats_finish()
+        with torch.no_grad():
+            self._sync_buffers_out(state)
 
 
-def LSTM(input_size, hidden_size, num_layers=1, **kw):
-    return RbnRNN("lstm", input_size, hidden_size, num_layers, **kw)
+def _is_lstm_param(name):
+    """weight_ih/weight_hh/bias(_ih/_hh) of a layer, in torch or SPEC naming (not a norm's)."""
+    if name.startswith("rnn."):
+        return name.count(".") == 2 and name.split(".")[2] in ("weight_ih", "weight_hh", "bias")
+    return name.rsplit("_l", 1)[0] in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def BNLSTM(input_size, hidden_size, num_layers=1, t_max=1, **kw):
-    return RbnRNN("bnlstm", input_size, hidden_size, num_layers, t_max, **kw)
+def _spec_name(torch_name):
+    """bn_x_weight_l0 -> rnn.0.bn_x.weight (the inverse of _torch_name for one-word suffixes)."""
+    base, k = torch_name.rsplit("_l", 1)
+    for prefix in ("bn_x", "bn_h", "bn_c", "ln_x", "ln_h", "ln_c"):
+        if base.startswith(prefix + "_"):
+            return f"rnn.{k}.{prefix}.{base[len(prefix) + 1:]}"
+    return f"rnn.{k}.{base}"
 
 
-def BNxLSTM(input_size, hidden_size, num_layers=1, t_max=1, sequence_wise=False, **kw):
-    return RbnRNN("bnx-seq" if sequence_wise else "bnx", input_size, hidden_size, num_layers, t_max, **kw)
+def _check_size(cls, what, v, lo):
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{cls}: {what} must be an integer >= {lo}, got {v!r}")
 
 
-def LNLSTM(input_size, hidden_size, num_layers=1, **kw):
-    return RbnRNN("lnlstm", input_size, hidden_size, num_layers, **kw)
+def _check_dtype(cls, dtype):
+    if dtype not in _DTYPES:
+        raise TypeError(f"{cls}: dtype {dtype} is not supported: rbn computes in float32 or "
+                        "float64 (convert with .float() or .double())")
+
+
+class LSTM(_RbnLSTMBase):
+    """The plain LSTM (SPEC `lstm`): torch.nn.LSTM's arguments and results; initialized as
+    nn.LSTM by default (init='spec' for the SPEC's orthogonal init)."""
+    _cell = "lstm"
+    _default_init = "torch"
+
+
+class BNLSTM(_RbnLSTMBase):
+    """Recurrent batch normalization (Cooijmans et al. 2017): BN_t of W x, of W h and of c, with
+    per-step population statistics for t < t_max (later steps use row t_max - 1)."""
+    _cell = "bnlstm"
+
+
+class BNxLSTM(_RbnLSTMBase):
+    """Batch normalization of W x only (Laurent et al. 2016): frame-wise (per step, default) or
+    sequence-wise (sequence_wise=True: one statistic over every valid (t, n))."""
+
+    def __init__(self, *args, sequence_wise=False, **kwargs):
+        self._cell = "bnx-seq" if sequence_wise else "bnx"
+        super().__init__(*args, **kwargs)
+
+    @property
+    def sequence_wise(self):
+        return self._cell == "bnx-seq"
+
+    def extra_repr(self):
+        return super().extra_repr() + (", sequence_wise=True" if self.sequence_wise else "")
+
+
+class LNLSTM(_RbnLSTMBase):
+    """Layer normalization (Ba et al. 2016) of W x (ln_input=True), W h and c."""
+    _cell = "lnlstm"
+
+
+__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM"]
