@@ -189,6 +189,8 @@ void bind_stack(py::module_& m, const char* name) {
       .def_property_readonly("num_layers", [](S& s) { return s.s.config().num_layers; })
       .def_property_readonly("t_max", [](S& s) { return s.s.config().t_max; })
       .def_property_readonly("eps", [](S& s) { return s.s.config().eps; })
+      .def_property_readonly("cache_bytes", [](S& s) { return s.s.cache_bytes(); },
+                             "bytes of activations kept for backward (O(T) only when kept)")
       .def_property_readonly("param_names", [](S& s) {
         std::vector<std::string> v;
         for (const auto& ti : s.s.param_info()) v.push_back(ti.name);

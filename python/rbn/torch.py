@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
@@ -44,14 +45,38 @@ def _numpy(t):
 
 
 class _StackState:
-    """One C++ stack of the module (one per dtype) and what it holds.
+    """One C++ stack of the module (per dtype; per layer too when dropout runs between layers)
+    and what it holds.
 
-    synced: SPEC name -> key of the torch tensors last copied in ((data_ptr, _version) of each
-    source), so unchanged parameters are not copied again; owner: token of the graph node whose
+    pnames: the module's parameter names this stack runs on, in the order the autograd function
+    receives them; sources: (stack tensor name, indices into pnames) — two indices for a bias
+    summed from bias_ih and bias_hh, none for bias=False (the stack's bias stays 0); grad_of:
+    per parameter, the stack tensor whose gradient it gets; buffers: (stack name, module buffer
+    name). synced: stack name -> key of the torch tensors last copied in ((data_ptr, _version) of
+    each source), so unchanged tensors are not copied again. owner: token of the graph node whose
     activations the stack's cache holds (None: no usable activations)."""
 
-    def __init__(self, stack):
+    def __init__(self, module, stack, layer):
         self.stack = stack
+        prefix = "rnn." if layer is None else f"rnn.{layer}."
+
+        def outer(name):  # the stack's name -> the whole module's SPEC name
+            return name if layer is None else prefix + name.split(".", 2)[2]
+
+        self.pnames = [n for n in module._param_names if layer is None or n.endswith(f"_l{layer}")]
+        index = {n: j for j, n in enumerate(self.pnames)}
+        self.sources, self.grad_of = [], [None] * len(self.pnames)
+        for name in stack.param_names:
+            spec = outer(name)
+            k = spec.split(".")[1]
+            if _is_bias(spec):
+                src = [index[f"bias_ih_l{k}"], index[f"bias_hh_l{k}"]] if module.bias else []
+            else:
+                src = [index[_torch_name(spec)]]
+            self.sources.append((name, src))
+            for j in src:
+                self.grad_of[j] = name
+        self.buffers = [(name, _torch_name(outer(name))) for name in stack.buffer_names]
         self.synced = {}
         self.owner = None
 
@@ -61,7 +86,7 @@ class _StackFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, run, x, h0, c0, *params):
-        state = module._state_for(x.dtype)
+        state = module._state_for(x.dtype, run["layer"])
         module._sync_in(state, params)
         y, hT, cT = module._run(state, run, x, h0, c0, update_running=run["train"])
         token = object()
@@ -69,7 +94,8 @@ class _StackFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.module, ctx.run, ctx.state, ctx.token = module, run, state, token
         ctx.has_h0 = h0 is not None
-        ctx.buffer_versions = [] if run["train"] else [(b, b._version) for b in module._buffer_list()]
+        buffers = [] if run["train"] else module._buffer_list(state)
+        ctx.buffer_versions = [(b, b._version) for b in buffers]
         ctx.save_for_backward(x, h0, c0, *params)
         return torch.from_numpy(y), torch.from_numpy(hT), torch.from_numpy(cT)
 
@@ -84,7 +110,8 @@ class _StackFunction(torch.autograd.Function):
         st = state.stack
         st.zero_grad()
         dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
-        pgrads = module._param_grads(st.grads(), params)
+        grads = st.grads()
+        pgrads = [torch.from_numpy(grads[n]) for n in state.grad_of]
         dh0 = torch.from_numpy(dh0) if ctx.has_h0 else None
         dc0 = torch.from_numpy(dc0) if ctx.has_h0 else None
         return (None, None, torch.from_numpy(dx), dh0, dc0, *pgrads)
@@ -178,10 +205,13 @@ class _RbnLSTMBase(nn.Module):
     def momentum(self):
         return self._config["momentum"]
 
-    def _new_stack(self, dtype, seed=1):
+    def _new_stack(self, dtype, seed=1, layer=None):
         c = dict(self._config)
-        return Stack(c.pop("cell"), c.pop("input_size"), c.pop("hidden_size"),
-                     c.pop("num_layers"), c.pop("t_max"), dtype=_DTYPES[dtype], seed=seed, **c)
+        C, L = c.pop("input_size"), c.pop("num_layers")
+        if layer is not None:
+            C, L = (C if layer == 0 else self.hidden_size), 1
+        return Stack(c.pop("cell"), C, c.pop("hidden_size"), L, c.pop("t_max"),
+                     dtype=_DTYPES[dtype], seed=seed, **c)
 
     def _register(self, probe, dtype):
         """Parameters in nn.LSTM's order per layer (weight_ih, weight_hh, bias_ih, bias_hh), then
@@ -190,7 +220,7 @@ class _RbnLSTMBase(nn.Module):
         self._param_names = []  # torch names, in registration order
         for spec in self._spec_params:
             k = spec.split(".")[1]
-            if spec.endswith(".bias") and spec.count(".") == 2:
+            if _is_bias(spec):
                 names = [f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else []
             else:
                 names = [_torch_name(spec)]
@@ -297,56 +327,49 @@ class _RbnLSTMBase(nn.Module):
 
     # ---- running the stack ----------------------------------------------------------------
 
-    def _state_for(self, dtype):
-        s = self._stacks.get(dtype)
+    def _state_for(self, dtype, layer=None):
+        """The stack for `dtype`: all layers (layer None) or layer `layer` alone."""
+        s = self._stacks.get((dtype, layer))
         if s is None:
-            s = self._stacks[dtype] = _StackState(self._new_stack(dtype))
+            s = _StackState(self, self._new_stack(dtype, layer=layer), layer)
+            self._stacks[(dtype, layer)] = s
         return s
 
-    def _buffer_list(self):
-        return [getattr(self, _torch_name(s)) for s in self._spec_buffers]
-
-    def _sources(self, spec, params):
-        """The torch tensors that make the SPEC tensor `spec` (two for a summed bias)."""
-        i = self._param_index
-        k = spec.split(".")[1]
-        if spec.endswith(".bias") and spec.count(".") == 2:
-            return [params[i[f"bias_ih_l{k}"]], params[i[f"bias_hh_l{k}"]]] if self.bias else []
-        return [params[i[_torch_name(spec)]]]
-
-    @property
-    def _param_index(self):
-        return {n: j for j, n in enumerate(self._param_names)}
+    def _buffer_list(self, state):
+        return [getattr(self, n) for _, n in state.buffers]
 
     def _sync_in(self, state, params):
         """Copy into the stack the parameters (and buffers) that changed since the last copy:
-        a tensor is unchanged when its storage address and version counter are."""
+        a tensor is unchanged when its storage address and version counter are. (A write
+        through `.data` bypasses the version counter: docs/python.md.)"""
         st, synced = state.stack, state.synced
-        for spec in self._spec_params:
-            src = self._sources(spec, params)
-            key = tuple((t.data_ptr(), t._version) for t in src)
-            if synced.get(spec) == key:
+        for name, src in state.sources:
+            key = tuple((params[j].data_ptr(), params[j]._version) for j in src)
+            if synced.get(name) == key:
                 continue
-            if not src:  # bias=False: the stack's single bias stays 0
-                st.set(spec, np.zeros(st.params()[spec].shape, dtype=_DTYPES[params[0].dtype]))
+            if not src:
+                v = np.zeros(4 * self.hidden_size, dtype=_DTYPES[params[0].dtype])
+            elif len(src) == 1:
+                v = params[src[0]].detach().numpy()
             else:
-                v = src[0].detach() if len(src) == 1 else src[0].detach() + src[1].detach()
-                st.set(spec, v.numpy())
-            synced[spec] = key
-        for spec in self._spec_buffers:
-            b = getattr(self, _torch_name(spec))
+                v = (params[src[0]].detach() + params[src[1]].detach()).numpy()
+            st.set(name, v)
+            synced[name] = key
+        for name, attr in state.buffers:
+            b = getattr(self, attr)
             key = ((b.data_ptr(), b._version),)
-            if synced.get(spec) != key:
-                st.set(spec, b.numpy())
-                synced[spec] = key
+            if synced.get(name) != key:
+                st.set(name, b.numpy())
+                synced[name] = key
 
     def _sync_buffers_out(self, state):
         """After a training-mode forward: the stack's updated running averages into the buffers
         (and their new versions recorded, so they are not copied back in)."""
-        for spec, v in state.stack.buffers().items():
-            b = getattr(self, _torch_name(spec))
-            b.copy_(torch.from_numpy(v))
-            state.synced[spec] = ((b.data_ptr(), b._version),)
+        values = state.stack.buffers()
+        for name, attr in state.buffers:
+            b = getattr(self, attr)
+            b.copy_(torch.from_numpy(values[name]))
+            state.synced[name] = ((b.data_ptr(), b._version),)
 
     def _run(self, state, run, x, h0, c0, update_running):
         y, hT, cT = state.stack.forward(
@@ -355,17 +378,6 @@ class _RbnLSTMBase(nn.Module):
         if run["train"] and update_running:
             self._sync_buffers_out(state)
         return y, hT, cT
-
-    def _param_grads(self, grads, params):
-        out = []
-        for n, p in zip(self._param_names, params):
-            if n.startswith("bias_ih_l") or n.startswith("bias_hh_l"):
-                g = torch.from_numpy(grads[f"rnn.{n[9:]}.bias"])
-            else:
-                spec = _spec_name(n)
-                g = torch.from_numpy(grads[spec])
-            out.append(g)
-        return out
 
     # ---- forward: nn.LSTM's contract --------------------------------------------------------
 
@@ -438,10 +450,6 @@ class _RbnLSTMBase(nn.Module):
         if x.shape[2] != self.input_size:
             raise RuntimeError(f"{name}: input.size(-1) must be equal to input_size. "
                                f"Expected {self.input_size}, got {x.shape[2]}")
-        if self.training and self.dropout > 0 and self.num_layers > 1:
-            raise NotImplementedError(f"{name}: dropout={self.dropout} between layers is not "
-                                      "implemented in training mode (eval mode ignores it, as "
-                                      "nn.LSTM does); set dropout=0")
         ln = None
         if lengths is not None:
             ln = np.ascontiguousarray(torch.as_tensor(lengths).cpu().numpy(), dtype=np.int32)
@@ -451,23 +459,41 @@ class _RbnLSTMBase(nn.Module):
             x.requires_grad or any(p.requires_grad for p in params)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
         # Training mode keeps activations in the C++ stack whatever `keep` says (docs/python.md).
-        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln)
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            return self._forward_dropout(x, h0, c0, ln, int(t0), grad)
+        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None)
         return _StackFunction.apply(self, run, x, h0, c0, *params)
+
+    def _forward_dropout(self, x, h0, c0, ln, t0, grad):
+        """Training with dropout between layers, as nn.LSTM has it (on the output of every layer
+        but the last, torch's F.dropout): the layers run one by one, each on its own stack."""
+        hs, cs, inp = [], [], x
+        for k in range(self.num_layers):
+            params = [getattr(self, n) for n in self._param_names if n.endswith(f"_l{k}")]
+            run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k)
+            hk = None if h0 is None else h0[k:k + 1]
+            ck = None if c0 is None else c0[k:k + 1]
+            y, hT, cT = _StackFunction.apply(self, run, inp, hk, ck, *params)
+            hs.append(hT)
+            cs.append(cT)
+            inp = F.dropout(y, self.dropout, True) if k < self.num_layers - 1 else y
+        return inp, torch.cat(hs), torch.cat(cs)
 
     # ---- rbn's own: SPEC names, the statistics pass ----------------------------------------
 
     def state_dict_rbn(self):
         """Parameters and buffers under their SPEC section 5 names (rnn.0.weight_ih, rnn.0.bias =
         bias_ih_l0 + bias_hh_l0, rnn.0.bn_x.running_mean, ...), as rbn's checkpoints hold them."""
-        params = [getattr(self, n) for n in self._param_names]
         out = {}
         with torch.no_grad():
             for spec in self._spec_params:
-                src = self._sources(spec, params)
-                if not src:
-                    out[spec] = torch.zeros(4 * self.hidden_size, dtype=params[0].dtype)
+                k = spec.split(".")[1]
+                if not _is_bias(spec):
+                    out[spec] = getattr(self, _torch_name(spec)).detach().clone()
+                elif self.bias:
+                    out[spec] = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
                 else:
-                    out[spec] = src[0].detach().clone() if len(src) == 1 else src[0] + src[1]
+                    out[spec] = torch.zeros(4 * self.hidden_size, dtype=self.weight_ih_l0.dtype)
             for spec in self._spec_buffers:
                 out[spec] = getattr(self, _torch_name(spec)).detach().clone()
         return out
@@ -488,7 +514,7 @@ class _RbnLSTMBase(nn.Module):
                 if spec not in tensors:
                     continue
                 v = torch.as_tensor(np.asarray(tensors[spec]))
-                if spec.endswith(".bias") and spec.count(".") == 2:
+                if _is_bias(spec):
                     k = spec.split(".")[1]
                     if not self.bias:
                         if v.abs().max() > 0:
@@ -524,13 +550,9 @@ def _is_lstm_param(name):
     return name.rsplit("_l", 1)[0] in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def _spec_name(torch_name):
-    """bn_x_weight_l0 -> rnn.0.bn_x.weight (the inverse of _torch_name for one-word suffixes)."""
-    base, k = torch_name.rsplit("_l", 1)
-    for prefix in ("bn_x", "bn_h", "bn_c", "ln_x", "ln_h", "ln_c"):
-        if base.startswith(prefix + "_"):
-            return f"rnn.{k}.{prefix}.{base[len(prefix) + 1:]}"
-    return f"rnn.{k}.{base}"
+def _is_bias(spec):
+    """rnn.k.bias, the stack's single bias (not a norm's bias)."""
+    return spec.count(".") == 2 and spec.endswith(".bias")
 
 
 def _check_size(cls, what, v, lo):
@@ -578,4 +600,24 @@ class LNLSTM(_RbnLSTMBase):
     _cell = "lnlstm"
 
 
-__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM"]
+class _NoGRU(nn.Module):
+    """Refused until rbn's core has GRU cells (SPEC section 2b)."""
+
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError(f"rbn.torch.{type(self).__name__}: the GRU cells are not in "
+                                  "rbn's core yet; use torch.nn.GRU or an rbn LSTM class")
+
+
+class GRU(_NoGRU):
+    pass
+
+
+class BNGRU(_NoGRU):
+    pass
+
+
+class LNGRU(_NoGRU):
+    pass
+
+
+__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU"]
