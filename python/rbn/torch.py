@@ -599,6 +599,13 @@ class LNLSTM(_RbnLSTMBase):
     """Layer normalization (Ba et al. 2016) of W x (ln_input=True), W h and c."""
     _cell = "lnlstm"
 
+    def __init__(self, input_size, *args, **kwargs):
+        super().__init__(input_size, *args, **kwargs)
+        if input_size == 1 and self._config["ln_input"]:
+            warnings.warn("LNLSTM: input_size=1 with ln_input=True: LN(W x) of one feature is "
+                          "LN(w) for every non-zero x (its magnitude is lost) and undefined at "
+                          "x = 0; consider ln_input=False (docs/cells.md)")
+
 
 class _NoGRU(nn.Module):
     """Refused until rbn's core has GRU cells (SPEC section 2b)."""

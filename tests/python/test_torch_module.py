@@ -251,6 +251,8 @@ def test_constructor_contract():
             cls(C, H)
     with pytest.warns(UserWarning, match="dropout"):
         rt.LSTM(C, H, 1, dropout=0.5)
+    with pytest.warns(UserWarning, match="ln_input=False"):
+        rt.LNLSTM(1, H)
 
 
 def test_forward_contract_errors():
