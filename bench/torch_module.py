@@ -12,7 +12,8 @@ and cell, three timings of one training-mode forward + backward of the recurrent
   nn.LSTM  torch.nn.LSTM, the same call (lstm only; the best of --torch-threads, each setting in
            a fresh process because thread pools are sticky)
 and the inference pair (eval mode under torch.no_grad vs Stack.forward(train=False,
-need_backward=False)). stack and module run interleaved in one process with rbn's thread default,
+need_backward=False)). --copy-check adds the module's step with every parameter changed in place
+before each call (so copied into the stack) against unchanged (not copied), on the last shape. stack and module run interleaved in one process with rbn's thread default,
 so load from other processes hits both alike; overhead = module / stack - 1 (ratio of medians).
 """
 import argparse
@@ -83,6 +84,32 @@ def rbn_case(cell, shape, repeats, warmup):
     return tr, inf
 
 
+def copy_case(cell, shape, repeats, warmup):
+    """What skipping the copy of unchanged parameters saves: the module's training step as is,
+    and with every parameter bumped in place (p.add_(0): its version changes, so the module copies
+    it into the stack, as after an optimizer step)."""
+    s = SHAPES[shape]
+    torch.manual_seed(0)
+    kw = {} if cell in ("lstm", "lnlstm") else {"t_max": s["T"]}
+    m = CLASSES[cell](s["C"], s["H"], **kw)
+    x = torch.randn(s["T"], s["N"], s["C"])
+    dy = torch.randn(s["T"], s["N"], s["H"])
+
+    def step():
+        y, _ = m(x)
+        y.backward(dy)
+        m.zero_grad(set_to_none=True)
+
+    def bumped():
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.0)
+        step()
+
+    r = interleaved({"unchanged": step, "copied": bumped}, repeats, warmup)
+    return {k: statistics.median(v) for k, v in r.items()}
+
+
 def nn_lstm_case(shape, repeats, warmup, threads):
     torch.set_num_threads(threads)
     s = SHAPES[shape]
@@ -125,6 +152,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--torch-threads", default=",".join(str(t) for t in range(1, os.cpu_count() + 1)))
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--copy-check", action="store_true",
+                    help="also time the step with every parameter changed (copied) vs unchanged")
     ap.add_argument("--nn-lstm-only", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.nn_lstm_only:
@@ -160,6 +189,14 @@ def main():
                   f"{100 * row['train_overhead']:+7.1f}%   {row['stack_infer']:11.4f} "
                   f"{row['module_infer']:12.4f} {100 * row['infer_overhead']:+7.1f}%   {nn_s}",
                   flush=True)
+    if a.copy_check:
+        shape = a.shapes.split(",")[-1]
+        for cell in a.cells.split(","):
+            r = copy_case(cell, shape, a.repeats, a.warmup)
+            r.update(shape=shape, cell=cell)
+            rows.append(r)
+            print(f"{shape} {cell}: step with unchanged parameters {r['unchanged']:.4f} s, with "
+                  f"every parameter copied in {r['copied']:.4f} s", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "omp_threads": os.environ.get(

@@ -166,6 +166,10 @@ class _RbnLSTMBase(nn.Module):
             raise ValueError(f"{name}: device={device!r}: rbn's kernels run on the CPU only")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         _check_dtype(name, dtype)
+        _check_keywords(name, self._cell, t_max=(t_max, 1), eps=(eps, 1e-5),
+                        momentum=(momentum, 0.1), gamma_x=(gamma_x, None),
+                        gamma_h=(gamma_h, None), gamma_c=(gamma_c, None),
+                        ln_input=(ln_input, True))
         init = self._default_init if init is None else init
         if init not in ("torch", "spec"):
             raise ValueError(f"{name}: init must be 'torch' (nn.LSTM's uniform) or 'spec' "
@@ -553,6 +557,25 @@ def _is_lstm_param(name):
 def _is_bias(spec):
     """rnn.k.bias, the stack's single bias (not a norm's bias)."""
     return spec.count(".") == 2 and spec.endswith(".bias")
+
+
+# The normalization keywords each cell uses; another one set away from its default is refused
+# (it would do nothing).
+_CELL_KEYWORDS = {
+    "lstm": set(),
+    "bnlstm": {"t_max", "eps", "momentum", "gamma_x", "gamma_h", "gamma_c"},
+    "bnx": {"t_max", "eps", "momentum", "gamma_x"},
+    "bnx-seq": {"t_max", "eps", "momentum", "gamma_x"},
+    "lnlstm": {"eps", "gamma_x", "gamma_h", "gamma_c", "ln_input"},
+}
+
+
+def _check_keywords(cls, cell, **given):
+    for key, (value, default) in given.items():
+        if key not in _CELL_KEYWORDS[cell] and value != default:
+            raise TypeError(f"{cls}: {key}={value!r} does not apply to this cell (it would do "
+                            f"nothing); it applies to: "
+                            f"{', '.join(sorted(_CELL_KEYWORDS[cell])) or 'none of them'}")
 
 
 def _check_size(cls, what, v, lo):

@@ -24,7 +24,7 @@ def make(kind, dtype=torch.float64, **kw):
         m = rt.BNxLSTM(C, H, L, t_max=T, dtype=dtype, sequence_wise=kind == "bnx-seq", **kw)
     else:
         cls = {"lstm": rt.LSTM, "bnlstm": rt.BNLSTM, "lnlstm": rt.LNLSTM}[kind]
-        m = cls(C, H, L, dtype=dtype, **({} if kind == "lstm" else {"t_max": T}), **kw)
+        m = cls(C, H, L, dtype=dtype, **({"t_max": T} if kind == "bnlstm" else {}), **kw)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -110,12 +110,11 @@ def test_dropout_in_training_between_layers(cls):
     be matched inside nn.LSTM, so the reference is the layers one by one with F.dropout."""
     torch.manual_seed(0)
     p = 0.4
-    m = cls(C, H, 3, dropout=p, dtype=torch.float64, t_max=T) if cls is not rt.LSTM else \
-        cls(C, H, 3, dropout=p, dtype=torch.float64)
+    bn = {"t_max": T} if cls is rt.BNLSTM else {}
+    m = cls(C, H, 3, dropout=p, dtype=torch.float64, **bn)
     layers = []
     for k in range(3):
-        one = type(m)(C if k == 0 else H, H, 1, dtype=torch.float64,
-                      **({} if cls is rt.LSTM else {"t_max": T}))
+        one = type(m)(C if k == 0 else H, H, 1, dtype=torch.float64, **bn)
         sd = {n[:-3] + "_l0": v for n, v in m.state_dict().items() if n.endswith(f"_l{k}")}
         one.load_state_dict(sd)
         layers.append(one)
@@ -253,6 +252,12 @@ def test_constructor_contract():
         rt.LSTM(C, H, 1, dropout=0.5)
     with pytest.warns(UserWarning, match="ln_input=False"):
         rt.LNLSTM(1, H)
+    with pytest.raises(TypeError, match="t_max=9 does not apply"):
+        rt.LNLSTM(C, H, t_max=9)
+    with pytest.raises(TypeError, match="gamma_h=0.5 does not apply"):
+        rt.BNxLSTM(C, H, gamma_h=0.5)
+    with pytest.raises(TypeError, match="eps"):
+        rt.LSTM(C, H, eps=1e-3)
 
 
 def test_forward_contract_errors():
@@ -287,7 +292,7 @@ def test_pickle_deepcopy_torch_save(kind):
     sd_buf = io.BytesIO()
     torch.save(m.state_dict(), sd_buf)
     sd_buf.seek(0)
-    fresh = type(m)(C, H, m.num_layers, **({"t_max": T} if kind != "lstm" else {}),
+    fresh = type(m)(C, H, m.num_layers, **({"t_max": T} if kind in ("bnlstm", "bnx-seq") else {}),
                     **({"sequence_wise": True} if kind == "bnx-seq" else {}),
                     **({"eps": 1e-3} if kind == "lnlstm" else {}))
     fresh.load_state_dict(torch.load(sd_buf))
@@ -382,7 +387,9 @@ def test_normalized_packed_and_batch_first_match_reference(kind, batch_first):
     m = (rt.BNxLSTM(C, H, 2, batch_first=batch_first, t_max=T, dtype=torch.float64)
          if kind == "bnx" else
          {"bnlstm": rt.BNLSTM, "lnlstm": rt.LNLSTM}[kind](C, H, 2, batch_first=batch_first,
-                                                           t_max=T, dtype=torch.float64))
+                                                           dtype=torch.float64,
+                                                           **({"t_max": T} if kind == "bnlstm"
+                                                              else {})))
     ref = torch_cells.RecurrentStack(kind, C, H, 2, t_max=T).double()
     ref.load_state_dict(m.state_dict_rbn())
     x, hx = make_inputs("padded", batch_first, 2, torch.float64, True)
