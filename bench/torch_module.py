@@ -12,8 +12,8 @@ and cell, three timings of one training-mode forward + backward of the recurrent
   nn.LSTM  torch.nn.LSTM, the same call (lstm only; the best of --torch-threads, each setting in
            a fresh process because thread pools are sticky)
 and the inference pair (eval mode under torch.no_grad vs Stack.forward(train=False,
-need_backward=False)). --copy-check adds the module's step with every parameter changed in place
-before each call (so copied into the stack) against unchanged (not copied), on the last shape. stack and module run interleaved in one process with rbn's thread default,
+need_backward=False)). --copy-check adds the module's parameter sync with every parameter changed in
+place (so copied into the stack) against unchanged (version checks only), on the last shape. stack and module run interleaved in one process with rbn's thread default,
 so load from other processes hits both alike; overhead = module / stack - 1 (ratio of medians).
 """
 import argparse
@@ -30,7 +30,8 @@ import torch
 
 import rbn.torch as rt
 
-SHAPES = {"smnist": dict(T=784, N=100, C=1, H=100), "ptb": dict(T=100, N=64, C=50, H=1000)}
+SHAPES = {"smnist": dict(T=784, N=100, C=1, H=100), "ptb": dict(T=100, N=64, C=50, H=1000),
+          "tiny": dict(T=10, N=4, C=8, H=32)}  # tiny: the fixed per-call cost
 CLASSES = {"lstm": rt.LSTM, "bnlstm": rt.BNLSTM, "bnx": rt.BNxLSTM, "lnlstm": rt.LNLSTM}
 
 
@@ -85,29 +86,29 @@ def rbn_case(cell, shape, repeats, warmup):
 
 
 def copy_case(cell, shape, repeats, warmup):
-    """What skipping the copy of unchanged parameters saves: the module's training step as is,
-    and with every parameter bumped in place (p.add_(0): its version changes, so the module copies
-    it into the stack, as after an optimizer step)."""
+    """What skipping the copy of unchanged parameters saves: the module's parameter sync (the
+    step's only copy into the stack) with the parameters unchanged (version checks only) and with
+    every parameter changed in place before it (p.add_(0) bumps its version, as an optimizer step
+    does; the bump itself is outside the timing)."""
     s = SHAPES[shape]
     torch.manual_seed(0)
     kw = {} if cell in ("lstm", "lnlstm") else {"t_max": s["T"]}
     m = CLASSES[cell](s["C"], s["H"], **kw)
-    x = torch.randn(s["T"], s["N"], s["C"])
-    dy = torch.randn(s["T"], s["N"], s["H"])
-
-    def step():
-        y, _ = m(x)
-        y.backward(dy)
-        m.zero_grad(set_to_none=True)
-
-    def bumped():
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(0.0)
-        step()
-
-    r = interleaved({"unchanged": step, "copied": bumped}, repeats, warmup)
-    return {k: statistics.median(v) for k, v in r.items()}
+    params = [getattr(m, n) for n in m._param_names]
+    state = m._state_for(params[0].dtype)
+    m._sync_in(state, params)
+    out = {"unchanged": [], "copied": []}
+    for r in range(warmup + repeats):
+        for what in out:
+            if what == "copied":
+                with torch.no_grad():
+                    for p in params:
+                        p.add_(0.0)
+            t = time.perf_counter()
+            m._sync_in(state, params)
+            if r >= warmup:
+                out[what].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def nn_lstm_case(shape, repeats, warmup, threads):
@@ -152,8 +153,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--torch-threads", default=",".join(str(t) for t in range(1, os.cpu_count() + 1)))
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--no-table", action="store_true", help="skip the timing table")
     ap.add_argument("--copy-check", action="store_true",
-                    help="also time the step with every parameter changed (copied) vs unchanged")
+                    help="also time the parameter sync: every parameter changed (copied) vs not")
     ap.add_argument("--nn-lstm-only", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.nn_lstm_only:
@@ -162,10 +164,10 @@ def main():
                           "infer_median": statistics.median(inf)}))
         return
     rows = []
-    print(f"{'shape':7} {'cell':7} {'stack s':>9} {'module s':>9} {'overhead':>8}   "
-          f"{'infer stack':>11} {'infer module':>12} {'overhead':>8}   {'nn.LSTM s':>9} "
+    print(f"{'shape':7} {'cell':7} {'stack ms':>9} {'module ms':>9} {'overhead':>8}   "
+          f"{'infer stack':>11} {'infer module':>12} {'overhead':>8}   {'nn.LSTM ms':>10} "
           f"{'threads':>7}")
-    for shape in a.shapes.split(","):
+    for shape in [] if a.no_table else a.shapes.split(","):
         ref = None
         if "lstm" in a.cells.split(","):
             ref = nn_lstm_best(shape, a.repeats, a.warmup,
@@ -183,20 +185,20 @@ def main():
                 row.update(nn_lstm_train=ref["train_median"], nn_lstm_infer=ref["infer_median"],
                            nn_lstm_torch_threads=ref["torch_threads"])
             rows.append(row)
-            nn_s = f"{row['nn_lstm_train']:9.4f} {row['nn_lstm_torch_threads']:7d}" \
-                if "nn_lstm_train" in row else f"{'-':>9} {'-':>7}"
-            print(f"{shape:7} {cell:7} {row['stack_train']:9.4f} {row['module_train']:9.4f} "
-                  f"{100 * row['train_overhead']:+7.1f}%   {row['stack_infer']:11.4f} "
-                  f"{row['module_infer']:12.4f} {100 * row['infer_overhead']:+7.1f}%   {nn_s}",
-                  flush=True)
+            nn_s = f"{1e3 * row['nn_lstm_train']:10.2f} {row['nn_lstm_torch_threads']:7d}" \
+                if "nn_lstm_train" in row else f"{'-':>10} {'-':>7}"
+            print(f"{shape:7} {cell:7} {1e3 * row['stack_train']:9.2f} "
+                  f"{1e3 * row['module_train']:9.2f} {100 * row['train_overhead']:+7.1f}%   "
+                  f"{1e3 * row['stack_infer']:11.2f} {1e3 * row['module_infer']:12.2f} "
+                  f"{100 * row['infer_overhead']:+7.1f}%   {nn_s}", flush=True)
     if a.copy_check:
         shape = a.shapes.split(",")[-1]
         for cell in a.cells.split(","):
             r = copy_case(cell, shape, a.repeats, a.warmup)
             r.update(shape=shape, cell=cell)
             rows.append(r)
-            print(f"{shape} {cell}: step with unchanged parameters {r['unchanged']:.4f} s, with "
-                  f"every parameter copied in {r['copied']:.4f} s", flush=True)
+            print(f"{shape} {cell}: parameter sync {1e3 * r['unchanged']:.3f} ms unchanged, "
+                  f"{1e3 * r['copied']:.3f} ms with every parameter copied in", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"command": " ".join(sys.argv), "omp_threads": os.environ.get(

@@ -174,6 +174,9 @@ class _RbnLSTMBase(nn.Module):
         if init not in ("torch", "spec"):
             raise ValueError(f"{name}: init must be 'torch' (nn.LSTM's uniform) or 'spec' "
                              f"(orthogonal, forget bias; docs/cells.md), got {init!r}")
+        if init == "torch" and (forget_bias != 1.0 or recurrent_init != "orthogonal"):
+            raise TypeError(f"{name}: forget_bias and recurrent_init shape init='spec' only; "
+                            "with init='torch' every weight and bias is uniform")
         self.mode = "LSTM"
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)

@@ -258,6 +258,10 @@ def test_constructor_contract():
         rt.BNxLSTM(C, H, gamma_h=0.5)
     with pytest.raises(TypeError, match="eps"):
         rt.LSTM(C, H, eps=1e-3)
+    with pytest.raises(TypeError, match="init='spec' only"):
+        rt.LSTM(C, H, forget_bias=2.0)
+    m = rt.LSTM(C, H, forget_bias=2.0, init="spec")
+    assert torch.equal((m.bias_ih_l0 + m.bias_hh_l0)[H:2 * H], torch.full((H,), 2.0))
 
 
 def test_forward_contract_errors():
