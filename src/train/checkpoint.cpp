@@ -190,6 +190,10 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   }
 }
 
+CheckpointState read_checkpoint_state(const std::string& path) {
+  return read_state(read_safetensors(path), path);
+}
+
 LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   const SafeTensors st = read_safetensors(path);
   LoadedCheckpoint ck;

@@ -1,6 +1,8 @@
 #include "train/config.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "util/error.hpp"
 
@@ -47,6 +49,106 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
   return c;
 }
 
+const std::vector<std::string>& TrainConfig::field_names() {
+  static const std::vector<std::string> names{
+#define X(f) #f,
+      RBN_TRAIN_FIELDS(X)
+#undef X
+  };
+  return names;
+}
+
+std::string TrainConfig::flag_of(const std::string& field) {
+  std::string f = "--" + field;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+std::set<std::string> TrainConfig::non_default_fields() const {
+  const nlohmann::json mine = to_json(), defaults = TrainConfig{}.to_json();
+  std::set<std::string> out;
+  for (const auto& f : field_names())
+    if (mine[f] != defaults[f]) out.insert(f);
+  return out;
+}
+
+void TrainConfig::check_flags_used(const std::set<std::string>& given) const {
+  std::set<std::string> set = non_default_fields();
+  set.insert(given.begin(), given.end());
+  // which optimizer / schedule reads each of these fields
+  static const std::map<std::string, std::vector<std::string>> optimizer_of{
+      {"momentum", {"sgd", "rmsprop"}}, {"dampening", {"sgd"}},          {"nesterov", {"sgd"}},
+      {"alpha", {"rmsprop"}},           {"centered", {"rmsprop"}},       {"beta1", {"adam"}},
+      {"beta2", {"adam"}},              {"opt_eps", {"rmsprop", "adam"}}, {"decay", {"rmsprop-authors"}}};
+  static const std::map<std::string, std::vector<std::string>> schedule_of{
+      {"lr_gamma", {"step", "exp", "plateau"}}, {"lr_step", {"step", "exp"}},
+      {"lr_patience", {"plateau"}},             {"lr_threshold", {"plateau"}},
+      {"lr_min", {"plateau"}}};
+  auto check = [&](const auto& table, const std::string& chosen, const char* what) {
+    for (const auto& [field, users] : table) {
+      if (!set.count(field) || std::find(users.begin(), users.end(), chosen) != users.end()) continue;
+      std::string list;
+      for (const auto& u : users) list += (list.empty() ? "" : ", ") + u;
+      throw UsageError(flag_of(field) + ": the " + what + " '" + chosen + "' has no such setting (" +
+                       flag_of(field) + " belongs to " + list + ")");
+    }
+  };
+  check(optimizer_of, optimizer, "optimizer");
+  check(schedule_of, lr_schedule, "--lr-schedule");
+}
+
+const std::set<std::string>& TrainConfig::resumable_fields() {
+  static const std::set<std::string> f{"steps",      "threads",       "log_every",
+                                       "eval_every", "eval_batches",  "checkpoint_every",
+                                       "max_bad_steps", "early_stop", "out"};
+  return f;
+}
+
+TrainConfig TrainConfig::for_resume(const TrainConfig& saved, const TrainConfig& asked,
+                                    const std::set<std::string>& given, const std::string& checkpoint) {
+  const nlohmann::json s = saved.to_json(), a = asked.to_json();
+  nlohmann::json merged = s;
+  std::string differences;
+  for (const auto& f : field_names()) {
+    if (!given.count(f) && f != "out") continue;
+    if (resumable_fields().count(f)) {
+      merged[f] = a[f];
+    } else if (a[f] != s[f]) {
+      differences += (differences.empty() ? "" : ", ") + flag_of(f) + " " +
+                     (a[f].is_string() ? a[f].get<std::string>() : a[f].dump()) + " (the run has " +
+                     (s[f].is_string() ? s[f].get<std::string>() : s[f].dump()) + ")";
+    }
+  }
+  if (!differences.empty())
+    throw UsageError("--resume: " + checkpoint + " was trained otherwise: " + differences +
+                     "; only --steps, --threads, --log-every, --eval-every, --eval-batches, "
+                     "--checkpoint-every, --max-bad-steps and --early-stop may change on resume");
+  return from_json(merged, checkpoint);
+}
+
+void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag) {
+  if (rows != 1 || !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn)) return;
+  throw UsageError(flag + ": cell " + cell_name(cell) +
+                   " normalizes each time step over the batch's rows, and the variance of one row "
+                   "is 0; use 2 rows or more");
+}
+
+namespace {
+// Strings of the config are stored as JSON (config.json, the checkpoint): they must be UTF-8.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t more = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : 9;
+    if (more == 9 || i + more >= s.size()) return false;  // a lead byte not followed by its tail
+    for (size_t k = 1; k <= more; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    i += more + 1;
+  }
+  return true;
+}
+}  // namespace
+
 void TrainConfig::validate() const {
   auto bad = [](const char* flag, const std::string& what) {
     throw UsageError(std::string(flag) + ": " + what);
@@ -81,6 +183,9 @@ void TrainConfig::validate() const {
     bad("--lr-schedule", "must be constant, step, exp or plateau");
   if (threads < 0) bad("--threads", "must be >= 0");
   if (out.empty()) bad("--out", "must not be empty");
+  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--data", &data},
+                                    {"--out", &out}, {"--permutation", &permutation}})
+    if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
   if (!is_lm() && task != "seqmnist" && task != "pmnist") bad("--task", "unknown");
 }
 

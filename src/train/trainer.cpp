@@ -11,6 +11,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <fmt/ranges.h>
+
 #include <fmt/format.h>
 
 #include "train/checkpoint.hpp"
@@ -109,9 +111,77 @@ class MetricsLog {
   std::string path_;
 };
 
+
+// The files of a run in an output directory (those present).
+std::vector<std::string> run_files(const std::string& out) {
+  std::vector<std::string> found;
+  for (const char* f : {"last.safetensors", "best.safetensors", "metrics.jsonl", "config.json"})
+    if (std::filesystem::is_regular_file(std::filesystem::path(out) / f)) found.push_back(f);
+  return found;
+}
+
+// A fresh run never replaces an earlier one unless asked to (--overwrite removes its files).
+void claim_output_dir(const std::string& out, bool overwrite) {
+  const auto found = run_files(out);
+  if (found.empty()) return;
+  const bool resumable = found.front() == "last.safetensors";
+  if (!overwrite)
+    throw UsageError(fmt::format("--out: {} already holds a run ({}); {}replace it with --overwrite, or "
+                                 "choose another --out", out, fmt::join(found, ", "),
+                                 resumable ? "continue it with --resume, " : ""));
+  for (const auto& f : found) {
+    std::error_code ec;
+    std::filesystem::remove(std::filesystem::path(out) / f, ec);
+    if (ec) throw DataError(out + "/" + f + ": cannot remove it for --overwrite: " + ec.message());
+  }
+}
+
+TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step);
+
 }  // namespace
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
+  TrainRequest r;
+  r.cfg = std::move(cfg);
+  r.resume = resume;
+  r.given = r.cfg.non_default_fields();
+  return run_training(r);
+}
+
+TrainSummary run_training(const TrainRequest& req) {
+  if (req.resume && req.overwrite)
+    throw UsageError("--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)");
+  TrainConfig cfg = req.cfg;
+  const std::string last_path = cfg.out + "/last.safetensors";
+  if (req.resume) {
+    if (!std::filesystem::exists(last_path)) throw UsageError("--resume: no checkpoint at " + last_path);
+    cfg = TrainConfig::for_resume(read_checkpoint_config(last_path), req.cfg, req.given, last_path);
+    if (cfg.steps <= read_checkpoint_state(last_path).step)
+      throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
+                                   cfg.out, read_checkpoint_state(last_path).step));
+  }
+  cfg.validate();
+  cfg.check_flags_used(req.given);
+  if (!req.resume && Group::world().rank() == 0) claim_output_dir(cfg.out, req.overwrite);
+  int64_t checkpoint_step = -1;  // the step of the last good checkpoint (-1: none yet)
+  try {
+    return train_loop(cfg, req.resume, checkpoint_step);
+  } catch (const Error& e) {
+    if (checkpoint_step < 0) throw;
+    // the run is not lost: say where it is
+    throw Error(fmt::format("{}; the last good checkpoint is {} (step {}; continue with --resume)", e.what(),
+                            last_path, checkpoint_step),
+                e.exit_code());
+  } catch (const std::bad_alloc&) {
+    if (checkpoint_step < 0) throw;
+    throw DataError(fmt::format("out of memory; the last good checkpoint is {} (step {}; continue with --resume)",
+                                last_path, checkpoint_step));
+  }
+}
+
+namespace {
+
+TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) {
   namespace fs = std::filesystem;
   const auto t_start = std::chrono::steady_clock::now();
   const std::string last_path = cfg.out + "/last.safetensors";
@@ -125,17 +195,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   Group& group = Group::world();
   const bool root = group.rank() == 0;
   std::FILE* progress_out = root ? stderr : nullptr;
-  if (resume) {
-    if (!fs::exists(last_path))
-      throw UsageError("--resume: no checkpoint at " + last_path);
-    // The run's own config wins; a resumed run may only extend its step budget.
-    const int64_t steps = cfg.steps;
-    const int threads = cfg.threads;
-    cfg = read_checkpoint_config(last_path);
-    cfg.steps = std::max(cfg.steps, steps);
-    if (threads > 0) cfg.threads = threads;
-  }
-  cfg.validate();
   optim_config(cfg).validate();  // flag errors before any data is read or directory made
   (void)make_schedule(cfg);
   if (cfg.batch_size < group.size())
@@ -143,6 +202,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (cfg.popstats_batch_size > 0 && cfg.popstats_batch_size < group.size())
     throw UsageError(fmt::format("--popstats-batch-size: {} rows cannot be split over {} ranks",
                                  cfg.popstats_batch_size, group.size()));
+  {
+    const Cell cell = *parse_cell(cfg.cell);
+    // the rows one normalization sees: the global batch, or each rank's own without --sync-bn
+    const bool own_rows = group.distributed() && !cfg.sync_bn;
+    check_rows_for_batch_stats(cell, own_rows ? cfg.batch_size / group.size() : cfg.batch_size,
+                               own_rows ? fmt::format("--sync-bn false with --batch-size {} over {} ranks",
+                                                      cfg.batch_size, group.size())
+                                        : fmt::format("--batch-size {}", cfg.batch_size));
+    const int pop_rows = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
+    if (cfg.popstats == "pass")
+      check_rows_for_batch_stats(cell, pop_rows, fmt::format("--popstats-batch-size {}", pop_rows));
+  }
   set_threads(cfg.threads);
   if (root) {
     std::error_code ec;
@@ -185,6 +256,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (resume) {
     CheckpointState st = load_checkpoint(last_path, model, optimizer.get(), &schedule);
     step = st.step;
+    checkpoint_step = step;
     best_metric = st.best_metric;
     evals_without_improvement = st.evals_without_improvement;
     if (root) truncate_metrics(metrics_path, step);
@@ -233,6 +305,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     st.evals_without_improvement = evals_without_improvement;
     st.popstats = "running";
     save_checkpoint(last_path, model, cfg, *data, optimizer.get(), &schedule, st);
+    checkpoint_step = at_step;
   };
 
   // Validation with population statistics. The pass replaces the running averages for the
@@ -428,5 +501,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return summary;
 }
+
+}  // namespace
 
 }  // namespace rbn

@@ -102,6 +102,9 @@ void expect_case(const Case& c) {
   while (!err.empty() && err.front() == '\n') err.erase(0, 1);
   EXPECT_EQ(err.find('\n'), std::string::npos) << "more than one line:\n" << o.err;
   EXPECT_NE(o.err.find(c.mention), std::string::npos) << "message does not name '" << c.mention << "': " << o.err;
+  for (const char* foreign : {"required but received", "not expected", "json.exception", "Could not convert",
+                              "not in range", "is not an allowed value", "File does not exist", "[json"})
+    EXPECT_EQ(o.err.find(foreign), std::string::npos) << "the parser's own words: " << o.err;
   std::printf("[ bad input ] %s -> exit %d: %s\n", c.what.c_str(), o.code, err.c_str());
 }
 
@@ -261,6 +264,116 @@ TEST_F(BadInput, CheckpointsAndArrays) {
   // and the good file runs
   const Outcome ok = run(fwd(good, x_ok));
   EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+// A small UTF-8 text (multi-byte characters) for runs that the cases below start from.
+std::string utf8_text() {
+  std::string s;
+  const char* words[] = {"héllo ", "wörld ", "日本語 ", "abc ", "\n"};
+  uint32_t r = 1;
+  for (int i = 0; i < 3000; ++i) {
+    r = r * 1664525u + 1013904223u;
+    s += words[(r >> 16) % 5];
+  }
+  return s;
+}
+
+std::string tiny_run(const std::string& data, const std::string& out, const std::string& more = "",
+                     int checkpoint_every = 10) {
+  return "train --task text --data " + data + " --seq-len 20 --batch-size 4 --hidden 8 --steps 20 --eval-every 10 "
+         "--checkpoint-every " + std::to_string(checkpoint_every) +
+         " --eval-batches 2 --popstats-batches 2 --log-every 5 --out " + out + " " + more;
+}
+
+// Items 3-5 of "no silent surprises": a run is never replaced or continued with other settings,
+// every flag means what it says, and the parser's words stay inside.
+TEST_F(BadInput, NoSilentSurprises) {
+  const std::string text = file("utf8.txt", utf8_text());
+  const std::string run_a = (dir() / "run-a").string(), run_ln = (dir() / "run-ln").string();
+  ASSERT_EQ(run(tiny_run(text, run_a)).code, 0);
+  ASSERT_EQ(run(tiny_run(text, run_ln, "--cell lnlstm")).code, 0);
+  const std::string best = run_a + "/best.safetensors", ln_best = run_ln + "/best.safetensors";
+  auto npy = [](const std::string& descr, const std::string& shape, size_t bytes) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    while ((10 + h.size() + 1) % 64) h += ' ';
+    h += '\n';
+    std::string s("\x93NUMPY\x01\x00", 8);
+    s += char(h.size() & 0xff);
+    s += char(h.size() >> 8);
+    return s + h + std::string(bytes, '\0');
+  };
+  const std::string one_row = file("ids1.npy", npy("<i4", "(5, 1)", 20));
+  const std::string d = "--task seqmnist --data " + dir().string() + " --out " + (dir() / "run-x").string();
+  const std::vector<Case> cases{
+      {"--out holds a run", tiny_run(text, run_a), 2, "--out"},
+      {"--overwrite with --resume", "train --out " + run_a + " --resume --overwrite", 2, "--overwrite"},
+      {"resume with other settings", "train --out " + run_a + " --resume --hidden 32 --lr 0.01 --steps 40", 2, "--hidden 32 (the run has 8)"},
+      {"resume with another setting in --config", "train --config " + file("resume.json", R"({"cell": "lstm"})") + " --out " + run_a + " --resume --steps 40", 2, "--cell lstm"},
+      {"resume a finished run", "train --out " + run_a + " --resume", 2, "--steps"},
+      {"resume without a run", "train --out " + (dir() / "nothing").string() + " --resume", 2, "--resume"},
+      {"eval running statistics on pass statistics", "eval --checkpoint " + best + " --popstats running", 2, "--popstats running"},
+      {"eval pass statistics on lnlstm", "eval --checkpoint " + ln_best + " --popstats pass", 2, "lnlstm"},
+      {"eval unknown statistics", "eval --checkpoint " + best + " --popstats median", 2, "--popstats"},
+      {"adam flag with sgd", "train " + d + " --optimizer sgd --beta1 0.5", 2, "--beta1"},
+      {"sgd flag with adam", "train " + d + " --dampening 0.1", 2, "--dampening"},
+      {"rmsprop flag with adam", "train " + d + " --alpha 0.9", 2, "--alpha"},
+      {"plateau flag with step schedule", "train " + d + " --lr-schedule step --lr-patience 3", 2, "--lr-patience"},
+      {"one row per batch, bnlstm", "train " + d + " --batch-size 1", 2, "bnlstm"},
+      {"one row per batch, bnx", "train " + d + " --cell bnx --batch-size 1", 2, "--batch-size 1"},
+      {"one-row statistics pass", "train " + d + " --popstats-batch-size 1", 2, "--popstats-batch-size"},
+      {"popstats command over one row", "popstats --checkpoint " + best + " --batch-size 1 --out " + (dir() / "p.safetensors").string(), 2, "--batch-size 1"},
+      {"eval statistics pass over one row", "eval --checkpoint " + best + " --popstats pass --popstats-batch-size 1", 2, "--popstats-batch-size 1"},
+      {"forward --train-mode on one row", "forward --checkpoint " + best + " --input " + one_row + " --output " + (dir() / "y1.npy").string() + " --train-mode", 2, "--train-mode"},
+      {"sample length 0", "sample --checkpoint " + best + " --length 0", 2, "--length"},
+      {"flag given twice", "train " + d + " --hidden 3 --hidden 4", 2, "--hidden"},
+      {"misspelled flag", "train " + d + " --hiden 10", 2, "--hidden?"},
+      {"misspelled flag with a value", "train " + d + " --dropoutt 0.5", 2, "--dropoutt"},
+      {"flag without its value", "train " + d + " --hidden", 2, "--hidden"},
+      {"unexpected argument", "train " + d + " 0.5", 2, "0.5"},
+      {"missing required flag", "eval --split test", 2, "--checkpoint"},
+      {"missing positional", "plot --out x.png", 2, "files"},
+      {"unsigned flag negative", "train " + d + " --seed -1", 2, "--seed"},
+      {"integer out of range", "train " + d + " --hidden 99999999999", 2, "--hidden"},
+      {"bench repeats 0", "bench --repeats 0 --no-torch", 2, "--repeats"},
+      {"plot missing file", "plot " + (dir() / "none.jsonl").string(), 1, "none.jsonl"},
+      {"data path not UTF-8", "train --task text --data " + dir().string() + "/\xff.txt --out " + (dir() / "run-y").string(), 2, "--data"},
+  };
+  for (const auto& c : cases) expect_case(c);
+  // every difference is listed, each with the run's value
+  const Outcome both = run("train --out " + run_a + " --resume --hidden 32 --lr 0.01 --steps 40");
+  EXPECT_NE(both.err.find("--lr 0.01 (the run has 0.001)"), std::string::npos) << both.err;
+}
+
+TEST_F(BadInput, RunsAreReplacedOnlyWhenAsked) {
+  const std::string text = file("utf8b.txt", utf8_text());
+  const std::string out = (dir() / "run-b").string();
+  ASSERT_EQ(run(tiny_run(text, out)).code, 0);
+  const auto mtime = fs::last_write_time(fs::path(out) / "last.safetensors");
+  EXPECT_EQ(run(tiny_run(text, out)).code, 2);
+  EXPECT_EQ(fs::last_write_time(fs::path(out) / "last.safetensors"), mtime) << "a refused run touched the files";
+  // a flag that may change on resume
+  Outcome more = run("train --out " + out + " --resume --steps 30 --threads 1 --log-every 2");
+  EXPECT_EQ(more.code, 0) << more.err;
+  EXPECT_NE(more.err.find("resumed"), std::string::npos) << more.err;
+  Outcome again = run(tiny_run(text, out, "--overwrite --cell lstm"));
+  EXPECT_EQ(again.code, 0) << again.err;
+  std::ifstream cfg(fs::path(out) / "config.json");
+  std::string all((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+  EXPECT_NE(all.find("\"lstm\""), std::string::npos) << all;
+}
+
+TEST_F(BadInput, AnErrorAfterTrainingBeganNamesTheLastGoodCheckpoint) {
+  const std::string text = file("utf8c.txt", utf8_text());
+  const fs::path out = dir() / "run-c";
+  // best.safetensors cannot be written (a directory with a file in it): the first validation
+  // (step 10) fails after the checkpoint of step 5
+  fs::create_directories(out / "best.safetensors");
+  std::ofstream(out / "best.safetensors" / "keep") << "x";
+  const Outcome o = run(tiny_run(text, out.string(), "", 5));
+  EXPECT_EQ(o.code, 1) << o.err;
+  EXPECT_NE(o.err.find("the last good checkpoint is " + (out / "last.safetensors").string() + " (step 5"),
+            std::string::npos) << o.err;
+  EXPECT_TRUE(fs::exists(out / "last.safetensors"));
 }
 
 }  // namespace

@@ -53,6 +53,37 @@ void run_popstats(Model& model, TaskData& data, int batches, int batch_size, uin
   bar.finish();
 }
 
+// Which population statistics eval uses, running the pass where that is the choice. Returns what
+// the result line reports: "pass", "running", "checkpoint (pass)" or "none" (a cell without them).
+std::string choose_popstats(const EvalFlags& f, LoadedCheckpoint& ck, TaskData& data, const TrainConfig& cfg) {
+  const std::string& asked = f.popstats;
+  if (asked != "auto" && asked != "pass" && asked != "running" && asked != "checkpoint")
+    throw UsageError("--popstats: must be auto, pass, running or checkpoint, got '" + asked + "'");
+  const Cell cell = ck.model->config().rnn.cell;
+  if (!cell_has_population_stats(cell)) {
+    if (asked != "auto")
+      throw UsageError("--popstats " + asked + ": cell " + cell_name(cell) + " has no population statistics" +
+                       (cell == Cell::lnlstm ? " (layer normalization uses each row's own)" : ""));
+    return "none";
+  }
+  const std::string& held = ck.state.popstats;  // what the checkpoint's buffers hold
+  if (asked == "running" && held != "running")
+    throw UsageError("--popstats running: " + f.checkpoint + " holds the statistics of a pass (they "
+                     "replaced the running averages); use --popstats checkpoint or pass");
+  std::string used = asked;
+  if (used == "auto")
+    used = held == "pass" && ck.state.popstats_data == data.train_fingerprint() ? "checkpoint" : "pass";
+  if (used == "checkpoint") return "checkpoint (" + held + ")";
+  if (used == "pass") {
+    const int batches = f.popstats_batches > 0 ? f.popstats_batches : cfg.popstats_batches;
+    const int bs = f.popstats_batch_size > 0 ? f.popstats_batch_size
+                   : cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
+    check_rows_for_batch_stats(cell, bs, "--popstats-batch-size " + std::to_string(bs));
+    run_popstats(*ck.model, data, batches, bs, cfg.seed);
+  }
+  return used;
+}
+
 }  // namespace
 
 void register_eval(CLI::App& app, int& exit_code) {
@@ -82,22 +113,7 @@ void register_eval(CLI::App& app, int& exit_code) {
     auto data = load_task(cfg);
     Model& model = *ck.model;
     const Split split = parse_split(f->split);
-    const bool has_pop = cell_has_population_stats(model.config().rnn.cell);
-    std::string used = has_pop ? f->popstats : "none";
-    if (has_pop) {
-      if (used == "auto")
-        used = ck.state.popstats == "pass" && ck.state.popstats_data == data->train_fingerprint()
-                   ? "checkpoint"
-                   : "pass";
-      if (used == "pass") {
-        const int batches = f->popstats_batches > 0 ? f->popstats_batches : cfg.popstats_batches;
-        const int bs = f->popstats_batch_size > 0 ? f->popstats_batch_size
-                       : cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
-        run_popstats(model, *data, batches, bs, cfg.seed);
-      } else if (used != "running" && used != "checkpoint") {
-        throw UsageError("--popstats: must be auto, pass, running or checkpoint");
-      }
-    }
+    const std::string used = choose_popstats(*f, ck, *data, cfg);
     EvalResult r;
     const bool lm = data->head() == Head::lm;
     std::string how;
@@ -156,6 +172,7 @@ void register_popstats(CLI::App& app, int& exit_code) {
     auto data = load_task(cfg);
     const int batches = f->batches > 0 ? f->batches : cfg.popstats_batches;
     const int bs = f->batch_size > 0 ? f->batch_size : cfg.batch_size;
+    check_rows_for_batch_stats(ck.model->config().rnn.cell, bs, "--batch-size " + std::to_string(bs));
     run_popstats(*ck.model, *data, batches, bs, cfg.seed);
     CheckpointState st = ck.state;
     st.popstats = "pass";
@@ -177,18 +194,28 @@ void register_sample(CLI::App& app, int& exit_code) {
   };
   auto f = std::make_shared<Flags>();
   sub->add_option("--checkpoint", f->checkpoint, "a language-model checkpoint")->required();
-  sub->add_option("--length", f->length, "symbols to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--length", f->length, "symbols to generate (> 0)")->capture_default_str();
   sub->add_option("--temperature", f->temperature, "softmax temperature (> 0)")->capture_default_str();
   sub->add_option("--seed", f->seed, "random seed")->capture_default_str();
   sub->add_option("--prime", f->prime, "text to start from (symbols of the vocabulary)");
   sub->callback([f, &exit_code]() {
+    if (f->length <= 0) throw UsageError("--length: must be positive, got " + std::to_string(f->length));
     if (!(f->temperature > 0)) throw UsageError("--temperature: must be positive");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
     Model& m = *ck.model;
     if (m.config().head != Head::lm || ck.vocab.is_null())
       throw UsageError(f->checkpoint + ": not a language model (head '" +
                        std::string(head_name(m.config().head)) + "')");
-    const Vocab vocab = Vocab::from_json(ck.vocab);
+    const Vocab vocab = [&] {
+      try {
+        return Vocab::from_json(ck.vocab);
+      } catch (const DataError& e) {
+        throw DataError(f->checkpoint + ": metadata 'vocab': " + e.what());
+      }
+    }();
+    if (vocab.size() != m.config().num_classes)
+      throw DataError(f->checkpoint + ": metadata 'vocab' has " + std::to_string(vocab.size()) +
+                      " symbols, the model " + std::to_string(m.config().num_classes));
     const int L = m.config().rnn.num_layers, H = m.config().rnn.hidden_size, K = m.config().num_classes;
     std::vector<float> h(size_t(L) * H, 0.f), c(size_t(L) * H, 0.f), hT(h.size()), cT(c.size()),
         logits(K);
@@ -229,7 +256,10 @@ void register_sample(CLI::App& app, int& exit_code) {
       h.swap(hT);
       c.swap(cT);
     }
-    std::printf("%s\n", out.c_str());
+    // the bytes as they are (a NUL or a lone 0x80 included)
+    out += '\n';
+    if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size())
+      throw DataError("sample: writing to standard output failed");
     exit_code = 0;
   });
 }
@@ -286,6 +316,7 @@ void register_forward(CLI::App& app, int& exit_code) {
         if (v < 0 || v > T)
           throw DataError(f->lengths + ": length " + std::to_string(v) + " outside [0, " + std::to_string(T) + "]");
     }
+    if (f->train_mode) check_rows_for_batch_stats(mc.rnn.cell, N, "--train-mode on one row (" + f->input + ")");
     ForwardOptions opt;
     opt.mode = f->train_mode ? Mode::train : Mode::infer;
     opt.update_running = false;

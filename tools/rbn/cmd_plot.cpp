@@ -24,12 +24,14 @@ void register_plot(CLI::App& app, int& exit_code) {
     std::string out = "curves.png", metric = "auto", labels, title;
   };
   auto f = std::make_shared<Flags>();
-  sub->add_option("files", f->files, "metrics.jsonl files")->required()->check(CLI::ExistingFile);
+  sub->add_option("files", f->files, "metrics.jsonl files")->required();
   sub->add_option("--out", f->out, "PNG to write")->capture_default_str();
   sub->add_option("--metric", f->metric, "auto | bpc | accuracy | loss")->capture_default_str();
   sub->add_option("--labels", f->labels, "comma-separated legend labels");
   sub->add_option("--title", f->title, "plot title");
   sub->callback([f, &exit_code]() {
+    for (const auto& p : f->files)
+      if (!std::filesystem::is_regular_file(p)) throw DataError(p + ": no such metrics file");
     std::string script = RBN_SOURCE_DIR "/tools/plot_metrics.py";
     if (!std::filesystem::exists(script)) throw UsageError("plot: " + script + " not found");
     std::string cmd = "/usr/bin/python3 " + shell_quote(script);
