@@ -376,4 +376,31 @@ TEST_F(BadInput, AnErrorAfterTrainingBeganNamesTheLastGoodCheckpoint) {
   EXPECT_TRUE(fs::exists(out / "last.safetensors"));
 }
 
+// Text of any bytes: a UTF-8 file with multi-byte characters and a binary file train past their
+// checkpoints, and `sample` writes bytes as they are.
+TEST_F(BadInput, TextOfAnyBytesTrainsAndSamples) {
+  std::string bin;
+  for (int rep = 0; rep < 12; ++rep)
+    for (int b = 0; b < 256; ++b) bin += static_cast<char>((b * 13 + rep) & 0xff);
+  for (const auto& [name, content] : {std::pair<std::string, std::string>{"multi.txt", utf8_text()},
+                                      {"binary.bin", bin}}) {
+    const std::string out = (dir() / ("run-" + name)).string();
+    const Outcome o = run(tiny_run(file(name, content), out));
+    ASSERT_EQ(o.code, 0) << name << ": " << o.err;
+    ASSERT_TRUE(fs::exists(out + "/best.safetensors")) << name;
+    // the sample's stdout, bytes as they are: the prime comes back verbatim
+    const std::string prime = name == "multi.txt" ? "日本語" : "\x80\xfe";
+    const std::string cmd = std::string(RBN_CLI_PATH) + " sample --checkpoint " + out +
+                            "/best.safetensors --length 50 --prime '" + prime + "' 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string got;
+    std::array<char, 4096> buf{};
+    while (size_t n = fread(buf.data(), 1, buf.size(), p)) got.append(buf.data(), n);
+    EXPECT_EQ(pclose(p), 0) << name;
+    EXPECT_EQ(got.substr(0, prime.size()), prime) << name;
+    EXPECT_EQ(got.size(), prime.size() + 50 + 1) << name;  // one byte per symbol, and a newline
+  }
+}
+
 }  // namespace
