@@ -85,6 +85,18 @@ class BadInput : public ::testing::Test {
   }
 };
 
+// stdout of a command (stderr dropped), and its exit code.
+Outcome run_stdout(const std::string& args) {
+  Outcome o;
+  FILE* p = popen(("cd / && timeout 120 " + std::string(RBN_CLI_PATH) + " " + args + " 2>/dev/null").c_str(), "r");
+  if (!p) return o;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) o.err.append(buf.data(), n);
+  const int st = pclose(p);
+  o.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return o;
+}
+
 struct Case {
   std::string what;
   std::string args;
@@ -401,6 +413,41 @@ TEST_F(BadInput, TextOfAnyBytesTrainsAndSamples) {
     EXPECT_EQ(got.substr(0, prime.size()), prime) << name;
     EXPECT_EQ(got.size(), prime.size() + 50 + 1) << name;  // one byte per symbol, and a newline
   }
+}
+
+// plot, info and eval say only true things.
+TEST_F(BadInput, PlotInfoAndEvalSayOnlyTrueThings) {
+  const std::string text = file("utf8d.txt", utf8_text());
+  const std::string lm = (dir() / "run-d").string(), ln = (dir() / "run-dln").string();
+  ASSERT_EQ(run(tiny_run(text, lm)).code, 0);
+  ASSERT_EQ(run(tiny_run(text, ln, "--cell lnlstm")).code, 0);
+  const std::vector<Case> cases{
+      {"plot accuracy of a language model", "plot " + lm + "/metrics.jsonl --metric accuracy --out " + (dir() / "a.png").string(), 2, "--metric accuracy"},
+      {"plot an unknown metric", "plot " + lm + "/metrics.jsonl --metric f1 --out " + (dir() / "b.png").string(), 2, "--metric"},
+      {"info without a checkpoint", "info", 2, "--checkpoint"},
+  };
+  for (const auto& c : cases) expect_case(c);
+  EXPECT_FALSE(fs::exists(dir() / "a.png")) << "a refused plot wrote its file";
+  const Outcome info_ln = run_stdout("info " + ln + "/best.safetensors");
+  EXPECT_EQ(info_ln.code, 0);
+  EXPECT_NE(info_ln.err.find("population statistics: none (cell lnlstm has none)"), std::string::npos) << info_ln.err;
+  const Outcome info_lm = run_stdout("info --checkpoint " + lm + "/best.safetensors");
+  EXPECT_NE(info_lm.err.find("population statistics: pass"), std::string::npos) << info_lm.err;
+  EXPECT_NE(info_lm.err.find("head lm, vocabulary "), std::string::npos) << info_lm.err;
+  EXPECT_EQ(info_lm.err.find(", classes"), std::string::npos) << info_lm.err;
+  // the checkpoint is listed once in the help
+  const Outcome help = run_stdout("info --help");
+  size_t listed = 0;
+  for (size_t at = help.err.find("checkpoint TEXT"); at != std::string::npos; at = help.err.find("checkpoint TEXT", at + 1))
+    ++listed;
+  EXPECT_EQ(listed, 1u) << help.err;
+  // the default MNIST directory of `reproduce` does not depend on the working directory (run from /)
+  const Outcome repro = run_stdout("reproduce --help");
+  const size_t at = repro.err.find("--data TEXT=");
+  ASSERT_NE(at, std::string::npos) << repro.err;
+  const std::string path = repro.err.substr(at + 12, repro.err.find_first_of(" \n", at + 12) - at - 12);
+  EXPECT_TRUE(fs::path(path).is_absolute()) << path;
+  EXPECT_TRUE(fs::exists(path)) << path;
 }
 
 }  // namespace

@@ -84,13 +84,22 @@ std::string choose_popstats(const EvalFlags& f, LoadedCheckpoint& ck, TaskData& 
   return used;
 }
 
+// ", classes 10" / ", vocabulary 50" after the head's name; nothing for a bare stack.
+std::string head_size(const ModelConfig& mc) {
+  switch (mc.head) {
+    case Head::none: return "";
+    case Head::lm: return ", vocabulary " + std::to_string(mc.num_classes);
+    default: return ", classes " + std::to_string(mc.num_classes);
+  }
+}
+
 }  // namespace
 
 void register_eval(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("eval", "evaluate a checkpoint with population statistics");
   auto f = std::make_shared<EvalFlags>();
   sub->add_option("--checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
-  sub->add_option("--split", f->split, "train | valid | test")->capture_default_str();
+  sub->add_option("--split", f->split, "train | valid | test (the training split too: a check of overfitting)")->capture_default_str();
   sub->add_option("--data", f->data, "dataset location (default: the one it was trained on)");
   sub->add_option("--popstats", f->popstats,
                   "auto (pass unless the checkpoint holds pass statistics of the same data) | pass | "
@@ -347,14 +356,22 @@ void register_forward(CLI::App& app, int& exit_code) {
 void register_info(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("info", "a checkpoint's config, sizes, step and metrics");
   struct Flags {
-    std::string checkpoint;
+    std::string checkpoint, positional;
     bool json = false;
   };
   auto f = std::make_shared<Flags>();
-  sub->add_option("--checkpoint,checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
+  // `rbn info FILE` or `rbn info --checkpoint FILE` (as the other commands), listed once
+  sub->add_option("checkpoint", f->positional, "a .safetensors checkpoint (or --checkpoint FILE)");
+  sub->add_option("--checkpoint", f->checkpoint)->group("");
   sub->add_flag("--json", f->json, "print JSON");
   sub->callback([f, &exit_code]() {
+    if (!f->checkpoint.empty() && !f->positional.empty() && f->checkpoint != f->positional)
+      throw UsageError("--checkpoint: two checkpoints given (" + f->checkpoint + " and " + f->positional + "); give one");
+    if (f->checkpoint.empty()) f->checkpoint = f->positional;
+    if (f->checkpoint.empty()) throw UsageError("--checkpoint: required (a .safetensors checkpoint)");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    const bool has_pop = cell_has_population_stats(ck.model->config().rnn.cell);
+    const std::string popstats = has_pop ? ck.state.popstats : "none";
     const auto& mc = ck.model->config();
     size_t nparams = 0;
     for (auto& p : ck.model->parameters()) nparams += p.numel;
@@ -364,7 +381,7 @@ void register_info(CLI::App& app, int& exit_code) {
     j["metadata"] = ck.metadata;
     j["parameters"] = nparams;
     j["step"] = ck.state.step;
-    j["popstats"] = ck.state.popstats;
+    j["popstats"] = popstats;
     // the run's last metrics, when the checkpoint sits in its output directory
     const auto dir = std::filesystem::path(f->checkpoint).parent_path();
     std::ifstream mf(dir / "metrics.jsonl");
@@ -376,14 +393,17 @@ void register_info(CLI::App& app, int& exit_code) {
     if (!last_train.empty()) j["last_train"] = nlohmann::json::parse(last_train, nullptr, false);
     if (!last_valid.empty()) j["last_valid"] = nlohmann::json::parse(last_valid, nullptr, false);
     if (f->json) {
-      std::printf("%s\n", j.dump(2).c_str());
+      // metadata written by other tools may hold any bytes: replaced, never an exception
+      std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       std::printf("%s (%zu bytes)\n", f->checkpoint.c_str(), ck.file_bytes);
-      std::printf("  cell %s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s, classes %d\n",
+      std::printf("  cell %s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s%s\n",
                   cell_name(mc.rnn.cell), mc.rnn.input_size, mc.rnn.hidden_size, mc.rnn.num_layers,
-                  mc.rnn.t_max, mc.rnn.eps, head_name(mc.head), mc.num_classes);
+                  mc.rnn.t_max, mc.rnn.eps, head_name(mc.head), head_size(mc).c_str());
       std::printf("  %zu parameters; step %lld; population statistics: %s\n", nparams,
-                  static_cast<long long>(ck.state.step), ck.state.popstats.c_str());
+                  static_cast<long long>(ck.state.step),
+                  has_pop ? ck.state.popstats.c_str()
+                          : fmt::format("none (cell {} has none)", cell_name(mc.rnn.cell)).c_str());
       if (ck.train_config)
         std::printf("  trained on: task %s, data %s, optimizer %s, lr %g, batch %d\n",
                     ck.train_config->task.c_str(), ck.train_config->data.c_str(),
