@@ -11,6 +11,7 @@ namespace rbn {
 // One list of fields serves to_json, from_json and the unknown-key check.
 #define RBN_TRAIN_FIELDS(X)                                                                     \
   X(task) X(data) X(permutation) X(permutation_seed) X(mnist_split_train) X(mnist_split_valid)  \
+  X(valid_fraction) X(test_fraction)                                                            \
   X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
   X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
   X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
@@ -94,6 +95,11 @@ void TrainConfig::check_flags_used(const std::set<std::string>& given) const {
     }
   };
   check(optimizer_of, optimizer, "optimizer");
+  static const std::map<std::string, std::vector<std::string>> task_of{
+      {"valid_fraction", {"seq"}}, {"test_fraction", {"seq"}}, {"embed", {"ptb", "text8", "text"}},
+      {"seq_len", {"ptb", "text8", "text"}}, {"permutation", {"pmnist"}}, {"permutation_seed", {"pmnist"}},
+      {"mnist_split_train", {"seqmnist", "pmnist"}}, {"mnist_split_valid", {"seqmnist", "pmnist"}}};
+  check(task_of, task, "--task");
   check(schedule_of, lr_schedule, "--lr-schedule");
 }
 
@@ -153,8 +159,12 @@ void TrainConfig::validate() const {
   auto bad = [](const char* flag, const std::string& what) {
     throw UsageError(std::string(flag) + ": " + what);
   };
-  if (task != "seqmnist" && task != "pmnist" && task != "ptb" && task != "text8" && task != "text")
-    bad("--task", "unknown task '" + task + "' (seqmnist, pmnist, ptb, text8, text)");
+  if (task != "seqmnist" && task != "pmnist" && task != "ptb" && task != "text8" && task != "text" &&
+      task != "seq")
+    bad("--task", "unknown task '" + task + "' (seqmnist, pmnist, ptb, text8, text, seq)");
+  if (!(valid_fraction >= 0 && valid_fraction < 1)) bad("--valid-fraction", "must be in [0, 1)");
+  if (!(test_fraction >= 0 && test_fraction < 1)) bad("--test-fraction", "must be in [0, 1)");
+  if (!(valid_fraction + test_fraction < 1)) bad("--test-fraction", "with --valid-fraction must leave training rows");
   if (!parse_cell(cell)) bad("--cell", "unknown cell '" + cell + "' (lstm, bnlstm, bnx, bnx-seq, lnlstm)");
   if (hidden <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden));
   if (layers <= 0) bad("--layers", "must be positive, got " + std::to_string(layers));
@@ -186,7 +196,7 @@ void TrainConfig::validate() const {
   for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--data", &data},
                                     {"--out", &out}, {"--permutation", &permutation}})
     if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
-  if (!is_lm() && task != "seqmnist" && task != "pmnist") bad("--task", "unknown");
+  if (!is_lm() && task != "seqmnist" && task != "pmnist" && task != "seq") bad("--task", "unknown");
 }
 
 StackConfig TrainConfig::stack_config(int input_size) const {

@@ -14,12 +14,14 @@ namespace rbn {
 
 struct TrainConfig {
   // task and data
-  std::string task = "seqmnist";  // seqmnist | pmnist | ptb | text8 | text
+  std::string task = "seqmnist";  // seqmnist | pmnist | ptb | text8 | text | seq
   std::string data;               // directory (idx files, ptb files) or file (text8, text)
   std::string permutation = "seeded";  // pmnist: seeded | authors | FILE of 784 indices
   uint64_t permutation_seed = 0;  // 0: derived from --seed
   int mnist_split_train = 0;      // >0: only a test set present: take this many for training...
   int mnist_split_valid = 0;      // ...and this many for validation (the rest is the test set)
+  double valid_fraction = 0.1;    // seq without valid.x.npy: this share of the training rows
+  double test_fraction = 0.1;     // seq without test.x.npy: this share (0: no test split)
 
   // model
   std::string cell = "bnlstm";

@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "data/seq.hpp"
 #include "train/checkpoint.hpp"
 #include "train/group.hpp"
 #include "train/optim.hpp"
@@ -162,6 +163,11 @@ TrainSummary run_training(const TrainRequest& req) {
   }
   cfg.validate();
   cfg.check_flags_used(req.given);
+  if (cfg.task == "seq")  // a fraction given for a split that has its own files would mean nothing
+    for (const auto& [field, split] : {std::pair<const char*, const char*>{"valid_fraction", "valid"}, {"test_fraction", "test"}})
+      if (req.given.count(field) && seq_split_present(cfg.data, split))
+        throw UsageError(TrainConfig::flag_of(field) + ": " + cfg.data + " has " + split +
+                         ".x.npy; the fraction applies only where a split's files are absent");
   if (!req.resume && Group::world().rank() == 0) claim_output_dir(cfg.out, req.overwrite);
   int64_t checkpoint_step = -1;  // the step of the last good checkpoint (-1: none yet)
   try {
@@ -228,6 +234,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
   mc.head = data->head();
   mc.num_classes = data->num_classes();
   mc.embed_dim = cfg.embed;
+  mc.per_step = data->per_step();
   if (root && mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
     std::fprintf(stderr,
                  "warning: lnlstm with one input feature: LN(W x) loses the pixel's magnitude and "
@@ -324,21 +331,18 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
     EvalResult r = evaluate_batches(model, *data, Split::valid, N, cfg.eval_batches,
                                     [&](int64_t d, int64_t) { pe.update(d, ""); }, &group);
     pe.finish();
-    const bool lm = data->head() == Head::lm;
-    const double metric = lm ? r.bpc : 1.0 - r.accuracy;
+    const HeadMetric hm = head_metric(data->head(), r.loss, r.accuracy);
+    const double metric = hm.to_minimize;
     nlohmann::json j{{"step", at_step},   {"split", "valid"}, {"loss", r.loss},
                      {"lr", lr},          {"count", r.count},
                      {"popstats", has_pop ? cfg.popstats : "none"},
                      {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()}};
-    if (lm)
-      j["bpc"] = r.bpc;
-    else
-      j["accuracy"] = r.accuracy;
+    j[hm.name] = hm.value;
     metrics.write(j);
     if (root)
       std::fprintf(stderr, "step %lld valid: loss %.4f %s %.4f (%lld items, %.1fs)\n",
-                 static_cast<long long>(at_step), r.loss, lm ? "bpc" : "accuracy",
-                 lm ? r.bpc : r.accuracy, static_cast<long long>(r.count), r.seconds);
+                 static_cast<long long>(at_step), r.loss, hm.name, hm.value, static_cast<long long>(r.count),
+                 r.seconds);
     summary.final_valid = r;
     if (metric < best_metric) {
       best_metric = metric;
@@ -392,11 +396,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
     opt.h0_noise = cfg.h0_noise;
     opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
     opt.row0 = row0;  // a row's noise is the same on whichever rank it lands
-    const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
-    StepResult r = data->head() == Head::lm
-                       ? model.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
-                                       nullptr, nullptr, nullptr, true)
-                       : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
+    StepResult r = run_batch(model, opt, b, true);
     if (group.distributed()) {
       // The gradients of the shards' losses (each over the group's count) add up to the
       // gradient of the global batch: one sum over one flat buffer; then the metrics.
@@ -452,7 +452,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
     acc_count += r.count;
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_log).count();
-      const bool lm = data->head() == Head::lm;
+      const HeadMetric hm = head_metric(data->head(), log_n ? loss_acc / log_n : NAN, log_n ? acc_acc / log_n : NAN);
       nlohmann::json j{{"step", step},
                        {"split", "train"},
                        {"loss", log_n ? loss_acc / log_n : NAN},
@@ -460,15 +460,10 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
                        {"grad_norm", gnorm},
                        {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()},
                        {"items_per_second", secs > 0 ? acc_count / secs : 0.0}};
-      if (lm)
-        j["bpc"] = log_n ? loss_acc / log_n / std::log(2.0) : NAN;
-      else
-        j["accuracy"] = log_n ? acc_acc / log_n : NAN;
+      j[hm.name] = hm.value;
       metrics.write(j);
       bar.update(step, fmt::format("loss {:.4f} {} {:.4f}", log_n ? loss_acc / log_n : NAN,
-                                   lm ? "bpc" : "acc",
-                                   lm ? (log_n ? loss_acc / log_n / std::log(2.0) : NAN)
-                                      : (log_n ? acc_acc / log_n : NAN)));
+                                   std::string(hm.name) == "accuracy" ? "acc" : hm.name, hm.value));
       loss_acc = acc_acc = 0;
       acc_count = log_n = 0;
       t_log = std::chrono::steady_clock::now();

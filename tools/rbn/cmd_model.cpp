@@ -84,11 +84,30 @@ std::string choose_popstats(const EvalFlags& f, LoadedCheckpoint& ck, TaskData& 
   return used;
 }
 
+// Token ids [T,N] of a model trained on ids (--task seq): one-hot features [T,N,V].
+std::vector<float> one_hot_ids(const NpyArray& in, const std::string& file, int V, int& T, int& N) {
+  if (in.shape.size() != 2)
+    throw DataError(file + ": this model takes token ids [T,N], got rank " + std::to_string(in.shape.size()));
+  const std::vector<int32_t> ids = in.to_int32();
+  T = static_cast<int>(in.shape[0]);
+  N = static_cast<int>(in.shape[1]);
+  std::vector<float> x(ids.size() * static_cast<size_t>(V), 0.0f);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= V)
+      throw DataError(file + ": token id " + std::to_string(ids[i]) + " outside [0, " + std::to_string(V) + ")");
+    x[i * V + ids[i]] = 1.0f;
+  }
+  return x;
+}
+
 // ", classes 10" / ", vocabulary 50" after the head's name; nothing for a bare stack.
 std::string head_size(const ModelConfig& mc) {
   switch (mc.head) {
     case Head::none: return "";
     case Head::lm: return ", vocabulary " + std::to_string(mc.num_classes);
+    case Head::tag: return ", classes " + std::to_string(mc.num_classes) + " per step";
+    case Head::regress:
+      return ", outputs " + std::to_string(mc.num_classes) + (mc.per_step ? " per step" : " per sequence");
     default: return ", classes " + std::to_string(mc.num_classes);
   }
 }
@@ -141,14 +160,14 @@ void register_eval(CLI::App& app, int& exit_code) {
     nlohmann::json j{{"checkpoint", f->checkpoint}, {"split", f->split}, {"loss", r.loss},
                      {"count", r.count},            {"seconds", r.seconds}, {"popstats", used},
                      {"evaluation", how}};
-    if (lm)
-      j["bpc"] = r.bpc;
-    else
-      j["accuracy"] = r.accuracy;
-    std::printf("%s %s: %s %.4f (loss %.4f nats, %lld %s; population statistics: %s; %s)\n",
-                f->checkpoint.c_str(), f->split.c_str(), lm ? "bpc" : "accuracy",
-                lm ? r.bpc : r.accuracy, r.loss, static_cast<long long>(r.count),
-                lm ? "symbols" : "sequences", used.c_str(), how.c_str());
+    const HeadMetric hm = head_metric(data->head(), r.loss, r.accuracy);
+    j[hm.name] = hm.value;
+    const char* items = lm ? "symbols" : data->head() == Head::tag ? "steps"
+                        : data->head() == Head::regress ? "values" : "sequences";
+    std::printf("%s %s: %s %.4f (loss %.4f%s, %lld %s; population statistics: %s; %s)\n",
+                f->checkpoint.c_str(), f->split.c_str(), hm.name, hm.value, r.loss,
+                data->head() == Head::regress ? "" : " nats", static_cast<long long>(r.count), items,
+                used.c_str(), how.c_str());
     if (!f->json.empty()) {
       std::ofstream o(f->json);
       if (!o) throw DataError(f->json + ": cannot open for writing");
@@ -283,7 +302,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   auto f = std::make_shared<Flags>();
   sub->add_option("--checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
   sub->add_option("--input", f->input, "X.npy: features [T,N,C] (float32/64) or token ids [T,N] (int32/64)")->required();
-  sub->add_option("--output", f->output, "Y.npy: h [T,N,H], or logits [N,K] / [T,N,K]")->required();
+  sub->add_option("--output", f->output, "Y.npy: h [T,N,H] (no head), logits [N,K] (classify) / [T,N,K] (lm, tag), values [N,D] / [T,N,D] (regress)")->required();
   sub->add_option("--lengths", f->lengths, "L.npy: valid steps per row [N] (int32/64)");
   sub->add_flag("--train-mode", f->train_mode, "batch statistics instead of population statistics");
   sub->add_option("--threads", f->threads, "threads (0: default)");
@@ -308,6 +327,8 @@ void register_forward(CLI::App& app, int& exit_code) {
                           std::to_string(mc.num_classes) + ")");
       T = static_cast<int>(in.shape[0]);
       N = static_cast<int>(in.shape[1]);
+    } else if (ck.metadata.count("data.input") && ck.metadata.at("data.input") == "ids") {
+      x = one_hot_ids(in, f->input, mc.rnn.input_size, T, N);  // --task seq on token ids
     } else {
       if (in.shape.size() != 3 || in.shape[2] != mc.rnn.input_size)
         throw DataError(f->input + ": expected features [T,N," + std::to_string(mc.rnn.input_size) + "]");
@@ -340,6 +361,10 @@ void register_forward(CLI::App& app, int& exit_code) {
     } else if (lm) {
       out.resize(size_t(T) * N * mc.num_classes);
       m.logits(opt, T, N, nullptr, ids.data(), len, nullptr, nullptr, out.data(), nullptr, nullptr);
+      shape = {T, N, mc.num_classes};
+    } else if (mc.head == Head::tag || (mc.head == Head::regress && mc.per_step)) {
+      out.resize(size_t(T) * N * mc.num_classes);
+      m.logits(opt, T, N, x.data(), nullptr, len, nullptr, nullptr, out.data(), nullptr, nullptr);
       shape = {T, N, mc.num_classes};
     } else {
       out.resize(size_t(N) * mc.num_classes);
