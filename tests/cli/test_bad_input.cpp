@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "io/npy.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -448,6 +450,55 @@ TEST_F(BadInput, PlotInfoAndEvalSayOnlyTrueThings) {
   const std::string path = repro.err.substr(at + 12, repro.err.find_first_of(" \n", at + 12) - at - 12);
   EXPECT_TRUE(fs::path(path).is_absolute()) << path;
   EXPECT_TRUE(fs::exists(path)) << path;
+}
+
+// --task seq through the command line: train, eval (mean squared error), forward (the head's
+// shape), and the flags that mean nothing for it refused.
+TEST_F(BadInput, SeqThroughTheCommandLine) {
+  const fs::path data = dir() / "seqdata";
+  fs::create_directories(data);
+  const int T = 6, N = 60;
+  std::vector<float> x(size_t(T) * N * 2), y(N);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37 % 101) / 101.0 - 0.5);
+  for (int n = 0; n < N; ++n) y[n] = x[2 * n];
+  std::vector<int32_t> tags(size_t(T) * N);
+  for (size_t i = 0; i < tags.size(); ++i) tags[i] = x[2 * i] > 0;
+  const std::vector<int64_t> sx{T, N, 2}, sy{N}, st{T, N};
+  rbn::write_npy((data / "train.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((data / "train.y.npy").string(), "<f4", sy, y.data());
+  const fs::path tagdata = dir() / "tagdata";
+  fs::create_directories(tagdata);
+  rbn::write_npy((tagdata / "train.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((tagdata / "train.y.npy").string(), "<i4", st, tags.data());
+  rbn::write_npy((tagdata / "valid.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((tagdata / "valid.y.npy").string(), "<i4", st, tags.data());
+  const std::string xin = (data / "train.x.npy").string();
+  auto train = [&](const fs::path& d, const std::string& out, const std::string& more) {
+    return "train --task seq --data " + d.string() + " --hidden 8 --batch-size 10 --steps 10 --eval-every 10 "
+           "--popstats-batches 2 --out " + (dir() / out).string() + " " + more;
+  };
+  ASSERT_EQ(run(train(data, "seq-reg", "--test-fraction 0.2")).code, 0);
+  ASSERT_EQ(run(train(tagdata, "seq-tag", "--test-fraction 0")).code, 0);
+  const std::string reg = (dir() / "seq-reg" / "best.safetensors").string(), tag = (dir() / "seq-tag" / "best.safetensors").string();
+  const Outcome ev = run_stdout("eval --checkpoint " + reg + " --split test");
+  EXPECT_EQ(ev.code, 0);
+  EXPECT_NE(ev.err.find(": mse "), std::string::npos) << ev.err;
+  EXPECT_NE(ev.err.find("12 values"), std::string::npos) << ev.err;  // 20 % of 60 rows, one value each
+  const Outcome fr = run_stdout("forward --checkpoint " + reg + " --input " + xin + " --output " + (dir() / "yr.npy").string());
+  EXPECT_NE(fr.err.find("[60,1]"), std::string::npos) << fr.err;
+  const Outcome ft = run_stdout("forward --checkpoint " + tag + " --input " + xin + " --output " + (dir() / "yt.npy").string());
+  EXPECT_NE(ft.err.find("[6,60,2]"), std::string::npos) << ft.err;
+  const Outcome info = run_stdout("info " + tag);
+  EXPECT_NE(info.err.find("head tag, classes 2 per step"), std::string::npos) << info.err;
+  const std::vector<Case> cases{
+      {"fraction for a split that has files", train(tagdata, "seq-x", "--valid-fraction 0.2"), 2, "--valid-fraction"},
+      {"language-model window with seq", train(data, "seq-y", "--seq-len 50"), 2, "--seq-len"},
+      {"embedding with seq", train(data, "seq-y", "--embed 4"), 2, "--embed"},
+      {"seq fraction with another task", "train --task ptb --data x --valid-fraction 0.2 --out " + (dir() / "seq-z").string(), 2, "--valid-fraction"},
+      {"eval a split that does not exist", "eval --checkpoint " + tag + " --split test", 2, "--split test"},
+      {"seq data directory missing", train(dir() / "nothing-here", "seq-w", ""), 1, "nothing-here"},
+  };
+  for (const auto& c : cases) expect_case(c);
 }
 
 }  // namespace

@@ -29,8 +29,12 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   auto flag = [&](const char* field, const char* name, bool& var, const char* help) {
     f.given[field] = sub->add_option(name, var, help)->capture_default_str();
   };
-  opt("task", "--task", c.task, "seqmnist | pmnist | ptb | text8 | text");
-  opt("data", "--data", c.data, "dataset directory (idx / PTB files) or text file");
+  opt("task", "--task", c.task, "seqmnist | pmnist | ptb | text8 | text | seq (your own .npy sequences)");
+  opt("data", "--data", c.data, "dataset directory (idx / PTB / seq .npy files) or text file");
+  opt("valid_fraction", "--valid-fraction", c.valid_fraction,
+      "seq without valid.x.npy: share of the training rows taken for validation");
+  opt("test_fraction", "--test-fraction", c.test_fraction,
+      "seq without test.x.npy: share of the training rows taken for testing (0: no test split)");
   opt("permutation", "--permutation", c.permutation, "pmnist pixel order: seeded | authors | FILE");
   opt("permutation_seed", "--permutation-seed", c.permutation_seed, "seed of the permutation (0: --seed)");
   opt("mnist_split_train", "--mnist-split-train", c.mnist_split_train,
