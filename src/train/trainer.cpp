@@ -11,9 +11,8 @@
 #include <fstream>
 #include <sstream>
 
-#include <fmt/ranges.h>
-
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "data/seq.hpp"
 #include "train/checkpoint.hpp"
@@ -112,7 +111,6 @@ class MetricsLog {
   std::string path_;
 };
 
-
 // The files of a run in an output directory (those present).
 std::vector<std::string> run_files(const std::string& out) {
   std::vector<std::string> found;
@@ -157,9 +155,10 @@ TrainSummary run_training(const TrainRequest& req) {
   if (req.resume) {
     if (!std::filesystem::exists(last_path)) throw UsageError("--resume: no checkpoint at " + last_path);
     cfg = TrainConfig::for_resume(read_checkpoint_config(last_path), req.cfg, req.given, last_path);
-    if (cfg.steps <= read_checkpoint_state(last_path).step)
+    const int64_t reached = read_checkpoint_state(last_path).step;
+    if (cfg.steps <= reached)
       throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
-                                   cfg.out, read_checkpoint_state(last_path).step));
+                                   cfg.out, reached));
   }
   cfg.validate();
   cfg.check_flags_used(req.given);
