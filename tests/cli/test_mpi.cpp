@@ -200,4 +200,21 @@ TEST(MpiResume, ResumedRunEndsWhereTheUninterruptedOneEnds) {
   fs::remove_all(base);
 }
 
+// Each rank normalizing its own rows (--sync-bn false) with one row per rank: variance 0 by
+// construction, refused before training with a line naming the flags and the cell.
+TEST(MpiUnsynchronized, OneRowPerRankIsRefused) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-onerow-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  std::string cmd = train_command("bnlstm", base / "run", "--sync-bn false");
+  cmd.replace(cmd.find("--batch-size 8"), 14, "--batch-size 2");
+  EXPECT_NE(run(mpirun(2) + cmd, base / "log"), 0);
+  std::ifstream in(base / "log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(log.find("--sync-bn false with --batch-size 2 over 2 ranks: cell bnlstm"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(base / "run" / "metrics.jsonl"));
+  fs::remove_all(base);
+}
+
 }  // namespace
