@@ -488,6 +488,18 @@ TEST_F(BadInput, SeqThroughTheCommandLine) {
   EXPECT_NE(fr.err.find("[60,1]"), std::string::npos) << fr.err;
   const Outcome ft = run_stdout("forward --checkpoint " + tag + " --input " + xin + " --output " + (dir() / "yt.npy").string());
   EXPECT_NE(ft.err.find("[6,60,2]"), std::string::npos) << ft.err;
+  // a model trained on token ids takes token ids in forward (fed one-hot as in training)
+  const fs::path idsdata = dir() / "idsdata";
+  fs::create_directories(idsdata);
+  std::vector<int32_t> ids(size_t(T) * N), ylab(N);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i * 7 % 5);
+  for (int n = 0; n < N; ++n) ylab[n] = ids[n] > 2;
+  rbn::write_npy((idsdata / "train.x.npy").string(), "<i4", st, ids.data());
+  rbn::write_npy((idsdata / "train.y.npy").string(), "<i4", sy, ylab.data());
+  ASSERT_EQ(run(train(idsdata, "seq-ids", "")).code, 0);
+  const Outcome fi = run_stdout("forward --checkpoint " + (dir() / "seq-ids" / "best.safetensors").string() +
+                                " --input " + (idsdata / "train.x.npy").string() + " --output " + (dir() / "yi.npy").string());
+  EXPECT_NE(fi.err.find("[60,2]"), std::string::npos) << fi.err;
   const Outcome info = run_stdout("info " + tag);
   EXPECT_NE(info.err.find("head tag, classes 2 per step"), std::string::npos) << info.err;
   const std::vector<Case> cases{
