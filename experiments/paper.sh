@@ -24,7 +24,7 @@ ptb() {
   for cell in lstm bnlstm lnlstm; do
     "$RBN" train --task ptb --data data/ptb --cell "$cell" --hidden 256 --seq-len 100 --batch-size 32 \
       --optimizer adam --lr 0.002 --clip 1 --steps "$PTB_STEPS" --eval-every 200 --eval-batches 20 \
-      --popstats-batches 10 --log-every 50 --seed 1 --out "$OUT/ptb-$cell" 2> "$OUT/ptb-$cell.log"
+      --popstats-batches 10 --log-every 50 --seed 1 --out "$OUT/ptb-$cell" --overwrite 2> "$OUT/ptb-$cell.log"
     "$RBN" eval --checkpoint "$OUT/ptb-$cell/best.safetensors" --split test --streams 8 \
       --json "$OUT/ptb-$cell/test.json" 2>> "$OUT/ptb-$cell.log"
   done
@@ -42,7 +42,7 @@ pixel_run() {
   [ "$cell" = lnlstm ] && extra=(--ln-input false)
   "$RBN" train --task "$task" --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
     --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
-    --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/$name-$cell" \
+    --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/$name-$cell" --overwrite \
     2> "$OUT/$name-$cell.log"
   "$RBN" eval --checkpoint "$OUT/$name-$cell/best.safetensors" --split test \
     --json "$OUT/$name-$cell/test.json" 2>> "$OUT/$name-$cell.log"

@@ -7,11 +7,11 @@ BUILD=${1:-build}
 RBN="$BUILD/rbn"
 OUT=${RBN_DEMO_OUT:-runs/demo}
 STEPS=${RBN_DEMO_STEPS:-1000}
-rm -rf "$OUT"
+# a rerun replaces the previous demo run (--overwrite), nothing else in $OUT
 echo "== training a BN-LSTM (H=128) on Penn Treebank characters for $STEPS steps"
 "$RBN" train --task ptb --data data/ptb --cell bnlstm --hidden 128 --seq-len 100 \
   --batch-size 32 --optimizer adam --lr 0.002 --clip 1.0 --steps "$STEPS" \
-  --eval-every 250 --eval-batches 40 --popstats-batches 20 --log-every 25 --seed 1 --out "$OUT"
+  --eval-every 250 --eval-batches 40 --popstats-batches 20 --log-every 25 --seed 1 --out "$OUT" --overwrite
 echo
 echo "== test bits per character (population statistics from a pass over training data;"
 echo "   the test split as 8 contiguous streams, state carried across chunks)"

@@ -14,7 +14,7 @@ echo "|---|---|---|---|---|---|" >> "$summary"
 run() {
   local task=$1 cell=$2; shift 2
   local dir="$OUT/$task-$cell"
-  local cmd="$BUILD/rbn train --cell $cell --out $dir $*"
+  local cmd="$BUILD/rbn train --cell $cell --out $dir --overwrite $*"
   local t0=$(date +%s)
   $cmd > "$dir.log" 2>&1
   local t1=$(date +%s)

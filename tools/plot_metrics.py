@@ -39,7 +39,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--metric", default="auto", choices=["auto", "bpc", "accuracy", "loss"])
+    ap.add_argument("--metric", default="auto", choices=["auto", "bpc", "accuracy", "mse", "loss"])
     ap.add_argument("--labels", default="")
     ap.add_argument("--title", default="")
     ap.add_argument("--no-train", action="store_true", help="validation curves only")
@@ -48,7 +48,8 @@ def main():
     runs = [load(p) for p in args.files]
     metric = args.metric
     if metric == "auto":
-        metric = "bpc" if any("bpc" in r for run in runs for r in run) else "accuracy"
+        held = {k for run in runs for r in run for k in r}
+        metric = next((k for k in ("bpc", "accuracy", "mse") if k in held), "loss")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (path, rows) in enumerate(zip(args.files, runs)):
@@ -62,7 +63,11 @@ def main():
             ax.plot(*zip(*va), color=color, marker="o", markersize=3, linewidth=1.6,
                     label=f"{label} (valid)")
     ax.set_xlabel("training steps")
-    ax.set_ylabel({"bpc": "bits per character", "accuracy": "accuracy", "loss": "loss (nats)"}[metric])
+    for path, rows in zip(args.files, runs):
+        if not any(metric in r for r in rows):
+            sys.exit(f"{path}: no {metric} values")
+    ax.set_ylabel({"bpc": "bits per character", "accuracy": "accuracy", "mse": "mean squared error",
+                   "loss": "loss"}[metric])
     # long titles wrap instead of running off the figure
     ax.set_title(textwrap.fill(args.title or f"{metric} against training steps", 70), fontsize=11)
     ax.grid(alpha=0.3)

@@ -27,7 +27,17 @@ int Vocab::id(const std::string& s) const {
   return it == index_.end() ? -1 : it->second;
 }
 
-nlohmann::json Vocab::to_json() const { return {{"kind", kind_}, {"symbols", symbols_}}; }
+// A one-byte symbol is stored as its integer value (a JSON string cannot hold every byte: 0x80
+// alone is not UTF-8), a longer one (<unk>) as a string.
+nlohmann::json Vocab::to_json() const {
+  nlohmann::json syms = nlohmann::json::array();
+  for (const auto& s : symbols_)
+    if (s.size() == 1)
+      syms.push_back(static_cast<int>(static_cast<unsigned char>(s[0])));
+    else
+      syms.push_back(s);
+  return {{"kind", kind_}, {"symbols", syms}};
+}
 
 Vocab Vocab::from_json(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("kind") || !j.contains("symbols") || !j["kind"].is_string() ||
@@ -35,8 +45,15 @@ Vocab Vocab::from_json(const nlohmann::json& j) {
     throw DataError("vocabulary: expected {kind, symbols}");
   std::vector<std::string> s;
   for (const auto& v : j["symbols"]) {
-    if (!v.is_string()) throw DataError("vocabulary: a symbol is not a string");
-    s.push_back(v.get<std::string>());
+    if (v.is_number_integer()) {
+      const int64_t b = v.get<int64_t>();
+      if (b < 0 || b > 255) throw DataError("vocabulary: byte value " + std::to_string(b) + " outside [0, 255]");
+      s.emplace_back(1, static_cast<char>(b));
+    } else if (v.is_string()) {  // multi-byte symbols; checkpoints before byte values: every symbol
+      s.push_back(v.get<std::string>());
+    } else {
+      throw DataError("vocabulary: a symbol is neither a byte value nor a string");
+    }
   }
   if (s.size() < 2) throw DataError("vocabulary: fewer than 2 symbols");
   return Vocab(j["kind"].get<std::string>(), std::move(s));

@@ -36,6 +36,7 @@ std::map<std::string, std::string> model_metadata(const Model& m) {
   md["eps"] = num(mc.rnn.eps);
   md["head"] = head_name(mc.head);
   if (mc.head != Head::none) md["num_classes"] = std::to_string(mc.num_classes);
+  if (mc.head == Head::regress) md["per_step"] = mc.per_step ? "true" : "false";
   md["embed_dim"] = std::to_string(mc.embed_dim);
   md["ln_input"] = mc.rnn.ln_input ? "true" : "false";
   md["learn_init_state"] = mc.rnn.learn_init_state ? "true" : "false";
@@ -190,6 +191,10 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   }
 }
 
+CheckpointState read_checkpoint_state(const std::string& path) {
+  return read_state(read_safetensors(path), path);
+}
+
 LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   const SafeTensors st = read_safetensors(path);
   LoadedCheckpoint ck;
@@ -225,8 +230,10 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   try {
     mc.head = parse_head(meta(st, path, "head"));
   } catch (const UsageError&) {
-    throw DataError(path + ": metadata 'head' = '" + meta(st, path, "head") + "' is not none, classify or lm");
+    throw DataError(path + ": metadata 'head' = '" + meta(st, path, "head") +
+                    "' is not none, classify, lm, tag or regress");
   }
+  mc.per_step = flag("per_step", false);
   mc.num_classes = mc.head == Head::none ? 2 : positive("num_classes");
   mc.embed_dim = st.metadata.count("embed_dim") ? static_cast<int>(meta_int(st, path, "embed_dim")) : 0;
   if (mc.head == Head::lm && mc.embed_dim == 0 && mc.rnn.input_size != mc.num_classes)

@@ -41,6 +41,8 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer
 
 // The training config stored in a checkpoint written by `rbn train`.
 TrainConfig read_checkpoint_config(const std::string& path);
+// Its step, best metric and kind of population statistics.
+CheckpointState read_checkpoint_state(const std::string& path);
 
 // A model from a checkpoint alone (eval, forward, sample, info): config from the metadata
 // (SPEC keys), tensors checked against it.

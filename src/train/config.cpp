@@ -1,6 +1,8 @@
 #include "train/config.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "util/error.hpp"
 
@@ -9,6 +11,7 @@ namespace rbn {
 // One list of fields serves to_json, from_json and the unknown-key check.
 #define RBN_TRAIN_FIELDS(X)                                                                     \
   X(task) X(data) X(permutation) X(permutation_seed) X(mnist_split_train) X(mnist_split_valid)  \
+  X(valid_fraction) X(test_fraction)                                                            \
   X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
   X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
   X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
@@ -47,12 +50,121 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
   return c;
 }
 
+const std::vector<std::string>& TrainConfig::field_names() {
+  static const std::vector<std::string> names{
+#define X(f) #f,
+      RBN_TRAIN_FIELDS(X)
+#undef X
+  };
+  return names;
+}
+
+std::string TrainConfig::flag_of(const std::string& field) {
+  std::string f = "--" + field;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f;
+}
+
+std::set<std::string> TrainConfig::non_default_fields() const {
+  const nlohmann::json mine = to_json(), defaults = TrainConfig{}.to_json();
+  std::set<std::string> out;
+  for (const auto& f : field_names())
+    if (mine[f] != defaults[f]) out.insert(f);
+  return out;
+}
+
+void TrainConfig::check_flags_used(const std::set<std::string>& given) const {
+  std::set<std::string> set = non_default_fields();
+  set.insert(given.begin(), given.end());
+  // which optimizer / schedule reads each of these fields
+  static const std::map<std::string, std::vector<std::string>> optimizer_of{
+      {"momentum", {"sgd", "rmsprop"}}, {"dampening", {"sgd"}},          {"nesterov", {"sgd"}},
+      {"alpha", {"rmsprop"}},           {"centered", {"rmsprop"}},       {"beta1", {"adam"}},
+      {"beta2", {"adam"}},              {"opt_eps", {"rmsprop", "adam"}}, {"decay", {"rmsprop-authors"}}};
+  static const std::map<std::string, std::vector<std::string>> schedule_of{
+      {"lr_gamma", {"step", "exp", "plateau"}}, {"lr_step", {"step", "exp"}},
+      {"lr_patience", {"plateau"}},             {"lr_threshold", {"plateau"}},
+      {"lr_min", {"plateau"}}};
+  auto check = [&](const auto& table, const std::string& chosen, const char* what) {
+    for (const auto& [field, users] : table) {
+      if (!set.count(field) || std::find(users.begin(), users.end(), chosen) != users.end()) continue;
+      std::string list;
+      for (const auto& u : users) list += (list.empty() ? "" : ", ") + u;
+      throw UsageError(flag_of(field) + ": the " + what + " '" + chosen + "' has no such setting (" +
+                       flag_of(field) + " belongs to " + list + ")");
+    }
+  };
+  check(optimizer_of, optimizer, "optimizer");
+  static const std::map<std::string, std::vector<std::string>> task_of{
+      {"valid_fraction", {"seq"}}, {"test_fraction", {"seq"}}, {"embed", {"ptb", "text8", "text"}},
+      {"seq_len", {"ptb", "text8", "text"}}, {"permutation", {"pmnist"}}, {"permutation_seed", {"pmnist"}},
+      {"mnist_split_train", {"seqmnist", "pmnist"}}, {"mnist_split_valid", {"seqmnist", "pmnist"}}};
+  check(task_of, task, "--task");
+  check(schedule_of, lr_schedule, "--lr-schedule");
+}
+
+const std::set<std::string>& TrainConfig::resumable_fields() {
+  static const std::set<std::string> f{"steps",      "threads",       "log_every",
+                                       "eval_every", "eval_batches",  "checkpoint_every",
+                                       "max_bad_steps", "early_stop", "out"};
+  return f;
+}
+
+TrainConfig TrainConfig::for_resume(const TrainConfig& saved, const TrainConfig& asked,
+                                    const std::set<std::string>& given, const std::string& checkpoint) {
+  const nlohmann::json s = saved.to_json(), a = asked.to_json();
+  nlohmann::json merged = s;
+  std::string differences;
+  for (const auto& f : field_names()) {
+    if (!given.count(f) && f != "out") continue;
+    if (resumable_fields().count(f)) {
+      merged[f] = a[f];
+    } else if (a[f] != s[f]) {
+      differences += (differences.empty() ? "" : ", ") + flag_of(f) + " " +
+                     (a[f].is_string() ? a[f].get<std::string>() : a[f].dump()) + " (the run has " +
+                     (s[f].is_string() ? s[f].get<std::string>() : s[f].dump()) + ")";
+    }
+  }
+  if (!differences.empty())
+    throw UsageError("--resume: " + checkpoint + " was trained otherwise: " + differences +
+                     "; only --steps, --threads, --log-every, --eval-every, --eval-batches, "
+                     "--checkpoint-every, --max-bad-steps and --early-stop may change on resume");
+  return from_json(merged, checkpoint);
+}
+
+void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag) {
+  if (rows != 1 || !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn)) return;
+  throw UsageError(flag + ": cell " + cell_name(cell) +
+                   " normalizes each time step over the batch's rows, and the variance of one row "
+                   "is 0; use 2 rows or more");
+}
+
+namespace {
+// Strings of the config are stored as JSON (config.json, the checkpoint): they must be UTF-8.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t more = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : 9;
+    if (more == 9 || i + more >= s.size()) return false;  // a lead byte not followed by its tail
+    for (size_t k = 1; k <= more; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    i += more + 1;
+  }
+  return true;
+}
+}  // namespace
+
 void TrainConfig::validate() const {
   auto bad = [](const char* flag, const std::string& what) {
     throw UsageError(std::string(flag) + ": " + what);
   };
-  if (task != "seqmnist" && task != "pmnist" && task != "ptb" && task != "text8" && task != "text")
-    bad("--task", "unknown task '" + task + "' (seqmnist, pmnist, ptb, text8, text)");
+  if (task != "seqmnist" && task != "pmnist" && task != "ptb" && task != "text8" && task != "text" &&
+      task != "seq")
+    bad("--task", "unknown task '" + task + "' (seqmnist, pmnist, ptb, text8, text, seq)");
+  if (!(valid_fraction >= 0 && valid_fraction < 1)) bad("--valid-fraction", "must be in [0, 1)");
+  if (!(test_fraction >= 0 && test_fraction < 1)) bad("--test-fraction", "must be in [0, 1)");
+  if (!(valid_fraction + test_fraction < 1)) bad("--test-fraction", "with --valid-fraction must leave training rows");
   if (!parse_cell(cell)) bad("--cell", "unknown cell '" + cell + "' (lstm, bnlstm, bnx, bnx-seq, lnlstm)");
   if (hidden <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden));
   if (layers <= 0) bad("--layers", "must be positive, got " + std::to_string(layers));
@@ -81,7 +193,10 @@ void TrainConfig::validate() const {
     bad("--lr-schedule", "must be constant, step, exp or plateau");
   if (threads < 0) bad("--threads", "must be >= 0");
   if (out.empty()) bad("--out", "must not be empty");
-  if (!is_lm() && task != "seqmnist" && task != "pmnist") bad("--task", "unknown");
+  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--data", &data},
+                                    {"--out", &out}, {"--permutation", &permutation}})
+    if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
+  if (!is_lm() && task != "seqmnist" && task != "pmnist" && task != "seq") bad("--task", "unknown");
 }
 
 StackConfig TrainConfig::stack_config(int input_size) const {

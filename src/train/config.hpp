@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -12,12 +14,14 @@ namespace rbn {
 
 struct TrainConfig {
   // task and data
-  std::string task = "seqmnist";  // seqmnist | pmnist | ptb | text8 | text
+  std::string task = "seqmnist";  // seqmnist | pmnist | ptb | text8 | text | seq
   std::string data;               // directory (idx files, ptb files) or file (text8, text)
   std::string permutation = "seeded";  // pmnist: seeded | authors | FILE of 784 indices
   uint64_t permutation_seed = 0;  // 0: derived from --seed
   int mnist_split_train = 0;      // >0: only a test set present: take this many for training...
   int mnist_split_valid = 0;      // ...and this many for validation (the rest is the test set)
+  double valid_fraction = 0.1;    // seq without valid.x.npy: this share of the training rows
+  double test_fraction = 0.1;     // seq without test.x.npy: this share (0: no test split)
 
   // model
   std::string cell = "bnlstm";
@@ -81,8 +85,29 @@ struct TrainConfig {
   static TrainConfig from_json(const nlohmann::json& j, const std::string& source);
   // Throws UsageError naming the flag for impossible values.
   void validate() const;
+  // Flags that the chosen optimizer or learning-rate schedule does not have are an error when they
+  // were given (`given`: field names set on the command line or in --config) or differ from the
+  // default.
+  void check_flags_used(const std::set<std::string>& given) const;
+  // Fields whose value differs from a default-constructed config.
+  std::set<std::string> non_default_fields() const;
+  // Every field, in the order of the JSON config.
+  static const std::vector<std::string>& field_names();
+  // The flag of a field: batch_size -> --batch-size.
+  static std::string flag_of(const std::string& field);
+  // Fields that a resumed run may change (the rest must match the saved run).
+  static const std::set<std::string>& resumable_fields();
+  // The config of a resumed run: the saved one, with the resumable fields that were given taken
+  // from `asked` (and always its --out). A given field that differs from the saved run and may not
+  // change is a UsageError listing every such difference.
+  static TrainConfig for_resume(const TrainConfig& saved, const TrainConfig& asked,
+                                const std::set<std::string>& given, const std::string& checkpoint);
   bool is_lm() const { return task == "ptb" || task == "text8" || task == "text"; }
   StackConfig stack_config(int input_size) const;
 };
+
+// Cells whose batch normalization at each time step is over the batch's rows (bnlstm, bnx, bnrnn):
+// with one row every variance is 0. Throws UsageError naming the cell and `flag` when `rows` is 1.
+void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag);
 
 }  // namespace rbn

@@ -25,6 +25,12 @@ EvalResult finish(double loss_sum, int64_t count, int64_t correct,
 }
 }  // namespace
 
+HeadMetric head_metric(Head head, double mean_loss, double accuracy) {
+  if (head == Head::lm) return {"bpc", mean_loss / std::log(2.0), mean_loss / std::log(2.0)};
+  if (head == Head::regress) return {"mse", mean_loss, mean_loss};
+  return {"accuracy", accuracy, 1.0 - accuracy};
+}
+
 void popstats_pass(Model& m, TaskData& data, int batches, int N, uint64_t seed,
                    const ProgressFn& progress, Group* group) {
   Stack<float>& rnn = m.rnn();
@@ -70,11 +76,7 @@ EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_
       if (progress) progress(i + 1, nb);
       continue;
     }
-    const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
-    StepResult r = data.head() == Head::lm
-                       ? m.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
-                                   nullptr, nullptr, nullptr, false)
-                       : m.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), false);
+    StepResult r = run_batch(m, opt, b, false);
     loss += r.loss_sum;
     count += r.count;
     correct += r.correct;

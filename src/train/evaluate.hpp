@@ -20,6 +20,15 @@ struct EvalResult {
   double seconds = 0;
 };
 
+// The figure a head is judged by: bits per character (lm), the mean squared error (regress, the
+// mean loss) or the accuracy (classify, tag); `to_minimize` orders checkpoints (lower is better).
+struct HeadMetric {
+  const char* name;
+  double value;
+  double to_minimize;
+};
+HeadMetric head_metric(Head head, double mean_loss, double accuracy);
+
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
 // The authors' statistics pass (SPEC 3b): `batches` training batches of `N` rows in training mode,

@@ -142,6 +142,13 @@ Batch batch_rows(const Batch& b, int n0, int n) {
   };
   per_row(b.labels, out.labels);
   per_row(b.lengths, out.lengths);
+  out.values_per_step = b.values_per_step;
+  if (!b.values.empty()) {  // [N,D] or [T,N,D]: rows n0..n0+n of each step
+    const size_t steps = b.values_per_step ? T : 1, D = b.values.size() / (steps * N);
+    out.values.resize(steps * n * D);
+    for (size_t t = 0; t < steps; ++t)
+      std::copy_n(b.values.data() + (t * N + n0) * D, n * D, out.values.data() + t * n * D);
+  }
   return out;
 }
 

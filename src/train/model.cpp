@@ -19,6 +19,8 @@ const char* head_name(Head h) {
     case Head::none: return "none";
     case Head::classify: return "classify";
     case Head::lm: return "lm";
+    case Head::tag: return "tag";
+    case Head::regress: return "regress";
   }
   return "?";
 }
@@ -27,13 +29,17 @@ Head parse_head(const std::string& s) {
   if (s == "none") return Head::none;
   if (s == "classify") return Head::classify;
   if (s == "lm") return Head::lm;
-  throw UsageError("--head: unknown head '" + s + "' (none, classify, lm)");
+  if (s == "tag") return Head::tag;
+  if (s == "regress") return Head::regress;
+  throw UsageError("--head: unknown head '" + s + "' (none, classify, lm, tag, regress)");
 }
 
 namespace {
 ModelConfig normalized(ModelConfig c) {
   if (c.head == Head::lm) c.rnn.input_size = c.embed_dim > 0 ? c.embed_dim : c.num_classes;
-  if (c.head != Head::none && c.num_classes < 2)
+  if (c.head == Head::regress && c.num_classes < 1)
+    throw UsageError("regress: need at least 1 output, got " + std::to_string(c.num_classes));
+  if (c.head != Head::none && c.head != Head::regress && c.num_classes < 2)
     throw UsageError("--classes: need at least 2 classes, got " + std::to_string(c.num_classes));
   if (c.embed_dim < 0) throw UsageError("--embed: must be >= 0");
   return c;
@@ -243,6 +249,86 @@ StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t
   return res;
 }
 
+// Squared errors of outputs [rows,D] against values [rows,D] for the rows with count[r] (all when
+// null); d = 2 (out - value) * scale where counted (0 elsewhere) when d is non-null.
+static StepResult squared_error(const float* out, const float* values, int64_t rows, int D, const uint8_t* counted,
+                         float* d, float scale) {
+  double loss = 0;
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool on = !counted || counted[r];
+    for (int k = 0; k < D; ++k) {
+      const int64_t i = r * D + k;
+      const double e = on ? static_cast<double>(out[i]) - values[i] : 0.0;
+      loss += e * e;
+      if (d) d[i] = static_cast<float>(2.0 * e) * scale;
+    }
+    count += on ? D : 0;
+  }
+  return {loss, count, 0};
+}
+
+StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float* x, const int32_t* lengths,
+                           const int32_t* labels, const float* values, bool backward) {
+  if (cfg_.head != Head::tag && cfg_.head != Head::regress)
+    throw UsageError("seq_step: the model's head is not tag or regress");
+  const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes, L = cfg_.rnn.num_layers;
+  const bool per_step = cfg_.head == Head::tag || cfg_.per_step;
+  const int64_t rows = per_step ? static_cast<int64_t>(T) * N : N;
+  const size_t NH = static_cast<size_t>(N) * H;
+  ensure(logits_, rows * K);
+  ensure(dy_, rows * K);
+  const float* h = nullptr;  // [rows,H]: every step's top h, or each row's last valid one
+  if (per_step) {
+    ensure(y_, rows * H);
+    rnn_.forward(opt, T, N, x, lengths, nullptr, nullptr, y_.data(), nullptr, nullptr);
+    h = y_.data();
+  } else {
+    ensure(hT_, L * NH);
+    rnn_.forward(opt, T, N, x, lengths, nullptr, nullptr, nullptr, hT_.data(), nullptr);
+    h = hT_.data() + (L - 1) * NH;
+  }
+  head_forward(static_cast<int>(rows), h, logits_.data());
+  // the steps inside each row's length
+  std::vector<uint8_t> inside(per_step ? rows : 0, 1);
+  if (per_step && lengths)
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < N; ++n) inside[static_cast<size_t>(t) * N + n] = t < lengths[n];
+  StepResult res;
+  if (cfg_.head == Head::tag) {
+    tgt_.assign(labels, labels + rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!inside[r]) tgt_[r] = -1;
+      if (tgt_[r] >= K) throw DataError("label " + std::to_string(tgt_[r]) + " outside [0, " + std::to_string(K) + ")");
+    }
+    int64_t counted = 0;
+    for (auto v : tgt_) counted += v >= 0;
+    res = softmax_xent(logits_.data(), rows, K, tgt_.data(), backward ? dy_.data() : nullptr,
+                       inv_count(counted, backward));
+  } else {
+    int64_t counted = 0;
+    for (int64_t r = 0; r < rows; ++r) counted += per_step ? inside[r] : 1;
+    res = squared_error(logits_.data(), values, rows, K, per_step ? inside.data() : nullptr,
+                        backward ? dy_.data() : nullptr, inv_count(counted * K, backward));
+  }
+  if (!backward) return res;
+  const float* dlog = dy_.data();
+  blas::gemm(true, false, K, H, static_cast<int>(rows), 1.0f, dlog, K, h, H, 1.0f, dhead_w_.data(), H);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int k = 0; k < K; ++k) dhead_b_[k] += dlog[r * K + k];
+  if (per_step) {
+    ensure(dyh_, rows * H);
+    blas::gemm(false, false, static_cast<int>(rows), H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f, dyh_.data(), H);
+    rnn_.backward(dyh_.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
+  } else {
+    ensure(dhT_, L * NH);
+    std::fill_n(dhT_.data(), L * NH, 0.0f);
+    blas::gemm(false, false, N, H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f, dhT_.data() + (L - 1) * NH, H);
+    rnn_.backward(nullptr, dhT_.data(), nullptr, nullptr, nullptr, nullptr);
+  }
+  return res;
+}
+
 void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, const int32_t* ids,
                    const int32_t* lengths, const float* h0, const float* c0, float* out, float* hT,
                    float* cT) {
@@ -255,7 +341,11 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
     embed(T, N, ids, x_.data());
     rnn_.forward(opt, T, N, x_.data(), lengths, h0, c0, y_.data(), hT, cT);
     head_forward(static_cast<int>(TN), y_.data(), out);
-  } else if (cfg_.head == Head::classify) {
+  } else if (cfg_.head == Head::tag || (cfg_.head == Head::regress && cfg_.per_step)) {
+    ensure(y_, TN * H);
+    rnn_.forward(opt, T, N, x, lengths, h0, c0, y_.data(), hT, cT);
+    head_forward(static_cast<int>(TN), y_.data(), out);
+  } else if (cfg_.head == Head::classify || cfg_.head == Head::regress) {
     ensure(hT_, L * NH);
     rnn_.forward(opt, T, N, x, lengths, h0, c0, nullptr, hT_.data(), cT);
     if (hT) std::copy_n(hT_.data(), L * NH, hT);

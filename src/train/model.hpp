@@ -13,15 +13,18 @@
 
 namespace rbn {
 
-enum class Head { none, classify, lm };
+// classify: a class per sequence (last valid step); lm: the next symbol per step; tag: a class per
+// step; regress: real values per sequence [N,D] or per step [T,N,D] (mean squared error).
+enum class Head { none, classify, lm, tag, regress };
 const char* head_name(Head h);
 Head parse_head(const std::string& s);  // throws UsageError
 
 struct ModelConfig {
   StackConfig rnn;
   Head head = Head::classify;
-  int num_classes = 10;  // K (classify) or vocabulary size V (lm)
+  int num_classes = 10;  // K (classify, tag), vocabulary size V (lm) or target width D (regress)
   int embed_dim = 0;     // lm input: 0 = one-hot (C = V), else an embedding [V,E] (C = E)
+  bool per_step = false;  // regress: targets per step [T,N,D] (false: per sequence [N,D])
 };
 
 // A named parameter with its gradient (both owned by the model).
@@ -62,7 +65,16 @@ class Model {
                      const int32_t* targets, const int32_t* lengths, const float* h0,
                      const float* c0, float* hT, float* cT, bool backward);
 
-  // Logits for a classification batch [N,K] or a language-model chunk [T,N,K] (inference).
+  // A user's sequences, heads tag and regress (classify goes to classify_step): x [T,N,C],
+  // lengths [N] (nullable; steps t >= length are not counted). tag: labels [T,N] (-1 = not
+  // counted), softmax cross-entropy per step. regress: values [N,D] (per sequence, at the last
+  // valid step) or [T,N,D] (per_step); loss_sum = the sum of squared errors, count = the values
+  // counted (so loss_sum / count is the mean squared error), correct = 0.
+  StepResult seq_step(const ForwardOptions& opt, int T, int N, const float* x, const int32_t* lengths,
+                      const int32_t* labels, const float* values, bool backward);
+
+  // Logits for a classification batch [N,K] or a language-model chunk [T,N,K] (inference); tag:
+  // [T,N,K]; regress: [N,D] or [T,N,D].
   void logits(const ForwardOptions& opt, int T, int N, const float* x_or_null, const int32_t* ids,
               const int32_t* lengths, const float* h0, const float* c0, float* out, float* hT,
               float* cT);

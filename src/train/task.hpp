@@ -17,17 +17,21 @@ enum class Split { train, valid, test };
 const char* split_name(Split s);
 
 // A batch, time-major. Classification: x [T,N,C], labels [N]. Language model: ids [T,N] inputs,
-// targets [T,N] next symbols (-1 where nothing is predicted).
+// targets [T,N] next symbols (-1 where nothing is predicted). Tagging: x, targets [T,N] classes
+// (-1 = not counted). Regression: x, values [N,D] (per sequence) or [T,N,D] (values_per_step).
 struct Batch {
   int T = 0, N = 0;
   std::vector<float> x;
   std::vector<int32_t> ids, targets, labels, lengths;
+  std::vector<float> values;
+  bool values_per_step = false;
 };
 
 class TaskData {
  public:
   virtual ~TaskData() = default;
   virtual Head head() const = 0;
+  virtual bool per_step() const { return false; }  // regress: values per step
   virtual int num_classes() const = 0;  // classes, or the vocabulary size
   virtual int input_size() const = 0;   // C for classification (LM: the vocabulary size)
   virtual int seq_len() const = 0;      // T of training batches
@@ -46,6 +50,9 @@ class TaskData {
   // A fingerprint of the training data (for "pass statistics of the same training data").
   virtual std::string train_fingerprint() const = 0;
 };
+
+// One batch through the model with the step its head needs (classify_step, lm_step, seq_step).
+StepResult run_batch(Model& m, const ForwardOptions& opt, const Batch& b, bool backward);
 
 // Load the data of a training config (task, data path, permutation...). Throws DataError /
 // UsageError with one line naming the file or flag.

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "data/pixels.hpp"
+#include "data/seq.hpp"
 #include "data/text.hpp"
 #include "train/task.hpp"
 #include "util/error.hpp"
@@ -20,6 +21,21 @@ const char* split_name(Split s) {
     case Split::test: return "test";
   }
   return "?";
+}
+
+StepResult run_batch(Model& m, const ForwardOptions& opt, const Batch& b, bool backward) {
+  const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
+  switch (m.config().head) {
+    case Head::lm:
+      return m.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr, nullptr, nullptr,
+                       nullptr, backward);
+    case Head::classify: return m.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), backward);
+    case Head::tag:
+    case Head::regress:
+      return m.seq_step(opt, b.T, b.N, b.x.data(), len, b.targets.data(), b.values.data(), backward);
+    case Head::none: break;
+  }
+  throw UsageError("a model without a head cannot be trained or evaluated");
 }
 
 namespace {
@@ -220,11 +236,126 @@ class CharTask final : public TaskData {
   EpochOrder epoch_order_;
 };
 
+// A user's own sequences (--task seq): NumPy files, see src/data/seq.hpp. Token ids are fed
+// one-hot; each batch is as long as its longest row.
+class SeqTask final : public TaskData {
+ public:
+  explicit SeqTask(const TrainConfig& cfg)
+      : cfg_(cfg), d_(load_seq_data(cfg.data, cfg.valid_fraction, cfg.test_fraction)) {}
+  Head head() const override {
+    switch (d_.targets) {
+      case SeqTargets::classify: return Head::classify;
+      case SeqTargets::tag: return Head::tag;
+      default: return Head::regress;
+    }
+  }
+  bool per_step() const override { return d_.targets == SeqTargets::regress_step; }
+  int num_classes() const override { return d_.width; }
+  int input_size() const override { return d_.input_size; }
+  int seq_len() const override { return static_cast<int>(d_.train.T); }
+  std::string describe() const override {
+    std::ostringstream s;
+    s << "seq on " << cfg_.data << " (" << (d_.ids ? "token ids, " : "features, ") << "C=" << d_.input_size
+      << ", T=" << d_.train.T << "; targets: " << seq_targets_name(d_.targets)
+      << (head() == Head::regress ? ", D=" : ", K=") << d_.width << "; " << d_.train.N << " train / "
+      << d_.valid.N << " valid / " << d_.test.N << " test; " << d_.note << ")";
+    return s.str();
+  }
+  int64_t batches_per_epoch(int N) const override { return N > 0 ? d_.train.N / N : 0; }
+  void train_batch(uint64_t seed, int64_t epoch, int64_t index, int N, Batch& b) override {
+    const auto& ord = epoch_order_.get(seed, epoch, d_.train.N);
+    fill(d_.train, ord.data() + index * N, N, b);
+  }
+  int64_t eval_batches(Split s, int N) const override {
+    const int64_t n = set(s).N;
+    if (n == 0)
+      throw UsageError(std::string("--split ") + split_name(s) + ": " + cfg_.data +
+                       " has no such split (no test.x.npy, and --test-fraction is 0)");
+    return N > 0 ? (n + N - 1) / N : 0;
+  }
+  void eval_batch(Split s, int64_t index, int N, Batch& b) override {
+    const SeqSet& ss = set(s);
+    const int64_t start = index * N;
+    const int n = static_cast<int>(std::min<int64_t>(N, ss.N - start));
+    std::vector<int64_t> idx(n);
+    std::iota(idx.begin(), idx.end(), start);
+    fill(ss, idx.data(), n, b);
+  }
+  const std::vector<int32_t>& stream(Split) const override { return empty_; }
+  std::map<std::string, std::string> metadata() const override {
+    return {{"data.task", "seq"},
+            {"data.input", d_.ids ? "ids" : "features"},
+            {"data.targets", seq_targets_name(d_.targets)}};
+  }
+  std::string train_fingerprint() const override {
+    return "seq:" + cfg_.data + ":" + std::to_string(d_.train.N) + ":" + std::to_string(d_.train.T);
+  }
+
+ private:
+  const SeqSet& set(Split s) const { return s == Split::train ? d_.train : s == Split::valid ? d_.valid : d_.test; }
+  // Rows idx of a split into a batch of T = the longest of them.
+  void fill(const SeqSet& ss, const int64_t* idx, int n, Batch& b) const {
+    int T = 1;
+    for (int j = 0; j < n; ++j) T = std::max(T, ss.lengths[idx[j]]);
+    const size_t SN = static_cast<size_t>(ss.N), C = static_cast<size_t>(d_.input_size);
+    b.T = T;
+    b.N = n;
+    b.x.assign(static_cast<size_t>(T) * n * C, 0.0f);
+    b.lengths.resize(n);
+    b.ids.clear();
+    for (int j = 0; j < n; ++j) {
+      b.lengths[j] = ss.lengths[idx[j]];
+      for (int t = 0; t < b.lengths[j]; ++t) {
+        float* xr = b.x.data() + (static_cast<size_t>(t) * n + j) * C;
+        const size_t src = static_cast<size_t>(t) * SN + idx[j];
+        if (d_.ids)
+          xr[ss.ids[src]] = 1.0f;  // one-hot
+        else
+          std::copy_n(ss.x.data() + src * C, C, xr);
+      }
+    }
+    fill_targets(ss, idx, n, b);
+  }
+  void fill_targets(const SeqSet& ss, const int64_t* idx, int n, Batch& b) const {
+    const size_t SN = static_cast<size_t>(ss.N), D = static_cast<size_t>(d_.width);
+    const size_t T = static_cast<size_t>(b.T);
+    b.labels.clear();
+    b.targets.clear();
+    b.values.clear();
+    b.values_per_step = d_.targets == SeqTargets::regress_step;
+    switch (d_.targets) {
+      case SeqTargets::classify:
+        for (int j = 0; j < n; ++j) b.labels.push_back(ss.labels[idx[j]]);
+        break;
+      case SeqTargets::tag:
+        b.targets.resize(T * n);
+        for (size_t t = 0; t < T; ++t)
+          for (int j = 0; j < n; ++j) b.targets[t * n + j] = ss.labels[t * SN + idx[j]];
+        break;
+      case SeqTargets::regress_sequence:
+        for (int j = 0; j < n; ++j)
+          b.values.insert(b.values.end(), ss.values.begin() + idx[j] * D, ss.values.begin() + (idx[j] + 1) * D);
+        break;
+      case SeqTargets::regress_step:
+        b.values.resize(T * n * D);
+        for (size_t t = 0; t < T; ++t)
+          for (int j = 0; j < n; ++j)
+            std::copy_n(ss.values.data() + (t * SN + idx[j]) * D, D, b.values.data() + (t * n + j) * D);
+        break;
+    }
+  }
+  TrainConfig cfg_;
+  SeqData d_;
+  EpochOrder epoch_order_;
+  std::vector<int32_t> empty_;
+};
+
 }  // namespace
 
 std::unique_ptr<TaskData> load_task(const TrainConfig& cfg) {
   if (cfg.data.empty()) throw UsageError("--data: required (a dataset directory or file)");
   if (cfg.is_lm()) return std::make_unique<CharTask>(cfg);
+  if (cfg.task == "seq") return std::make_unique<SeqTask>(cfg);
   return std::make_unique<PixelTask>(cfg);
 }
 

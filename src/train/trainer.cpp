@@ -12,7 +12,9 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include "data/seq.hpp"
 #include "train/checkpoint.hpp"
 #include "train/group.hpp"
 #include "train/optim.hpp"
@@ -109,9 +111,82 @@ class MetricsLog {
   std::string path_;
 };
 
+// The files of a run in an output directory (those present).
+std::vector<std::string> run_files(const std::string& out) {
+  std::vector<std::string> found;
+  for (const char* f : {"last.safetensors", "best.safetensors", "metrics.jsonl", "config.json"})
+    if (std::filesystem::is_regular_file(std::filesystem::path(out) / f)) found.push_back(f);
+  return found;
+}
+
+// A fresh run never replaces an earlier one unless asked to (--overwrite removes its files).
+void claim_output_dir(const std::string& out, bool overwrite) {
+  const auto found = run_files(out);
+  if (found.empty()) return;
+  const bool resumable = found.front() == "last.safetensors";
+  if (!overwrite)
+    throw UsageError(fmt::format("--out: {} already holds a run ({}); {}replace it with --overwrite, or "
+                                 "choose another --out", out, fmt::join(found, ", "),
+                                 resumable ? "continue it with --resume, " : ""));
+  for (const auto& f : found) {
+    std::error_code ec;
+    std::filesystem::remove(std::filesystem::path(out) / f, ec);
+    if (ec) throw DataError(out + "/" + f + ": cannot remove it for --overwrite: " + ec.message());
+  }
+}
+
+TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step);
+
 }  // namespace
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
+  TrainRequest r;
+  r.cfg = std::move(cfg);
+  r.resume = resume;
+  r.given = r.cfg.non_default_fields();
+  return run_training(r);
+}
+
+TrainSummary run_training(const TrainRequest& req) {
+  if (req.resume && req.overwrite)
+    throw UsageError("--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)");
+  TrainConfig cfg = req.cfg;
+  const std::string last_path = cfg.out + "/last.safetensors";
+  if (req.resume) {
+    if (!std::filesystem::exists(last_path)) throw UsageError("--resume: no checkpoint at " + last_path);
+    cfg = TrainConfig::for_resume(read_checkpoint_config(last_path), req.cfg, req.given, last_path);
+    const int64_t reached = read_checkpoint_state(last_path).step;
+    if (cfg.steps <= reached)
+      throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
+                                   cfg.out, reached));
+  }
+  cfg.validate();
+  cfg.check_flags_used(req.given);
+  if (cfg.task == "seq")  // a fraction given for a split that has its own files would mean nothing
+    for (const auto& [field, split] : {std::pair<const char*, const char*>{"valid_fraction", "valid"}, {"test_fraction", "test"}})
+      if (req.given.count(field) && seq_split_present(cfg.data, split))
+        throw UsageError(TrainConfig::flag_of(field) + ": " + cfg.data + " has " + split +
+                         ".x.npy; the fraction applies only where a split's files are absent");
+  if (!req.resume && Group::world().rank() == 0) claim_output_dir(cfg.out, req.overwrite);
+  int64_t checkpoint_step = -1;  // the step of the last good checkpoint (-1: none yet)
+  try {
+    return train_loop(cfg, req.resume, checkpoint_step);
+  } catch (const Error& e) {
+    if (checkpoint_step < 0) throw;
+    // the run is not lost: say where it is
+    throw Error(fmt::format("{}; the last good checkpoint is {} (step {}; continue with --resume)", e.what(),
+                            last_path, checkpoint_step),
+                e.exit_code());
+  } catch (const std::bad_alloc&) {
+    if (checkpoint_step < 0) throw;
+    throw DataError(fmt::format("out of memory; the last good checkpoint is {} (step {}; continue with --resume)",
+                                last_path, checkpoint_step));
+  }
+}
+
+namespace {
+
+TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) {
   namespace fs = std::filesystem;
   const auto t_start = std::chrono::steady_clock::now();
   const std::string last_path = cfg.out + "/last.safetensors";
@@ -125,17 +200,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   Group& group = Group::world();
   const bool root = group.rank() == 0;
   std::FILE* progress_out = root ? stderr : nullptr;
-  if (resume) {
-    if (!fs::exists(last_path))
-      throw UsageError("--resume: no checkpoint at " + last_path);
-    // The run's own config wins; a resumed run may only extend its step budget.
-    const int64_t steps = cfg.steps;
-    const int threads = cfg.threads;
-    cfg = read_checkpoint_config(last_path);
-    cfg.steps = std::max(cfg.steps, steps);
-    if (threads > 0) cfg.threads = threads;
-  }
-  cfg.validate();
   optim_config(cfg).validate();  // flag errors before any data is read or directory made
   (void)make_schedule(cfg);
   if (cfg.batch_size < group.size())
@@ -143,6 +207,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (cfg.popstats_batch_size > 0 && cfg.popstats_batch_size < group.size())
     throw UsageError(fmt::format("--popstats-batch-size: {} rows cannot be split over {} ranks",
                                  cfg.popstats_batch_size, group.size()));
+  {
+    const Cell cell = *parse_cell(cfg.cell);
+    // the rows one normalization sees: the global batch, or each rank's own without --sync-bn
+    const bool own_rows = group.distributed() && !cfg.sync_bn;
+    check_rows_for_batch_stats(cell, own_rows ? cfg.batch_size / group.size() : cfg.batch_size,
+                               own_rows ? fmt::format("--sync-bn false with --batch-size {} over {} ranks",
+                                                      cfg.batch_size, group.size())
+                                        : fmt::format("--batch-size {}", cfg.batch_size));
+    const int pop_rows = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
+    if (cfg.popstats == "pass")
+      check_rows_for_batch_stats(cell, pop_rows, fmt::format("--popstats-batch-size {}", pop_rows));
+  }
   set_threads(cfg.threads);
   if (root) {
     std::error_code ec;
@@ -157,6 +233,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   mc.head = data->head();
   mc.num_classes = data->num_classes();
   mc.embed_dim = cfg.embed;
+  mc.per_step = data->per_step();
   if (root && mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
     std::fprintf(stderr,
                  "warning: lnlstm with one input feature: LN(W x) loses the pixel's magnitude and "
@@ -185,6 +262,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (resume) {
     CheckpointState st = load_checkpoint(last_path, model, optimizer.get(), &schedule);
     step = st.step;
+    checkpoint_step = step;
     best_metric = st.best_metric;
     evals_without_improvement = st.evals_without_improvement;
     if (root) truncate_metrics(metrics_path, step);
@@ -233,6 +311,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     st.evals_without_improvement = evals_without_improvement;
     st.popstats = "running";
     save_checkpoint(last_path, model, cfg, *data, optimizer.get(), &schedule, st);
+    checkpoint_step = at_step;
   };
 
   // Validation with population statistics. The pass replaces the running averages for the
@@ -251,21 +330,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     EvalResult r = evaluate_batches(model, *data, Split::valid, N, cfg.eval_batches,
                                     [&](int64_t d, int64_t) { pe.update(d, ""); }, &group);
     pe.finish();
-    const bool lm = data->head() == Head::lm;
-    const double metric = lm ? r.bpc : 1.0 - r.accuracy;
+    const HeadMetric hm = head_metric(data->head(), r.loss, r.accuracy);
+    const double metric = hm.to_minimize;
     nlohmann::json j{{"step", at_step},   {"split", "valid"}, {"loss", r.loss},
                      {"lr", lr},          {"count", r.count},
                      {"popstats", has_pop ? cfg.popstats : "none"},
                      {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()}};
-    if (lm)
-      j["bpc"] = r.bpc;
-    else
-      j["accuracy"] = r.accuracy;
+    j[hm.name] = hm.value;
     metrics.write(j);
     if (root)
       std::fprintf(stderr, "step %lld valid: loss %.4f %s %.4f (%lld items, %.1fs)\n",
-                 static_cast<long long>(at_step), r.loss, lm ? "bpc" : "accuracy",
-                 lm ? r.bpc : r.accuracy, static_cast<long long>(r.count), r.seconds);
+                 static_cast<long long>(at_step), r.loss, hm.name, hm.value, static_cast<long long>(r.count),
+                 r.seconds);
     summary.final_valid = r;
     if (metric < best_metric) {
       best_metric = metric;
@@ -319,11 +395,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     opt.h0_noise = cfg.h0_noise;
     opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
     opt.row0 = row0;  // a row's noise is the same on whichever rank it lands
-    const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
-    StepResult r = data->head() == Head::lm
-                       ? model.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
-                                       nullptr, nullptr, nullptr, true)
-                       : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
+    StepResult r = run_batch(model, opt, b, true);
     if (group.distributed()) {
       // The gradients of the shards' losses (each over the group's count) add up to the
       // gradient of the global batch: one sum over one flat buffer; then the metrics.
@@ -379,7 +451,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     acc_count += r.count;
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_log).count();
-      const bool lm = data->head() == Head::lm;
+      const HeadMetric hm = head_metric(data->head(), log_n ? loss_acc / log_n : NAN, log_n ? acc_acc / log_n : NAN);
       nlohmann::json j{{"step", step},
                        {"split", "train"},
                        {"loss", log_n ? loss_acc / log_n : NAN},
@@ -387,15 +459,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                        {"grad_norm", gnorm},
                        {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count()},
                        {"items_per_second", secs > 0 ? acc_count / secs : 0.0}};
-      if (lm)
-        j["bpc"] = log_n ? loss_acc / log_n / std::log(2.0) : NAN;
-      else
-        j["accuracy"] = log_n ? acc_acc / log_n : NAN;
+      j[hm.name] = hm.value;
       metrics.write(j);
       bar.update(step, fmt::format("loss {:.4f} {} {:.4f}", log_n ? loss_acc / log_n : NAN,
-                                   lm ? "bpc" : "acc",
-                                   lm ? (log_n ? loss_acc / log_n / std::log(2.0) : NAN)
-                                      : (log_n ? acc_acc / log_n : NAN)));
+                                   std::string(hm.name) == "accuracy" ? "acc" : hm.name, hm.value));
       loss_acc = acc_acc = 0;
       acc_count = log_n = 0;
       t_log = std::chrono::steady_clock::now();
@@ -428,5 +495,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   return summary;
 }
+
+}  // namespace
 
 }  // namespace rbn

@@ -56,36 +56,44 @@ double Progress::now() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string Progress::format(const ProgressLine& l) {
+std::string Progress::format(const ProgressLine& l, int columns) {
   const int64_t run = l.done - l.base;
   const double rate = l.elapsed > 0 && run > 0 ? static_cast<double>(run) / l.elapsed : 0.0;
   const double eta = rate > 0 && l.total > 0 ? static_cast<double>(std::max<int64_t>(l.total - l.done, 0)) / rate
                                               : NAN;
-  std::string s = l.label + " ";
+  std::string bar;
   if (l.bar && l.total > 0) {
     constexpr int width = 24;
     const double frac = std::clamp(static_cast<double>(l.done) / static_cast<double>(l.total), 0.0, 1.0);
     const int fill = static_cast<int>(frac * width);
-    s += '[';
-    s.append(static_cast<size_t>(fill), '#');
-    s.append(static_cast<size_t>(width - fill), '.');
-    s += "] ";
+    bar = "[" + std::string(static_cast<size_t>(fill), '#') + std::string(static_cast<size_t>(width - fill), '.') + "] ";
   }
+  std::string count = fmt::format("{}", l.done), pct;
   if (l.total > 0) {
     // floor: 100% only when all is done
-    const double pct = std::floor(100.0 * static_cast<double>(l.done) / static_cast<double>(l.total));
-    s += fmt::format("{}/{} ({:.0f}%)", l.done, l.total, pct);
-  } else {
-    s += fmt::format("{}", l.done);
+    count += fmt::format("/{}", l.total);
+    pct = fmt::format(" ({:.0f}%)", std::floor(100.0 * static_cast<double>(l.done) / static_cast<double>(l.total)));
   }
-  s += fmt::format(" {:.1f}/s elapsed {} eta {}", rate, hms(l.elapsed), hms(eta));
-  if (!l.extra.empty()) s += " " + l.extra;
+  const std::string rate_s = fmt::format(" {:.1f}/s", rate), elapsed_s = " elapsed " + hms(l.elapsed),
+                    eta_s = " eta " + hms(eta), extra = l.extra.empty() ? "" : " " + l.extra;
+  // Too wide for the terminal: the least useful fields go first (the bar, the elapsed time, the
+  // rate, the percentage, the ETA); the count and the caller's note (the loss) stay.
+  bool keep[5] = {true, true, true, true, true};  // bar, elapsed, rate, pct, eta: dropped in this order
+  auto line = [&] {
+    return l.label + " " + (keep[0] ? bar : "") + count + (keep[3] ? pct : "") + (keep[2] ? rate_s : "") +
+           (keep[1] ? elapsed_s : "") + (keep[4] ? eta_s : "") + extra;
+  };
+  std::string s = line();
+  for (int i = 0; i < 5 && columns > 0 && s.size() > static_cast<size_t>(columns); ++i) {
+    keep[i] = false;
+    s = line();
+  }
   return s;
 }
 
 std::string Progress::format(const std::string& label, int64_t done, int64_t total, double elapsed,
                              const std::string& extra, bool bar) {
-  return format(ProgressLine{label, done, total, 0, elapsed, extra, bar});
+  return format(ProgressLine{label, done, total, 0, elapsed, extra, bar}, 0);
 }
 
 std::string Progress::fit(std::string s, int columns) {
@@ -103,10 +111,10 @@ void Progress::begin_at(int64_t done) {
 
 void Progress::emit(bool final_line) {
   const double t = now();
+  // one column short: a line that fills the terminal exactly would wrap on some terminals
   const std::string line =
-      format(ProgressLine{label_, done_, total_, base_, t - start_, extra_, tty_});
+      format(ProgressLine{label_, done_, total_, base_, t - start_, extra_, tty_}, tty_ ? width_ - 1 : 0);
   if (tty_) {
-    // one column short: a line that fills the terminal exactly would wrap on some terminals
     std::fprintf(out_, "\r\033[K%s%s", fit(line, width_ - 1).c_str(), final_line ? "\n" : "");
     drawn_ = true;
   } else {

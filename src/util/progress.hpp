@@ -1,7 +1,7 @@
 // Progress of long work (training, evaluation, the statistics pass).
 // On a terminal: one line redrawn in place (at most ~10 times a second) with a bar, percentage,
-// done/total, rate, elapsed time, ETA and a caller's note ("loss 1.234"), cut to the terminal's
-// width. When not a terminal (piped, CI logs): a plain line at most every `interval_s` seconds and
+// done/total, rate, elapsed time, ETA and a caller's note ("loss 1.234"); where the terminal is
+// narrower, the least useful fields are dropped first. When not a terminal (piped, CI logs): a plain line at most every `interval_s` seconds and
 // one at the end, never a carriage return or an escape sequence.
 #pragma once
 
@@ -54,7 +54,10 @@ class Progress {
   // One line, e.g. "train [######..] 25/100 (25%) 0.5/s elapsed 00:50 eta 02:30 loss 1.5".
   // rate = (done − base) / elapsed, eta = (total − done) / rate; times as MM:SS or H:MM:SS, and
   // "--:--" when unknown.
-  static std::string format(const ProgressLine& line);
+  // With columns > 0, fields are dropped until the line fits, least useful first: the bar, the
+  // elapsed time, the rate, the percentage, the ETA (the count and the note stay; emit() cuts
+  // what is still too long).
+  static std::string format(const ProgressLine& line, int columns = 0);
   static std::string format(const std::string& label, int64_t done, int64_t total, double elapsed,
                             const std::string& extra, bool bar);
   // Cuts s to at most `columns` bytes without splitting a UTF-8 sequence.

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "io/npy.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -85,6 +87,18 @@ class BadInput : public ::testing::Test {
   }
 };
 
+// stdout of a command (stderr dropped), and its exit code.
+Outcome run_stdout(const std::string& args) {
+  Outcome o;
+  FILE* p = popen(("cd / && timeout 120 " + std::string(RBN_CLI_PATH) + " " + args + " 2>/dev/null").c_str(), "r");
+  if (!p) return o;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) o.err.append(buf.data(), n);
+  const int st = pclose(p);
+  o.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return o;
+}
+
 struct Case {
   std::string what;
   std::string args;
@@ -102,6 +116,9 @@ void expect_case(const Case& c) {
   while (!err.empty() && err.front() == '\n') err.erase(0, 1);
   EXPECT_EQ(err.find('\n'), std::string::npos) << "more than one line:\n" << o.err;
   EXPECT_NE(o.err.find(c.mention), std::string::npos) << "message does not name '" << c.mention << "': " << o.err;
+  for (const char* foreign : {"required but received", "not expected", "json.exception", "Could not convert",
+                              "not in range", "is not an allowed value", "File does not exist", "[json"})
+    EXPECT_EQ(o.err.find(foreign), std::string::npos) << "the parser's own words: " << o.err;
   std::printf("[ bad input ] %s -> exit %d: %s\n", c.what.c_str(), o.code, err.c_str());
 }
 
@@ -261,6 +278,239 @@ TEST_F(BadInput, CheckpointsAndArrays) {
   // and the good file runs
   const Outcome ok = run(fwd(good, x_ok));
   EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+// A small UTF-8 text (multi-byte characters) for runs that the cases below start from.
+std::string utf8_text() {
+  std::string s;
+  const char* words[] = {"héllo ", "wörld ", "日本語 ", "abc ", "\n"};
+  uint32_t r = 1;
+  for (int i = 0; i < 3000; ++i) {
+    r = r * 1664525u + 1013904223u;
+    s += words[(r >> 16) % 5];
+  }
+  return s;
+}
+
+std::string tiny_run(const std::string& data, const std::string& out, const std::string& more = "",
+                     int checkpoint_every = 10) {
+  return "train --task text --data " + data + " --seq-len 20 --batch-size 4 --hidden 8 --steps 20 --eval-every 10 "
+         "--checkpoint-every " + std::to_string(checkpoint_every) +
+         " --eval-batches 2 --popstats-batches 2 --log-every 5 --out " + out + " " + more;
+}
+
+// Items 3-5 of "no silent surprises": a run is never replaced or continued with other settings,
+// every flag means what it says, and the parser's words stay inside.
+TEST_F(BadInput, NoSilentSurprises) {
+  const std::string text = file("utf8.txt", utf8_text());
+  const std::string run_a = (dir() / "run-a").string(), run_ln = (dir() / "run-ln").string();
+  ASSERT_EQ(run(tiny_run(text, run_a)).code, 0);
+  ASSERT_EQ(run(tiny_run(text, run_ln, "--cell lnlstm")).code, 0);
+  const std::string best = run_a + "/best.safetensors", ln_best = run_ln + "/best.safetensors";
+  auto npy = [](const std::string& descr, const std::string& shape, size_t bytes) {
+    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    while ((10 + h.size() + 1) % 64) h += ' ';
+    h += '\n';
+    std::string s("\x93NUMPY\x01\x00", 8);
+    s += char(h.size() & 0xff);
+    s += char(h.size() >> 8);
+    return s + h + std::string(bytes, '\0');
+  };
+  const std::string one_row = file("ids1.npy", npy("<i4", "(5, 1)", 20));
+  const std::string d = "--task seqmnist --data " + dir().string() + " --out " + (dir() / "run-x").string();
+  const std::vector<Case> cases{
+      {"--out holds a run", tiny_run(text, run_a), 2, "--out"},
+      {"--overwrite with --resume", "train --out " + run_a + " --resume --overwrite", 2, "--overwrite"},
+      {"resume with other settings", "train --out " + run_a + " --resume --hidden 32 --lr 0.01 --steps 40", 2, "--hidden 32 (the run has 8)"},
+      {"resume with another setting in --config", "train --config " + file("resume.json", R"({"cell": "lstm"})") + " --out " + run_a + " --resume --steps 40", 2, "--cell lstm"},
+      {"resume a finished run", "train --out " + run_a + " --resume", 2, "--steps"},
+      {"resume without a run", "train --out " + (dir() / "nothing").string() + " --resume", 2, "--resume"},
+      {"eval running statistics on pass statistics", "eval --checkpoint " + best + " --popstats running", 2, "--popstats running"},
+      {"eval pass statistics on lnlstm", "eval --checkpoint " + ln_best + " --popstats pass", 2, "lnlstm"},
+      {"eval unknown statistics", "eval --checkpoint " + best + " --popstats median", 2, "--popstats"},
+      {"adam flag with sgd", "train " + d + " --optimizer sgd --beta1 0.5", 2, "--beta1"},
+      {"sgd flag with adam", "train " + d + " --dampening 0.1", 2, "--dampening"},
+      {"rmsprop flag with adam", "train " + d + " --alpha 0.9", 2, "--alpha"},
+      {"plateau flag with step schedule", "train " + d + " --lr-schedule step --lr-patience 3", 2, "--lr-patience"},
+      {"one row per batch, bnlstm", "train " + d + " --batch-size 1", 2, "bnlstm"},
+      {"one row per batch, bnx", "train " + d + " --cell bnx --batch-size 1", 2, "--batch-size 1"},
+      {"one-row statistics pass", "train " + d + " --popstats-batch-size 1", 2, "--popstats-batch-size"},
+      {"popstats command over one row", "popstats --checkpoint " + best + " --batch-size 1 --out " + (dir() / "p.safetensors").string(), 2, "--batch-size 1"},
+      {"eval statistics pass over one row", "eval --checkpoint " + best + " --popstats pass --popstats-batch-size 1", 2, "--popstats-batch-size 1"},
+      {"forward --train-mode on one row", "forward --checkpoint " + best + " --input " + one_row + " --output " + (dir() / "y1.npy").string() + " --train-mode", 2, "--train-mode"},
+      {"sample length 0", "sample --checkpoint " + best + " --length 0", 2, "--length"},
+      {"flag given twice", "train " + d + " --hidden 3 --hidden 4", 2, "--hidden"},
+      {"misspelled flag", "train " + d + " --hiden 10", 2, "--hidden?"},
+      {"misspelled flag with a value", "train " + d + " --dropoutt 0.5", 2, "--dropoutt"},
+      {"flag without its value", "train " + d + " --hidden", 2, "--hidden"},
+      {"unexpected argument", "train " + d + " 0.5", 2, "0.5"},
+      {"missing required flag", "eval --split test", 2, "--checkpoint"},
+      {"missing positional", "plot --out x.png", 2, "files"},
+      {"unsigned flag negative", "train " + d + " --seed -1", 2, "--seed"},
+      {"integer out of range", "train " + d + " --hidden 99999999999", 2, "--hidden"},
+      {"bench repeats 0", "bench --repeats 0 --no-torch", 2, "--repeats"},
+      {"plot missing file", "plot " + (dir() / "none.jsonl").string(), 1, "none.jsonl"},
+      {"data path not UTF-8", "train --task text --data " + dir().string() + "/\xff.txt --out " + (dir() / "run-y").string(), 2, "--data"},
+  };
+  for (const auto& c : cases) expect_case(c);
+  // every difference is listed, each with the run's value
+  const Outcome both = run("train --out " + run_a + " --resume --hidden 32 --lr 0.01 --steps 40");
+  EXPECT_NE(both.err.find("--lr 0.01 (the run has 0.001)"), std::string::npos) << both.err;
+}
+
+TEST_F(BadInput, RunsAreReplacedOnlyWhenAsked) {
+  const std::string text = file("utf8b.txt", utf8_text());
+  const std::string out = (dir() / "run-b").string();
+  ASSERT_EQ(run(tiny_run(text, out)).code, 0);
+  const auto mtime = fs::last_write_time(fs::path(out) / "last.safetensors");
+  EXPECT_EQ(run(tiny_run(text, out)).code, 2);
+  EXPECT_EQ(fs::last_write_time(fs::path(out) / "last.safetensors"), mtime) << "a refused run touched the files";
+  // a flag that may change on resume
+  Outcome more = run("train --out " + out + " --resume --steps 30 --threads 1 --log-every 2");
+  EXPECT_EQ(more.code, 0) << more.err;
+  EXPECT_NE(more.err.find("resumed"), std::string::npos) << more.err;
+  Outcome again = run(tiny_run(text, out, "--overwrite --cell lstm"));
+  EXPECT_EQ(again.code, 0) << again.err;
+  std::ifstream cfg(fs::path(out) / "config.json");
+  std::string all((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
+  EXPECT_NE(all.find("\"lstm\""), std::string::npos) << all;
+}
+
+TEST_F(BadInput, AnErrorAfterTrainingBeganNamesTheLastGoodCheckpoint) {
+  const std::string text = file("utf8c.txt", utf8_text());
+  const fs::path out = dir() / "run-c";
+  // best.safetensors cannot be written (a directory with a file in it): the first validation
+  // (step 10) fails after the checkpoint of step 5
+  fs::create_directories(out / "best.safetensors");
+  std::ofstream(out / "best.safetensors" / "keep") << "x";
+  const Outcome o = run(tiny_run(text, out.string(), "", 5));
+  EXPECT_EQ(o.code, 1) << o.err;
+  EXPECT_NE(o.err.find("the last good checkpoint is " + (out / "last.safetensors").string() + " (step 5"),
+            std::string::npos) << o.err;
+  EXPECT_TRUE(fs::exists(out / "last.safetensors"));
+}
+
+// Text of any bytes: a UTF-8 file with multi-byte characters and a binary file train past their
+// checkpoints, and `sample` writes bytes as they are.
+TEST_F(BadInput, TextOfAnyBytesTrainsAndSamples) {
+  std::string bin;
+  for (int rep = 0; rep < 12; ++rep)
+    for (int b = 0; b < 256; ++b) bin += static_cast<char>((b * 13 + rep) & 0xff);
+  for (const auto& [name, content] : {std::pair<std::string, std::string>{"multi.txt", utf8_text()},
+                                      {"binary.bin", bin}}) {
+    const std::string out = (dir() / ("run-" + name)).string();
+    const Outcome o = run(tiny_run(file(name, content), out));
+    ASSERT_EQ(o.code, 0) << name << ": " << o.err;
+    ASSERT_TRUE(fs::exists(out + "/best.safetensors")) << name;
+    // the sample's stdout, bytes as they are: the prime comes back verbatim
+    const std::string prime = name == "multi.txt" ? "日本語" : "\x80\xfe";
+    const std::string cmd = std::string(RBN_CLI_PATH) + " sample --checkpoint " + out +
+                            "/best.safetensors --length 50 --prime '" + prime + "' 2>/dev/null";
+    FILE* p = popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    std::string got;
+    std::array<char, 4096> buf{};
+    while (size_t n = fread(buf.data(), 1, buf.size(), p)) got.append(buf.data(), n);
+    EXPECT_EQ(pclose(p), 0) << name;
+    EXPECT_EQ(got.substr(0, prime.size()), prime) << name;
+    EXPECT_EQ(got.size(), prime.size() + 50 + 1) << name;  // one byte per symbol, and a newline
+  }
+}
+
+// plot, info and eval say only true things.
+TEST_F(BadInput, PlotInfoAndEvalSayOnlyTrueThings) {
+  const std::string text = file("utf8d.txt", utf8_text());
+  const std::string lm = (dir() / "run-d").string(), ln = (dir() / "run-dln").string();
+  ASSERT_EQ(run(tiny_run(text, lm)).code, 0);
+  ASSERT_EQ(run(tiny_run(text, ln, "--cell lnlstm")).code, 0);
+  const std::vector<Case> cases{
+      {"plot accuracy of a language model", "plot " + lm + "/metrics.jsonl --metric accuracy --out " + (dir() / "a.png").string(), 2, "--metric accuracy"},
+      {"plot an unknown metric", "plot " + lm + "/metrics.jsonl --metric f1 --out " + (dir() / "b.png").string(), 2, "--metric"},
+      {"info without a checkpoint", "info", 2, "--checkpoint"},
+  };
+  for (const auto& c : cases) expect_case(c);
+  EXPECT_FALSE(fs::exists(dir() / "a.png")) << "a refused plot wrote its file";
+  const Outcome info_ln = run_stdout("info " + ln + "/best.safetensors");
+  EXPECT_EQ(info_ln.code, 0);
+  EXPECT_NE(info_ln.err.find("population statistics: none (cell lnlstm has none)"), std::string::npos) << info_ln.err;
+  const Outcome info_lm = run_stdout("info --checkpoint " + lm + "/best.safetensors");
+  EXPECT_NE(info_lm.err.find("population statistics: pass"), std::string::npos) << info_lm.err;
+  EXPECT_NE(info_lm.err.find("head lm, vocabulary "), std::string::npos) << info_lm.err;
+  EXPECT_EQ(info_lm.err.find(", classes"), std::string::npos) << info_lm.err;
+  // the checkpoint is listed once in the help
+  const Outcome help = run_stdout("info --help");
+  size_t listed = 0;
+  for (size_t at = help.err.find("checkpoint TEXT"); at != std::string::npos; at = help.err.find("checkpoint TEXT", at + 1))
+    ++listed;
+  EXPECT_EQ(listed, 1u) << help.err;
+  // the default MNIST directory of `reproduce` does not depend on the working directory (run from /)
+  const Outcome repro = run_stdout("reproduce --help");
+  const size_t at = repro.err.find("--data TEXT=");
+  ASSERT_NE(at, std::string::npos) << repro.err;
+  const std::string path = repro.err.substr(at + 12, repro.err.find_first_of(" \n", at + 12) - at - 12);
+  EXPECT_TRUE(fs::path(path).is_absolute()) << path;
+  EXPECT_TRUE(fs::exists(path)) << path;
+}
+
+// --task seq through the command line: train, eval (mean squared error), forward (the head's
+// shape), and the flags that mean nothing for it refused.
+TEST_F(BadInput, SeqThroughTheCommandLine) {
+  const fs::path data = dir() / "seqdata";
+  fs::create_directories(data);
+  const int T = 6, N = 60;
+  std::vector<float> x(size_t(T) * N * 2), y(N);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37 % 101) / 101.0 - 0.5);
+  for (int n = 0; n < N; ++n) y[n] = x[2 * n];
+  std::vector<int32_t> tags(size_t(T) * N);
+  for (size_t i = 0; i < tags.size(); ++i) tags[i] = x[2 * i] > 0;
+  const std::vector<int64_t> sx{T, N, 2}, sy{N}, st{T, N};
+  rbn::write_npy((data / "train.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((data / "train.y.npy").string(), "<f4", sy, y.data());
+  const fs::path tagdata = dir() / "tagdata";
+  fs::create_directories(tagdata);
+  rbn::write_npy((tagdata / "train.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((tagdata / "train.y.npy").string(), "<i4", st, tags.data());
+  rbn::write_npy((tagdata / "valid.x.npy").string(), "<f4", sx, x.data());
+  rbn::write_npy((tagdata / "valid.y.npy").string(), "<i4", st, tags.data());
+  const std::string xin = (data / "train.x.npy").string();
+  auto train = [&](const fs::path& d, const std::string& out, const std::string& more) {
+    return "train --task seq --data " + d.string() + " --hidden 8 --batch-size 10 --steps 10 --eval-every 10 "
+           "--popstats-batches 2 --out " + (dir() / out).string() + " " + more;
+  };
+  ASSERT_EQ(run(train(data, "seq-reg", "--test-fraction 0.2")).code, 0);
+  ASSERT_EQ(run(train(tagdata, "seq-tag", "--test-fraction 0")).code, 0);
+  const std::string reg = (dir() / "seq-reg" / "best.safetensors").string(), tag = (dir() / "seq-tag" / "best.safetensors").string();
+  const Outcome ev = run_stdout("eval --checkpoint " + reg + " --split test");
+  EXPECT_EQ(ev.code, 0);
+  EXPECT_NE(ev.err.find(": mse "), std::string::npos) << ev.err;
+  EXPECT_NE(ev.err.find("12 values"), std::string::npos) << ev.err;  // 20 % of 60 rows, one value each
+  const Outcome fr = run_stdout("forward --checkpoint " + reg + " --input " + xin + " --output " + (dir() / "yr.npy").string());
+  EXPECT_NE(fr.err.find("[60,1]"), std::string::npos) << fr.err;
+  const Outcome ft = run_stdout("forward --checkpoint " + tag + " --input " + xin + " --output " + (dir() / "yt.npy").string());
+  EXPECT_NE(ft.err.find("[6,60,2]"), std::string::npos) << ft.err;
+  // a model trained on token ids takes token ids in forward (fed one-hot as in training)
+  const fs::path idsdata = dir() / "idsdata";
+  fs::create_directories(idsdata);
+  std::vector<int32_t> ids(size_t(T) * N), ylab(N);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i * 7 % 5);
+  for (int n = 0; n < N; ++n) ylab[n] = ids[n] > 2;
+  rbn::write_npy((idsdata / "train.x.npy").string(), "<i4", st, ids.data());
+  rbn::write_npy((idsdata / "train.y.npy").string(), "<i4", sy, ylab.data());
+  ASSERT_EQ(run(train(idsdata, "seq-ids", "")).code, 0);
+  const Outcome fi = run_stdout("forward --checkpoint " + (dir() / "seq-ids" / "best.safetensors").string() +
+                                " --input " + (idsdata / "train.x.npy").string() + " --output " + (dir() / "yi.npy").string());
+  EXPECT_NE(fi.err.find("[60,2]"), std::string::npos) << fi.err;
+  const Outcome info = run_stdout("info " + tag);
+  EXPECT_NE(info.err.find("head tag, classes 2 per step"), std::string::npos) << info.err;
+  const std::vector<Case> cases{
+      {"fraction for a split that has files", train(tagdata, "seq-x", "--valid-fraction 0.2"), 2, "--valid-fraction"},
+      {"language-model window with seq", train(data, "seq-y", "--seq-len 50"), 2, "--seq-len"},
+      {"embedding with seq", train(data, "seq-y", "--embed 4"), 2, "--embed"},
+      {"seq fraction with another task", "train --task ptb --data x --valid-fraction 0.2 --out " + (dir() / "seq-z").string(), 2, "--valid-fraction"},
+      {"eval a split that does not exist", "eval --checkpoint " + tag + " --split test", 2, "--split test"},
+      {"seq data directory missing", train(dir() / "nothing-here", "seq-w", ""), 1, "nothing-here"},
+  };
+  for (const auto& c : cases) expect_case(c);
 }
 
 }  // namespace

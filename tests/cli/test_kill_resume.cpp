@@ -25,7 +25,8 @@ std::vector<std::string> train_args(const fs::path& out) {
 }
 
 pid_t spawn(std::vector<std::string> args, bool resume) {
-  if (resume) args.push_back("--resume");
+  // a run killed before its first checkpoint left metrics.jsonl: starting again replaces it
+  args.push_back(resume ? "--resume" : "--overwrite");
   const pid_t pid = fork();
   if (pid == 0) {
     std::vector<char*> argv;

@@ -15,7 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/npy.hpp"
 #include "io/safetensors.hpp"
+#include "util/rng.hpp"
 
 namespace {
 
@@ -38,7 +40,38 @@ constexpr bool kHaveMpi = false;
 // that forward. Measured: at most ~1e-5 (docs/distributed.md); unsynchronized statistics: ~1e-1.
 constexpr double kTol = 1e-4;
 
+// --task seq data for the data-parallel path: values per step [T,N,2] (the running sum of the
+// inputs) with lengths of 10..20 steps, so that each rank's shard of x, lengths and values is cut.
+std::string seq_data_dir() {
+  static const std::string dir = [] {
+    const fs::path d = fs::temp_directory_path() / ("rbn-mpi-seq-" + std::to_string(getpid()));
+    fs::create_directories(d);
+    const int T = 20, N = 240;
+    rbn::Rng rng(7);
+    std::vector<float> x(size_t(T) * N * 2), y(x.size());
+    std::vector<int32_t> len(N);
+    for (auto& v : x) v = static_cast<float>(rng.uniform() - 0.5);
+    for (int n = 0; n < N; ++n) {
+      len[n] = 10 + static_cast<int>(rng.below(11));
+      for (int c = 0; c < 2; ++c) {
+        float sum = 0;
+        for (int t = 0; t < T; ++t) y[(size_t(t) * N + n) * 2 + c] = sum += x[(size_t(t) * N + n) * 2 + c];
+      }
+    }
+    const std::vector<int64_t> sx{T, N, 2}, sl{N};
+    rbn::write_npy((d / "train.x.npy").string(), "<f4", sx, x.data());
+    rbn::write_npy((d / "train.y.npy").string(), "<f4", sx, y.data());
+    rbn::write_npy((d / "train.lengths.npy").string(), "<i4", sl, len.data());
+    return d.string();
+  }();
+  return dir;
+}
+
 std::string train_command(const std::string& cell, const fs::path& out, const std::string& extra) {
+  if (cell == "seq")
+    return std::string(RBN_CLI_PATH) + " train --task seq --data " + seq_data_dir() +
+           " --cell bnlstm --hidden 16 --batch-size 12 --popstats-batches 2 --eval-batches 2 --steps 50 "
+           "--eval-every 25 --log-every 10 --checkpoint-every 50 --threads 1 --seed 3 --out " + out.string() + " " + extra;
   std::string task = cell == "pmnist"
                          ? "--task pmnist --data " + std::string(RBN_SOURCE_DIR) +
                                "/data/mnist --mnist-split-train 8000 --mnist-split-valid 1000 --cell lstm "
@@ -111,7 +144,7 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   std::printf("[ mpi ] %s: 2 ranks vs 1 process after 50 steps: largest relative difference %.1e\n",
               cell.c_str(), d);
   EXPECT_LE(d, kTol);
-  const char* key = cell == "pmnist" ? "accuracy" : "bpc";
+  const char* key = cell == "pmnist" ? "accuracy" : cell == "seq" ? "mse" : "bpc";
   EXPECT_NEAR(last_valid(base_ / "two" / "metrics.jsonl", key), last_valid(base_ / "one" / "metrics.jsonl", key),
               1e-3);
   // rank 0 alone writes: one metrics line per event, not two
@@ -124,7 +157,7 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   EXPECT_EQ(lines(two), lines(one));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "pmnist"),
+INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "pmnist", "seq"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& ch : s)
@@ -164,6 +197,23 @@ TEST(MpiResume, ResumedRunEndsWhereTheUninterruptedOneEnds) {
   ASSERT_EQ(run(np2 + std::string(cmd).replace(at, 10, "--steps 30"), base / "b.log"), 0);
   ASSERT_EQ(run(np2 + cmd + " --resume", base / "c.log"), 0) << std::ifstream(base / "c.log").rdbuf();
   EXPECT_EQ(checkpoint_diff(base / "resumed" / "last.safetensors", base / "straight" / "last.safetensors"), 0.0);
+  fs::remove_all(base);
+}
+
+// Each rank normalizing its own rows (--sync-bn false) with one row per rank: variance 0 by
+// construction, refused before training with a line naming the flags and the cell.
+TEST(MpiUnsynchronized, OneRowPerRankIsRefused) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-onerow-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  std::string cmd = train_command("bnlstm", base / "run", "--sync-bn false");
+  cmd.replace(cmd.find("--batch-size 8"), 14, "--batch-size 2");
+  EXPECT_NE(run(mpirun(2) + cmd, base / "log"), 0);
+  std::ifstream in(base / "log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(log.find("--sync-bn false with --batch-size 2 over 2 ranks: cell bnlstm"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(base / "run" / "metrics.jsonl"));
   fs::remove_all(base);
 }
 

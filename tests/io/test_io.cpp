@@ -284,5 +284,44 @@ TEST(Text, Text8FormatAndBytes) {
   expect_data_error([&] { load_char_corpus("ptb", (tmpdir() / "nothing").string()); }, "nothing");
 }
 
+// Text of any bytes (SPEC 5): one-byte symbols are stored as integers, so every byte value,
+// 0x80 alone or NUL included, survives the checkpoint's JSON; <unk> stays a string.
+TEST(Text, EveryByteValueRoundTripsThroughTheVocabulary) {
+  std::string bin;
+  for (int rep = 0; rep < 8; ++rep)
+    for (int b = 0; b < 256; ++b) bin += static_cast<char>((b * 7 + rep) & 0xff);
+  const std::string path = (tmpdir() / "binary.bin").string();
+  std::ofstream(path, std::ios::binary) << bin;
+  CharCorpus c = load_char_corpus("text", path);
+  EXPECT_EQ(c.vocab.size(), 257);  // every byte value seen in training, and <unk>
+  const nlohmann::json j = c.vocab.to_json();
+  const std::string dumped = j.dump();  // threw type_error 316 when bytes were JSON strings
+  const Vocab back = Vocab::from_json(nlohmann::json::parse(dumped));
+  EXPECT_EQ(back.symbols(), c.vocab.symbols());
+  std::vector<int32_t> all;
+  for (auto* s : {&c.train, &c.valid, &c.test}) all.insert(all.end(), s->begin(), s->end());
+  EXPECT_EQ(back.decode(all), bin);  // the file, byte for byte
+  EXPECT_EQ(back.decode(back.encode_text(std::string("\0\x80\xff", 3), "prime")), std::string("\0\x80\xff", 3));
+}
+
+TEST(Text, Utf8MultiByteCharactersAreBytesThatRoundTrip) {
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "naïve café — 日本語 ";
+  const std::string path = (tmpdir() / "utf8.txt").string();
+  std::ofstream(path, std::ios::binary) << text;
+  CharCorpus c = load_char_corpus("text", path);
+  const Vocab back = Vocab::from_json(nlohmann::json::parse(c.vocab.to_json().dump()));
+  std::vector<int32_t> all;
+  for (auto* s : {&c.train, &c.valid, &c.test}) all.insert(all.end(), s->begin(), s->end());
+  EXPECT_EQ(back.decode(all), text);
+  EXPECT_EQ(back.decode(back.encode_text("日本", "prime")), "日本");
+  // a checkpoint written before byte values (every symbol a string) still loads
+  const Vocab old = Vocab::from_json(nlohmann::json{{"kind", "bytes"}, {"symbols", {"<unk>", "a", "b"}}});
+  EXPECT_EQ(old.size(), 3);
+  EXPECT_EQ(old.unk(), 0);
+  EXPECT_EQ(old.decode({1, 2, 0}), "ab?");
+  EXPECT_THROW(Vocab::from_json(nlohmann::json{{"kind", "bytes"}, {"symbols", {1, 256}}}), DataError);
+}
+
 }  // namespace
 }  // namespace rbn

@@ -299,16 +299,20 @@ void register_bench(CLI::App& app, int& exit_code) {
   sub->add_option("--cells", f->cells, "cells to time")->capture_default_str();
   sub->add_option("--threads", f->threads, "rbn thread counts to try (best is reported)")
       ->capture_default_str();
-  sub->add_option("--repeats", f->repeats, "timed runs (median)")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--warmup", f->warmup, "untimed runs first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  sub->add_option("--repeats", f->repeats, "timed runs (median)")->capture_default_str();
+  sub->add_option("--warmup", f->warmup, "untimed runs first")->capture_default_str();
   sub->add_option("--torch-repeats", f->torch_repeats, "timed PyTorch runs per setting")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str();
   sub->add_flag("--no-torch", f->no_torch, "skip the PyTorch baseline");
   sub->add_option("--torch-script", f->torch_script, "bench/torch_baseline.py (default: found beside the sources)");
   sub->add_option("--json", f->json, "write the results here");
   sub->add_flag("--allreduce", f->allreduce,
                 "under mpirun: time the group's sums (8 B to 8 MB) instead of training steps");
   sub->callback([f, &exit_code]() {
+    if (f->repeats <= 0) throw UsageError("--repeats: must be positive, got " + std::to_string(f->repeats));
+    if (f->warmup < 0) throw UsageError("--warmup: must be >= 0, got " + std::to_string(f->warmup));
+    if (f->torch_repeats <= 0)
+      throw UsageError("--torch-repeats: must be positive, got " + std::to_string(f->torch_repeats));
     if (f->allreduce) {
       bench_allreduce(f->repeats);
       return;

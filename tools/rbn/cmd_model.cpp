@@ -53,13 +53,72 @@ void run_popstats(Model& model, TaskData& data, int batches, int batch_size, uin
   bar.finish();
 }
 
+// Which population statistics eval uses, running the pass where that is the choice. Returns what
+// the result line reports: "pass", "running", "checkpoint (pass)" or "none" (a cell without them).
+std::string choose_popstats(const EvalFlags& f, LoadedCheckpoint& ck, TaskData& data, const TrainConfig& cfg) {
+  const std::string& asked = f.popstats;
+  if (asked != "auto" && asked != "pass" && asked != "running" && asked != "checkpoint")
+    throw UsageError("--popstats: must be auto, pass, running or checkpoint, got '" + asked + "'");
+  const Cell cell = ck.model->config().rnn.cell;
+  if (!cell_has_population_stats(cell)) {
+    if (asked != "auto")
+      throw UsageError("--popstats " + asked + ": cell " + cell_name(cell) + " has no population statistics" +
+                       (cell == Cell::lnlstm ? " (layer normalization uses each row's own)" : ""));
+    return "none";
+  }
+  const std::string& held = ck.state.popstats;  // what the checkpoint's buffers hold
+  if (asked == "running" && held != "running")
+    throw UsageError("--popstats running: " + f.checkpoint + " holds the statistics of a pass (they "
+                     "replaced the running averages); use --popstats checkpoint or pass");
+  std::string used = asked;
+  if (used == "auto")
+    used = held == "pass" && ck.state.popstats_data == data.train_fingerprint() ? "checkpoint" : "pass";
+  if (used == "checkpoint") return "checkpoint (" + held + ")";
+  if (used == "pass") {
+    const int batches = f.popstats_batches > 0 ? f.popstats_batches : cfg.popstats_batches;
+    const int bs = f.popstats_batch_size > 0 ? f.popstats_batch_size
+                   : cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
+    check_rows_for_batch_stats(cell, bs, "--popstats-batch-size " + std::to_string(bs));
+    run_popstats(*ck.model, data, batches, bs, cfg.seed);
+  }
+  return used;
+}
+
+// Token ids [T,N] of a model trained on ids (--task seq): one-hot features [T,N,V].
+std::vector<float> one_hot_ids(const NpyArray& in, const std::string& file, int V, int& T, int& N) {
+  if (in.shape.size() != 2)
+    throw DataError(file + ": this model takes token ids [T,N], got rank " + std::to_string(in.shape.size()));
+  const std::vector<int32_t> ids = in.to_int32();
+  T = static_cast<int>(in.shape[0]);
+  N = static_cast<int>(in.shape[1]);
+  std::vector<float> x(ids.size() * static_cast<size_t>(V), 0.0f);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= V)
+      throw DataError(file + ": token id " + std::to_string(ids[i]) + " outside [0, " + std::to_string(V) + ")");
+    x[i * V + ids[i]] = 1.0f;
+  }
+  return x;
+}
+
+// ", classes 10" / ", vocabulary 50" after the head's name; nothing for a bare stack.
+std::string head_size(const ModelConfig& mc) {
+  switch (mc.head) {
+    case Head::none: return "";
+    case Head::lm: return ", vocabulary " + std::to_string(mc.num_classes);
+    case Head::tag: return ", classes " + std::to_string(mc.num_classes) + " per step";
+    case Head::regress:
+      return ", outputs " + std::to_string(mc.num_classes) + (mc.per_step ? " per step" : " per sequence");
+    default: return ", classes " + std::to_string(mc.num_classes);
+  }
+}
+
 }  // namespace
 
 void register_eval(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("eval", "evaluate a checkpoint with population statistics");
   auto f = std::make_shared<EvalFlags>();
   sub->add_option("--checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
-  sub->add_option("--split", f->split, "train | valid | test")->capture_default_str();
+  sub->add_option("--split", f->split, "train | valid | test (the training split too: a check of overfitting)")->capture_default_str();
   sub->add_option("--data", f->data, "dataset location (default: the one it was trained on)");
   sub->add_option("--popstats", f->popstats,
                   "auto (pass unless the checkpoint holds pass statistics of the same data) | pass | "
@@ -82,22 +141,7 @@ void register_eval(CLI::App& app, int& exit_code) {
     auto data = load_task(cfg);
     Model& model = *ck.model;
     const Split split = parse_split(f->split);
-    const bool has_pop = cell_has_population_stats(model.config().rnn.cell);
-    std::string used = has_pop ? f->popstats : "none";
-    if (has_pop) {
-      if (used == "auto")
-        used = ck.state.popstats == "pass" && ck.state.popstats_data == data->train_fingerprint()
-                   ? "checkpoint"
-                   : "pass";
-      if (used == "pass") {
-        const int batches = f->popstats_batches > 0 ? f->popstats_batches : cfg.popstats_batches;
-        const int bs = f->popstats_batch_size > 0 ? f->popstats_batch_size
-                       : cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : cfg.batch_size;
-        run_popstats(model, *data, batches, bs, cfg.seed);
-      } else if (used != "running" && used != "checkpoint") {
-        throw UsageError("--popstats: must be auto, pass, running or checkpoint");
-      }
-    }
+    const std::string used = choose_popstats(*f, ck, *data, cfg);
     EvalResult r;
     const bool lm = data->head() == Head::lm;
     std::string how;
@@ -116,14 +160,14 @@ void register_eval(CLI::App& app, int& exit_code) {
     nlohmann::json j{{"checkpoint", f->checkpoint}, {"split", f->split}, {"loss", r.loss},
                      {"count", r.count},            {"seconds", r.seconds}, {"popstats", used},
                      {"evaluation", how}};
-    if (lm)
-      j["bpc"] = r.bpc;
-    else
-      j["accuracy"] = r.accuracy;
-    std::printf("%s %s: %s %.4f (loss %.4f nats, %lld %s; population statistics: %s; %s)\n",
-                f->checkpoint.c_str(), f->split.c_str(), lm ? "bpc" : "accuracy",
-                lm ? r.bpc : r.accuracy, r.loss, static_cast<long long>(r.count),
-                lm ? "symbols" : "sequences", used.c_str(), how.c_str());
+    const HeadMetric hm = head_metric(data->head(), r.loss, r.accuracy);
+    j[hm.name] = hm.value;
+    const char* items = lm ? "symbols" : data->head() == Head::tag ? "steps"
+                        : data->head() == Head::regress ? "values" : "sequences";
+    std::printf("%s %s: %s %.4f (loss %.4f%s, %lld %s; population statistics: %s; %s)\n",
+                f->checkpoint.c_str(), f->split.c_str(), hm.name, hm.value, r.loss,
+                data->head() == Head::regress ? "" : " nats", static_cast<long long>(r.count), items,
+                used.c_str(), how.c_str());
     if (!f->json.empty()) {
       std::ofstream o(f->json);
       if (!o) throw DataError(f->json + ": cannot open for writing");
@@ -156,6 +200,7 @@ void register_popstats(CLI::App& app, int& exit_code) {
     auto data = load_task(cfg);
     const int batches = f->batches > 0 ? f->batches : cfg.popstats_batches;
     const int bs = f->batch_size > 0 ? f->batch_size : cfg.batch_size;
+    check_rows_for_batch_stats(ck.model->config().rnn.cell, bs, "--batch-size " + std::to_string(bs));
     run_popstats(*ck.model, *data, batches, bs, cfg.seed);
     CheckpointState st = ck.state;
     st.popstats = "pass";
@@ -177,18 +222,28 @@ void register_sample(CLI::App& app, int& exit_code) {
   };
   auto f = std::make_shared<Flags>();
   sub->add_option("--checkpoint", f->checkpoint, "a language-model checkpoint")->required();
-  sub->add_option("--length", f->length, "symbols to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--length", f->length, "symbols to generate (> 0)")->capture_default_str();
   sub->add_option("--temperature", f->temperature, "softmax temperature (> 0)")->capture_default_str();
   sub->add_option("--seed", f->seed, "random seed")->capture_default_str();
   sub->add_option("--prime", f->prime, "text to start from (symbols of the vocabulary)");
   sub->callback([f, &exit_code]() {
+    if (f->length <= 0) throw UsageError("--length: must be positive, got " + std::to_string(f->length));
     if (!(f->temperature > 0)) throw UsageError("--temperature: must be positive");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
     Model& m = *ck.model;
     if (m.config().head != Head::lm || ck.vocab.is_null())
       throw UsageError(f->checkpoint + ": not a language model (head '" +
                        std::string(head_name(m.config().head)) + "')");
-    const Vocab vocab = Vocab::from_json(ck.vocab);
+    const Vocab vocab = [&] {
+      try {
+        return Vocab::from_json(ck.vocab);
+      } catch (const DataError& e) {
+        throw DataError(f->checkpoint + ": metadata 'vocab': " + e.what());
+      }
+    }();
+    if (vocab.size() != m.config().num_classes)
+      throw DataError(f->checkpoint + ": metadata 'vocab' has " + std::to_string(vocab.size()) +
+                      " symbols, the model " + std::to_string(m.config().num_classes));
     const int L = m.config().rnn.num_layers, H = m.config().rnn.hidden_size, K = m.config().num_classes;
     std::vector<float> h(size_t(L) * H, 0.f), c(size_t(L) * H, 0.f), hT(h.size()), cT(c.size()),
         logits(K);
@@ -229,7 +284,10 @@ void register_sample(CLI::App& app, int& exit_code) {
       h.swap(hT);
       c.swap(cT);
     }
-    std::printf("%s\n", out.c_str());
+    // the bytes as they are (a NUL or a lone 0x80 included)
+    out += '\n';
+    if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size())
+      throw DataError("sample: writing to standard output failed");
     exit_code = 0;
   });
 }
@@ -244,7 +302,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   auto f = std::make_shared<Flags>();
   sub->add_option("--checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
   sub->add_option("--input", f->input, "X.npy: features [T,N,C] (float32/64) or token ids [T,N] (int32/64)")->required();
-  sub->add_option("--output", f->output, "Y.npy: h [T,N,H], or logits [N,K] / [T,N,K]")->required();
+  sub->add_option("--output", f->output, "Y.npy: h [T,N,H] (no head), logits [N,K] (classify) / [T,N,K] (lm, tag), values [N,D] / [T,N,D] (regress)")->required();
   sub->add_option("--lengths", f->lengths, "L.npy: valid steps per row [N] (int32/64)");
   sub->add_flag("--train-mode", f->train_mode, "batch statistics instead of population statistics");
   sub->add_option("--threads", f->threads, "threads (0: default)");
@@ -269,6 +327,8 @@ void register_forward(CLI::App& app, int& exit_code) {
                           std::to_string(mc.num_classes) + ")");
       T = static_cast<int>(in.shape[0]);
       N = static_cast<int>(in.shape[1]);
+    } else if (ck.metadata.count("data.input") && ck.metadata.at("data.input") == "ids") {
+      x = one_hot_ids(in, f->input, mc.rnn.input_size, T, N);  // --task seq on token ids
     } else {
       if (in.shape.size() != 3 || in.shape[2] != mc.rnn.input_size)
         throw DataError(f->input + ": expected features [T,N," + std::to_string(mc.rnn.input_size) + "]");
@@ -286,6 +346,7 @@ void register_forward(CLI::App& app, int& exit_code) {
         if (v < 0 || v > T)
           throw DataError(f->lengths + ": length " + std::to_string(v) + " outside [0, " + std::to_string(T) + "]");
     }
+    if (f->train_mode) check_rows_for_batch_stats(mc.rnn.cell, N, "--train-mode on one row (" + f->input + ")");
     ForwardOptions opt;
     opt.mode = f->train_mode ? Mode::train : Mode::infer;
     opt.update_running = false;
@@ -300,6 +361,10 @@ void register_forward(CLI::App& app, int& exit_code) {
     } else if (lm) {
       out.resize(size_t(T) * N * mc.num_classes);
       m.logits(opt, T, N, nullptr, ids.data(), len, nullptr, nullptr, out.data(), nullptr, nullptr);
+      shape = {T, N, mc.num_classes};
+    } else if (mc.head == Head::tag || (mc.head == Head::regress && mc.per_step)) {
+      out.resize(size_t(T) * N * mc.num_classes);
+      m.logits(opt, T, N, x.data(), nullptr, len, nullptr, nullptr, out.data(), nullptr, nullptr);
       shape = {T, N, mc.num_classes};
     } else {
       out.resize(size_t(N) * mc.num_classes);
@@ -316,14 +381,22 @@ void register_forward(CLI::App& app, int& exit_code) {
 void register_info(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("info", "a checkpoint's config, sizes, step and metrics");
   struct Flags {
-    std::string checkpoint;
+    std::string checkpoint, positional;
     bool json = false;
   };
   auto f = std::make_shared<Flags>();
-  sub->add_option("--checkpoint,checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
+  // `rbn info FILE` or `rbn info --checkpoint FILE` (as the other commands), listed once
+  sub->add_option("checkpoint", f->positional, "a .safetensors checkpoint (or --checkpoint FILE)");
+  sub->add_option("--checkpoint", f->checkpoint)->group("");
   sub->add_flag("--json", f->json, "print JSON");
   sub->callback([f, &exit_code]() {
+    if (!f->checkpoint.empty() && !f->positional.empty() && f->checkpoint != f->positional)
+      throw UsageError("--checkpoint: two checkpoints given (" + f->checkpoint + " and " + f->positional + "); give one");
+    if (f->checkpoint.empty()) f->checkpoint = f->positional;
+    if (f->checkpoint.empty()) throw UsageError("--checkpoint: required (a .safetensors checkpoint)");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    const bool has_pop = cell_has_population_stats(ck.model->config().rnn.cell);
+    const std::string popstats = has_pop ? ck.state.popstats : "none";
     const auto& mc = ck.model->config();
     size_t nparams = 0;
     for (auto& p : ck.model->parameters()) nparams += p.numel;
@@ -333,7 +406,7 @@ void register_info(CLI::App& app, int& exit_code) {
     j["metadata"] = ck.metadata;
     j["parameters"] = nparams;
     j["step"] = ck.state.step;
-    j["popstats"] = ck.state.popstats;
+    j["popstats"] = popstats;
     // the run's last metrics, when the checkpoint sits in its output directory
     const auto dir = std::filesystem::path(f->checkpoint).parent_path();
     std::ifstream mf(dir / "metrics.jsonl");
@@ -345,14 +418,17 @@ void register_info(CLI::App& app, int& exit_code) {
     if (!last_train.empty()) j["last_train"] = nlohmann::json::parse(last_train, nullptr, false);
     if (!last_valid.empty()) j["last_valid"] = nlohmann::json::parse(last_valid, nullptr, false);
     if (f->json) {
-      std::printf("%s\n", j.dump(2).c_str());
+      // metadata written by other tools may hold any bytes: replaced, never an exception
+      std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       std::printf("%s (%zu bytes)\n", f->checkpoint.c_str(), ck.file_bytes);
-      std::printf("  cell %s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s, classes %d\n",
+      std::printf("  cell %s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s%s\n",
                   cell_name(mc.rnn.cell), mc.rnn.input_size, mc.rnn.hidden_size, mc.rnn.num_layers,
-                  mc.rnn.t_max, mc.rnn.eps, head_name(mc.head), mc.num_classes);
+                  mc.rnn.t_max, mc.rnn.eps, head_name(mc.head), head_size(mc).c_str());
       std::printf("  %zu parameters; step %lld; population statistics: %s\n", nparams,
-                  static_cast<long long>(ck.state.step), ck.state.popstats.c_str());
+                  static_cast<long long>(ck.state.step),
+                  has_pop ? ck.state.popstats.c_str()
+                          : fmt::format("none (cell {} has none)", cell_name(mc.rnn.cell)).c_str());
       if (ck.train_config)
         std::printf("  trained on: task %s, data %s, optimizer %s, lr %g, batch %d\n",
                     ck.train_config->task.c_str(), ck.train_config->data.c_str(),

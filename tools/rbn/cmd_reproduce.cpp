@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "data/pixels.hpp"
 #include "train/checkpoint.hpp"
 #include "train/evaluate.hpp"
 #include "train/model.hpp"
@@ -33,7 +34,8 @@ std::string quote(const std::string& s) {
 }
 
 struct ReproFlags {
-  std::string name, data = "data/mnist", out = "runs/reproduce", checkpoints, lengths = "100,200,500,1000";
+  // the MNIST files shipped in the repository, wherever the command is run from
+  std::string name, data = shipped_data_dir() + "/mnist", out = "runs/reproduce", checkpoints, lengths = "100,200,500,1000";
   int hidden = 100, batch_size = 100, threads = 0, steps = 784;
   double h0_noise = 0.1;
   uint64_t seed = 1;

@@ -17,7 +17,7 @@ namespace {
 struct TrainFlags {
   TrainConfig cfg;
   std::string config_file;
-  bool resume = false;
+  bool resume = false, overwrite = false;
   std::map<std::string, CLI::Option*> given;  // field name -> option
 };
 
@@ -29,8 +29,12 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   auto flag = [&](const char* field, const char* name, bool& var, const char* help) {
     f.given[field] = sub->add_option(name, var, help)->capture_default_str();
   };
-  opt("task", "--task", c.task, "seqmnist | pmnist | ptb | text8 | text");
-  opt("data", "--data", c.data, "dataset directory (idx / PTB files) or text file");
+  opt("task", "--task", c.task, "seqmnist | pmnist | ptb | text8 | text | seq (your own .npy sequences)");
+  opt("data", "--data", c.data, "dataset directory (idx / PTB / seq .npy files) or text file");
+  opt("valid_fraction", "--valid-fraction", c.valid_fraction,
+      "seq without valid.x.npy: share of the training rows taken for validation");
+  opt("test_fraction", "--test-fraction", c.test_fraction,
+      "seq without test.x.npy: share of the training rows taken for testing (0: no test split)");
   opt("permutation", "--permutation", c.permutation, "pmnist pixel order: seeded | authors | FILE");
   opt("permutation_seed", "--permutation-seed", c.permutation_seed, "seed of the permutation (0: --seed)");
   opt("mnist_split_train", "--mnist-split-train", c.mnist_split_train,
@@ -96,28 +100,35 @@ void register_train(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("train", "train a model; writes metrics.jsonl and checkpoints");
   auto flags = std::make_shared<TrainFlags>();
   add_train_options(sub, *flags);
-  sub->add_option("--config", flags->config_file, "JSON config (flags given on the line override it)")
-      ->check(CLI::ExistingFile);
-  sub->add_flag("--resume", flags->resume, "continue the run in --out from last.safetensors");
+  sub->add_option("--config", flags->config_file, "JSON config (flags given on the line override it)");
+  sub->add_flag("--resume", flags->resume,
+                "continue the run in --out from last.safetensors; flags given must match the run, "
+                "except --steps, --threads, --log-every, --eval-every, --eval-batches, "
+                "--checkpoint-every, --max-bad-steps, --early-stop");
+  sub->add_flag("--overwrite", flags->overwrite, "replace the run that --out holds (refused without it)");
+  sub->footer("An --out that holds a run (last/best.safetensors, metrics.jsonl, config.json) is refused "
+              "unless --resume or --overwrite.");
   sub->callback([flags, &exit_code]() {
-    TrainConfig cfg = flags->cfg;
+    TrainRequest req;
+    req.cfg = flags->cfg;
+    req.resume = flags->resume;
+    req.overwrite = flags->overwrite;
+    for (const auto& [field, option] : flags->given)
+      if (option->count() > 0) req.given.insert(field);
     if (!flags->config_file.empty()) {
       std::ifstream in(flags->config_file);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        throw UsageError(flags->config_file + ": not valid JSON");
-      }
-      cfg = TrainConfig::from_json(j, flags->config_file);
+      if (!in) throw UsageError("--config: " + flags->config_file + ": no such file");
+      const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+      if (j.is_discarded()) throw UsageError("--config: " + flags->config_file + ": not valid JSON");
+      TrainConfig from_file = TrainConfig::from_json(j, flags->config_file);
       // flags given on the command line win over the file
       const nlohmann::json fj = flags->cfg.to_json();
-      nlohmann::json merged = cfg.to_json();
-      for (const auto& [field, option] : flags->given)
-        if (option->count() > 0) merged[field] = fj[field];
-      cfg = TrainConfig::from_json(merged, flags->config_file);
+      nlohmann::json merged = from_file.to_json();
+      for (const auto& field : req.given) merged[field] = fj[field];
+      req.cfg = TrainConfig::from_json(merged, flags->config_file);
+      for (auto it = j.begin(); it != j.end(); ++it) req.given.insert(it.key());
     }
-    TrainSummary s = run_training(cfg, flags->resume);
+    TrainSummary s = run_training(req);
     exit_code = s.exit_code;
     if (s.exit_code == 0 && !s.best_checkpoint.empty() && Group::world().rank() == 0)
       std::fprintf(stderr, "done: %lld steps in %.1fs; best validation checkpoint %s\n",

@@ -17,4 +17,12 @@ void register_plot(CLI::App& app, int& exit_code);
 void register_bench(CLI::App& app, int& exit_code);
 void register_reproduce(CLI::App& app, int& exit_code);
 
+// The subcommand called `name` (nullptr if none).
+CLI::App* find_subcommand(CLI::App& app, const char* name);
+// Before CLI11 parses: a flag the subcommand does not have, or one given twice, is a UsageError
+// naming it (with the nearest flag as a suggestion).
+void check_flags(CLI::App* sub, int argc, char** argv);
+// A CLI11 parse error as one line in rbn's words, naming the flag and what it takes.
+std::string in_rbn_words(const CLI::ParseError& e, const CLI::App* sub, int argc, char** argv);
+
 }  // namespace rbn::cli

@@ -3,6 +3,8 @@
 #include <exception>
 #include <optional>
 
+#include <nlohmann/json.hpp>
+
 #include "commands.hpp"
 #include "train/group.hpp"
 #include "util/error.hpp"
@@ -44,15 +46,17 @@ int main(int argc, char** argv) {
   rbn::cli::register_plot(app, exit_code);
   rbn::cli::register_bench(app, exit_code);
   rbn::cli::register_reproduce(app, exit_code);
-  auto is_subcommand = [&](const char* name) {
-    for (const auto* sub : app.get_subcommands({}))
-      if (sub->check_name(name)) return true;
-    return false;
-  };
-  if (argc > 1 && argv[1][0] != '-' && !is_subcommand(argv[1])) {
-    std::fprintf(stderr, "rbn: unknown subcommand '%s' (train, eval, popstats, sample, forward, info, "
-                 "convert, plot, bench, reproduce)\n", argv[1]);
+  CLI::App* sub = argc > 1 ? rbn::cli::find_subcommand(app, argv[1]) : nullptr;
+  if (argc > 1 && argv[1][0] != '-' && !sub) {
+    std::fprintf(stderr, "rbn: error: unknown subcommand '%s' (train, eval, popstats, sample, forward, "
+                 "info, convert, plot, bench, reproduce)\n", argv[1]);
     return 2;
+  }
+  try {
+    if (sub) rbn::cli::check_flags(sub, argc, argv);
+  } catch (const rbn::Error& e) {
+    std::fprintf(stderr, "rbn: error: %s\n", e.what());
+    return e.exit_code();
   }
   try {
     app.parse(argc, argv);
@@ -63,13 +67,17 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "rbn: %s\n", e.what());
+    std::fprintf(stderr, "rbn: error: %s\n", rbn::cli::in_rbn_words(e, sub, argc, argv).c_str());
     return 2;
   } catch (const rbn::Error& e) {
     std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
     return GroupGuard::fail(e.exit_code());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "\nrbn: error: out of memory\n");
+    return GroupGuard::fail(1);
+  } catch (const nlohmann::json::exception& e) {
+    // every JSON the tool reads or writes is checked where it is used; this is a defect of rbn
+    std::fprintf(stderr, "\nrbn: error: internal JSON error %d (a defect of rbn: please report the command)\n", e.id);
     return GroupGuard::fail(1);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
