@@ -7,6 +7,7 @@ a model trained with `rbn train` opens in PyTorch and a model trained in PyTorch
 """
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ _HEADS = ("none", "classify", "lm")
 # metadata keys rbn.save derives from the modules; a given `metadata` cannot override them
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",
                "num_classes", "embed_dim", "ln_input", "learn_init_state", "bn_momentum",
-               "popstats", "popstats_data", "vocab", "checksum")
+               "popstats", "popstats_data", "vocab", "checksum",
+               "optim", "schedule")  # a model file: no optimizer state (as `rbn popstats` writes)
 
 
 class CheckpointError(ValueError):
@@ -113,7 +115,9 @@ def load(path):
     elif cell == "lnlstm":
         kw.update(eps=float(md.get("eps", 1e-5)),
                   ln_input=md.get("ln_input", "true") == "true" and "rnn.0.ln_x.weight" in tensors)
-    rnn = cls(C, H, L, dtype=torch.float32, **kw)
+    with warnings.catch_warnings():  # advice for building a model, not for loading a trained one
+        warnings.simplefilter("ignore", UserWarning)
+        rnn = cls(C, H, L, dtype=torch.float32, **kw)
     spec = {n: v for n, v in tensors.items() if n.startswith("rnn.")}
     try:
         rnn.load_state_dict_rbn(spec)

@@ -86,6 +86,7 @@ def test_cli_python_cli(tmp_path, cell, head):
     for k in ("cell", "hidden_size", "num_layers", "t_max", "head", "popstats", "popstats_data",
               "config", "vocab", "data.task"):
         assert info.get(k) == md.get(k), k
+    assert "optim" not in info and "schedule" not in info  # a model file, as `rbn popstats` writes
 
     # changed in Python (every parameter, the statistics, the head): the tool follows
     with torch.no_grad():
