@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "rbn/rbn.hpp"
@@ -45,12 +47,48 @@ void check_shape(const py::array& a, std::initializer_list<int64_t> want, const 
   }
 }
 
-// A Stack plus the shapes of its last forward (for backward's outputs).
+// A Stack plus the shapes of its last forward (for backward's outputs) and the error of a
+// Python statistic all-reduce (set_stat_allreduce), raised when the C++ call returns.
 template <class T>
 struct PyStack {
   Stack<T> s;
   int T_ = 0, N_ = 0;
+  std::shared_ptr<std::string> allreduce_error = std::make_shared<std::string>();
   explicit PyStack(const StackConfig& c) : s(c) {}
+
+  // The C++ stack calls `fn` from its thread 0 while the GIL is released: the callback takes
+  // the GIL, hands Python a float64 view of the sums [n] to replace in place by their sum over
+  // all ranks, and records (never throws through the C++ stack) a Python error.
+  void set_stat_allreduce(std::optional<py::function> fn) {
+    if (!fn) {
+      s.set_stat_allreduce({});
+      return;
+    }
+    auto f = std::shared_ptr<py::function>(new py::function(*fn), [](py::function* p) {
+      py::gil_scoped_acquire gil;
+      delete p;
+    });
+    auto err = allreduce_error;
+    s.set_stat_allreduce([f, err](double* buf, size_t n) {
+      py::gil_scoped_acquire gil;
+      if (!err->empty()) return;  // an earlier call of this forward failed: results discarded
+      try {
+        py::array_t<double> view({static_cast<py::ssize_t>(n)}, {sizeof(double)}, buf,
+                                 py::capsule(buf, [](void*) {}));
+        (*f)(view);
+      } catch (py::error_already_set& e) {
+        *err = e.what();
+        if (err->empty()) *err = "unknown Python error";
+      }
+    });
+  }
+  // After a C++ call: a failed all-reduce makes the call fail (its statistics were local).
+  void check_allreduce() {
+    if (allreduce_error->empty()) return;
+    const std::string msg = *allreduce_error;
+    allreduce_error->clear();
+    throw std::runtime_error("rbn: the statistic all-reduce callback failed: " + msg);
+  }
 
   py::tuple forward(Arr<T> x, std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> lengths,
                     std::optional<Arr<T>> h0, std::optional<Arr<T>> c0, bool train, int t0,
@@ -76,6 +114,7 @@ struct PyStack {
       s.forward(opt, T_in, N, x.data(), lengths ? lengths->data() : nullptr, ptr_or_null(h0),
                 ptr_or_null(c0), y.mutable_data(), hT.mutable_data(), cT.mutable_data());
     }
+    check_allreduce();
     T_ = T_in;
     N_ = N;
     return py::make_tuple(y, hT, cT);
@@ -93,6 +132,7 @@ struct PyStack {
       s.backward(ptr_or_null(dy), ptr_or_null(dhT), ptr_or_null(dcT), dx.mutable_data(),
                  dh0.mutable_data(), dc0.mutable_data());
     }
+    check_allreduce();
     return py::make_tuple(dx, dh0, dc0);
   }
 
@@ -178,11 +218,19 @@ void bind_stack(py::module_& m, const char* name) {
            [](S& s, Arr<T> x, std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> lengths) {
              if (x.ndim() != 3) throw py::value_error("x: expected [T,N,C]");
              check_shape(x, {x.shape(0), x.shape(1), s.s.config().input_size}, "x");
-             s.s.popstats_feed(static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)), x.data(),
-                               lengths ? lengths->data() : nullptr);
+             {
+               py::gil_scoped_release release;
+               s.s.popstats_feed(static_cast<int>(x.shape(0)), static_cast<int>(x.shape(1)), x.data(),
+                                 lengths ? lengths->data() : nullptr);
+             }
+             s.check_allreduce();
            },
            py::arg("x"), py::arg("lengths") = py::none())
       .def("popstats_finish", [](S& s) { s.s.popstats_finish(); })
+      .def("set_stat_allreduce", &S::set_stat_allreduce, py::arg("fn"),
+           "fn(buf: float64 [n]) replaces buf in place by its sum over all ranks (synchronized "
+           "batch statistics, Stack::set_stat_allreduce); called with the GIL held from the "
+           "stack's thread 0; None: statistics of this process's rows only")
       .def_property_readonly("cell", [](S& s) { return std::string(cell_name(s.s.config().cell)); })
       .def_property_readonly("input_size", [](S& s) { return s.s.config().input_size; })
       .def_property_readonly("hidden_size", [](S& s) { return s.s.config().hidden_size; })

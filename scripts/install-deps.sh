@@ -8,6 +8,7 @@ PKGS=(
   libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-torch python3-matplotlib
+  python3-pip python3-setuptools python3-venv python3-wheel
   clang libclang-rt-14-dev
   openmpi-bin libopenmpi-dev
   dataset-fashion-mnist

@@ -43,4 +43,25 @@ def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32",
     return cls(cell, input_size, hidden_size, num_layers, t_max, **kwargs)
 
 
-__all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells"]
+def load(path):
+    """An rbn checkpoint -> rbn.Model (the rbn.torch stack, its head and embedding as torch
+    modules, vocabulary, permutation, metadata). docs/python.md, rbn.checkpoint.load."""
+    from .checkpoint import load as _load
+    return _load(path)
+
+
+def save(path, module, head=None, **kwargs):
+    """Write an rbn checkpoint that `rbn eval`/`forward`/`sample` accept. rbn.checkpoint.save."""
+    from .checkpoint import save as _save
+    return _save(path, module, head, **kwargs)
+
+
+def __getattr__(name):  # rbn.Model without importing torch on `import rbn`
+    if name in ("Model", "CheckpointError"):
+        from . import checkpoint
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'rbn' has no attribute {name!r}")
+
+
+__all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells", "load", "save", "Model",
+           "CheckpointError"]

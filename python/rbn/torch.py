@@ -17,6 +17,7 @@ the stack holds; a backward whose token is not current (a second backward throug
 graph, or another forward ran in between) first recomputes its forward from the saved inputs, with
 the running statistics untouched. The first backward after a forward never recomputes.
 """
+import contextlib
 import math
 import warnings
 
@@ -144,7 +145,7 @@ class _RbnLSTMBase(nn.Module):
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, gamma_c=None,
                  forget_bias=1.0, ln_input=True, learn_init_state=False,
-                 recurrent_init="orthogonal", init=None):
+                 recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None):
         super().__init__()
         name = type(self).__name__
         _check_size(name, "input_size", input_size, 1)
@@ -197,6 +198,10 @@ class _RbnLSTMBase(nn.Module):
         self._spec_buffers = list(probe.buffer_names)
         self._register(probe, dtype)
         self.reset_parameters()
+        if sync_stats:
+            self.set_sync_stats(True, process_group)
+        elif process_group is not None:
+            raise TypeError(f"{name}: process_group is for sync_stats=True")
 
     # ---- construction ---------------------------------------------------------------------
 
@@ -258,6 +263,7 @@ class _RbnLSTMBase(nn.Module):
                 getattr(self, _torch_name(s)).copy_(torch.from_numpy(spec[s]))
         for s, v in fresh.buffers().items():
             getattr(self, _torch_name(s)).copy_(torch.from_numpy(v))
+        self.popstats_kind, self.popstats_data = "running", None
         if self.init == "torch":
             stdv = 1.0 / math.sqrt(self.hidden_size)
             for n in self._param_names:
@@ -319,6 +325,11 @@ class _RbnLSTMBase(nn.Module):
         d = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         d = dict(d)
         d["_stacks"] = {}
+        if d.get("_stat_group") is not None:
+            warnings.warn(f"{type(self).__name__}: a copy of a sync_stats module does not carry "
+                          "its process group: the copy normalizes with its own rows "
+                          "(set_sync_stats(True) on it to synchronize)")
+            d["_stat_group"] = None
         return d
 
     def __setstate__(self, state):
@@ -340,6 +351,8 @@ class _RbnLSTMBase(nn.Module):
         if s is None:
             s = _StackState(self, self._new_stack(dtype, layer=layer), layer)
             self._stacks[(dtype, layer)] = s
+            if self._stat_group is not None:
+                s.stack.set_stat_allreduce(_allreduce_fn(self._stat_group))
         return s
 
     def _buffer_list(self, state):
@@ -384,6 +397,7 @@ class _RbnLSTMBase(nn.Module):
             update_running=update_running, need_backward=run["keep"])
         if run["train"] and update_running:
             self._sync_buffers_out(state)
+            self.popstats_kind, self.popstats_data = "running", None
         return y, hT, cT
 
     # ---- forward: nn.LSTM's contract --------------------------------------------------------
@@ -393,7 +407,8 @@ class _RbnLSTMBase(nn.Module):
         hx = (h0, c0), each [L,N,H] ([L,H] unbatched). Returns output, (h_n, c_n) as nn.LSTM:
         output a PackedSequence for a packed input. lengths [N] (padded input only): valid steps
         per row; output is 0 past them and h_n, c_n are the states at each row's last step.
-        t0: global time of input's first step (row t0 + t of the population statistics)."""
+        t0: global time of input's first step (row t0 + t of the population statistics).
+        Inside `population_statistics()` the call also feeds the statistics pass."""
         name = type(self).__name__
         if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
             raise TypeError(f"{name}: the second argument is hx = (h0, c0) as in nn.LSTM; pass "
@@ -465,6 +480,8 @@ class _RbnLSTMBase(nn.Module):
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
+        if self._pass is not None:
+            return self._feed_pass(x, h0, c0, ln, int(t0))
         # Training mode keeps activations in the C++ stack whatever `keep` says (docs/python.md).
         if self.training and self.dropout > 0 and self.num_layers > 1:
             return self._forward_dropout(x, h0, c0, ln, int(t0), grad)
@@ -532,22 +549,135 @@ class _RbnLSTMBase(nn.Module):
                 else:
                     getattr(self, _torch_name(spec)).copy_(v)
 
-    def popstats(self, batches):
-        """The authors' statistics pass over an iterable of (x [T,N,C] time-major, lengths or
-        None): the population statistics become the valid-row-weighted average of the per-step
-        batch statistics (SPEC section 3b)."""
+    # ---- synchronized batch statistics (torch.distributed) ---------------------------------
+
+    _stat_group = None  # the process group the batch statistics are summed over, or None
+
+    @property
+    def sync_stats(self):
+        return self._stat_group is not None
+
+    def set_sync_stats(self, on, process_group=None):
+        """Synchronized batch statistics, as nn.SyncBatchNorm: every training-mode batch mean and
+        variance (and their gradients in backward, and the statistics pass) is computed over the
+        rows of all processes of `process_group`, so K processes with N/K rows each compute
+        what one process does with N rows. The sums go through torch.distributed.all_reduce on
+        `process_group` (default: a new gloo group of all ranks, created now, collectively:
+        every rank must make this call). Every rank must then run the same training-mode calls
+        with the same number of steps. Parameter gradients stay local (DistributedDataParallel
+        averages them). docs/distributed.md."""
+        name = type(self).__name__
+        if on:
+            if self._cell not in ("bnlstm", "bnx", "bnx-seq"):
+                raise TypeError(f"{name}: sync_stats applies to the batch-normalized cells only "
+                                f"(this cell, {self._cell}, has no batch statistics)")
+            import torch.distributed as dist
+            if not dist.is_available() or not dist.is_initialized():
+                raise RuntimeError(f"{name}: sync_stats=True needs torch.distributed initialized "
+                                   "(torch.distributed.init_process_group) first")
+            group = dist.new_group(backend="gloo") if process_group is None else process_group
+        else:
+            group = None
+        self._stat_group = group
+        for st in self._stacks.values():
+            st.owner = None
+            st.stack.set_stat_allreduce(None if group is None else _allreduce_fn(group))
+        return self
+
+    _pass = None  # the _StackState a population_statistics() block feeds, else None
+
+    @contextlib.contextmanager
+    def population_statistics(self):
+        """The authors' statistics pass (SPEC section 3b; `rbn popstats`), fed by the forward
+        calls inside the block:
+
+            with rnn.population_statistics():
+                for x in loader:
+                    rnn(x)
+
+        Each call's per-step batch mean and (biased) variance are averaged over the calls,
+        weighted by the step's count of valid rows; when the block ends they replace the
+        population statistics (steps no call reached keep theirs), `popstats_kind` becomes
+        'pass' and eval() uses them. Parameters do not change; calls return training-mode
+        outputs (batch statistics; the pass costs two forwards per call) without autograd.
+        With sync_stats the ranks' rows are pooled. An exception inside the block leaves the
+        statistics as they were."""
+        name = type(self).__name__
+        if self._pass is not None:
+            raise RuntimeError(f"{name}: population_statistics() blocks do not nest")
         params = [getattr(self, n) for n in self._param_names]
         state = self._state_for(params[0].dtype)
-        self._sync_in(state, params)
+        with torch.no_grad():
+            self._sync_in(state, params)
         state.owner = None
-        st = state.stack
-        st.popstats_begin()
-        for x, lengths in batches:
-            ln = None if lengths is None else np.asarray(torch.as_tensor(lengths), dtype=np.int32)
-            st.popstats_feed(_numpy(x), ln)
-        st.popstats_finish()
+        before = {n: b.clone() for n, b in self.named_buffers(recurse=False)}
+        state.stack.popstats_begin()
+        self._pass = state
+        try:
+            yield self
+            state.stack.popstats_finish()
+        except BaseException:
+            with torch.no_grad():
+                for n, b in before.items():
+                    getattr(self, n).copy_(b)
+            state.synced.clear()
+            raise
+        finally:
+            self._pass = None
         with torch.no_grad():
             self._sync_buffers_out(state)
+        self.popstats_kind, self.popstats_data = "pass", None
+
+    def _feed_pass(self, x, h0, c0, ln, t0):
+        """One call inside population_statistics(): feed the pass, return training-mode
+        outputs (no graph)."""
+        name = type(self).__name__
+        if t0 != 0 or h0 is not None:
+            raise ValueError(f"{name}: inside population_statistics() a call starts at step 0 "
+                             "from the initial state (no hx, t0=0), as `rbn popstats` runs it")
+        state = self._pass
+        with torch.no_grad():
+            xn = np.ascontiguousarray(_numpy(x))
+            state.stack.popstats_feed(xn, ln)
+            y, hT, cT = state.stack.forward(xn, ln, None, None, train=True, t0=0,
+                                            update_running=False, need_backward=False)
+        state.owner = None
+        return torch.from_numpy(y), torch.from_numpy(hT), torch.from_numpy(cT)
+
+    def popstats(self, batches):
+        """population_statistics() over an iterable of (x [T,N,C] time-major, lengths or None)."""
+        with self.population_statistics():
+            for x, lengths in batches:
+                self._forward_tm(x, None, None, lengths, 0)
+
+
+def _allreduce_fn(group):
+    """The stack's statistic all-reduce: float64 sums [n], summed in place over `group`. (It
+    holds the group only, not the module: the C++ stack owns it, out of the GC's sight.)"""
+    import torch.distributed as dist
+
+    def allreduce(buf):
+        dist.all_reduce(torch.from_numpy(buf), op=dist.ReduceOp.SUM, group=group)
+
+    return allreduce
+
+
+def convert_sync_batchnorm(module, process_group=None):
+    """nn.SyncBatchNorm.convert_sync_batchnorm for rbn: every batch-normalized rbn.torch module
+    in `module` (BNLSTM, BNxLSTM) synchronizes its batch statistics over `process_group`
+    (default: one new gloo group of all ranks, shared by them; a collective call). The modules
+    are changed in place; returns `module`."""
+    group = process_group
+    for m in module.modules():
+        if isinstance(m, _RbnLSTMBase) and m._cell in ("bnlstm", "bnx", "bnx-seq"):
+            if group is None:
+                import torch.distributed as dist
+                if not dist.is_available() or not dist.is_initialized():
+                    raise RuntimeError("convert_sync_batchnorm: torch.distributed is not "
+                                       "initialized (init_process_group first)")
+                group = dist.new_group(backend="gloo")
+            m.set_sync_stats(True, group)
+    return module
 
 
 def _is_lstm_param(name):
@@ -653,4 +783,5 @@ class LNGRU(_NoGRU):
     pass
 
 
-__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU"]
+__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU",
+           "convert_sync_batchnorm"]
