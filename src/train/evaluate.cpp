@@ -71,10 +71,11 @@ EvalResult evaluate_batches(Model& m, TaskData& data, Split split, int N, int64_
       continue;
     }
     const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
-    StepResult r = data.head() == Head::lm
-                       ? m.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
-                                   nullptr, nullptr, nullptr, false)
-                       : m.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), false);
+    StepResult r =
+        data.head() == Head::lm
+            ? m.lm_step(opt, b.T, b.N,
+                        {.ids = b.ids.data(), .targets = b.targets.data(), .lengths = len}, false)
+            : m.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), false);
     loss += r.loss_sum;
     count += r.count;
     correct += r.correct;
@@ -124,8 +125,15 @@ EvalResult evaluate_stream(Model& m, const std::vector<int32_t>& ids, int stream
       len[s] = l;
     }
     opt.t0 = static_cast<int>(std::min<int64_t>(s0, 1 << 30));
-    StepResult r = m.lm_step(opt, T, S, x.data(), y.data(), len.data(), h.data(), c.data(),
-                             hT.data(), cT.data(), false);
+    StepResult r = m.lm_step(opt, T, S,
+                             {.ids = x.data(),
+                              .targets = y.data(),
+                              .lengths = len.data(),
+                              .h0 = h.data(),
+                              .c0 = c.data(),
+                              .hT = hT.data(),
+                              .cT = cT.data()},
+                             false);
     loss += r.loss_sum;
     count += r.count;
     correct += r.correct;

@@ -320,10 +320,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
     opt.row0 = row0;  // a row's noise is the same on whichever rank it lands
     const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
-    StepResult r = data->head() == Head::lm
-                       ? model.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr,
-                                       nullptr, nullptr, nullptr, true)
-                       : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
+    StepResult r =
+        data->head() == Head::lm
+            ? model.lm_step(opt, b.T, b.N,
+                            {.ids = b.ids.data(), .targets = b.targets.data(), .lengths = len},
+                            true)
+            : model.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), true);
     if (group.distributed()) {
       // The gradients of the shards' losses (each over the group's count) add up to the
       // gradient of the global batch: one sum over one flat buffer; then the metrics.
