@@ -67,6 +67,11 @@ struct Engine<T>::BackStep {
   T* wx = nullptr;                 // [N,G] raw W x, then d(W x) (in-loop input backward)
   T* hh = nullptr;                 // [N,G] raw R h (nullptr without its normalization)
   const T* dY = nullptr;           // [N,H] nullable
+  // The gradients the two terms' normalizations read, [N,G]: for the LSTM and the tanh RNN both
+  // are dpre in Gates (pre = input term + recurrent term); a GRU's pointwise backward would give
+  // the recurrent term's n block its own (dĥ_n = dn_pre ⊙ r; docs/cells.md, "Adding a cell").
+  T* d_input_term = nullptr;
+  T* d_recurrent_term = nullptr;
   // statistics: BN per column [G] (c: [H]), LN per row [N]; nullptr without the normalization
   const T *mean_x = nullptr, *rstd_x = nullptr, *mean_h = nullptr, *rstd_h = nullptr;
   const T *mean_c = nullptr, *rstd_c = nullptr;
@@ -148,6 +153,7 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
   st.hh = spec.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
   st.dY = run.dY ? run.dY + t * NH : nullptr;
+  st.d_input_term = st.d_recurrent_term = st.gates;
   auto stats = [&](Norm norm, const NormStats<T>& ns, int F, const T*& mean, const T*& rstd) {
     if (norm == Norm::none || norm == Norm::bn_seq) return;  // bnx-seq: after the loop
     const size_t off = static_cast<size_t>(t) * (norm == Norm::ln ? N : F);
@@ -168,9 +174,10 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   cell_norm_backward(run, u, s, st);  // dc~ -> dc through the normalization of c
   gate_gradients(run, u, s, st);      // c = f c + i g: dpre; column and LN row sums
   for (size_t j = 0; j < static_cast<size_t>(gates) * u.w; ++j) s.db[j] += s.sum_d[j];
-  if (run.inline_x && !in_loop_x) inline_input_grads(run, u, s, st, st.gates, nullptr);
+  if (run.inline_x && !in_loop_x) inline_input_grads(run, u, s, st, st.d_input_term, nullptr);
   input_term_backward(run, u, s, st);  // dgamma_x; BN_t of W x: d(W x) or its deferred sums
-  if (run.inline_x && spec.x == Norm::bn_step) inline_input_grads(run, u, s, st, st.gates, st.wx);
+  if (run.inline_x && spec.x == Norm::bn_step)
+    inline_input_grads(run, u, s, st, st.d_input_term, st.wx);
   T* dRh = recurrent_term_backward(run, u, s, st);  // dgamma_h; d(R h) (LN: with d(W x))
   if (run.inline_x && spec.x == Norm::ln) inline_input_grads(run, u, s, st, st.wx, nullptr);
 #pragma omp barrier
@@ -348,7 +355,8 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
   const int H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
   const bool bn_x = spec.x == Norm::bn_step || ln_x;
-  const T* g = st.gates + static_cast<int64_t>(n) * G;
+  const T* g = st.d_input_term + static_cast<int64_t>(n) * G;
+  const T* gr = st.d_recurrent_term + static_cast<int64_t>(n) * G;
   const T* xr = st.wx + static_cast<int64_t>(n) * G;
   const T* hr = st.hh ? st.hh + static_cast<int64_t>(n) * G : nullptr;
   const T hm = ln_h ? st.mean_h[n] : T(0), hs = ln_h ? st.rstd_h[n] : T(1);
@@ -361,7 +369,8 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
     T* s1q = s.acc_d.data() + q * w;
     T* s2q = s.acc_d_xh_h.data() + q * w;
     T* s3q = s.acc_d_xh_x.data() + q * w;
-    const T* gq = g + j0;
+    const T* gq = g + j0;   // d(input term)
+    const T* grq = gr + j0;  // d(recurrent term)
     const T* zh = hr ? hr + hh_offset(*run.cache, q, k0, w) : nullptr;
     const T* zx = xr + j0;
     if (ln_h && ln_x) {  // LN: the column sums and this thread's part of the row sums
@@ -369,11 +378,11 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
       const T* gxq = gx + j0;
 #pragma omp simd reduction(+ : r1, r2, r3, r4)
       for (int j = 0; j < w; ++j) {
-        const T d = gq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
+        const T d = gq[j], dr = grq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
         s1q[j] += d;
-        s2q[j] += d * xh;
+        s2q[j] += dr * xh;
         s3q[j] += d * xx;
-        const T dh = d * ghq[j], dx = d * gxq[j];
+        const T dh = dr * ghq[j], dx = d * gxq[j];
         r1 += dh;
         r2 += dh * xh;
         r3 += dx;
@@ -383,10 +392,10 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
       const T* ghq = gh + j0;
 #pragma omp simd reduction(+ : r1, r2)
       for (int j = 0; j < w; ++j) {
-        const T d = gq[j], xh = (zh[j] - hm) * hs;
+        const T d = gq[j], dr = grq[j], xh = (zh[j] - hm) * hs;
         s1q[j] += d;
-        s2q[j] += d * xh;
-        const T dh = d * ghq[j];
+        s2q[j] += dr * xh;
+        const T dh = dr * ghq[j];
         r1 += dh;
         r2 += dh * xh;
       }
@@ -397,7 +406,7 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
         const T* mu = st.mean_h + j0;
         const T* rs = st.rstd_h + j0;
 #pragma omp simd
-        for (int j = 0; j < w; ++j) s2q[j] += gq[j] * ((zh[j] - mu[j]) * rs[j]);
+        for (int j = 0; j < w; ++j) s2q[j] += grq[j] * ((zh[j] - mu[j]) * rs[j]);
       }
       if (bn_x) {
         const T* mu = st.mean_x + j0;
@@ -448,7 +457,8 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
       }
     } else if (run.input_grad_in_loop) {  // d(W x) over W x, in cache
       kern::col_norm_backward_serial<T>(
-          {st.gates + j0, N, G, w, st.valid}, {st.wx + j0, st.mean_x + j0, st.rstd_x + j0},
+          {st.d_input_term + j0, N, G, w, st.valid},
+          {st.wx + j0, st.mean_x + j0, st.rstd_x + j0},
           {gx + j0, st.rstd_x + j0, a1 + q * w, a3 + q * w, stat_count(st.t), run.batch},
           st.wx + j0);
     } else {  // after the loop, from the group's sums
@@ -468,7 +478,7 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
 template <class T>
 T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u,
                                       BackwardScratch& s, const BackStep& st) {
-  if (spec.h == Norm::none) return st.gates;
+  if (spec.h == Norm::none) return st.d_recurrent_term;
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const LayerCache<T>& cc = *run.cache;
   const T* gh = run.prm.gamma_h;
@@ -488,13 +498,13 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
       std::copy_n(red + G + q * H + k0, w, a2 + q * w);
     }
   }
-  T* dRh = run.input_grad_in_loop ? st.gates : st.hh;
+  T* dRh = run.input_grad_in_loop ? st.d_recurrent_term : st.hh;
   if (spec.h == Norm::bn_step)
     for (int q = 0; q < gates; ++q) {
       const int j0 = q * H + k0;
       const T* zh = st.hh + hh_offset(cc, q, k0, w);
       kern::col_norm_backward_serial<T>(
-          {st.gates + j0, N, G, w, st.valid}, {zh, st.mean_h + j0, st.rstd_h + j0},
+          {st.d_recurrent_term + j0, N, G, w, st.valid}, {zh, st.mean_h + j0, st.rstd_h + j0},
           {gh + j0, st.rstd_h + j0, a1 + q * w, a2 + q * w, stat_count(st.t), run.batch},
           dRh + j0);
     }
@@ -508,7 +518,7 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
                            {ws.ln_part_h.data(), N}};
     const LnTerm<T> x_term{st.wx, false, run.prm.gamma_x, st.mean_x, st.rstd_x,
                            {ws.ln_part_x.data(), N}};
-    ln_backward<T>(st.gates, {G, {k0, w, gates, H}, st.valid, u.P}, h_term, dRh,
+    ln_backward<T>(st.d_recurrent_term, {G, {k0, w, gates, H}, st.valid, u.P}, h_term, dRh,
                    spec.x == Norm::ln ? &x_term : nullptr, st.wx);
   }
   return dRh;

@@ -222,10 +222,12 @@ struct RefLayer {
 
 }  // namespace
 
-Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers, Mode mode,
-               int T, int N, const std::vector<double>& x, const std::vector<int>& lengths,
-               const std::vector<double>& h0, const std::vector<double>& c0, int t0) {
-  const int H = cfg.hidden_size, L = cfg.num_layers;
+Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
+               const Inputs& in) {
+  const int H = cfg.hidden_size, L = cfg.num_layers, T = in.T, N = in.N, t0 = in.t0;
+  const Mode mode = in.mode;
+  const std::vector<int>& lengths = in.lengths;
+  const std::vector<double>&x = in.x, &h0 = in.h0, &c0 = in.c0;
   Result res;
   res.hT.assign(static_cast<size_t>(L) * N * H, 0.0);
   res.cT.assign(static_cast<size_t>(L) * N * H, 0.0);

@@ -124,8 +124,9 @@ void check_against_reference(const CellCase& cc, Mode mode, double tol) {
   FastRun<T> fast = run_fast(s, cc, mode, steps, x, lens, h0, c0);
   auto params = to_tensors<T>(s.param_info(), s.params());
   auto buffers = to_tensors<T>(s.buffer_info(), s.buffers());
-  ref::Result want = ref::forward(cfg, params, buffers, mode, steps, cc.N, to_double(x), lens,
-                                  to_double(h0), to_double(c0));
+  ref::Result want = ref::forward(
+      cfg, params, buffers,
+      {mode, steps, cc.N, to_double(x), lens, to_double(h0), to_double(c0)});
   EXPECT_LE(max_abs_diff(to_double(fast.y), want.y), tol) << "y";
   EXPECT_LE(max_abs_diff(to_double(fast.hT), want.hT), tol) << "hT";
   EXPECT_LE(max_abs_diff(to_double(fast.cT), want.cT), tol) << "cT";
@@ -384,8 +385,8 @@ TEST(CellProperties, BatchNormOutputMomentsPerStep) {
     auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 62);
     FastRun<double> r = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {});
     auto want = ref::forward(cc.config(), to_tensors<double>(s.param_info(), s.params()),
-                             to_tensors<double>(s.buffer_info(), s.buffers()), Mode::train, cc.T,
-                             cc.N, to_double(x), cc.lens(), {}, {});
+                             to_tensors<double>(s.buffer_info(), s.buffers()),
+                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens()});
     const double eps = 1e-5;
     // bnlstm normalizes W x, R h and c; bnx and bnx-seq only W x: the others must be empty, and
     // every normalized one is checked (a cell whose cache came back empty would fail here).
@@ -456,7 +457,7 @@ TEST(PopulationStats, RunningAverageUpdate) {
     const auto before = to_tensors<double>(s.buffer_info(), s.buffers());
     auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 82);
     auto want = ref::forward(cfg, to_tensors<double>(s.param_info(), s.params()), before,
-                             Mode::train, cc.T, cc.N, to_double(x), cc.lens(), {}, {});
+                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens()});
     run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {}, 0, true);
     const auto after = to_tensors<double>(s.buffer_info(), s.buffers());
     for (const auto& [name, vals] : after) {
@@ -497,7 +498,7 @@ TEST(PopulationStats, PassAveragesWeightedByValidRows) {
       auto x = random_vec<double>(static_cast<size_t>(b.T) * b.N * cc.C, ++seed);
       std::vector<int32_t> l32(b.lens.begin(), b.lens.end());
       s.popstats_feed(b.T, b.N, x.data(), l32.data());
-      auto r = ref::forward(cfg, params, before, Mode::train, b.T, b.N, to_double(x), b.lens, {}, {});
+      auto r = ref::forward(cfg, params, before, {Mode::train, b.T, b.N, to_double(x), b.lens});
       for (const auto& bi : s.buffer_info()) {
         const bool var = bi.name.ends_with("running_var");
         const std::string prefix = bi.name.substr(0, bi.name.rfind('.'));
