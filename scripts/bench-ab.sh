@@ -5,6 +5,7 @@
 # rounds disagree: the machine's noise). A row fails when new/old > 1.03 + spread.
 #
 # usage: scripts/bench-ab.sh OLD_RBN NEW_RBN [ROUNDS] [OUTDIR]
+#        SUMMARY_ONLY=1 scripts/bench-ab.sh OLD NEW ROUNDS OUTDIR: the table of the rounds done
 # env: SHAPES (smnist,ptb), CELLS (all seven), THREADS (2), REPEATS (1), WARMUP (1)
 set -euo pipefail
 old=$1 new=$2 rounds=${3:-7}
@@ -12,7 +13,7 @@ out=${4:-$(mktemp -d /tmp/bench-ab.XXXXXX)}
 shapes=${SHAPES:-smnist,ptb}
 cells=${CELLS:-lstm,bnlstm,bnx,bnx-seq,lnlstm,rnn,bnrnn}
 mkdir -p "$out"
-for ((r = 1; r <= rounds; ++r)); do
+for ((r = 1; r <= rounds && ${SUMMARY_ONLY:-0} == 0; ++r)); do
   order=(old new)
   ((r % 2 == 0)) && order=(new old)
   for which in "${order[@]}"; do
@@ -24,8 +25,11 @@ for ((r = 1; r <= rounds; ++r)); do
   echo "round $r/$rounds done" >&2
 done
 python3 - "$out" "$rounds" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
+# only the rounds that both binaries completed (a run cut short is summarized as far as it got)
+rounds = max(r for r in range(rounds + 1)
+             if all(os.path.exists(f"{out}/{w}-{q}.json") for w in ("old", "new") for q in range(1, r + 1)))
 def rows(which, r):
     d = json.load(open(f"{out}/{which}-{r}.json"))
     items = d["results"] if isinstance(d, dict) and "results" in d else d

@@ -234,17 +234,17 @@ void Engine<T>::cell_norm_backward(const BackwardRun& run, const UnitBlock& u, B
   if (spec.c == Norm::none) return;
   const int N = run.N, H = run.H, k0 = u.k0, w = u.w;
   const T* gc = run.prm.gamma_c;
-  double* a1 = s.sum_d.data();
-  double* a2 = s.sum_d_xh_h.data();
+  double* sum_d = s.sum_d.data();
+  double* sum_d_xh = s.sum_d_xh_h.data();
   const RowPartials part{ws.ln_part_c.data(), N};
   if (spec.c == Norm::bn_step) {
     kern::col_grad_sums_serial<T>({s.dc_out + k0, N, H, w, st.valid},
-                                  {st.c_next + k0, st.mean_c + k0, st.rstd_c + k0}, a1, a2);
+                                  {st.c_next + k0, st.mean_c + k0, st.rstd_c + k0}, sum_d, sum_d_xh);
   } else {
-    T* s1c = s.acc_d.data();
-    T* s2c = s.acc_d_xh_h.data();
-    std::fill_n(s1c, w, T(0));
-    std::fill_n(s2c, w, T(0));
+    T* acc_d = s.acc_d.data();
+    T* acc_d_xh = s.acc_d_xh_h.data();
+    std::fill_n(acc_d, w, T(0));
+    std::fill_n(acc_d_xh, w, T(0));
     const T* gcq = gc + k0;
     for (int n = 0; n < N; ++n) {
       double* pn = part.at(u.p, n);
@@ -257,8 +257,8 @@ void Engine<T>::cell_norm_backward(const BackwardRun& run, const UnitBlock& u, B
 #pragma omp simd reduction(+ : r1, r2)
       for (int j = 0; j < w; ++j) {
         const T xh = (ct[j] - m) * r, gd = d[j] * gcq[j];
-        s1c[j] += d[j];
-        s2c[j] += d[j] * xh;
+        acc_d[j] += d[j];
+        acc_d_xh[j] += d[j] * xh;
         r1 += gd;
         r2 += gd * xh;
       }
@@ -266,26 +266,26 @@ void Engine<T>::cell_norm_backward(const BackwardRun& run, const UnitBlock& u, B
       pn[1] = r2;
     }
     for (int j = 0; j < w; ++j) {
-      a1[j] = s1c[j];
-      a2[j] = s2c[j];
+      sum_d[j] = acc_d[j];
+      sum_d_xh[j] = acc_d_xh[j];
     }
   }
   for (int j = 0; j < w; ++j) {
-    run.grd.gamma_c[k0 + j] += static_cast<T>(a2[j]);
-    run.grd.beta_c[k0 + j] += static_cast<T>(a1[j]);
+    run.grd.gamma_c[k0 + j] += static_cast<T>(sum_d_xh[j]);
+    run.grd.beta_c[k0 + j] += static_cast<T>(sum_d[j]);
   }
   if (spec.c == Norm::bn_step) {
     if (run.batch && sync.active) {  // the means of dy and dy*x_hat over the group's rows
-      double* red = sync.sums_c.data();
-      std::copy_n(a1, w, red + k0);
-      std::copy_n(a2, w, red + H + k0);
-      group_sum(u, red, 2 * static_cast<size_t>(H));
-      std::copy_n(red + k0, w, a1);
-      std::copy_n(red + H + k0, w, a2);
+      double* group_sums = sync.sums_c.data();
+      std::copy_n(sum_d, w, group_sums + k0);
+      std::copy_n(sum_d_xh, w, group_sums + H + k0);
+      group_sum(u, group_sums, 2 * static_cast<size_t>(H));
+      std::copy_n(group_sums + k0, w, sum_d);
+      std::copy_n(group_sums + H + k0, w, sum_d_xh);
     }
     kern::col_norm_backward_serial<T>(
         {s.dc_out + k0, N, H, w, st.valid}, {st.c_next + k0, st.mean_c + k0, st.rstd_c + k0},
-        {gc + k0, st.rstd_c + k0, a1, a2, stat_count(st.t), run.batch}, s.dc_out + k0);
+        {gc + k0, st.rstd_c + k0, sum_d, sum_d_xh, stat_count(st.t), run.batch}, s.dc_out + k0);
   } else {
     if (u.P > 1) {
 #pragma omp barrier
@@ -320,16 +320,17 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
     }
     if (st.t > 0) {  // the previous step's rows (from memory) while this row computes
       constexpr int cl = 64 / static_cast<int>(sizeof(T));
-      const int64_t rg = static_cast<int64_t>(n) * G - NG, rh = static_cast<int64_t>(n) * H - NH;
+      const int64_t prev_g = static_cast<int64_t>(n) * G - NG,
+                    prev_h = static_cast<int64_t>(n) * H - NH;
       for (int q = 0; q < gates; ++q)
         for (int j = 0; j < w; j += cl) {
-          __builtin_prefetch(st.gates + rg + q * H + k0 + j, 1, 3);
-          if (read_x && !run.inline_x) __builtin_prefetch(st.wx + rg + q * H + k0 + j, 1, 3);
-          if (st.hh) __builtin_prefetch(st.hh + rg + hh_offset(*run.cache, q, k0, w) + j, 0, 3);
+          __builtin_prefetch(st.gates + prev_g + q * H + k0 + j, 1, 3);
+          if (read_x && !run.inline_x) __builtin_prefetch(st.wx + prev_g + q * H + k0 + j, 1, 3);
+          if (st.hh) __builtin_prefetch(st.hh + prev_g + hh_offset(*run.cache, q, k0, w) + j, 0, 3);
         }
       for (int j = k0; j < k1; j += cl) {
-        __builtin_prefetch(st.c_prev + rh + j, 0, 3);
-        if (st.dY) __builtin_prefetch(st.dY + rh + j, 0, 3);
+        __builtin_prefetch(st.c_prev + prev_h + j, 0, 3);
+        if (st.dY) __builtin_prefetch(st.dY + prev_h + j, 0, 3);
       }
     }
     if (spec.lstm())
@@ -354,13 +355,13 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
                               const BackStep& st, int n) {
   const int H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
-  const bool bn_x = spec.x == Norm::bn_step || ln_x;
+  const bool x_per_step = spec.x == Norm::bn_step || ln_x;  // BN_t or LN of W x
   const T* g = st.d_input_term + static_cast<int64_t>(n) * G;
   const T* gr = st.d_recurrent_term + static_cast<int64_t>(n) * G;
   const T* xr = st.wx + static_cast<int64_t>(n) * G;
   const T* hr = st.hh ? st.hh + static_cast<int64_t>(n) * G : nullptr;
-  const T hm = ln_h ? st.mean_h[n] : T(0), hs = ln_h ? st.rstd_h[n] : T(1);
-  const T xm = ln_x ? st.mean_x[n] : T(0), xs = ln_x ? st.rstd_x[n] : T(1);
+  const T mean_h_n = ln_h ? st.mean_h[n] : T(0), rstd_h_n = ln_h ? st.rstd_h[n] : T(1);
+  const T mean_x_n = ln_x ? st.mean_x[n] : T(0), rstd_x_n = ln_x ? st.rstd_x[n] : T(1);
   const T* gh = run.prm.gamma_h;
   const T* gx = run.prm.gamma_x;
   T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // LN: sum dpre*g_h, dpre*g_h*x-hat_h; the same for x
@@ -378,7 +379,7 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
       const T* gxq = gx + j0;
 #pragma omp simd reduction(+ : r1, r2, r3, r4)
       for (int j = 0; j < w; ++j) {
-        const T d = gq[j], dr = grq[j], xh = (zh[j] - hm) * hs, xx = (zx[j] - xm) * xs;
+        const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n, xx = (zx[j] - mean_x_n) * rstd_x_n;
         s1q[j] += d;
         s2q[j] += dr * xh;
         s3q[j] += d * xx;
@@ -392,7 +393,7 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
       const T* ghq = gh + j0;
 #pragma omp simd reduction(+ : r1, r2)
       for (int j = 0; j < w; ++j) {
-        const T d = gq[j], dr = grq[j], xh = (zh[j] - hm) * hs;
+        const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n;
         s1q[j] += d;
         s2q[j] += dr * xh;
         const T dh = dr * ghq[j];
@@ -408,7 +409,7 @@ void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, Backwa
 #pragma omp simd
         for (int j = 0; j < w; ++j) s2q[j] += grq[j] * ((zh[j] - mu[j]) * rs[j]);
       }
-      if (bn_x) {
+      if (x_per_step) {
         const T* mu = st.mean_x + j0;
         const T* rs = st.rstd_x + j0;
 #pragma omp simd
@@ -437,10 +438,10 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
   if (spec.x != Norm::bn_step && spec.x != Norm::ln) return;
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const T* gx = run.prm.gamma_x;
-  const double* a1 = s.sum_d.data();
-  const double* a3 = s.sum_d_xh_x.data();
+  const double* sum_d = s.sum_d.data();
+  const double* sum_d_xh_x = s.sum_d_xh_x.data();
   for (int q = 0; q < gates; ++q) {
-    for (int j = 0; j < w; ++j) s.dgamma_x[q * w + j] += a3[q * w + j];
+    for (int j = 0; j < w; ++j) s.dgamma_x[q * w + j] += sum_d_xh_x[q * w + j];
     if (spec.x != Norm::bn_step) continue;
     const int j0 = q * H + k0;
     if (run.inline_x) {  // the coefficients of d(W x), used in inline_input_grads
@@ -448,7 +449,7 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
       for (int j = 0; j < w; ++j) {
         const size_t o = static_cast<size_t>(q) * w + j;
         const kern::BnGradCoef<T> k =
-            kern::bn_grad_coef(gx[j0 + j], st.rstd_x[j0 + j], a1[o], a3[o], scale);
+            kern::bn_grad_coef(gx[j0 + j], st.rstd_x[j0 + j], sum_d[o], sum_d_xh_x[o], scale);
         s.x_a[o] = k.a;
         s.x_m1[o] = k.m1;
         s.x_m2[o] = k.m2;
@@ -459,13 +460,13 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
       kern::col_norm_backward_serial<T>(
           {st.d_input_term + j0, N, G, w, st.valid},
           {st.wx + j0, st.mean_x + j0, st.rstd_x + j0},
-          {gx + j0, st.rstd_x + j0, a1 + q * w, a3 + q * w, stat_count(st.t), run.batch},
+          {gx + j0, st.rstd_x + j0, sum_d + q * w, sum_d_xh_x + q * w, stat_count(st.t), run.batch},
           st.wx + j0);
     } else {  // after the loop, from the group's sums
       const size_t off = static_cast<size_t>(st.t) * G + j0;
       for (int j = 0; j < w; ++j) {
-        ws.xsum1[off + j] = a1[q * w + j];
-        ws.xsum2[off + j] = a3[q * w + j];
+        ws.xsum1[off + j] = sum_d[q * w + j];
+        ws.xsum2[off + j] = sum_d_xh_x[q * w + j];
       }
     }
   }
@@ -482,20 +483,20 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const LayerCache<T>& cc = *run.cache;
   const T* gh = run.prm.gamma_h;
-  double* a1 = s.sum_d.data();
-  double* a2 = s.sum_d_xh_h.data();
+  double* sum_d = s.sum_d.data();
+  double* sum_d_xh = s.sum_d_xh_h.data();
   for (int q = 0; q < gates; ++q)  // this rank's share of dgamma (summed with the gradients)
-    for (int j = 0; j < w; ++j) run.grd.gamma_h[q * H + k0 + j] += static_cast<T>(a2[q * w + j]);
+    for (int j = 0; j < w; ++j) run.grd.gamma_h[q * H + k0 + j] += static_cast<T>(sum_d_xh[q * w + j]);
   if (spec.h == Norm::bn_step && run.batch && sync.active) {  // group sums for BN's backward
-    double* red = sync.sums_xh.data();
+    double* group_sums = sync.sums_xh.data();
     for (int q = 0; q < gates; ++q) {
-      std::copy_n(a1 + q * w, w, red + q * H + k0);
-      std::copy_n(a2 + q * w, w, red + G + q * H + k0);
+      std::copy_n(sum_d + q * w, w, group_sums + q * H + k0);
+      std::copy_n(sum_d_xh + q * w, w, group_sums + G + q * H + k0);
     }
-    group_sum(u, red, 2 * static_cast<size_t>(G));
+    group_sum(u, group_sums, 2 * static_cast<size_t>(G));
     for (int q = 0; q < gates; ++q) {
-      std::copy_n(red + q * H + k0, w, a1 + q * w);
-      std::copy_n(red + G + q * H + k0, w, a2 + q * w);
+      std::copy_n(group_sums + q * H + k0, w, sum_d + q * w);
+      std::copy_n(group_sums + G + q * H + k0, w, sum_d_xh + q * w);
     }
   }
   T* dRh = run.input_grad_in_loop ? st.d_recurrent_term : st.hh;
@@ -505,7 +506,7 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
       const T* zh = st.hh + hh_offset(cc, q, k0, w);
       kern::col_norm_backward_serial<T>(
           {st.d_recurrent_term + j0, N, G, w, st.valid}, {zh, st.mean_h + j0, st.rstd_h + j0},
-          {gh + j0, st.rstd_h + j0, a1 + q * w, a2 + q * w, stat_count(st.t), run.batch},
+          {gh + j0, st.rstd_h + j0, sum_d + q * w, sum_d_xh + q * w, stat_count(st.t), run.batch},
           dRh + j0);
     }
   if (spec.h == Norm::ln) {
@@ -656,14 +657,14 @@ void Engine<T>::deferred_input_backward(const BackwardRun& run) {
     kern::column_grad_sums(cc.Gates.data(), cc.Ax.data(), TN, G, valid.data(), s1, s2);
     for (int j = 0; j < G; ++j) run.grd.gamma_x[j] += static_cast<T>(s2[j]);
     if (run.batch && sync.active) {
-      std::vector<double> red(2 * static_cast<size_t>(G) + 1);
-      std::copy_n(s1, G, red.data());
-      std::copy_n(s2, G, red.data() + G);
-      red[2 * static_cast<size_t>(G)] = static_cast<double>(cnt);
-      sync.allreduce(red.data(), red.size());
-      std::copy_n(red.data(), G, s1);
-      std::copy_n(red.data() + G, G, s2);
-      cnt = static_cast<int64_t>(red[2 * static_cast<size_t>(G)]);
+      std::vector<double> group_sums(2 * static_cast<size_t>(G) + 1);
+      std::copy_n(s1, G, group_sums.data());
+      std::copy_n(s2, G, group_sums.data() + G);
+      group_sums[2 * static_cast<size_t>(G)] = static_cast<double>(cnt);
+      sync.allreduce(group_sums.data(), group_sums.size());
+      std::copy_n(group_sums.data(), G, s1);
+      std::copy_n(group_sums.data() + G, G, s2);
+      cnt = static_cast<int64_t>(group_sums[2 * static_cast<size_t>(G)]);
     }
     kern::column_norm_backward<T>(cc.Gates.data(), cc.Ax.data(), TN, G, valid.data(),
                                   {run.prm.gamma_x, cc.x.rstd.data(), s1, s2, cnt, run.batch},

@@ -41,7 +41,7 @@ struct Engine<T>::ForwardScratch {
   std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
   std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
   T* r_rows = nullptr;  // [gates*w, H] this thread's rows of R (gate q's units at rows q*w..)
-  T* rh = nullptr;      // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
+  T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
   int ld_rh = 0;
   ForwardScratch(int N, int G, int H, int C, int gw)
       : block(gw),
@@ -107,7 +107,7 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
     s.r_rows = ws.r_packed.data() + static_cast<size_t>(gates) * u.k0 * H;
-    s.rh = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
+    s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
     if (run.pack)
       for (int q = 0; q < gates; ++q)
         std::copy_n(run.prm.R + static_cast<size_t>(q * H + u.k0) * H, static_cast<size_t>(u.w) * H,
@@ -209,20 +209,20 @@ void Engine<T>::input_term_stats(const ForwardRun& run, const UnitBlock& u, Forw
   }
 }
 
-// Recurrent product for the owned columns: s.rh [N, gates*w], gate q's columns at q*w, raw.
+// Recurrent product for the owned columns: s.rh_step [N, gates*w], gate q's columns at q*w, raw.
 template <class T>
 void Engine<T>::recurrent_product(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                                   const StepRows& st) {
   if (u.w <= 0) return;
   const int N = run.N, H = run.H;
   if (run.pack) {
-    blas::gemm(false, true, N, gates * u.w, H, T(1), st.h_prev, H, s.r_rows, H, T(0), s.rh,
+    blas::gemm(false, true, N, gates * u.w, H, T(1), st.h_prev, H, s.r_rows, H, T(0), s.rh_step,
                s.ld_rh);
     return;
   }
   for (int q = 0; q < gates; ++q)
     blas::gemm(false, true, N, u.w, H, T(1), st.h_prev, H,
-               run.prm.R + static_cast<size_t>(q * H + u.k0) * H, H, T(0), s.rh + q * u.w,
+               run.prm.R + static_cast<size_t>(q * H + u.k0) * H, H, T(0), s.rh_step + q * u.w,
                s.ld_rh);
 }
 
@@ -233,26 +233,26 @@ void Engine<T>::synced_term_stats(const ForwardRun& run, const UnitBlock& u, For
                                   const StepRows& st) {
   const int N = run.N, H = run.H, G = run.G;
   LayerCache<T>& cc = *run.cache;
-  double* red = sync.sums_xh.data();
+  double* group_sums = sync.sums_xh.data();
   const bool bn_x = spec.x == Norm::bn_step, bn_h = spec.h == Norm::bn_step;
   for (int q = 0; q < gates; ++q) {
     const int j0 = q * H + u.k0;
-    if (bn_x) kern::col_sums_serial<T>({st.wx + j0, N, G, u.w, st.valid}, red + j0, red + G + j0);
+    if (bn_x) kern::col_sums_serial<T>({st.wx + j0, N, G, u.w, st.valid}, group_sums + j0, group_sums + G + j0);
     if (bn_h)
-      kern::col_sums_serial<T>({s.rh + q * u.w, N, s.ld_rh, u.w, st.valid}, red + 2 * G + j0,
-                               red + 3 * G + j0);
+      kern::col_sums_serial<T>({s.rh_step + q * u.w, N, s.ld_rh, u.w, st.valid}, group_sums + 2 * G + j0,
+                               group_sums + 3 * G + j0);
   }
-  group_sum(u, red, 4 * static_cast<size_t>(G));
+  group_sum(u, group_sums, 4 * static_cast<size_t>(G));
   const int64_t group_count = sync.count[st.t];
   for (int q = 0; q < gates; ++q) {
     const int j0 = q * H + u.k0;
     const size_t so = static_cast<size_t>(st.t) * G + j0;
     if (bn_x)
-      bn_stats_from_sums(red + j0, red + G + j0, {&run.layout->stats_x, st.row, j0, u.w},
+      bn_stats_from_sums(group_sums + j0, group_sums + G + j0, {&run.layout->stats_x, st.row, j0, u.w},
                          group_count, run.update_running, s.block, cc.x.mean.data() + so,
                          cc.x.rstd.data() + so);
     if (bn_h)
-      bn_stats_from_sums(red + 2 * G + j0, red + 3 * G + j0,
+      bn_stats_from_sums(group_sums + 2 * G + j0, group_sums + 3 * G + j0,
                          {&run.layout->stats_h, st.row, j0, u.w}, group_count,
                          run.update_running, s.block, cc.h.mean.data() + so,
                          cc.h.rstd.data() + so);
@@ -270,7 +270,7 @@ void Engine<T>::recurrent_term_stats(const ForwardRun& run, const UnitBlock& u, 
   T* r = run.cache->h.rstd.data() + static_cast<size_t>(st.t) * G;
   for (int q = 0; q < gates; ++q) {
     const int j0 = q * H + u.k0;
-    bn_stats_block({s.rh + q * u.w, run.N, s.ld_rh, u.w, st.valid},
+    bn_stats_block({s.rh_step + q * u.w, run.N, s.ld_rh, u.w, st.valid},
                    {&run.layout->stats_h, st.row, j0, u.w}, st.count,
                    {run.batch, run.update_running}, s.block, m + j0, r + j0);
   }
@@ -284,7 +284,7 @@ void Engine<T>::layer_norm_term_stats(const ForwardRun& run, const UnitBlock& u,
   const int N = run.N, H = run.H, G = run.G;
   const bool ln_x = spec.x == Norm::ln, inl = run.inline_x;
   const RowPartials part_h{ws.ln_part_h.data(), N}, part_x{ws.ln_part_x.data(), N};
-  ln_partial(s.rh, s.ld_rh, {0, u.w, gates, u.w}, st.valid, part_h, u.p);
+  ln_partial(s.rh_step, s.ld_rh, {0, u.w, gates, u.w}, st.valid, part_h, u.p);
   if (ln_x && !inl) ln_partial(st.wx, G, {u.k0, u.w, gates, H}, st.valid, part_x, u.p);
   if (u.P > 1) {
 #pragma omp barrier
@@ -362,7 +362,7 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
     T* cn = st.c_next + static_cast<int64_t>(n) * H;
     const T* cp = st.c_prev + static_cast<int64_t>(n) * H;
     const T* xrow = st.wx + static_cast<int64_t>(n) * G;
-    const T* hrow = s.rh + static_cast<int64_t>(n) * s.ld_rh;  // R h of this row, [gates][w]
+    const T* hrow = s.rh_step + static_cast<int64_t>(n) * s.ld_rh;  // R h of this row, [gates][w]
     if (st.hh)  // raw R h for backward
       for (int q = 0; q < gates; ++q)
         std::copy_n(hrow + q * w, w, st.hh + static_cast<int64_t>(n) * G + hh_offset(cc, q, k0, w));
@@ -388,15 +388,17 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
       const T* xq = xrow + j0;
       const T* hq = hrow + q * w;
       if (ln_terms && ln_x) {
-        const T mh = s.ln_mean_h[n], rh = s.ln_rstd_h[n], mx = s.ln_mean_x[n],
-                rx = s.ln_rstd_x[n];
+        const T mean_h = s.ln_mean_h[n], rstd_h = s.ln_rstd_h[n], mean_x = s.ln_mean_x[n],
+                rstd_x = s.ln_rstd_x[n];
 #pragma omp simd
         for (int j = 0; j < w; ++j)
-          gq[j] = gx[j0 + j] * ((xq[j] - mx) * rx) + gh[j0 + j] * ((hq[j] - mh) * rh) + b[j0 + j];
+          gq[j] = gx[j0 + j] * ((xq[j] - mean_x) * rstd_x) +
+                  gh[j0 + j] * ((hq[j] - mean_h) * rstd_h) + b[j0 + j];
       } else if (ln_terms) {
-        const T mh = s.ln_mean_h[n], rh = s.ln_rstd_h[n];
+        const T mean_h = s.ln_mean_h[n], rstd_h = s.ln_rstd_h[n];
 #pragma omp simd
-        for (int j = 0; j < w; ++j) gq[j] = xq[j] + gh[j0 + j] * ((hq[j] - mh) * rh) + b[j0 + j];
+        for (int j = 0; j < w; ++j)
+          gq[j] = xq[j] + gh[j0 + j] * ((hq[j] - mean_h) * rstd_h) + b[j0 + j];
       } else {
         const T *kxq = s.scale_x.data() + j0, *khq = s.scale_h.data() + j0,
                 *shq = s.shift.data() + j0;
@@ -426,10 +428,10 @@ void Engine<T>::cell_norm_stats(const ForwardRun& run, const UnitBlock& u, Forwa
     T* r = cc.c.rstd.data() + static_cast<size_t>(st.t) * H;
     const StatSlot slot{&run.layout->stats_c, st.row, k0, w};
     if (run.batch && sync.active) {
-      double* red = sync.sums_c.data();
-      kern::col_sums_serial<T>({st.c_next + k0, N, H, w, st.valid}, red + k0, red + H + k0);
-      group_sum(u, red, 2 * static_cast<size_t>(H));
-      bn_stats_from_sums(red + k0, red + H + k0, slot, sync.count[st.t], run.update_running,
+      double* group_sums = sync.sums_c.data();
+      kern::col_sums_serial<T>({st.c_next + k0, N, H, w, st.valid}, group_sums + k0, group_sums + H + k0);
+      group_sum(u, group_sums, 2 * static_cast<size_t>(H));
+      bn_stats_from_sums(group_sums + k0, group_sums + H + k0, slot, sync.count[st.t], run.update_running,
                          s.block, m + k0, r + k0);
     } else {
       bn_stats_block({st.c_next + k0, N, H, w, st.valid}, slot, st.count,
