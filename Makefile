@@ -26,7 +26,7 @@ test: build
 # The C++ suite once more under AddressSanitizer and UBSan.
 test-asan: deps
 	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBN_SANITIZE=ON \
-	  -DRBN_PYTHON=OFF -DRBN_BENCH=OFF -DRBN_MPI=OFF
+	  -DRBN_PYTHON=OFF -DRBN_MPI=OFF
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --output-on-failure -j $(JOBS) --timeout 1200
@@ -35,7 +35,7 @@ test-asan: deps
 FUZZ_SECONDS ?= 60
 fuzz: deps
 	CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRBN_FUZZ=ON \
-	  -DRBN_TESTS=OFF -DRBN_BENCH=OFF -DRBN_PYTHON=OFF -DRBN_NATIVE=OFF -DRBN_MPI=OFF
+	  -DRBN_TESTS=OFF -DRBN_PYTHON=OFF -DRBN_NATIVE=OFF -DRBN_MPI=OFF
 	cmake --build build-fuzz -j $(JOBS)
 	bash scripts/run-fuzzers.sh build-fuzz $(FUZZ_SECONDS)
 

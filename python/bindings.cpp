@@ -9,7 +9,7 @@
 #include <string>
 
 #include "rbn/rbn.hpp"
-#include "util/error.hpp"
+#include "rbn/error.hpp"
 
 namespace py = pybind11;
 using namespace rbn;
@@ -111,8 +111,12 @@ struct PyStack {
     opt.noise_seed = noise_seed;
     {
       py::gil_scoped_release release;
-      s.forward(opt, T_in, N, x.data(), lengths ? lengths->data() : nullptr, ptr_or_null(h0),
-                ptr_or_null(c0), y.mutable_data(), hT.mutable_data(), cT.mutable_data());
+      s.forward(opt, T_in, N,
+                {.x = x.data(),
+                 .lengths = lengths ? lengths->data() : nullptr,
+                 .h0 = ptr_or_null(h0),
+                 .c0 = ptr_or_null(c0)},
+                {.y = y.mutable_data(), .hT = hT.mutable_data(), .cT = cT.mutable_data()});
     }
     check_allreduce();
     T_ = T_in;

@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "rbn/error.hpp"
+
 namespace rbn {
 
 enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm, rnn, bnrnn };
@@ -46,7 +48,8 @@ struct StackConfig {
   RecurrentInit recurrent_init = RecurrentInit::orthogonal;
   uint64_t seed = 1;
 
-  // Throws std::invalid_argument with a one-line message naming the offending field.
+  // Throws rbn::UsageError (rbn/error.hpp) with a one-line message naming the offending field
+  // (e.g. "hidden_size: must be positive, got 0"); the CLI names its flags instead.
   void validate() const;
   double gamma_x_or_default() const;
   double gamma_h_or_default() const;
@@ -71,6 +74,21 @@ struct ForwardOptions {
   // Index of row 0 in the global batch (data-parallel shards): the h0 noise of a row depends on
   // (noise_seed, layer, row0 + n) only, so a shard draws what one process draws for those rows.
   int64_t row0 = 0;
+};
+
+// The arrays of one Stack::forward call; nullptr where not given.
+template <class T>
+struct StackInput {
+  const T* x = nullptr;              // [T,N,C]
+  const int32_t* lengths = nullptr;  // [N] (nullptr: every row has T valid steps; 0 <= len <= T)
+  const T* h0 = nullptr;             // [L,N,H] (nullptr: learned initial state if configured, else 0)
+  const T* c0 = nullptr;             // [L,N,H]
+};
+template <class T>
+struct StackOutput {
+  T* y = nullptr;   // [T,N,H] top layer's h, 0 at padded positions
+  T* hT = nullptr;  // [L,N,H] state after each row's last valid step (the given initial state for
+  T* cT = nullptr;  //   rows of length 0)
 };
 
 // A stack of L recurrent layers of one cell kind, with fused forward and backward through time.
@@ -102,12 +120,10 @@ class Stack {
   // Re-initialize parameters and population statistics from config().seed.
   void reset_parameters();
 
-  // x [T,N,C]; lengths [N] (nullptr: every row has T valid steps; 0 <= len <= T);
-  // h0, c0 [L,N,H] (nullptr: learned initial state if configured, else zeros);
-  // y [T,N,H]: top layer's h, 0 at padded positions; hT, cT [L,N,H] (nullable): state after each
-  // row's last valid step (the given initial state for rows of length 0).
-  void forward(const ForwardOptions& opt, int steps, int N, const T* x, const int32_t* lengths,
-               const T* h0, const T* c0, T* y, T* hT, T* cT);
+  // `steps` steps of N rows: in.x [steps,N,C] and the optional arrays of StackInput; writes the
+  // arrays of `out` that are given. E.g. s.forward(opt, T, N, {.x = x, .lengths = len}, {.y = y}).
+  void forward(const ForwardOptions& opt, int steps, int N, const StackInput<T>& in,
+               const StackOutput<T>& out);
 
   // After forward() with activations kept. dy [T,N,H], dhT, dcT [L,N,H] are nullable (zero).
   // Writes dx [T,N,C], dh0, dc0 [L,N,H] where non-null; adds into grads().

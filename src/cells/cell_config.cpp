@@ -63,21 +63,22 @@ double StackConfig::gamma_c_or_default() const {
 }
 
 void StackConfig::validate() const {
-  auto bad = [](const std::string& flag, const std::string& what) {
-    throw UsageError(flag + ": " + what);
+  // Messages name the StackConfig field (the CLI maps them to its flags: TrainConfig::validate).
+  auto bad = [](const std::string& field, const std::string& what) {
+    throw UsageError(field + ": " + what);
   };
-  if (input_size <= 0) bad("--input-size", "must be positive, got " + std::to_string(input_size));
-  if (hidden_size <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden_size));
-  if (num_layers <= 0) bad("--layers", "must be positive, got " + std::to_string(num_layers));
-  if (t_max <= 0) bad("--t-max", "must be positive, got " + std::to_string(t_max));
-  if (!(eps > 0) || !std::isfinite(eps)) bad("--eps", "must be a positive number");
-  if (!(momentum > 0 && momentum <= 1)) bad("--bn-momentum", "must be in (0, 1]");
-  if (!std::isfinite(forget_bias)) bad("--forget-bias", "must be finite");
-  for (double g : {gamma_x, gamma_h, gamma_c})
-    if (!std::isfinite(g)) bad("--gamma", "must be finite");
+  if (input_size <= 0) bad("input_size", "must be positive, got " + std::to_string(input_size));
+  if (hidden_size <= 0) bad("hidden_size", "must be positive, got " + std::to_string(hidden_size));
+  if (num_layers <= 0) bad("num_layers", "must be positive, got " + std::to_string(num_layers));
+  if (t_max <= 0) bad("t_max", "must be positive, got " + std::to_string(t_max));
+  if (!(eps > 0) || !std::isfinite(eps)) bad("eps", "must be a positive number");
+  if (!(momentum > 0 && momentum <= 1)) bad("momentum", "must be in (0, 1]");
+  if (!std::isfinite(forget_bias)) bad("forget_bias", "must be finite");
+  if (!std::isfinite(gamma_x)) bad("gamma_x", "must be finite");
+  if (!std::isfinite(gamma_h)) bad("gamma_h", "must be finite");
+  if (!std::isfinite(gamma_c)) bad("gamma_c", "must be finite");
   // Sizes whose gate block would overflow int indexing in BLAS calls.
-  if (static_cast<int64_t>(hidden_size) * 4 > (int64_t{1} << 28))
-    bad("--hidden", "too large");
+  if (static_cast<int64_t>(hidden_size) * 4 > (int64_t{1} << 28)) bad("hidden_size", "too large");
 }
 
 }  // namespace rbn

@@ -1,6 +1,7 @@
-// Building blocks of the fused cells: vectorized activations, and batch normalization over the
-// columns of row-major [rows, F] blocks with a validity mask over rows, forward and backward
-// (the row statistics of LN need the time loop's threads and live in stack.cpp).
+// Building blocks of the fused cells: vectorized activations, the pointwise steps of the cells,
+// and batch normalization over the columns of row-major [rows, F] blocks with a validity mask over
+// rows, forward and backward (the row statistics of LN need the time loop's threads and live in
+// norms.hpp). Each kernel is tested on its own against plain loops (tests/cells/test_kernels.cpp).
 //
 // Conventions: z [rows,F] pre-normalization values; xh [rows,F] normalized values before the
 // affine ("x hat"); out = gamma * xh + beta. Invalid (padded) rows are written as 0 and never enter
@@ -55,23 +56,129 @@ inline void sigmoid_inplace(float* p, int n) {
   for (int i = 0; i < n; ++i) p[i] = 0.5f + 0.5f * p[i];
 }
 
-// ---- serial column kernels over a column block [rows, w] with row stride ld ----------------
+// ---- shared formulas ------------------------------------------------------------------------
+
+// 1 / sqrt(var + eps): every normalization's reciprocal standard deviation.
+inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
+
+// A normalization followed by its affine, folded into scale * z + shift: scale = gamma * rstd and
+// shift -= scale * mean (shift may already hold a bias, or another folded term).
+template <class T>
+inline void fold_norm(T& scale, T& shift, T rstd, T mean) {
+  scale *= rstd;
+  shift -= scale * mean;
+}
+
+// BN backward as dz = a*dy - m1 - x-hat*m2 per column: a = gamma*rstd; with batch statistics over
+// `count` rows m1 = a*sum(dy)/count and m2 = a*sum(dy*x-hat)/count, with population statistics
+// (or no rows) m1 = m2 = 0.
+template <class T>
+struct BnGradCoef {
+  T a, m1, m2;
+};
+struct BnGradScale {  // 1/count where the backward centres, else 0
+  bool centred;
+  double inv;
+};
+inline BnGradScale bn_grad_scale(bool batch, int64_t count) {
+  const bool centred = batch && count;
+  return {centred, centred ? 1.0 / static_cast<double>(count) : 0.0};
+}
+template <class T>
+inline BnGradCoef<T> bn_grad_coef(T gamma, T rstd, double sum_dy, double sum_dy_xhat,
+                                  BnGradScale sc) {
+  const T gr = gamma * rstd;
+  return {gr, sc.centred ? gr * static_cast<T>(sum_dy * sc.inv) : T(0),
+          sc.centred ? gr * static_cast<T>(sum_dy_xhat * sc.inv) : T(0)};
+}
+
+// LN backward of one value: dz = rstd*(dy*gamma - a - x-hat*b), x-hat = (z - mean)*rstd, where a
+// and b are the row's means of dy*gamma and dy*gamma*x-hat.
+template <class T>
+inline T ln_grad(T dy, T gamma, T z, T mean, T rstd, T a, T b) {
+  return rstd * (dy * gamma - a - ((z - mean) * rstd) * b);
+}
+
+// ---- pointwise steps of the cells (one row, the columns [k0, k1) of each gate block) --------
+
+// LSTM forward: gates g [4H] hold the pre-activations (i, f, g, o) and become the activations;
+// c_t = f * c_{t-1} + i * g.
+template <class T>
+inline void lstm_gates_forward(T* g, int H, int k0, int k1, const T* c_prev, T* c) {
+  const int w = k1 - k0;
+  sigmoid_inplace(g + k0, w);          // i
+  sigmoid_inplace(g + H + k0, w);      // f
+  tanh_inplace(g + 2 * H + k0, w);     // g
+  sigmoid_inplace(g + 3 * H + k0, w);  // o
+#pragma omp simd
+  for (int j = k0; j < k1; ++j) c[j] = g[H + j] * c_prev[j] + g[j] * g[2 * H + j];
+}
+
+// LSTM backward of h = o * tanh(c~): tanh_c holds tanh(c~) on entry and dL/dc~ on exit; o (the
+// gate) becomes dL/d(o's pre-activation).
+template <class T>
+inline void lstm_output_backward(const T* dh, int k0, int k1, T* o, T* tanh_c) {
+#pragma omp simd
+  for (int j = k0; j < k1; ++j) {
+    const T tc = tanh_c[j];
+    const T ov = o[j];
+    tanh_c[j] = dh[j] * ov * (T(1) - tc * tc);
+    o[j] = dh[j] * tc * ov * (T(1) - ov);
+  }
+}
+
+// LSTM backward of c_t = f c_{t-1} + i g: dc = dc_next (from step t+1) + dc_out (through h_t);
+// the gates i, f, g in g [4H] become the gradients of their pre-activations; dc_next becomes
+// dL/dc_{t-1}.
+template <class T>
+inline void lstm_cell_backward(const T* dc_out, const T* c_prev, int H, int k0, int k1, T* g,
+                               T* dc_next) {
+#pragma omp simd
+  for (int j = k0; j < k1; ++j) {
+    const T dc = dc_next[j] + dc_out[j];
+    const T i = g[j], f = g[H + j], gg = g[2 * H + j];
+    g[j] = dc * gg * i * (T(1) - i);
+    g[H + j] = dc * c_prev[j] * f * (T(1) - f);
+    g[2 * H + j] = dc * i * (T(1) - gg * gg);
+    dc_next[j] = dc * f;
+  }
+}
+
+// tanh RNN backward: h = tanh(pre) kept in g; g becomes dpre = dh (1 - h^2).
+template <class T>
+inline void tanh_rnn_backward(const T* dh, int k0, int k1, T* g) {
+#pragma omp simd
+  for (int j = k0; j < k1; ++j) g[j] = dh[j] * (T(1) - g[j] * g[j]);
+}
+
+// ---- serial column kernels over a column block ----------------------------------------------
 // Used inside the time loop's parallel region, where each thread owns a block of hidden units.
+
+// A block of w columns of a row-major matrix with row stride ld: rows [0, rows), only the rows
+// with valid[r] != 0 enter a statistic.
+template <class T>
+struct ColBlock {
+  T* p;
+  int64_t rows;
+  int ld;
+  int w;
+  const uint8_t* valid;
+};
 
 // Sums and sums of squares in double over the valid rows of a column block (the raw material of
 // the batch statistics; data-parallel training adds them up over the ranks before dividing).
 template <class T>
-void col_sums_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* sum,
-                     double* sq) {
+void col_sums_serial(ColBlock<const T> z, double* sum, double* sq) {
   // Blocks of 16 columns with the accumulators in registers: a loop over all w columns per row
   // would load and store each sum once per row.
   constexpr int B = 16;
+  const int w = z.w;
   int j0 = 0;
   for (; j0 + B <= w; j0 += B) {
     double s[B] = {}, q[B] = {};
-    for (int64_t r = 0; r < rows; ++r) {
-      if (!valid[r]) continue;
-      const T* zr = z + r * ld + j0;
+    for (int64_t r = 0; r < z.rows; ++r) {
+      if (!z.valid[r]) continue;
+      const T* zr = z.p + r * z.ld + j0;
 #pragma omp simd
       for (int j = 0; j < B; ++j) {
         const double v = zr[j];
@@ -86,9 +193,9 @@ void col_sums_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* val
   }
   if (j0 == w) return;
   for (int j = j0; j < w; ++j) sum[j] = sq[j] = 0.0;
-  for (int64_t r = 0; r < rows; ++r) {
-    if (!valid[r]) continue;
-    const T* zr = z + r * ld;
+  for (int64_t r = 0; r < z.rows; ++r) {
+    if (!z.valid[r]) continue;
+    const T* zr = z.p + r * z.ld;
 #pragma omp simd
     for (int j = j0; j < w; ++j) {
       const double v = zr[j];
@@ -113,62 +220,73 @@ inline void stats_from_sums(int w, int64_t count, double* sum_mean, double* sq_v
   }
 }
 
-template <class T>
-void col_stats_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid, double* mean,
-                      double* var) {
-  col_sums_serial(z, rows, ld, w, valid, mean, var);
+inline int64_t count_valid(const uint8_t* valid, int64_t rows) {
   int64_t count = 0;
   for (int64_t r = 0; r < rows; ++r) count += valid[r] != 0;
-  stats_from_sums(w, count, mean, var);
+  return count;
 }
 
+// Batch mean and biased variance of a column block's valid rows.
 template <class T>
-void col_normalize_serial(const T* z, int64_t rows, int ld, int w, const uint8_t* valid,
-                          const T* mean, const T* rstd, T* out, int ldo) {
-  for (int64_t r = 0; r < rows; ++r) {
+void col_stats_serial(ColBlock<const T> z, double* mean, double* var) {
+  col_sums_serial(z, mean, var);
+  stats_from_sums(z.w, count_valid(z.valid, z.rows), mean, var);
+}
+
+// out = (z - mean) * rstd per column (out [rows, w] with stride ldo); invalid rows 0.
+template <class T>
+void col_normalize_serial(ColBlock<const T> z, const T* mean, const T* rstd, T* out, int ldo) {
+  for (int64_t r = 0; r < z.rows; ++r) {
     T* o = out + r * ldo;
-    if (!valid[r]) {
-      std::fill(o, o + w, T(0));
+    if (!z.valid[r]) {
+      std::fill(o, o + z.w, T(0));
       continue;
     }
-    const T* zr = z + r * ld;
+    const T* zr = z.p + r * z.ld;
 #pragma omp simd
-    for (int j = 0; j < w; ++j) o[j] = (zr[j] - mean[j]) * rstd[j];
+    for (int j = 0; j < z.w; ++j) o[j] = (zr[j] - mean[j]) * rstd[j];
   }
 }
 
-// s1 = sum dy, s2 = sum dy * x-hat over the valid rows. x-hat is xh itself, or, with a mean
-// given, (xh - mean) * rstd from raw values. Accumulated in T over blocks of up to 128 rows (16
-// float lanes), the blocks added in double: a batch's rows cost little, and all T*N rows of
-// bnx-seq keep double's precision across blocks.
+// The x-hat a backward kernel reads: xh itself (mean == nullptr), or (xh - mean) * rstd from raw
+// values, per column.
 template <class T>
-void col_grad_sums_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
-                          const uint8_t* valid, double* s1, double* s2, const T* mean = nullptr,
-                          const T* rstd = nullptr) {
+struct XhatSource {
+  const T* xh;  // same row stride as the gradient block
+  const T* mean = nullptr;
+  const T* rstd = nullptr;
+};
+
+// s1 = sum dy, s2 = sum dy * x-hat over the valid rows. Accumulated in T over blocks of up to 128
+// rows (16 float lanes), the blocks added in double: a batch's rows cost little, and all T*N rows
+// of bnx-seq keep double's precision across blocks.
+template <class T>
+void col_grad_sums_serial(ColBlock<const T> dy, XhatSource<T> x, double* s1, double* s2) {
   constexpr int B = 64;
   constexpr int64_t RB = 128;
+  const int w = dy.w;
   for (int j = 0; j < w; ++j) s1[j] = s2[j] = 0.0;
   for (int j0 = 0; j0 < w; j0 += B) {
     const int wb = std::min(B, w - j0);
-    for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+    for (int64_t r0 = 0; r0 < dy.rows; r0 += RB) {
       T u1[B] = {}, u2[B] = {};
-      for (int64_t r = r0; r < std::min(rows, r0 + RB); ++r) {
-        if (!valid[r]) continue;
-        const T* d = dy + r * ld + j0;
-        const T* x = xh + r * ld + j0;
-        if (mean) {
-          const T* mu = mean + j0;
-          const T* rs = rstd + j0;
+      for (int64_t r = r0; r < std::min(dy.rows, r0 + RB); ++r) {
+        if (!dy.valid[r]) continue;
+        const T* d = dy.p + r * dy.ld + j0;
+        const T* xr = x.xh + r * dy.ld + j0;
+        if (x.mean) {
+          const T* mu = x.mean + j0;
+          const T* rs = x.rstd + j0;
 #pragma omp simd
           for (int j = 0; j < wb; ++j) {
             u1[j] += d[j];
-            u2[j] += d[j] * ((x[j] - mu[j]) * rs[j]);
+            u2[j] += d[j] * ((xr[j] - mu[j]) * rs[j]);
           }
         } else {
 #pragma omp simd
           for (int j = 0; j < wb; ++j) {
             u1[j] += d[j];
-            u2[j] += d[j] * x[j];
+            u2[j] += d[j] * xr[j];
           }
         }
       }
@@ -180,43 +298,53 @@ void col_grad_sums_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
   }
 }
 
-// dz = gamma*rstd*(dy - s1/M - xh*s2/M) (batch statistics) or gamma*rstd*dy; dz may alias dy
-// or xh. With a mean given, xh holds the raw values and x-hat = (xh - mean) * rstd. Per column the
-// coefficients are formed once (a block of columns at a time), so the row loop is a few
-// multiply-adds in T.
+// What the BN backward of a column block needs besides dy and x-hat: the gain and rstd per column,
+// the column sums s1 = sum dy and s2 = sum dy*x-hat (over the batch's `count` rows, all ranks'
+// when synchronized) and whether the forward used batch statistics.
 template <class T>
-void col_norm_backward_serial(const T* dy, const T* xh, int64_t rows, int ld, int w,
-                              const uint8_t* valid, const T* gamma, const T* rstd,
-                              const double* s1, const double* s2, int64_t count, bool batch,
-                              T* dz, const T* mean = nullptr) {
+struct BnBackwardArgs {
+  const T* gamma;
+  const T* rstd;
+  const double* s1;
+  const double* s2;
+  int64_t count;
+  bool batch;
+};
+
+// dz = gamma*rstd*(dy - s1/M - xh*s2/M) (batch statistics) or gamma*rstd*dy; dz (stride dy.ld)
+// may alias dy or x.xh. Per column the coefficients are formed once (a block of columns at a
+// time), so the row loop is a few multiply-adds in T.
+template <class T>
+void col_norm_backward_serial(ColBlock<const T> dy, XhatSource<T> x, const BnBackwardArgs<T>& bn,
+                              T* dz) {
   constexpr int B = 64;
   T a[B], m1[B], m2[B];  // dz = a*dy - m1 - xh*m2
-  const bool centred = batch && count;
-  const double inv = centred ? 1.0 / static_cast<double>(count) : 0.0;
-  for (int j0 = 0; j0 < w; j0 += B) {
-    const int wb = std::min(B, w - j0);
+  const BnGradScale scale = bn_grad_scale(bn.batch, bn.count);
+  for (int j0 = 0; j0 < dy.w; j0 += B) {
+    const int wb = std::min(B, dy.w - j0);
     for (int j = 0; j < wb; ++j) {
-      const T gr = gamma[j0 + j] * rstd[j0 + j];
-      a[j] = gr;
-      m1[j] = centred ? gr * static_cast<T>(s1[j0 + j] * inv) : T(0);
-      m2[j] = centred ? gr * static_cast<T>(s2[j0 + j] * inv) : T(0);
+      const BnGradCoef<T> k =
+          bn_grad_coef(bn.gamma[j0 + j], bn.rstd[j0 + j], bn.s1[j0 + j], bn.s2[j0 + j], scale);
+      a[j] = k.a;
+      m1[j] = k.m1;
+      m2[j] = k.m2;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      T* o = dz + r * ld + j0;
-      if (!valid[r]) {
+    for (int64_t r = 0; r < dy.rows; ++r) {
+      T* o = dz + r * dy.ld + j0;
+      if (!dy.valid[r]) {
         std::fill(o, o + wb, T(0));
         continue;
       }
-      const T* d = dy + r * ld + j0;
-      const T* x = xh + r * ld + j0;
-      if (mean) {
-        const T* mu = mean + j0;
-        const T* rs = rstd + j0;
+      const T* d = dy.p + r * dy.ld + j0;
+      const T* xr = x.xh + r * dy.ld + j0;
+      if (x.mean) {
+        const T* mu = x.mean + j0;
+        const T* rs = x.rstd + j0;
 #pragma omp simd
-        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - ((x[j] - mu[j]) * rs[j]) * m2[j];
+        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - ((xr[j] - mu[j]) * rs[j]) * m2[j];
       } else {
 #pragma omp simd
-        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - x[j] * m2[j];
+        for (int j = 0; j < wb; ++j) o[j] = a[j] * d[j] - m1[j] - xr[j] * m2[j];
       }
     }
   }
@@ -235,43 +363,47 @@ void for_column_blocks(int64_t rows, int cols, F&& fn) {
   }
 }
 
+// z [rows, F] with valid [rows]; the statistics [F].
 template <class T>
 void column_stats(const T* z, int64_t rows, int F, const uint8_t* valid, double* mean, double* var) {
   for_column_blocks(rows, F, [&](int j0, int w) {
-    col_stats_serial(z + j0, rows, F, w, valid, mean + j0, var + j0);
+    col_stats_serial<T>({z + j0, rows, F, w, valid}, mean + j0, var + j0);
   });
 }
 
 template <class T>
 void column_sums(const T* z, int64_t rows, int F, const uint8_t* valid, double* sum, double* sq) {
   for_column_blocks(rows, F, [&](int j0, int w) {
-    col_sums_serial(z + j0, rows, F, w, valid, sum + j0, sq + j0);
+    col_sums_serial<T>({z + j0, rows, F, w, valid}, sum + j0, sq + j0);
   });
 }
 
+// xh = (z - mean) * rstd, [rows, F]; may alias z.
 template <class T>
 void column_normalize(const T* z, int64_t rows, int F, const uint8_t* valid, const T* mean,
                       const T* rstd, T* xh) {
   for_column_blocks(rows, F, [&](int j0, int w) {
-    col_normalize_serial(z + j0, rows, F, w, valid, mean + j0, rstd + j0, xh + j0, F);
+    col_normalize_serial<T>({z + j0, rows, F, w, valid}, mean + j0, rstd + j0, xh + j0, F);
   });
 }
 
+// s1, s2 [F] from dy and x-hat [rows, F].
 template <class T>
 void column_grad_sums(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
                       double* s1, double* s2) {
   for_column_blocks(rows, F, [&](int j0, int w) {
-    col_grad_sums_serial(dy + j0, xh + j0, rows, F, w, valid, s1 + j0, s2 + j0);
+    col_grad_sums_serial<T>({dy + j0, rows, F, w, valid}, {xh + j0}, s1 + j0, s2 + j0);
   });
 }
 
+// dz [rows, F] from dy and x-hat [rows, F]; bn's arrays are [F].
 template <class T>
 void column_norm_backward(const T* dy, const T* xh, int64_t rows, int F, const uint8_t* valid,
-                          const T* gamma, const T* rstd, const double* s1, const double* s2,
-                          int64_t count, bool batch_stats, T* dz) {
+                          const BnBackwardArgs<T>& bn, T* dz) {
   for_column_blocks(rows, F, [&](int j0, int w) {
-    col_norm_backward_serial(dy + j0, xh + j0, rows, F, w, valid, gamma + j0, rstd + j0, s1 + j0,
-                             s2 + j0, count, batch_stats, dz + j0);
+    const BnBackwardArgs<T> b{bn.gamma + j0, bn.rstd + j0, bn.s1 + j0, bn.s2 + j0, bn.count,
+                              bn.batch};
+    col_norm_backward_serial<T>({dy + j0, rows, F, w, valid}, {xh + j0}, b, dz + j0);
   });
 }
 

@@ -66,179 +66,199 @@ const std::vector<double>& get(const Tensors& t, const std::string& name) {
   return it == t.end() ? empty : it->second;
 }
 
+// out[n][r] = sum_q M[r, q] in[n][q] for M [rows, cols].
+Rows matvec_rows(const std::vector<double>& M, int rows, int cols, const Rows& in) {
+  Rows out(in.size(), std::vector<double>(rows, 0.0));
+  for (size_t n = 0; n < in.size(); ++n)
+    for (int r = 0; r < rows; ++r) {
+      double s = 0;
+      for (int q = 0; q < cols; ++q) s += M[static_cast<size_t>(r) * cols + q] * in[n][q];
+      out[n][r] = s;
+    }
+  return out;
+}
+
+// One layer of the reference forward: its tensors, and each term of the cell's formulas.
+struct RefLayer {
+  const StackConfig& cfg;
+  const Tensors& params;
+  const Tensors& buffers;
+  bool train;
+  Result& res;
+  std::string p;  // "rnn.k."
+  int H, G;
+  Cell cell;
+  bool ln, ln_x, bn_x, bn_h, bn_c;
+
+  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k)
+      : cfg(c), params(pr), buffers(bu), train(tr), res(r), p("rnn." + std::to_string(k) + "."),
+        H(c.hidden_size), G(cell_gates(c.cell) * c.hidden_size), cell(c.cell) {
+    ln = cell == Cell::lnlstm;
+    ln_x = ln && cfg.ln_input;
+    bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq || cell == Cell::bnrnn;
+    bn_h = cell == Cell::bnlstm || cell == Cell::bnrnn;
+    bn_c = cell == Cell::bnlstm;
+  }
+  const std::vector<double>& param(const std::string& name) const { return get(params, p + name); }
+  const std::string norm(const char* which) const { return (ln ? "ln_" : "bn_") + std::string(which); }
+
+  // Population row of step t (the last row past the table's end).
+  const double* pop_row(const std::string& name, int t, int F) const {
+    const auto& buf = get(buffers, name);
+    const int rows = static_cast<int>(buf.size() / F);
+    return buf.data() + static_cast<size_t>(std::min(t, rows - 1)) * F;
+  }
+  // BN of z at statistics row tg; the batch statistics appended to res under "rnn.k.bn_<which>".
+  Rows bn(const Rows& z, const std::vector<bool>& valid, const char* which, int tg, int F) {
+    const std::string name = p + "bn_" + which;
+    std::vector<double> m, var;
+    Rows out = batch_norm(z, valid, cfg.eps, train, pop_row(name + ".running_mean", tg, F),
+                          pop_row(name + ".running_var", tg, F), m, var);
+    auto& bm = res.batch_mean[name];
+    auto& bv = res.batch_var[name];
+    bm.insert(bm.end(), m.begin(), m.end());
+    bv.insert(bv.end(), var.begin(), var.end());
+    return out;
+  }
+  static void scale_columns(Rows& z, const std::vector<double>& gamma) {
+    for (auto& row : z)
+      for (size_t j = 0; j < row.size(); ++j) row[j] *= gamma[j];
+  }
+
+  // W x of every step (bnx-seq: normalized over all valid (t, n) at once).
+  std::vector<Rows> input_projection(int T, int N, int C, const std::vector<double>& input,
+                                     const std::vector<int>& lengths) {
+    std::vector<Rows> wx(T);
+    for (int t = 0; t < T; ++t) {
+      Rows xt(N, std::vector<double>(C));
+      for (int n = 0; n < N; ++n)
+        for (int q = 0; q < C; ++q) xt[n][q] = input[(static_cast<size_t>(t) * N + n) * C + q];
+      wx[t] = matvec_rows(param("weight_ih"), G, C, xt);
+    }
+    if (cell != Cell::bnx_seq) return wx;
+    Rows all;
+    std::vector<bool> v;
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < N; ++n) {
+        all.push_back(wx[t][n]);
+        v.push_back(t < lengths[n]);
+      }
+    std::vector<double> m, var;
+    Rows xh = batch_norm(all, v, cfg.eps, train, get(buffers, p + "bn_x.running_mean").data(),
+                         get(buffers, p + "bn_x.running_var").data(), m, var);
+    res.batch_mean[p + "bn_x"] = m;
+    res.batch_var[p + "bn_x"] = var;
+    for (int t = 0; t < T; ++t)
+      for (int n = 0; n < N; ++n) wx[t][n] = xh[static_cast<size_t>(t) * N + n];
+    return wx;
+  }
+
+  // The normalized input term of step t (with its gain).
+  Rows input_term(const Rows& wx, const std::vector<bool>& valid, int tg) {
+    Rows ax = wx;
+    if (cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn) ax = bn(wx, valid, "x", tg, G);
+    if (ln_x)
+      for (size_t n = 0; n < ax.size(); ++n) ax[n] = layer_norm(wx[n], cfg.eps);
+    if (bn_x || ln_x) scale_columns(ax, param(norm("x") + ".weight"));
+    return ax;
+  }
+  // The normalized recurrent term R h of step t (with its gain).
+  Rows recurrent_term(const Rows& h, const std::vector<bool>& valid, int tg) {
+    Rows ah = matvec_rows(param("weight_hh"), G, H, h);
+    if (bn_h) ah = bn(ah, valid, "h", tg, G);
+    if (ln)
+      for (auto& row : ah) row = layer_norm(row, cfg.eps);
+    if (bn_h || ln) scale_columns(ah, param(norm("h") + ".weight"));
+    return ah;
+  }
+  // gamma_c * c-hat + beta_c of the new cell states (c itself without a normalization of c).
+  Rows cell_output_norm(const Rows& cnew, const std::vector<bool>& valid, int tg) {
+    Rows ct = cnew;
+    if (bn_c) ct = bn(cnew, valid, "c", tg, H);
+    if (ln)
+      for (size_t n = 0; n < ct.size(); ++n)
+        if (valid[n]) ct[n] = layer_norm(cnew[n], cfg.eps);
+    if (bn_c || ln) {
+      const auto& gc = param(norm("c") + ".weight");
+      const auto& bc = param(norm("c") + ".bias");
+      for (auto& row : ct)
+        for (int j = 0; j < H; ++j) row[j] = gc[j] * row[j] + bc[j];
+    }
+    return ct;
+  }
+
+  // One LSTM step for the valid rows: gates, the raw c (carried), h = o * tanh(c~).
+  void lstm_step(const Rows& ax, const Rows& ah, const std::vector<bool>& valid, int tg, Rows& h,
+                 Rows& c) {
+    const auto& b = param("bias");
+    Rows cnew = c, ogate(h.size(), std::vector<double>(H, 0.0));
+    for (size_t n = 0; n < h.size(); ++n) {
+      if (!valid[n]) continue;
+      for (int j = 0; j < H; ++j) {
+        auto pre = [&](int gate) { return ax[n][gate * H + j] + ah[n][gate * H + j] + b[gate * H + j]; };
+        const double i = sigmoid(pre(0)), f = sigmoid(pre(1)), g = std::tanh(pre(2)),
+                     o = sigmoid(pre(3));
+        cnew[n][j] = f * c[n][j] + i * g;
+        ogate[n][j] = o;
+      }
+    }
+    const Rows ct = cell_output_norm(cnew, valid, tg);
+    for (size_t n = 0; n < h.size(); ++n) {
+      if (!valid[n]) continue;
+      for (int j = 0; j < H; ++j) {
+        h[n][j] = ogate[n][j] * std::tanh(ct[n][j]);
+        c[n][j] = cnew[n][j];
+      }
+    }
+  }
+  // One tanh-RNN step: h = tanh(pre) for the valid rows; c is carried unchanged.
+  void rnn_step(const Rows& ax, const Rows& ah, const std::vector<bool>& valid, Rows& h) {
+    const auto& b = param("bias");
+    for (size_t n = 0; n < h.size(); ++n)
+      if (valid[n])
+        for (int j = 0; j < H; ++j) h[n][j] = std::tanh(ax[n][j] + ah[n][j] + b[j]);
+  }
+};
+
 }  // namespace
 
-Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers, Mode mode,
-               int T, int N, const std::vector<double>& x, const std::vector<int>& lengths,
-               const std::vector<double>& h0, const std::vector<double>& c0, int t0) {
-  const int H = cfg.hidden_size, L = cfg.num_layers;
-  const int G = (cfg.cell == Cell::rnn || cfg.cell == Cell::bnrnn ? 1 : 4) * H;
-  const double eps = cfg.eps;
-  const bool train = mode == Mode::train;
-  const Cell cell = cfg.cell;
-  const bool rnn = cell == Cell::rnn || cell == Cell::bnrnn;  // h = tanh(pre), no c
-  const bool bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq ||
-                    cell == Cell::bnrnn;
-  const bool bn_hc = cell == Cell::bnlstm;
-  const bool bn_h = cell == Cell::bnlstm || cell == Cell::bnrnn;
-  const bool ln = cell == Cell::lnlstm;
-  const bool ln_x = ln && cfg.ln_input;
-
+Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
+               const Inputs& in) {
+  const int H = cfg.hidden_size, L = cfg.num_layers, T = in.T, N = in.N, t0 = in.t0;
+  const Mode mode = in.mode;
+  const std::vector<int>& lengths = in.lengths;
+  const std::vector<double>&x = in.x, &h0 = in.h0, &c0 = in.c0;
   Result res;
   res.hT.assign(static_cast<size_t>(L) * N * H, 0.0);
   res.cT.assign(static_cast<size_t>(L) * N * H, 0.0);
   std::vector<double> input = x;  // [T,N,C_k]
   int C = cfg.input_size;
-
   for (int k = 0; k < L; ++k) {
-    const std::string p = "rnn." + std::to_string(k) + ".";
-    const auto& W = get(params, p + "weight_ih");
-    const auto& R = get(params, p + "weight_hh");
-    const auto& b = get(params, p + "bias");
-    const std::string nx = ln ? "ln_x" : "bn_x", nh = ln ? "ln_h" : "bn_h", nc = ln ? "ln_c" : "bn_c";
-    const auto& gx = get(params, p + nx + ".weight");
-    const auto& gh = get(params, p + nh + ".weight");
-    const auto& gc = get(params, p + nc + ".weight");
-    const auto& bc = get(params, p + nc + ".bias");
-
-    // initial state
+    RefLayer layer(cfg, params, buffers, mode == Mode::train, res, k);
+    // initial state: given, learned, or zero
     Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
     for (int n = 0; n < N; ++n)
       for (int j = 0; j < H; ++j) {
         const size_t i = (static_cast<size_t>(k) * N + n) * H + j;
         if (!h0.empty()) h[n][j] = h0[i];
-        else if (cfg.learn_init_state) h[n][j] = get(params, p + "h0")[j];
+        else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
         if (!c0.empty()) c[n][j] = c0[i];
-        else if (cfg.learn_init_state) c[n][j] = get(params, p + "c0")[j];
+        else if (cfg.learn_init_state) c[n][j] = layer.param("c0")[j];
       }
-
-    // x-hat of W x for every step (bnx-seq needs all steps before the first one)
-    std::vector<Rows> wx(T, Rows(N, std::vector<double>(G, 0.0)));
-    for (int t = 0; t < T; ++t)
-      for (int n = 0; n < N; ++n)
-        for (int r = 0; r < G; ++r) {
-          double s = 0;
-          for (int q = 0; q < C; ++q)
-            s += W[static_cast<size_t>(r) * C + q] * input[(static_cast<size_t>(t) * N + n) * C + q];
-          wx[t][n][r] = s;
-        }
-    auto valid_at = [&](int t) {
-      std::vector<bool> v(N);
-      for (int n = 0; n < N; ++n) v[n] = t < lengths[n];
-      return v;
-    };
-    auto pop_row = [&](const std::string& name, int t, int F) -> const double* {
-      const auto& buf = get(buffers, name);
-      const int rows = static_cast<int>(buf.size() / F);
-      return buf.data() + static_cast<size_t>(std::min(t, rows - 1)) * F;
-    };
-    if (cell == Cell::bnx_seq) {
-      // one statistic over all valid (t, n)
-      Rows all;
-      std::vector<bool> v;
-      for (int t = 0; t < T; ++t)
-        for (int n = 0; n < N; ++n) {
-          all.push_back(wx[t][n]);
-          v.push_back(t < lengths[n]);
-        }
-      std::vector<double> m, var;
-      Rows xh = batch_norm(all, v, eps, train, get(buffers, p + "bn_x.running_mean").data(),
-                           get(buffers, p + "bn_x.running_var").data(), m, var);
-      res.batch_mean[p + "bn_x"] = m;
-      res.batch_var[p + "bn_x"] = var;
-      for (int t = 0; t < T; ++t)
-        for (int n = 0; n < N; ++n) wx[t][n] = xh[static_cast<size_t>(t) * N + n];
-    }
-
+    const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
     std::vector<double> out(static_cast<size_t>(T) * N * H, 0.0);
     for (int t = 0; t < T; ++t) {
-      const std::vector<bool> valid = valid_at(t);
+      std::vector<bool> valid(N);
+      for (int n = 0; n < N; ++n) valid[n] = t < lengths[n];
       const int tg = t0 + t;
-      // input term
-      Rows ax = wx[t];
-      if (cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn) {
-        std::vector<double> m, var;
-        ax = batch_norm(wx[t], valid, eps, train, pop_row(p + "bn_x.running_mean", tg, G),
-                        pop_row(p + "bn_x.running_var", tg, G), m, var);
-        auto& bm = res.batch_mean[p + "bn_x"];
-        auto& bv = res.batch_var[p + "bn_x"];
-        bm.insert(bm.end(), m.begin(), m.end());
-        bv.insert(bv.end(), var.begin(), var.end());
-      }
-      if (ln_x)
-        for (int n = 0; n < N; ++n) ax[n] = layer_norm(wx[t][n], eps);
-      if (bn_x || ln_x)
-        for (int n = 0; n < N; ++n)
-          for (int j = 0; j < G; ++j) ax[n][j] *= gx[j];
-      // recurrent term
-      Rows ah(N, std::vector<double>(G, 0.0));
+      const Rows ax = layer.input_term(wx[t], valid, tg);
+      const Rows ah = layer.recurrent_term(h, valid, tg);
+      if (cell_gates(cfg.cell) == 1)
+        layer.rnn_step(ax, ah, valid, h);
+      else
+        layer.lstm_step(ax, ah, valid, tg, h, c);
       for (int n = 0; n < N; ++n)
-        for (int r = 0; r < G; ++r) {
-          double s = 0;
-          for (int q = 0; q < H; ++q) s += R[static_cast<size_t>(r) * H + q] * h[n][q];
-          ah[n][r] = s;
-        }
-      if (bn_h) {
-        std::vector<double> m, var;
-        ah = batch_norm(ah, valid, eps, train, pop_row(p + "bn_h.running_mean", tg, G),
-                        pop_row(p + "bn_h.running_var", tg, G), m, var);
-        auto& bm = res.batch_mean[p + "bn_h"];
-        auto& bv = res.batch_var[p + "bn_h"];
-        bm.insert(bm.end(), m.begin(), m.end());
-        bv.insert(bv.end(), var.begin(), var.end());
-      }
-      if (ln)
-        for (int n = 0; n < N; ++n) ah[n] = layer_norm(ah[n], eps);
-      if (bn_h || ln)
-        for (int n = 0; n < N; ++n)
-          for (int j = 0; j < G; ++j) ah[n][j] *= gh[j];
-      if (rnn) {  // h_t = tanh(pre); c is carried unchanged
-        for (int n = 0; n < N; ++n) {
-          if (!valid[n]) continue;
-          for (int j = 0; j < H; ++j) {
-            h[n][j] = std::tanh(ax[n][j] + ah[n][j] + b[j]);
-            out[(static_cast<size_t>(t) * N + n) * H + j] = h[n][j];
-          }
-        }
-        continue;
-      }
-      // gates and the raw cell state
-      Rows cnew = c, ogate(N, std::vector<double>(H, 0.0));
-      for (int n = 0; n < N; ++n) {
-        if (!valid[n]) continue;
-        for (int j = 0; j < H; ++j) {
-          auto pre = [&](int gate) { return ax[n][gate * H + j] + ah[n][gate * H + j] + b[gate * H + j]; };
-          const double i = sigmoid(pre(0)), f = sigmoid(pre(1)), g = std::tanh(pre(2)),
-                       o = sigmoid(pre(3));
-          cnew[n][j] = f * c[n][j] + i * g;
-          ogate[n][j] = o;
-        }
-      }
-      // output: h = o * tanh(c~), c~ normalized for bnlstm / lnlstm; the raw c is carried
-      Rows ct = cnew;
-      if (bn_hc) {
-        std::vector<double> m, var;
-        ct = batch_norm(cnew, valid, eps, train, pop_row(p + "bn_c.running_mean", tg, H),
-                        pop_row(p + "bn_c.running_var", tg, H), m, var);
-        auto& bm = res.batch_mean[p + "bn_c"];
-        auto& bv = res.batch_var[p + "bn_c"];
-        bm.insert(bm.end(), m.begin(), m.end());
-        bv.insert(bv.end(), var.begin(), var.end());
-      }
-      if (ln)
-        for (int n = 0; n < N; ++n)
-          if (valid[n]) ct[n] = layer_norm(cnew[n], eps);
-      if (bn_hc || ln)
-        for (int n = 0; n < N; ++n)
-          for (int j = 0; j < H; ++j) ct[n][j] = gc[j] * ct[n][j] + bc[j];
-      for (int n = 0; n < N; ++n) {
-        if (!valid[n]) continue;
-        for (int j = 0; j < H; ++j) {
-          h[n][j] = ogate[n][j] * std::tanh(ct[n][j]);
-          c[n][j] = cnew[n][j];
-          out[(static_cast<size_t>(t) * N + n) * H + j] = h[n][j];
-        }
-      }
+        if (valid[n]) std::copy_n(h[n].begin(), H, out.begin() + (static_cast<size_t>(t) * N + n) * H);
     }
     for (int n = 0; n < N; ++n)
       for (int j = 0; j < H; ++j) {

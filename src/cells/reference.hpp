@@ -21,9 +21,18 @@ struct Result {
   Tensors batch_mean, batch_var;
 };
 
-// params / buffers by SPEC tensor name. h0, c0 [L,N,H] or empty (learned if configured, else 0).
-Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers, Mode mode,
-               int T, int N, const std::vector<double>& x, const std::vector<int>& lengths,
-               const std::vector<double>& h0, const std::vector<double>& c0, int t0 = 0);
+// One forward's inputs.
+struct Inputs {
+  Mode mode = Mode::train;
+  int T = 0, N = 0;
+  std::vector<double> x;       // [T,N,C]
+  std::vector<int> lengths;    // [N]
+  std::vector<double> h0, c0;  // [L,N,H] or empty (learned if configured, else 0)
+  int t0 = 0;                  // statistics row of step 0
+};
+
+// params / buffers by SPEC tensor name.
+Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
+               const Inputs& in);
 
 }  // namespace rbn::ref

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
+#include <utility>
 
 #include "util/error.hpp"
 
@@ -197,6 +199,20 @@ void TrainConfig::validate() const {
                                     {"--out", &out}, {"--permutation", &permutation}})
     if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
   if (!is_lm() && task != "seqmnist" && task != "pmnist" && task != "seq") bad("--task", "unknown");
+  // The stack's own checks (gains, forget bias, sizes) name its fields: here, the flags.
+  static const std::pair<const char*, const char*> kFlagOfField[] = {
+      {"hidden_size", "--hidden"},   {"num_layers", "--layers"},       {"eps", "--eps"},
+      {"momentum", "--bn-momentum"}, {"forget_bias", "--forget-bias"}, {"gamma_x", "--gamma-x"},
+      {"gamma_h", "--gamma-h"},      {"gamma_c", "--gamma-c"},         {"t_max", "--seq-len"},
+      {"input_size", "--embed"}};
+  try {
+    stack_config(1).validate();
+  } catch (const UsageError& e) {
+    std::string msg = e.what();
+    for (const auto& [field, flag] : kFlagOfField)
+      if (msg.starts_with(std::string(field) + ":")) msg = flag + msg.substr(std::strlen(field));
+    throw UsageError(msg);
+  }
 }
 
 StackConfig TrainConfig::stack_config(int input_size) const {

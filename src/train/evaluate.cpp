@@ -126,8 +126,15 @@ EvalResult evaluate_stream(Model& m, const std::vector<int32_t>& ids, int stream
       len[s] = l;
     }
     opt.t0 = static_cast<int>(std::min<int64_t>(s0, 1 << 30));
-    StepResult r = m.lm_step(opt, T, S, x.data(), y.data(), len.data(), h.data(), c.data(),
-                             hT.data(), cT.data(), false);
+    StepResult r = m.lm_step(opt, T, S,
+                             {.ids = x.data(),
+                              .targets = y.data(),
+                              .lengths = len.data(),
+                              .h0 = h.data(),
+                              .c0 = c.data(),
+                              .hT = hT.data(),
+                              .cT = cT.data()},
+                             false);
     loss += r.loss_sum;
     count += r.count;
     correct += r.correct;

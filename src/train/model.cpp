@@ -176,7 +176,7 @@ StepResult Model::classify_step(const ForwardOptions& opt, int T, int N, const f
       throw DataError("label " + std::to_string(labels[n]) + " outside [0, " + std::to_string(K) + ")");
   ensure(hT_, L * NH);
   ensure(logits_, static_cast<size_t>(N) * K);
-  rnn_.forward(opt, T, N, x, lengths, nullptr, nullptr, nullptr, hT_.data(), nullptr);
+  rnn_.forward(opt, T, N, {.x = x, .lengths = lengths}, {.hT = hT_.data()});
   const float* top = hT_.data() + (L - 1) * NH;  // the last valid step of each row
   head_forward(N, top, logits_.data());
   ensure(dy_, static_cast<size_t>(N) * K);
@@ -196,9 +196,9 @@ StepResult Model::classify_step(const ForwardOptions& opt, int T, int N, const f
   return res;
 }
 
-StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t* ids,
-                          const int32_t* targets, const int32_t* lengths, const float* h0,
-                          const float* c0, float* hT, float* cT, bool backward) {
+StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const LmBatch& batch,
+                          bool backward) {
+  const int32_t *ids = batch.ids, *targets = batch.targets, *lengths = batch.lengths;
   if (cfg_.head != Head::lm) throw UsageError("lm_step: the model has no language-model head");
   const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes, C = cfg_.rnn.input_size;
   const int64_t TN = static_cast<int64_t>(T) * N;
@@ -206,7 +206,8 @@ StepResult Model::lm_step(const ForwardOptions& opt, int T, int N, const int32_t
   ensure(y_, TN * H);
   ensure(logits_, TN * K);
   embed(T, N, ids, x_.data());
-  rnn_.forward(opt, T, N, x_.data(), lengths, h0, c0, y_.data(), hT, cT);
+  rnn_.forward(opt, T, N, {.x = x_.data(), .lengths = lengths, .h0 = batch.h0, .c0 = batch.c0},
+               {.y = y_.data(), .hT = batch.hT, .cT = batch.cT});
   head_forward(static_cast<int>(TN), y_.data(), logits_.data());
   // counted positions: inside the row's length and with a target
   std::vector<int32_t>& tgt = tgt_;
@@ -339,7 +340,8 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
     ensure(x_, TN * C);
     ensure(y_, TN * H);
     embed(T, N, ids, x_.data());
-    rnn_.forward(opt, T, N, x_.data(), lengths, h0, c0, y_.data(), hT, cT);
+    rnn_.forward(opt, T, N, {.x = x_.data(), .lengths = lengths, .h0 = h0, .c0 = c0},
+                 {.y = y_.data(), .hT = hT, .cT = cT});
     head_forward(static_cast<int>(TN), y_.data(), out);
   } else if (cfg_.head == Head::tag || (cfg_.head == Head::regress && cfg_.per_step)) {
     ensure(y_, TN * H);
@@ -347,11 +349,13 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
     head_forward(static_cast<int>(TN), y_.data(), out);
   } else if (cfg_.head == Head::classify || cfg_.head == Head::regress) {
     ensure(hT_, L * NH);
-    rnn_.forward(opt, T, N, x, lengths, h0, c0, nullptr, hT_.data(), cT);
+    rnn_.forward(opt, T, N, {.x = x, .lengths = lengths, .h0 = h0, .c0 = c0},
+                 {.hT = hT_.data(), .cT = cT});
     if (hT) std::copy_n(hT_.data(), L * NH, hT);
     head_forward(N, hT_.data() + (L - 1) * NH, out);
   } else {
-    rnn_.forward(opt, T, N, x, lengths, h0, c0, out, hT, cT);
+    rnn_.forward(opt, T, N, {.x = x, .lengths = lengths, .h0 = h0, .c0 = c0},
+                 {.y = out, .hT = hT, .cT = cT});
   }
 }
 

@@ -42,6 +42,18 @@ struct StepResult {
   int64_t correct = 0;  // argmax == target
 };
 
+// A language-model batch: ids [T,N] inputs, targets [T,N] (-1 = not counted), lengths [N]
+// (nullable); h0/c0 [L,N,H] nullable, hT/cT written if non-null (state carried across chunks).
+struct LmBatch {
+  const int32_t* ids = nullptr;
+  const int32_t* targets = nullptr;
+  const int32_t* lengths = nullptr;
+  const float* h0 = nullptr;
+  const float* c0 = nullptr;
+  float* hT = nullptr;
+  float* cT = nullptr;
+};
+
 class Model {
  public:
   explicit Model(const ModelConfig& cfg);
@@ -59,11 +71,8 @@ class Model {
   StepResult classify_step(const ForwardOptions& opt, int T, int N, const float* x,
                            const int32_t* lengths, const int32_t* labels, bool backward);
 
-  // Language model: ids [T,N] inputs, targets [T,N] (-1 = not counted), lengths (nullable).
-  // h0/c0 [L,N,H] nullable, hT/cT written if non-null (state carried across chunks).
-  StepResult lm_step(const ForwardOptions& opt, int T, int N, const int32_t* ids,
-                     const int32_t* targets, const int32_t* lengths, const float* h0,
-                     const float* c0, float* hT, float* cT, bool backward);
+  // Language model on a batch of T steps of N rows (LmBatch).
+  StepResult lm_step(const ForwardOptions& opt, int T, int N, const LmBatch& batch, bool backward);
 
   // A user's sequences, heads tag and regress (classify goes to classify_step): x [T,N,C],
   // lengths [N] (nullable; steps t >= length are not counted). tag: labels [T,N] (-1 = not

@@ -27,8 +27,8 @@ StepResult run_batch(Model& m, const ForwardOptions& opt, const Batch& b, bool b
   const int32_t* len = b.lengths.empty() ? nullptr : b.lengths.data();
   switch (m.config().head) {
     case Head::lm:
-      return m.lm_step(opt, b.T, b.N, b.ids.data(), b.targets.data(), len, nullptr, nullptr, nullptr,
-                       nullptr, backward);
+      return m.lm_step(opt, b.T, b.N, {.ids = b.ids.data(), .targets = b.targets.data(), .lengths = len},
+                       backward);
     case Head::classify: return m.classify_step(opt, b.T, b.N, b.x.data(), len, b.labels.data(), backward);
     case Head::tag:
     case Head::regress:

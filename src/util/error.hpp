@@ -1,29 +1,4 @@
-// Errors that reach the user as one line. DataError (exit 1): a file or its contents are wrong.
-// UsageError (exit 2): a flag or a config value is impossible. Messages name the file or flag.
+// The error types are public (include/rbn/error.hpp); this header keeps the internal include path.
 #pragma once
 
-#include <stdexcept>
-#include <string>
-
-namespace rbn {
-
-class Error : public std::runtime_error {
- public:
-  Error(const std::string& what, int exit_code) : std::runtime_error(what), exit_code_(exit_code) {}
-  int exit_code() const { return exit_code_; }
-
- private:
-  int exit_code_;
-};
-
-class DataError : public Error {
- public:
-  explicit DataError(const std::string& what) : Error(what, 1) {}
-};
-
-class UsageError : public Error {
- public:
-  explicit UsageError(const std::string& what) : Error(what, 2) {}
-};
-
-}  // namespace rbn
+#include "rbn/error.hpp"

@@ -88,7 +88,8 @@ Result run_rows(Cell cell, int n0, int n, const Stack<double>::Allreduce& allred
   r.dh0.resize(r.hT.size());
   r.dc0.resize(r.hT.size());
   ForwardOptions opt;  // train mode, running averages updated
-  s.forward(opt, kT, n, xs.data(), len.data(), h0s.data(), c0s.data(), r.y.data(), r.hT.data(), r.cT.data());
+  s.forward(opt, kT, n, {.x = xs.data(), .lengths = len.data(), .h0 = h0s.data(), .c0 = c0s.data()},
+            {.y = r.y.data(), .hT = r.hT.data(), .cT = r.cT.data()});
   s.backward(dys.data(), dhTs.data(), dcTs.data(), r.dx.data(), r.dh0.data(), r.dc0.data());
   r.grads.assign(s.grads().begin(), s.grads().end());
   r.buffers.assign(s.buffers().begin(), s.buffers().end());

@@ -71,7 +71,8 @@ TEST_P(Fixture, MatchesPyTorch) {
   auto c0 = st.get_f64("input.c0", {});
   std::vector<double> y(size_t(T) * N * H), hT(size_t(L) * N * H), cT(hT.size());
   ForwardOptions opt;
-  s.forward(opt, T, N, x.data(), len.data(), h0.data(), c0.data(), y.data(), hT.data(), cT.data());
+  s.forward(opt, T, N, {.x = x.data(), .lengths = len.data(), .h0 = h0.data(), .c0 = c0.data()},
+            {.y = y.data(), .hT = hT.data(), .cT = cT.data()});
   Worst w;
   w.fwd = std::max({max_diff(y, st.get_f64("train.y", {})), max_diff(hT, st.get_f64("train.hT", {})),
                     max_diff(cT, st.get_f64("train.cT", {}))});
@@ -113,7 +114,8 @@ TEST_P(Fixture, MatchesPyTorch) {
     ForwardOptions io;
     io.mode = Mode::infer;
     io.need_backward = false;
-    s.forward(io, Ti, Ni, xi.data(), li.data(), h0.data(), c0.data(), yi.data(), hi.data(), ci.data());
+    s.forward(io, Ti, Ni, {.x = xi.data(), .lengths = li.data(), .h0 = h0.data(), .c0 = c0.data()},
+              {.y = yi.data(), .hT = hi.data(), .cT = ci.data()});
     const double d = std::max({max_diff(yi, st.get_f64("infer.y", {})), max_diff(hi, st.get_f64("infer.hT", {})),
                                max_diff(ci, st.get_f64("infer.cT", {}))});
     w.fwd = std::max(w.fwd, d);
@@ -150,7 +152,8 @@ TEST_P(Fixture, MatchesPyTorch) {
     for (const auto& ti : s.param_info()) refs.push_back({ti.name, pf.data() + ti.offset, gf.data() + ti.offset, ti.numel});
     for (int k = 1; k <= 3; ++k) {
       std::copy(pf.begin(), pf.end(), s.params().begin());
-      s.forward(opt, T, N, x.data(), len.data(), h0.data(), c0.data(), y.data(), hT.data(), cT.data());
+      s.forward(opt, T, N, {.x = x.data(), .lengths = len.data(), .h0 = h0.data(), .c0 = c0.data()},
+                {.y = y.data(), .hT = hT.data(), .cT = cT.data()});
       s.zero_grad();
       s.backward(wy.data(), whT.data(), wcT.data(), nullptr, nullptr, nullptr);
       std::copy(s.grads().begin(), s.grads().end(), gf.begin());

@@ -87,7 +87,7 @@ TEST_P(Overfit, LanguageModelOfARepeatedText) {
   for (int s = 0; s < 300; ++s) {
     m.zero_grad();
     ForwardOptions fo;
-    const StepResult r = m.lm_step(fo, T, N, ids.data(), tgt.data(), nullptr, nullptr, nullptr, nullptr, nullptr, true);
+    const StepResult r = m.lm_step(fo, T, N, {.ids = ids.data(), .targets = tgt.data()}, true);
     clip_grad_norm(refs, 5.0f);
     opt->step(refs, 0.02f);
     last = r.loss_sum / r.count;

@@ -153,8 +153,7 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     c.model->zero_grad();
     ForwardOptions fo;
     if (s.lm)
-      c.model->lm_step(fo, s.T, s.N, ids.data(), tgt.data(), nullptr, nullptr, nullptr, nullptr,
-                       nullptr, true);
+      c.model->lm_step(fo, s.T, s.N, {.ids = ids.data(), .targets = tgt.data()}, true);
     else
       c.model->classify_step(fo, s.T, s.N, x.data(), nullptr, labels.data(), true);
     clip_grad_norm(c.params, 1.0f);
@@ -215,7 +214,7 @@ double infer_cache_mb(const Shape& s, Cell cell, int T) {
   ForwardOptions fo;
   fo.mode = Mode::infer;
   fo.need_backward = false;
-  st.forward(fo, T, s.N, x.data(), nullptr, nullptr, nullptr, y.data(), nullptr, nullptr);
+  st.forward(fo, T, s.N, {.x = x.data()}, {.y = y.data()});
   return (st.cache_bytes() + st.workspace_bytes()) / 1e6;
 }
 

@@ -1,0 +1,351 @@
+// The cell engine behind rbn::Stack: one class, its state grouped by what it is, its work split by
+// phase over three files (docs/cells.md, "Where things are"):
+//   stack.cpp         the driver: parameter layout, caches and workspaces, forward(), backward(),
+//                     the statistics pass, the public wrappers;
+//   forward_step.cpp  one layer forward through time: the input projection, then per step the
+//                     named phases of forward_step();
+//   backward_step.cpp one layer backward through time: per step the phases of backward_step(),
+//                     then the deferred parameter-gradient GEMMs;
+//   norms.hpp         the normalizations as units (per-step BN, sequence BN, LN): statistics
+//                     (batch, population, synchronized), forward coefficients, backward;
+//   kernels.hpp       activations, the pointwise cell steps, the column kernels;
+//   input_projection.hpp  W x formed inside the time loop for layers with few inputs.
+//
+// Shapes: x [T,N,C]; per layer: Ax [T,N,G] (W x, raw; bnx-seq: its x-hat), Gates [T,N,G] (the
+// activated gates; dpre in backward), Hh [T,N,G] (R h, raw), Hs/Cs [T+1,N,H] (states, the initial
+// state at row 0; padded rows carry their state forward), and each normalization's statistics per
+// step (BN: per column; LN: per row). G = gates * H. One GEMM computes W x over all T*N rows before
+// the time loop; per step only R h, its statistics and the pointwise step run, the
+// normalizations applied on the fly. The caches keep the raw W x, R h and c: backward forms x-hat
+// = (z - mean) * rstd where it needs it, which costs one multiply-add and saves writing a
+// normalized copy (the pixel shape is bound by memory traffic, not arithmetic). Backward writes
+// d(W x) over Ax for the per-step input normalizations, and defers dR and dW to one GEMM each over
+// all T*N rows.
+//
+// Accumulation contract: parameter gradients +=, activation gradients (dx, dh0, dc0) =.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cells/kernels.hpp"
+#include "rbn/rbn.hpp"
+
+namespace rbn::cells {
+
+template <class T>
+void ensure_size(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+constexpr size_t npos = static_cast<size_t>(-1);
+
+enum class Norm { none, bn_step, bn_seq, ln };
+inline bool is_bn(Norm n) { return n == Norm::bn_step || n == Norm::bn_seq; }
+
+// A cell as a description: which normalization acts on each term, and how many gate blocks its
+// pointwise step reads (docs/cells.md, "Adding a cell").
+struct CellSpec {
+  Norm x = Norm::none;  // of the input term W x
+  Norm h = Norm::none;  // of the recurrent term R h
+  Norm c = Norm::none;  // of the cell state before the output tanh (LSTMs)
+  int gates = 4;        // gate blocks of G = gates * H: 4 (i, f, g, o) LSTM, 1 tanh RNN
+  bool lstm() const { return gates == 4; }
+};
+CellSpec cell_spec(const StackConfig& cfg);
+
+// Population statistics of one normalization inside the flat buffers: running mean and var,
+// [rows, F] each (rows = t_max per step, 1 for a statistic over the whole sequence).
+struct StatTable {
+  size_t mean = npos, var = npos;
+  int rows = 0;
+  int F = 0;
+};
+
+// Where one column block's statistics belong: its table, the table row of the step, and the
+// columns [j0, j0 + w) of the table's F.
+struct StatSlot {
+  const StatTable* table;
+  int64_t row;
+  int j0;
+  int w;
+};
+// Which statistics a forward uses: the batch's (train) or the population's; and whether the
+// batch's go into the running averages.
+struct StatMode {
+  bool batch;
+  bool update_running;
+};
+// Scratch of the per-step BN statistics of one thread (one block of up to gates*w columns).
+struct BlockStatScratch {
+  std::vector<double> mean, var;
+  explicit BlockStatScratch(size_t n = 0) : mean(n + 1), var(n + 1) {}
+};
+
+// The normalization of c in a row's output tanh(c~), c~ = gamma_c * c-hat + beta_c: BN through
+// per-column folded coefficients (scale * c + shift), LN through gamma, beta and the row's
+// statistics. [H] each; nullptr where the cell has none.
+template <class T>
+struct CellNormRow {
+  const T* scale;
+  const T* shift;
+  const T* gamma;
+  const T* beta;
+};
+
+// Offsets of one layer's tensors inside the flat parameter buffer, and its statistics tables.
+struct LayerLayout {
+  int C = 0;  // input features of this layer
+  size_t W = npos, R = npos, b = npos, gamma_x = npos, gamma_h = npos, gamma_c = npos,
+         beta_c = npos, h0 = npos, c0 = npos;
+  StatTable stats_x, stats_h, stats_c;
+};
+
+// One layer's parameters (P = const T*) or their gradients (P = T*); nullptr where the cell has
+// none. W [G,C], R [G,H], b [G], gamma_x/gamma_h [G], gamma_c/beta_c [H].
+template <class P>
+struct LayerTensors {
+  P W, R, b, gamma_x, gamma_h, gamma_c, beta_c;
+};
+template <class P>
+LayerTensors<P*> layer_tensors(const LayerLayout& L, P* base) {
+  auto at = [&](size_t off) { return off != npos ? base + off : nullptr; };
+  return {at(L.W), at(L.R), at(L.b), at(L.gamma_x), at(L.gamma_h), at(L.gamma_c), at(L.beta_c)};
+}
+
+// Statistics of one normalization over the steps of a forward: BN per step [T,F] (sequence BN
+// [F]); LN per row [T,N].
+template <class T>
+struct NormStats {
+  std::vector<T> mean, rstd;
+};
+
+// The activations one layer's backward reads, kept by its forward.
+template <class T>
+struct LayerCache {
+  std::vector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
+  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G], a slice per thread)
+  std::vector<T> Gates;  // [T,N,G]
+  std::vector<T> Hh;     // [T,N,G] R h (spec.h != none)
+  std::vector<T> Hs;     // [T+1,N,H]
+  std::vector<T> Cs;     // [T+1,N,H]
+  NormStats<T> x, h, c;  // statistics of W x, R h and c
+  // Few input features (inline_x): W x is formed per step inside the time loop and recomputed in
+  // backward instead of stored; Ax then holds one step per thread and Wt = W^T [C,G].
+  bool inline_x = false;
+  std::vector<T> Wt;
+  // Hh's columns by thread (hh_blocked): each time-loop thread's gate blocks side by side, gate q
+  // of the units [k0, k1) at gates*k0 + q*w, so that no cache line holds two threads' values; else
+  // in gate order (q*H + k), where backward's dRh over Hh feeds the per-step product with R.
+  bool hh_blocked = false;
+  int P = 1;  // threads of the forward's time loop (backward keeps its partition of the units)
+};
+
+// One time-loop thread's share of a layer: the hidden units [k0, k1) and, of each gate block q,
+// the columns q*H + k0 .. q*H + k1 (w = k1 - k0 each).
+struct UnitBlock {
+  int p = 0, P = 1;
+  int k0 = 0, k1 = 0, w = 0;
+};
+
+// Threads for the time loop: a block of at least 16 hidden units each.
+inline int time_loop_threads(int H) {
+  return std::max(1, std::min(omp_get_max_threads(), (H + 15) / 16));
+}
+// Hidden units of thread p of P: blocks of 16 (vector width), spread evenly.
+inline UnitBlock unit_block(int p, int P, int H) {
+  const int blocks = (H + 15) / 16;
+  const int b0 = blocks * p / P, b1 = blocks * (p + 1) / P;
+  UnitBlock u;
+  u.p = p;
+  u.P = P;
+  u.k0 = std::min(H, b0 * 16);
+  u.k1 = std::min(H, b1 * 16);
+  u.w = u.k1 - u.k0;
+  return u;
+}
+
+// Synchronized batch statistics (data-parallel training): see Stack::set_stat_allreduce.
+struct GroupSync {
+  std::function<void(double*, size_t)> allreduce;  // empty: this process's rows only
+  bool active = false;          // the last forward summed its batch statistics over the group
+  std::vector<int64_t> count;   // [T] valid rows per step over the group (when active)
+  std::vector<double> sums_xh;  // per-step group sums: [W x: sum, sq | R h: sum, sq], each G
+  std::vector<double> sums_c;   // per-step group sums of c: [sum, sq], each H
+};
+
+// Gradient probe (the gradient-flow figure): see Stack::set_grad_probe.
+struct GradProbe {
+  int layer = -1;
+  std::vector<double>* out = nullptr;
+  std::vector<double> sq;  // [T,P,N]: per step, thread and row, the partial sum of squares of dh
+};
+
+// The statistics pass (popstats_begin .. finish): accumulators parallel to the buffers.
+struct StatsPass {
+  bool active = false;
+  std::vector<double> sum;    // sized like buffers: count-weighted sums of the batch statistics
+  std::vector<double> count;  // sized like buffers: rows behind each element's sum
+};
+
+// Scratch that outlives one layer call (sized on first use, reused).
+template <class T>
+struct Workspace {
+  std::vector<T> dY;                     // [T,N,H] gradient handed to the layer below
+  std::vector<T> dh_carry, dc_carry;     // [N,H] dL/dh_t, dL/dc_t between layers' loops
+  std::vector<T> bwd_rows;               // [P][4][N,H] each thread's dh, dc, dc~ and new dh rows
+  std::vector<double> col_sum, col_dot;  // [G] sequence BN backward: sum dy, sum dy*x-hat
+  std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
+  std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
+  std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
+  std::vector<T> r_packed;               // [G,H] forward: R's rows by thread
+  std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
+  std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [P,N,2] LN partial row sums
+};
+
+template <class T>
+struct Engine {
+  StackConfig cfg;
+  CellSpec spec;
+  int gates = 4;  // = spec.gates
+  std::vector<TensorInfo> pinfo, binfo;
+  std::vector<T> params, grads, buffers;
+  std::vector<LayerLayout> layers;
+
+  // the last forward's cache
+  std::vector<LayerCache<T>> caches;
+  int T_ = 0, N_ = 0;
+  bool have_cache = false;
+  bool cache_batch_stats = false;  // the cached forward used batch statistics
+  std::vector<int32_t> len;        // [N]
+  std::vector<uint8_t> valid;      // [T,N]
+  std::vector<int64_t> count;      // [T] valid rows per step
+  bool h0_given = false, c0_given = false;
+
+  GroupSync sync;
+  StatsPass pass;
+  GradProbe probe;
+  Workspace<T> ws;
+  mutable std::vector<T> xhat_view;  // cached_normalized's result
+
+  // Layers with at most this many input features form W x inside the time loop (C multiply-adds
+  // per gate value) instead of one GEMM over all steps whose [T,N,G] result goes to memory and
+  // back, and backward recomputes it instead of reading it; dW and dx then accumulate per step.
+  // For the pixel tasks (C = 1) the stored W x was pure memory traffic. Not for bnx-seq (its
+  // statistics span all steps before the loop) or synchronized BN of W x (its backward runs after
+  // the loop, from the group's sums).
+  static constexpr int kInlineInput = 8;
+  // Forward calls of at least this many steps pack each thread's rows of R for one product per
+  // step (the step API's short calls use R in place).
+  static constexpr int kPackMinSteps = 4;
+
+  explicit Engine(const StackConfig& c);
+  void reset_parameters();
+  void reset_population_stats();
+
+  // Rows behind step t's batch statistics.
+  int64_t stat_count(int t) const { return sync.active ? sync.count[t] : count[t]; }
+  bool inline_input(int k, bool batch) const {
+    return layers[k].C <= kInlineInput && spec.x != Norm::bn_seq &&
+           !(batch && sync.active && spec.x == Norm::bn_step);
+  }
+  // Backward forms d(W x) inside the time loop (and dRh then goes over dpre in Gates): per-step
+  // input normalizations and inline W x, but not synchronized BN_t of W x (its backward waits
+  // for the group's sums after the loop).
+  bool input_grad_in_loop(bool batch, bool inline_x) const {
+    return inline_x || spec.x == Norm::ln || (spec.x == Norm::bn_step && !(batch && sync.active));
+  }
+  // Offset of Hh's gate block q for the units [k0, k0 + w) in a row.
+  int hh_offset(const LayerCache<T>& cc, int q, int k0, int w) const {
+    return cc.hh_blocked ? gates * k0 + q * w : q * cfg.hidden_size + k0;
+  }
+  LayerTensors<const T*> layer_params(int k) const {
+    return layer_tensors(layers[k], params.data());
+  }
+  LayerTensors<T*> layer_grads(int k) { return layer_tensors(layers[k], grads.data()); }
+  // The input rows of layer k in the cache: the copy of x, or the outputs of the layer below.
+  const T* layer_input(int k) const;
+
+  // the normalization units with this engine's tables and group (norms.hpp)
+  void record_stats(const StatSlot& s, const double* mean, const double* var, int64_t cnt,
+                    bool update_running);
+  void bn_stats_given(const StatSlot& s, const double* mean, const double* var, int64_t cnt,
+                      bool update_running, T* mean_out, T* rstd_out);
+  void bn_stats_block(kern::ColBlock<const T> z, const StatSlot& s, int64_t cnt, StatMode mode,
+                      BlockStatScratch& scratch, T* mean_out, T* rstd_out);
+  void bn_stats_from_sums(const double* sum, const double* sq, const StatSlot& s, int64_t cnt,
+                          bool update_running, BlockStatScratch& scratch, T* mean_out,
+                          T* rstd_out);
+  void bn_table_stats(const T* z, int64_t rows, const uint8_t* valid, const StatTable& tab,
+                      StatMode mode, T* mean_out, T* rstd_out);
+  void group_sum(const UnitBlock& u, double* buf, size_t n);
+  void fold_cell_norm(const LayerTensors<const T*>& prm, const T* mean, const T* rstd,
+                      const UnitBlock& u, T* scale, T* shift) const;
+  void cell_output_tanh(const T* c, int k0, int k1, const CellNormRow<T>& norm, T mean, T rstd,
+                        T* out) const;
+
+  // the driver (stack.cpp)
+  void forward(const ForwardOptions& opt, int steps, int N, const StackInput<T>& in,
+               const StackOutput<T>& out);
+  void backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0);
+  void allocate_cache(int k, int Tc, int N, bool copy_input, bool inline_x, bool train);
+  void init_state(int k, int N, const T* h0, const T* c0, const ForwardOptions& opt, bool train);
+  void set_valid_rows(int steps, int N, const int32_t* lengths, bool train);
+
+  // one layer (forward_step.cpp, backward_step.cpp)
+  struct ForwardRun;
+  struct ForwardScratch;
+  struct StepRows;
+  void layer_forward(int k, int Tc, int N, const T* X, const uint8_t* vmask, int64_t tg0,
+                     bool batch, bool update_running);
+  void prepare_input(ForwardRun& run);
+  void forward_step(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s, int t);
+  void input_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                        const StepRows& st);
+  void recurrent_product(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                         const StepRows& st);
+  void synced_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                         const StepRows& st);
+  void recurrent_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                            const StepRows& st);
+  void layer_norm_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                             const StepRows& st);
+  void term_coefficients(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s, int t);
+  void pointwise_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                         const StepRows& st);
+  void cell_norm_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                       const StepRows& st);
+  void hidden_output(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                     const StepRows& st);
+
+  struct BackwardRun;
+  struct BackwardScratch;
+  struct BackStep;
+  void layer_backward(int k, const T* X, const T* dYin, T* dX);
+  void backward_step(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s, int t);
+  void output_gradient(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                       const BackStep& st);
+  void cell_norm_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                          const BackStep& st);
+  void gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                      const BackStep& st);
+  void row_term_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                     const BackStep& st, int n);
+  void input_term_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                           const BackStep& st);
+  T* recurrent_term_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                             const BackStep& st);
+  void inline_input_grads(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                          const BackStep& st, const T* dAx, const T* z);
+  void flush_thread_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s);
+  void finish_probe(int P);
+  void deferred_input_backward(const BackwardRun& run);
+};
+
+}  // namespace rbn::cells

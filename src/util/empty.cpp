@@ -1,1 +1,0 @@
-// Placeholder so that an area library with no sources yet still builds.

@@ -1,0 +1,438 @@
+// The engine's kernels and normalization units on their own, against plain loops, in float and
+// double: a kernel bug shows here by name instead of as a whole-stack mismatch.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "cells/engine.hpp"
+#include "cells/input_projection.hpp"
+#include "cells/kernels.hpp"
+#include "cells/norms.hpp"
+#include "util/rng.hpp"
+
+namespace rbn::testing {
+namespace {
+
+using cells::Norm;
+
+template <class T>
+std::vector<T> randn(size_t n, uint64_t seed, double scale = 1.0, double shift = 0.0) {
+  Rng rng(seed);
+  std::vector<T> v(n);
+  for (auto& e : v) e = static_cast<T>(shift + scale * rng.normal());
+  return v;
+}
+
+// Validity masks with padded rows in the middle and at the end.
+std::vector<uint8_t> mask(int64_t rows) {
+  std::vector<uint8_t> m(rows);
+  for (int64_t r = 0; r < rows; ++r) m[r] = (r % 5 != 2) && r != rows - 1;
+  return m;
+}
+
+template <class T>
+double tol() {
+  return std::is_same_v<T, float> ? 2e-5 : 1e-12;
+}
+
+template <class T>
+class Kernels : public ::testing::Test {};
+using Types = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(Kernels, Types);
+
+// Plain column statistics over the valid rows of z [rows, ld], columns [0, w).
+struct PlainStats {
+  std::vector<double> sum, sq, mean, var;
+  int64_t count = 0;
+};
+template <class T>
+PlainStats plain_stats(const std::vector<T>& z, int64_t rows, int ld, int w,
+                       const std::vector<uint8_t>& valid) {
+  PlainStats p;
+  p.sum.assign(w, 0);
+  p.sq.assign(w, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!valid[r]) continue;
+    ++p.count;
+    for (int j = 0; j < w; ++j) {
+      p.sum[j] += z[r * ld + j];
+      p.sq[j] += double(z[r * ld + j]) * z[r * ld + j];
+    }
+  }
+  for (int j = 0; j < w; ++j) {
+    p.mean.push_back(p.sum[j] / p.count);
+    p.var.push_back(p.sq[j] / p.count - p.mean[j] * p.mean[j]);
+  }
+  return p;
+}
+
+TYPED_TEST(Kernels, Activations) {
+  using T = TypeParam;
+  for (int n : {1, 7, 16, 37}) {
+    auto x = randn<T>(n, 1, 4.0);
+    auto t = x, s = x;
+    kern::tanh_inplace(t.data(), n);
+    kern::sigmoid_inplace(s.data(), n);
+    for (int i = 0; i < n; ++i) {
+      EXPECT_NEAR(t[i], std::tanh(double(x[i])), 4 * tol<T>()) << n << " " << i;
+      EXPECT_NEAR(s[i], 1.0 / (1.0 + std::exp(-double(x[i]))), 4 * tol<T>()) << n << " " << i;
+    }
+  }
+}
+
+TYPED_TEST(Kernels, ColumnSumsAndStatistics) {
+  using T = TypeParam;
+  const int64_t rows = 23;
+  const int ld = 45;
+  for (int w : {5, 16, 37}) {  // below, at and past the 16-column register blocks
+    auto z = randn<T>(rows * ld, 2, 2.0, 0.5);
+    auto valid = mask(rows);
+    PlainStats want = plain_stats(z, rows, ld, w, valid);
+    std::vector<double> sum(w), sq(w), mean(w), var(w);
+    kern::col_sums_serial<T>({z.data(), rows, ld, w, valid.data()}, sum.data(), sq.data());
+    kern::col_stats_serial<T>({z.data(), rows, ld, w, valid.data()}, mean.data(), var.data());
+    EXPECT_EQ(kern::count_valid(valid.data(), rows), want.count);
+    for (int j = 0; j < w; ++j) {
+      EXPECT_NEAR(sum[j], want.sum[j], 1e-9 * (1 + std::abs(want.sum[j]))) << w << " " << j;
+      EXPECT_NEAR(sq[j], want.sq[j], 1e-9 * (1 + want.sq[j])) << w << " " << j;
+      EXPECT_NEAR(mean[j], want.mean[j], 1e-12) << w << " " << j;
+      EXPECT_NEAR(var[j], want.var[j], 1e-12) << w << " " << j;
+    }
+  }
+  std::vector<double> m{3.0}, v{9.0};  // no rows: mean 0, var 1
+  kern::stats_from_sums(1, 0, m.data(), v.data());
+  EXPECT_EQ(m[0], 0.0);
+  EXPECT_EQ(v[0], 1.0);
+}
+
+TYPED_TEST(Kernels, ColumnNormalize) {
+  using T = TypeParam;
+  const int64_t rows = 11;
+  const int w = 21, ld = 30, ldo = 25;
+  auto z = randn<T>(rows * ld, 3);
+  auto mean = randn<T>(w, 4), rstd = randn<T>(w, 5, 0.2, 1.0);
+  auto valid = mask(rows);
+  std::vector<T> out(rows * ldo, T(9));
+  kern::col_normalize_serial<T>({z.data(), rows, ld, w, valid.data()}, mean.data(), rstd.data(),
+                                out.data(), ldo);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < w; ++j) {
+      const double want = valid[r] ? (double(z[r * ld + j]) - mean[j]) * rstd[j] : 0.0;
+      EXPECT_NEAR(out[r * ldo + j], want, tol<T>()) << r << " " << j;
+    }
+}
+
+// sum dy, sum dy*x-hat, then the BN backward, with x-hat given and formed from raw values; batch
+// and population statistics; against dz = gamma*rstd*(dy - s1/M - x-hat*s2/M).
+TYPED_TEST(Kernels, BatchNormBackward) {
+  using T = TypeParam;
+  const int64_t rows = 140;  // past one 128-row accumulation block
+  const int w = 70, ld = 75;  // past one 64-column coefficient block
+  auto dy = randn<T>(rows * ld, 6), raw = randn<T>(rows * ld, 7, 1.5, 0.3);
+  auto mean = randn<T>(w, 8), rstd = randn<T>(w, 9, 0.1, 0.8), gamma = randn<T>(w, 10);
+  auto valid = mask(rows);
+  std::vector<T> xh(rows * ld);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < w; ++j) xh[r * ld + j] = (raw[r * ld + j] - mean[j]) * rstd[j];
+  std::vector<double> s1(w), s2(w), r1(w), r2(w), p1(w, 0), p2(w, 0);
+  int64_t count = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!valid[r]) continue;
+    ++count;
+    for (int j = 0; j < w; ++j) {
+      p1[j] += dy[r * ld + j];
+      p2[j] += double(dy[r * ld + j]) * xh[r * ld + j];
+    }
+  }
+  kern::col_grad_sums_serial<T>({dy.data(), rows, ld, w, valid.data()}, {xh.data()}, s1.data(),
+                                s2.data());
+  kern::col_grad_sums_serial<T>({dy.data(), rows, ld, w, valid.data()},
+                                {raw.data(), mean.data(), rstd.data()}, r1.data(), r2.data());
+  for (int j = 0; j < w; ++j) {
+    EXPECT_NEAR(s1[j], p1[j], 1e3 * tol<T>()) << j;
+    EXPECT_NEAR(s2[j], p2[j], 1e3 * tol<T>()) << j;
+    EXPECT_NEAR(r2[j], p2[j], 1e3 * tol<T>()) << j;
+  }
+  for (bool batch : {true, false}) {
+    std::vector<T> dz(rows * ld), dz_raw(rows * ld);
+    const kern::BnBackwardArgs<T> bn{gamma.data(), rstd.data(), p1.data(), p2.data(), count, batch};
+    kern::col_norm_backward_serial<T>({dy.data(), rows, ld, w, valid.data()}, {xh.data()}, bn,
+                                      dz.data());
+    kern::col_norm_backward_serial<T>({dy.data(), rows, ld, w, valid.data()},
+                                      {raw.data(), mean.data(), rstd.data()}, bn, dz_raw.data());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int j = 0; j < w; ++j) {
+        const double g = double(gamma[j]) * rstd[j];
+        const double want =
+            !valid[r] ? 0.0
+            : batch   ? g * (dy[r * ld + j] - p1[j] / count - xh[r * ld + j] * p2[j] / count)
+                      : g * dy[r * ld + j];
+        EXPECT_NEAR(dz[r * ld + j], want, 10 * tol<T>()) << batch << " " << r << " " << j;
+        EXPECT_NEAR(dz_raw[r * ld + j], want, 10 * tol<T>()) << batch << " " << r << " " << j;
+      }
+  }
+}
+
+// The whole-table versions (sequence BN) agree with the serial kernels' plain loops.
+TYPED_TEST(Kernels, WholeTableColumns) {
+  using T = TypeParam;
+  const int64_t rows = 300;
+  const int F = 130;
+  auto z = randn<T>(rows * F, 11, 1.0, 2.0), dy = randn<T>(rows * F, 12);
+  auto valid = mask(rows);
+  PlainStats want = plain_stats(z, rows, F, F, valid);
+  std::vector<double> mean(F), var(F), sum(F), sq(F), s1(F), s2(F);
+  kern::column_stats(z.data(), rows, F, valid.data(), mean.data(), var.data());
+  kern::column_sums(z.data(), rows, F, valid.data(), sum.data(), sq.data());
+  std::vector<T> m(F), r(F), xh(rows * F), gamma = randn<T>(F, 13), dz(rows * F);
+  for (int j = 0; j < F; ++j) {
+    EXPECT_NEAR(mean[j], want.mean[j], 1e-11);
+    EXPECT_NEAR(var[j], want.var[j], 1e-10);
+    EXPECT_NEAR(sum[j], want.sum[j], 1e-9 * (1 + std::abs(want.sum[j])));
+    m[j] = static_cast<T>(mean[j]);
+    r[j] = static_cast<T>(1.0 / std::sqrt(var[j] + 1e-5));
+  }
+  kern::column_normalize(z.data(), rows, F, valid.data(), m.data(), r.data(), xh.data());
+  kern::column_grad_sums(dy.data(), xh.data(), rows, F, valid.data(), s1.data(), s2.data());
+  const int64_t count = want.count;
+  kern::column_norm_backward<T>(dy.data(), xh.data(), rows, F, valid.data(),
+                                {gamma.data(), r.data(), s1.data(), s2.data(), count, true},
+                                dz.data());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int j = 0; j < F; j += 7) {
+      const double x = valid[i] ? (double(z[i * F + j]) - m[j]) * r[j] : 0.0;
+      EXPECT_NEAR(xh[i * F + j], x, 10 * tol<T>());
+      const double want_dz =
+          valid[i] ? double(gamma[j]) * r[j] *
+                         (dy[i * F + j] - s1[j] / count - xh[i * F + j] * s2[j] / count)
+                   : 0.0;
+      EXPECT_NEAR(dz[i * F + j], want_dz, 10 * tol<T>());
+    }
+}
+
+TYPED_TEST(Kernels, SharedFormulas) {
+  using T = TypeParam;
+  T scale = T(0.7), shift = T(0.2);
+  kern::fold_norm(scale, shift, T(2), T(0.5));  // 0.7 * ((z - 0.5) * 2) + 0.2
+  for (double z : {-1.0, 0.0, 3.0})
+    EXPECT_NEAR(scale * T(z) + shift, 0.7 * ((z - 0.5) * 2) + 0.2, tol<T>());
+  const auto c = kern::bn_grad_coef(T(0.5), T(4), 6.0, -3.0, kern::bn_grad_scale(true, 3));
+  EXPECT_NEAR(c.a, 2.0, tol<T>());
+  EXPECT_NEAR(c.m1, 2.0 * 6 / 3, tol<T>());
+  EXPECT_NEAR(c.m2, 2.0 * -3 / 3, tol<T>());
+  const auto p = kern::bn_grad_coef(T(0.5), T(4), 6.0, -3.0, kern::bn_grad_scale(false, 3));
+  EXPECT_EQ(p.m1, T(0));
+  EXPECT_EQ(p.m2, T(0));
+  EXPECT_NEAR(kern::ln_grad(T(2), T(3), T(1.5), T(0.5), T(2), T(0.25), T(0.5)),
+              2 * (2 * 3 - 0.25 - ((1.5 - 0.5) * 2) * 0.5), tol<T>());
+  EXPECT_NEAR(kern::inv_std(3.0, 1.0), 0.5, 1e-15);
+}
+
+// The LSTM's and the tanh RNN's pointwise steps against their formulas.
+TYPED_TEST(Kernels, PointwiseSteps) {
+  using T = TypeParam;
+  const int H = 37, k0 = 3, k1 = 30;
+  auto pre = randn<T>(4 * H, 14, 2.0), c_prev = randn<T>(H, 15);
+  auto g = pre;
+  std::vector<T> c(H, T(0));
+  kern::lstm_gates_forward(g.data(), H, k0, k1, c_prev.data(), c.data());
+  auto sig = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  for (int j = k0; j < k1; ++j) {
+    const double i = sig(pre[j]), f = sig(pre[H + j]), gg = std::tanh(double(pre[2 * H + j])),
+                 o = sig(pre[3 * H + j]);
+    EXPECT_NEAR(g[j], i, 4 * tol<T>());
+    EXPECT_NEAR(g[3 * H + j], o, 4 * tol<T>());
+    EXPECT_NEAR(c[j], f * c_prev[j] + i * gg, 10 * tol<T>()) << j;
+  }
+  EXPECT_EQ(c[0], T(0));  // outside [k0, k1): untouched
+  // backward of h = o * tanh(c~)
+  auto dh = randn<T>(H, 16), tc = randn<T>(H, 17, 0.3), o = g;
+  auto dc_out = tc;
+  kern::lstm_output_backward(dh.data(), k0, k1, o.data() + 3 * H, dc_out.data());
+  for (int j = k0; j < k1; ++j) {
+    const double ov = g[3 * H + j];
+    EXPECT_NEAR(dc_out[j], dh[j] * ov * (1 - double(tc[j]) * tc[j]), 10 * tol<T>());
+    EXPECT_NEAR(o[3 * H + j], dh[j] * tc[j] * ov * (1 - ov), 10 * tol<T>());
+  }
+  // backward of c = f c_prev + i g
+  auto dc_next = randn<T>(H, 18), gates = g;
+  auto carry = dc_next;
+  kern::lstm_cell_backward(dc_out.data(), c_prev.data(), H, k0, k1, gates.data(), carry.data());
+  for (int j = k0; j < k1; ++j) {
+    const double dc = double(dc_next[j]) + dc_out[j];
+    const double i = g[j], f = g[H + j], gg = g[2 * H + j];
+    EXPECT_NEAR(gates[j], dc * gg * i * (1 - i), 10 * tol<T>());
+    EXPECT_NEAR(gates[H + j], dc * c_prev[j] * f * (1 - f), 10 * tol<T>());
+    EXPECT_NEAR(gates[2 * H + j], dc * i * (1 - gg * gg), 10 * tol<T>());
+    EXPECT_NEAR(carry[j], dc * f, 10 * tol<T>());
+  }
+  auto h = randn<T>(H, 19, 0.5), drnn = h;
+  kern::tanh_rnn_backward(dh.data(), k0, k1, drnn.data());
+  for (int j = k0; j < k1; ++j)
+    EXPECT_NEAR(drnn[j], dh[j] * (1 - double(h[j]) * h[j]), 10 * tol<T>());
+}
+
+// LN over rows from two threads' partial sums, forward statistics and backward (with an input
+// term sharing dy, and a recurrent term in the thread-blocked layout), against plain loops.
+TYPED_TEST(Kernels, LayerNormRows) {
+  using T = TypeParam;
+  const int N = 6, H = 20, gates = 4, G = gates * H, P = 2;
+  const int k0s[P] = {0, 16}, ws[P] = {16, 4};
+  auto z = randn<T>(N * G, 20, 1.3, 0.4), zx = randn<T>(N * G, 21), dy = randn<T>(N * G, 22);
+  auto gh = randn<T>(G, 23, 0.3, 1.0), gx = randn<T>(G, 24, 0.3, 1.0);
+  auto valid = mask(N);
+  std::vector<double> part(P * N * 2), part_x(P * N * 2);
+  const cells::RowPartials rp{part.data(), N}, rpx{part_x.data(), N};
+  for (int p = 0; p < P; ++p) {
+    cells::ln_partial(z.data(), G, {k0s[p], ws[p], gates, H}, valid.data(), rp, p);
+    cells::ln_partial(zx.data(), G, {k0s[p], ws[p], gates, H}, valid.data(), rpx, p);
+  }
+  std::vector<T> mean(N), rstd(N), mean_x(N), rstd_x(N);
+  cells::ln_row_stats(G, valid.data(), rp, P, 1e-5, mean.data(), rstd.data());
+  cells::ln_row_stats(G, valid.data(), rpx, P, 1e-5, mean_x.data(), rstd_x.data());
+  auto plain_row = [&](const std::vector<T>& v, int n, double& m, double& r) {
+    double s = 0, q = 0;
+    for (int j = 0; j < G; ++j) s += v[n * G + j];
+    m = s / G;
+    for (int j = 0; j < G; ++j) q += (v[n * G + j] - m) * (v[n * G + j] - m);
+    r = 1.0 / std::sqrt(q / G + 1e-5);
+  };
+  for (int n = 0; n < N; ++n) {
+    double m, r;
+    plain_row(z, n, m, r);
+    EXPECT_NEAR(mean[n], valid[n] ? m : 0.0, 10 * tol<T>()) << n;
+    EXPECT_NEAR(rstd[n], valid[n] ? r : 1.0, 100 * tol<T>()) << n;
+  }
+  // the recurrent term in Hh's thread-blocked layout: gate q of thread p's units at 4*k0 + q*w
+  std::vector<T> zb(N * G);
+  for (int n = 0; n < N; ++n)
+    for (int p = 0; p < P; ++p)
+      for (int q = 0; q < gates; ++q)
+        for (int j = 0; j < ws[p]; ++j)
+          zb[n * G + gates * k0s[p] + q * ws[p] + j] = z[n * G + q * H + k0s[p] + j];
+  // backward partial sums: sum dy*g, sum dy*g*x-hat per thread
+  for (int p = 0; p < P; ++p)
+    for (int n = 0; n < N; ++n) {
+      double a = 0, b = 0, ax = 0, bx = 0;
+      for (int q = 0; q < gates; ++q)
+        for (int j = q * H + k0s[p]; j < q * H + k0s[p] + ws[p]; ++j) {
+          const double xh = (z[n * G + j] - double(mean[n])) * rstd[n];
+          const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
+          a += double(dy[n * G + j]) * gh[j];
+          b += double(dy[n * G + j]) * gh[j] * xh;
+          ax += double(dy[n * G + j]) * gx[j];
+          bx += double(dy[n * G + j]) * gx[j] * xx;
+        }
+      rp.at(p, n)[0] = a, rp.at(p, n)[1] = b, rpx.at(p, n)[0] = ax, rpx.at(p, n)[1] = bx;
+    }
+  std::vector<T> dzh(N * G), dzx(N * G);
+  const cells::LnTerm<T> h_term{zb.data(), true, gh.data(), mean.data(), rstd.data(), rp};
+  const cells::LnTerm<T> x_term{zx.data(), false, gx.data(), mean_x.data(), rstd_x.data(), rpx};
+  for (int p = 0; p < P; ++p)
+    cells::ln_backward<T>(dy.data(), {G, {k0s[p], ws[p], gates, H}, valid.data(), P}, h_term,
+                          dzh.data(), &x_term, dzx.data());
+  for (int n = 0; n < N; ++n) {
+    double a = 0, b = 0, ax = 0, bx = 0;
+    for (int j = 0; j < G; ++j) {
+      const double xh = (z[n * G + j] - double(mean[n])) * rstd[n];
+      const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
+      a += double(dy[n * G + j]) * gh[j] / G, b += double(dy[n * G + j]) * gh[j] * xh / G;
+      ax += double(dy[n * G + j]) * gx[j] / G, bx += double(dy[n * G + j]) * gx[j] * xx / G;
+    }
+    for (int j = 0; j < G; ++j) {
+      const double xh = (z[n * G + j] - double(mean[n])) * rstd[n];
+      const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
+      const double want_h = valid[n] ? rstd[n] * (dy[n * G + j] * gh[j] - a - xh * b) : 0.0;
+      const double want_x = valid[n] ? rstd_x[n] * (dy[n * G + j] * gx[j] - ax - xx * bx) : 0.0;
+      EXPECT_NEAR(dzh[n * G + j], want_h, 100 * tol<T>()) << n << " " << j;
+      EXPECT_NEAR(dzx[n * G + j], want_x, 100 * tol<T>()) << n << " " << j;
+    }
+  }
+}
+
+// W x inside the loop and the statistics that follow from the inputs' moments.
+TYPED_TEST(Kernels, InputProjection) {
+  using T = TypeParam;
+  const int N = 9, C = 3, G = 24;
+  auto X = randn<T>(N * C, 25), W = randn<T>(G * C, 26);
+  std::vector<T> Wt(C * G), out(N * G, T(0));
+  for (int j = 0; j < G; ++j)
+    for (int c = 0; c < C; ++c) Wt[c * G + j] = W[j * C + c];
+  cells::input_projection(X.data(), Wt.data(), N, C, G, 5, 11, out.data());
+  std::vector<double> z(N * G);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < G; ++j)
+      for (int c = 0; c < C; ++c) z[n * G + j] += double(X[n * C + c]) * W[j * C + c];
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < G; ++j)
+      EXPECT_NEAR(out[n * G + j], j >= 5 && j < 16 ? z[n * G + j] : 0.0, 10 * tol<T>());
+  auto valid = mask(N);
+  std::vector<double> mom(C + C * C);
+  cells::input_moments(X.data(), valid.data(), N, C, mom.data());
+  const int64_t cnt = kern::count_valid(valid.data(), N);
+  for (int j = 0; j < G; ++j) {
+    double mean, var, pm = 0, pv = 0;
+    cells::linear_stats(W.data() + j * C, C, mom.data(), cnt, &mean, &var);
+    for (int n = 0; n < N; ++n) pm += valid[n] ? z[n * G + j] / cnt : 0.0;
+    for (int n = 0; n < N; ++n) pv += valid[n] ? (z[n * G + j] - pm) * (z[n * G + j] - pm) / cnt : 0;
+    EXPECT_NEAR(mean, pm, 1e3 * tol<T>()) << j;
+    EXPECT_NEAR(var, pv, 1e3 * tol<T>()) << j;
+  }
+  std::vector<double> wmom;
+  cells::weight_row_moments(W.data(), G, C, wmom);
+  for (int n = 0; n < N; ++n) {
+    double m, v, pm = 0, pv = 0;
+    cells::linear_row_moments(X.data() + n * C, C, wmom, m, v);
+    for (int j = 0; j < G; ++j) pm += z[n * G + j] / G;
+    for (int j = 0; j < G; ++j) pv += (z[n * G + j] - pm) * (z[n * G + j] - pm) / G;
+    EXPECT_NEAR(m, pm, 1e3 * tol<T>()) << n;
+    EXPECT_NEAR(v, pv, 1e3 * tol<T>()) << n;
+  }
+}
+
+// The per-step BN unit with an engine's tables: batch statistics recorded into the running
+// averages, the population row clamped to the table's last row, the group's sums.
+TYPED_TEST(Kernels, BatchNormStatisticsUnit) {
+  using T = TypeParam;
+  StackConfig cfg;
+  cfg.cell = Cell::bnlstm;
+  cfg.input_size = 2;
+  cfg.hidden_size = 5;
+  cfg.t_max = 3;
+  cfg.momentum = 0.25;
+  cells::Engine<T> e(cfg);
+  const cells::StatTable& tab = e.layers[0].stats_h;  // [3, 20]
+  ASSERT_EQ(tab.rows, 3);
+  ASSERT_EQ(tab.F, 20);
+  const int64_t rows = 8;
+  const int w = 6, j0 = 4;
+  auto z = randn<T>(rows * w, 27, 2.0, 1.0);
+  auto valid = mask(rows);
+  const int64_t cnt = kern::count_valid(valid.data(), rows);
+  PlainStats want = plain_stats(z, rows, w, w, valid);
+  cells::BlockStatScratch scratch(w);
+  std::vector<T> mean(w), rstd(w);
+  e.bn_stats_block({z.data(), rows, w, w, valid.data()}, {&tab, 1, j0, w}, cnt, {true, true},
+                   scratch, mean.data(), rstd.data());
+  for (int j = 0; j < w; ++j) {
+    EXPECT_NEAR(mean[j], want.mean[j], 10 * tol<T>());
+    EXPECT_NEAR(rstd[j], 1.0 / std::sqrt(want.var[j] + cfg.eps), 10 * tol<T>());
+    // running: (1 - m) * initial + m * batch (initial mean 0, var 1)
+    EXPECT_NEAR(e.buffers[tab.mean + 1 * 20 + j0 + j], 0.25 * want.mean[j], 10 * tol<T>());
+    EXPECT_NEAR(e.buffers[tab.var + 1 * 20 + j0 + j], 0.75 + 0.25 * want.var[j], 10 * tol<T>());
+  }
+  // population: step 7 reads the table's last row (2)
+  for (int j = 0; j < w; ++j) e.buffers[tab.var + 2 * 20 + j0 + j] = T(4 + j);
+  e.bn_stats_block({z.data(), rows, w, w, valid.data()}, {&tab, 7, j0, w}, cnt, {false, false},
+                   scratch, mean.data(), rstd.data());
+  for (int j = 0; j < w; ++j) EXPECT_NEAR(rstd[j], 1.0 / std::sqrt(4 + j + cfg.eps), tol<T>());
+  // from sums (as after the group's exchange)
+  e.bn_stats_from_sums(want.sum.data(), want.sq.data(), {&tab, 0, j0, w}, cnt, false, scratch,
+                       mean.data(), rstd.data());
+  for (int j = 0; j < w; ++j) EXPECT_NEAR(mean[j], want.mean[j], 10 * tol<T>());
+}
+
+}  // namespace
+}  // namespace rbn::testing
