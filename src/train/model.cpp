@@ -282,11 +282,11 @@ StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float*
   const float* h = nullptr;  // [rows,H]: every step's top h, or each row's last valid one
   if (per_step) {
     ensure(y_, rows * H);
-    rnn_.forward(opt, T, N, x, lengths, nullptr, nullptr, y_.data(), nullptr, nullptr);
+    rnn_.forward(opt, T, N, {.x = x, .lengths = lengths}, {.y = y_.data()});
     h = y_.data();
   } else {
     ensure(hT_, L * NH);
-    rnn_.forward(opt, T, N, x, lengths, nullptr, nullptr, nullptr, hT_.data(), nullptr);
+    rnn_.forward(opt, T, N, {.x = x, .lengths = lengths}, {.hT = hT_.data()});
     h = hT_.data() + (L - 1) * NH;
   }
   head_forward(static_cast<int>(rows), h, logits_.data());
@@ -345,7 +345,8 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
     head_forward(static_cast<int>(TN), y_.data(), out);
   } else if (cfg_.head == Head::tag || (cfg_.head == Head::regress && cfg_.per_step)) {
     ensure(y_, TN * H);
-    rnn_.forward(opt, T, N, x, lengths, h0, c0, y_.data(), hT, cT);
+    rnn_.forward(opt, T, N, {.x = x, .lengths = lengths, .h0 = h0, .c0 = c0},
+                 {.y = y_.data(), .hT = hT, .cT = cT});
     head_forward(static_cast<int>(TN), y_.data(), out);
   } else if (cfg_.head == Head::classify || cfg_.head == Head::regress) {
     ensure(hT_, L * NH);

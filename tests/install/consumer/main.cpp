@@ -21,7 +21,7 @@ int main() {
     rbn::ForwardOptions opt;
     opt.mode = rbn::Mode::train;
     opt.update_running = false;
-    s.forward(opt, T, N, in.data(), nullptr, nullptr, nullptr, y.data(), nullptr, nullptr);
+    s.forward(opt, T, N, {.x = in.data()}, {.y = y.data()});
     double l = 0;
     for (size_t i = 0; i < y.size(); ++i) l += dy[i] * y[i];  // L = sum dy * y
     return l;
