@@ -14,6 +14,9 @@ set_target_properties(rbn_train PROPERTIES EXPORT_NAME train)
 foreach(lib rbn_io rbn_cells rbn_train)
   target_include_directories(${lib} INTERFACE $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 endforeach()
+if(RBN_SANITIZE)  # sanitized static libraries need the sanitizer runtimes in whatever links them
+  target_link_options(rbn_core INTERFACE $<INSTALL_INTERFACE:-fsanitize=address,undefined>)
+endif()
 install(TARGETS rbn_io rbn_cells rbn_train rbn_core EXPORT rbnTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY ${CMAKE_SOURCE_DIR}/include/rbn DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
