@@ -19,11 +19,11 @@ from . import torch as rtorch
 _CLASSES = {"lstm": (rtorch.LSTM, {}), "bnlstm": (rtorch.BNLSTM, {}),
             "bnx": (rtorch.BNxLSTM, {}), "bnx-seq": (rtorch.BNxLSTM, {"sequence_wise": True}),
             "lnlstm": (rtorch.LNLSTM, {})}
-_HEADS = ("none", "classify", "lm")
+_HEADS = ("none", "classify", "lm", "tag", "regress")
 # metadata keys rbn.save derives from the modules; a given `metadata` cannot override them
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",
                "num_classes", "embed_dim", "ln_input", "learn_init_state", "bn_momentum",
-               "popstats", "popstats_data", "vocab", "checksum",
+               "popstats", "popstats_data", "vocab", "checksum", "per_step",
                "optim", "schedule")  # a model file: no optimizer state (as `rbn popstats` writes)
 
 
@@ -38,18 +38,23 @@ class Model(nn.Module):
     head         nn.Linear(H, K) or None ('none')
     embed        nn.Embedding(V, E) for a language model with an embedding, else None
     head_kind    'none' | 'classify' (logits from the top layer's state after each row's last
-                 valid step) | 'lm' (logits at every step; input one-hot when embed is None)
+                 valid step) | 'lm' (logits at every step; input one-hot when embed is None) |
+                 'tag' (`--task seq`: logits at every step) | 'regress' (`--task seq`: values
+                 per sequence, or per step where per_step is True)
+    per_step     'regress' only: one output per step instead of one per sequence
     vocab        language models: {"kind": ..., "symbols": [...]} as the file holds it, else None
     permutation  permuted-pixel tasks: np.int32 [784], the pixel read at step t is
                  image[permutation[t]]; else None
     metadata     every metadata string of the file (docs/file-format.md), the config included
 
     forward(x, lengths=None, hx=None) gives what `rbn forward` writes: for 'none' the stack's
-    output [T,N,H]; 'classify': x [T,N,C] -> logits [N,K]; 'lm': token ids [T,N] -> [T,N,V].
+    output [T,N,H]; 'classify': x [T,N,C] -> logits [N,K]; 'lm': token ids [T,N] -> [T,N,V];
+    'tag': x -> [T,N,K]; 'regress': x -> [N,D] or [T,N,D]. A `--task seq` model trained on token
+    ids (metadata data.input = 'ids') takes ids [T,N] and feeds them one-hot, as the tool does.
     """
 
     def __init__(self, rnn, head=None, embed=None, head_kind=None, vocab=None, permutation=None,
-                 metadata=None):
+                 metadata=None, per_step=False):
         super().__init__()
         self.rnn, self.head, self.embed = rnn, head, embed
         if head_kind is None:
@@ -62,6 +67,8 @@ class Model(nn.Module):
         self.vocab = vocab
         self.permutation = None if permutation is None else np.asarray(permutation, np.int32)
         self.metadata = dict(metadata or {})
+        self.per_step = bool(per_step) if head_kind == "regress" else head_kind in ("lm", "tag")
+        self.input_ids = head_kind != "lm" and self.metadata.get("data.input") == "ids"
 
     def forward(self, x, lengths=None, hx=None):
         if self.head_kind == "lm":
@@ -71,10 +78,13 @@ class Model(nn.Module):
             else:
                 dtype = next(self.rnn.parameters()).dtype
                 x = nn.functional.one_hot(ids, self.head.out_features).to(dtype)
+        elif self.input_ids:
+            dtype = next(self.rnn.parameters()).dtype
+            x = nn.functional.one_hot(torch.as_tensor(x).long(), self.rnn.input_size).to(dtype)
         y, (hT, cT) = self.rnn(x, hx, lengths=lengths)
         if self.head_kind == "none":
             return y
-        if self.head_kind == "lm":
+        if self.per_step:
             return self.head(y)
         return self.head(hT[-1])
 
@@ -143,7 +153,8 @@ def load(path):
         except ValueError:
             raise CheckpointError(f"{path}: metadata 'vocab' is not JSON") from None
     perm = tensors.get("data.permutation")
-    return Model(rnn, head, embed, head_kind, vocab, perm, md).eval()
+    return Model(rnn, head, embed, head_kind, vocab, perm, md,
+                 per_step=md.get("per_step") == "true").eval()
 
 
 def _buffers_key(rnn):
@@ -163,13 +174,14 @@ def _copy(param, tensors, name, path):
 
 
 def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, permutation=None,
-         metadata=None, popstats_data=None):
+         metadata=None, popstats_data=None, per_step=None):
     """Write an rbn checkpoint (float32) that `rbn eval`, `forward`, `sample` and `rbn.load`
     accept.
 
     module: an rbn.Model (its head, embed, vocab, permutation and metadata are used unless given
     here) or an rbn.torch module. head: nn.Linear(H, K) or None; head_kind 'classify' (default
-    with a head) or 'lm' (per-step logits; vocab then names the symbols, K of them); embed:
+    with a head), 'lm' (per-step logits; vocab then names the symbols, K of them), 'tag' or
+    'regress' (per_step: one value per step rather than per sequence); embed:
     nn.Embedding(K, E) of a language model. metadata: further strings, e.g. the `config` JSON
     that `rbn eval` needs to find its data (a loaded checkpoint's are kept); the architecture
     keys are always the modules'. The population statistics are written with
@@ -180,6 +192,7 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
         head = module.head if head is None else head
         embed = module.embed if embed is None else embed
         head_kind = module.head_kind if head_kind is None else head_kind
+        per_step = module.per_step if per_step is None else per_step
         vocab = module.vocab if vocab is None else vocab
         permutation = module.permutation if permutation is None else permutation
         metadata = dict(module.metadata, **(metadata or {}))
@@ -208,6 +221,10 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
         pd = module.popstats_data  # the loaded file's, while its statistics are untouched
     if md["popstats"] == "pass" and pd:
         md["popstats_data"] = pd
+    if head_kind == "regress":
+        md["per_step"] = "true" if per_step else "false"
+    elif per_step is not None and bool(per_step) != (head_kind in ("lm", "tag")):
+        raise ValueError(f"rbn.save: per_step={per_step!r} does not fit head_kind={head_kind!r}")
     if head is not None:
         if not isinstance(head, nn.Linear) or head.in_features != H or head.bias is None:
             raise ValueError(f"rbn.save: head must be nn.Linear({H}, K) with a bias")

@@ -180,3 +180,54 @@ def test_safetensors_round_trip_and_rbn_layout(tmp_path):
         safetensors.read(tmp_path / "short.safetensors")
     with pytest.raises(rbn.CheckpointError, match="x.safetensors: unknown format"):
         rbn.load(tmp_path / "x.safetensors")
+
+
+SEQ_TARGETS = {  # --task seq: the targets' shape and kind decide the head (docs/data.md)
+    "tag": lambda rng, T, N: rng.integers(0, 3, size=(T, N)).astype(np.int32),
+    "regress-seq": lambda rng, T, N: rng.standard_normal((N, 2)).astype(np.float32),
+    "regress-step": lambda rng, T, N: rng.standard_normal((T, N)).astype(np.float32),
+}
+
+
+@needs_cli
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("target", sorted(SEQ_TARGETS))
+def test_cli_python_cli_seq_heads(tmp_path, target, ids):
+    """`--task seq` models (heads tag and regress, features or token ids): rbn.load gives what
+    `rbn forward` writes; written back by rbn.save, the tool reads the same model."""
+    rng = np.random.default_rng(3)
+    T, N = 6, 40
+    data = tmp_path / "data"
+    data.mkdir()
+    x = (rng.integers(0, 4, size=(T, N)).astype(np.int32) if ids
+         else rng.standard_normal((T, N, 3)).astype(np.float32))
+    np.save(data / "train.x.npy", x)
+    np.save(data / "train.y.npy", SEQ_TARGETS[target](rng, T, N))
+    np.save(data / "train.lengths.npy", rng.integers(2, T + 1, size=N).astype(np.int32))
+    ck = tmp_path / "run" / "last.safetensors"
+    cli("train", "--task", "seq", "--data", data, "--cell", "bnlstm", "--hidden", "5",
+        "--batch-size", "8", "--steps", "3", "--eval-every", "0", "--threads", "1", "--seed", "2",
+        "--out", tmp_path / "run")
+    m = rbn.load(ck)
+    assert m.head_kind == target.split("-")[0]
+    assert m.per_step == (target != "regress-seq") and m.input_ids == ids
+    xin = x[:, :7]
+    lengths = np.array([6, 2, 5, 6, 3, 4, 6], dtype=np.int32)
+    np.save(tmp_path / "len.npy", lengths)
+    np.save(tmp_path / "in.npy", xin)
+
+    def tool(path):
+        cli("forward", "--checkpoint", path, "--input", tmp_path / "in.npy", "--lengths",
+            tmp_path / "len.npy", "--output", tmp_path / "out.npy")
+        return np.load(tmp_path / "out.npy")
+
+    want = tool(ck)
+    with torch.no_grad():
+        got = m(torch.from_numpy(xin), lengths=torch.from_numpy(lengths)).numpy()
+    assert got.shape == want.shape
+    valid = (np.arange(T)[:, None] < lengths[None, :]) if m.per_step else np.ones(7, bool)
+    np.testing.assert_allclose(got[valid], want[valid], rtol=1e-4, atol=1e-5)
+    rbn.save(tmp_path / "back.safetensors", m)
+    np.testing.assert_array_equal(tool(tmp_path / "back.safetensors"), want)
+    again = rbn.load(tmp_path / "back.safetensors")
+    assert (again.head_kind, again.per_step, again.input_ids) == (m.head_kind, m.per_step, ids)
