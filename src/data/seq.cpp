@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <numeric>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "io/npy.hpp"
 #include "util/error.hpp"
 #include "util/rng.hpp"
@@ -31,9 +34,7 @@ bool is_int(const NpyArray& a) { return a.dtype == "<i4" || a.dtype == "<i8"; }
 bool is_float(const NpyArray& a) { return a.dtype == "<f4" || a.dtype == "<f8"; }
 
 std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
+  return fmt::format("[{}]", fmt::join(s, ","));
 }
 
 void check_finite(const std::vector<float>& v, const std::string& file) {

@@ -66,7 +66,7 @@ std::string Progress::format(const ProgressLine& l, int columns) {
     constexpr int width = 24;
     const double frac = std::clamp(static_cast<double>(l.done) / static_cast<double>(l.total), 0.0, 1.0);
     const int fill = static_cast<int>(frac * width);
-    bar = "[" + std::string(static_cast<size_t>(fill), '#') + std::string(static_cast<size_t>(width - fill), '.') + "] ";
+    bar = fmt::format("[{:#<{}}{:.<{}}] ", "", fill, "", width - fill);
   }
   std::string count = fmt::format("{}", l.done), pct;
   if (l.total > 0) {
