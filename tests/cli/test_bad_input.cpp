@@ -34,6 +34,19 @@ Outcome run(const std::string& args) {
   return o;
 }
 
+// A .npy file's bytes: the header for `descr` and `shape` (Python tuple syntax), then `bytes`
+// zero bytes of data.
+std::string npy(const std::string& descr, const std::string& shape, size_t bytes, bool fortran = false) {
+  std::string h = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                  ", 'shape': " + shape + ", }";
+  while ((10 + h.size() + 1) % 64) h += ' ';
+  h += '\n';
+  std::string s("\x93NUMPY\x01\x00", 8);
+  s += char(h.size() & 0xff);
+  s += char(h.size() >> 8);
+  return s + h + std::string(bytes, '\0');
+}
+
 class BadInput : public ::testing::Test {
  protected:
   static fs::path dir() {
@@ -244,16 +257,6 @@ TEST_F(BadInput, CheckpointsAndArrays) {
   auto fwd = [&](const std::string& ck, const std::string& in) {
     return "forward --checkpoint " + ck + " --input " + in + " --output " + (dir() / "y.npy").string();
   };
-  auto npy = [](const std::string& descr, const std::string& shape, size_t bytes, bool fortran = false) {
-    std::string h = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-                    ", 'shape': " + shape + ", }";
-    while ((10 + h.size() + 1) % 64) h += ' ';
-    h += '\n';
-    std::string s("\x93NUMPY\x01\x00", 8);
-    s += char(h.size() & 0xff);
-    s += char(h.size() >> 8);
-    return s + h + std::string(bytes, '\0');
-  };
   const std::string x_ok = file("x.npy", npy("<f4", "(4, 2, 2)", 64));
   const std::vector<Case> cases{
       {"missing checkpoint", fwd((dir() / "none.safetensors").string(), x_ok), 1, "none.safetensors"},
@@ -307,15 +310,6 @@ TEST_F(BadInput, NoSilentSurprises) {
   ASSERT_EQ(run(tiny_run(text, run_a)).code, 0);
   ASSERT_EQ(run(tiny_run(text, run_ln, "--cell lnlstm")).code, 0);
   const std::string best = run_a + "/best.safetensors", ln_best = run_ln + "/best.safetensors";
-  auto npy = [](const std::string& descr, const std::string& shape, size_t bytes) {
-    std::string h = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
-    while ((10 + h.size() + 1) % 64) h += ' ';
-    h += '\n';
-    std::string s("\x93NUMPY\x01\x00", 8);
-    s += char(h.size() & 0xff);
-    s += char(h.size() >> 8);
-    return s + h + std::string(bytes, '\0');
-  };
   const std::string one_row = file("ids1.npy", npy("<i4", "(5, 1)", 20));
   const std::string d = "--task seqmnist --data " + dir().string() + " --out " + (dir() / "run-x").string();
   const std::vector<Case> cases{
