@@ -2,7 +2,7 @@
 // what is allowed. CLI11's own messages ("At Most 1 required but received 2", "The following
 // arguments were not expected: ...") never reach the user.
 #include <algorithm>
-#include <regex>
+#include <cctype>
 #include <set>
 #include <string>
 #include <vector>
@@ -96,12 +96,22 @@ void check_flags(CLI::App* sub, int argc, char** argv) {
   }
 }
 
+// The first "--name" in a parser message ("" if none): the flag the message is about.
+static std::string first_long_flag(const std::string& msg) {
+  auto word = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+  for (size_t i = msg.find("--"); i != std::string::npos; i = msg.find("--", i + 1)) {
+    if (i + 2 >= msg.size() || !word(msg[i + 2])) continue;
+    size_t j = i + 2;
+    while (j < msg.size() && (word(msg[j]) || msg[j] == '-')) ++j;
+    return msg.substr(i, j - i);
+  }
+  return "";
+}
+
 std::string in_rbn_words(const CLI::ParseError& e, const CLI::App* sub, int argc, char** argv) {
   const std::string msg = e.what();
   const std::string cmd = sub ? "rbn " + sub->get_name() : "rbn";
-  std::smatch m;
-  std::string flag;
-  if (std::regex_search(msg, m, std::regex("--[A-Za-z0-9][A-Za-z0-9-]*"))) flag = m.str();
+  const std::string flag = first_long_flag(msg);
   const CLI::Option* o = sub && !flag.empty() ? sub->get_option_no_throw(flag) : nullptr;
   if (dynamic_cast<const CLI::ConversionError*>(&e) && o)
     return flag + ": '" + value_of(flag, argc, argv) + "' is not " + what_type(o);
