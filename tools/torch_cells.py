@@ -1,4 +1,4 @@
-"""Reference PyTorch modules for rbn's cells, written to /work/shared/SPEC.md section 2 and 3.
+"""Reference PyTorch modules for rbn's cells, written to the formulas and the population-statistics rules of docs/cells.md.
 
 These are the plain PyTorch versions a careful user would write: time-major x [T, N, C], gate
 order i, f, g, o, weight_ih [4H, C], weight_hh [4H, H] and one bias [4H]; the input projection is
