@@ -94,7 +94,7 @@ class _StackFunction(torch.autograd.Function):
         state.owner = token if run["keep"] else None
         ctx.set_materialize_grads(False)
         ctx.module, ctx.run, ctx.state, ctx.token = module, run, state, token
-        ctx.has_h0 = h0 is not None
+        ctx.has_state = h0 is not None  # hx = (h0, c0): both or neither
         buffers = [] if run["train"] else module._buffer_list(state)
         ctx.buffer_versions = [(b, b._version) for b in buffers]
         ctx.save_for_backward(x, h0, c0, *params)
@@ -113,8 +113,8 @@ class _StackFunction(torch.autograd.Function):
         dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
         grads = st.grads()
         pgrads = [torch.from_numpy(grads[n]) for n in state.grad_of]
-        dh0 = torch.from_numpy(dh0) if ctx.has_h0 else None
-        dc0 = torch.from_numpy(dc0) if ctx.has_h0 else None
+        dh0 = torch.from_numpy(dh0) if ctx.has_state else None
+        dc0 = torch.from_numpy(dc0) if ctx.has_state else None
         return (None, None, torch.from_numpy(dx), dh0, dc0, *pgrads)
 
     @staticmethod
