@@ -68,7 +68,8 @@ struct ForwardOptions {
   Mode mode = Mode::train;
   int t0 = 0;                   // global time index of x[0] (step API: statistics row t0 + t)
   bool update_running = true;   // train mode: update the running-average population statistics
-  bool need_backward = true;    // infer mode: keep activations so that backward() can run
+  bool need_backward = true;    // keep activations so that backward() can run; false: memory
+                                // O(N·H·chunk) instead of O(T·N·H) (not bnx-seq in train mode)
   double h0_noise = 0.0;        // train mode: add N(0, h0_noise^2) to h0 (Cooijmans, sequential MNIST)
   uint64_t noise_seed = 0;
   // Index of row 0 in the global batch (data-parallel shards): the h0 noise of a row depends on

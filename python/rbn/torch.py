@@ -482,7 +482,6 @@ class _RbnLSTMBase(nn.Module):
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
         if self._pass is not None:
             return self._feed_pass(x, h0, c0, ln, int(t0))
-        # Training mode keeps activations in the C++ stack whatever `keep` says (docs/python.md).
         if self.training and self.dropout > 0 and self.num_layers > 1:
             return self._forward_dropout(x, h0, c0, ln, int(t0), grad)
         run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None)

@@ -176,6 +176,8 @@ struct GroupSync {
   std::function<void(double*, size_t)> allreduce;  // empty: this process's rows only
   bool active = false;          // the last forward summed its batch statistics over the group
   std::vector<int64_t> count;   // [T] valid rows per step over the group (when active)
+  int step0 = 0;                // the forward chunk's step 0 within count (chunked forward)
+  int64_t rows_at(int t) const { return count[static_cast<size_t>(step0 + t)]; }  // chunk step t
   std::vector<double> sums_xh;  // per-step group sums: [W x: sum, sq | R h: sum, sq], each G
   std::vector<double> sums_c;   // per-step group sums of c: [sum, sq], each H
 };

@@ -243,7 +243,7 @@ void Engine<T>::synced_term_stats(const ForwardRun& run, const UnitBlock& u, For
                                group_sums + 3 * G + j0);
   }
   group_sum(u, group_sums, 4 * static_cast<size_t>(G));
-  const int64_t group_count = sync.count[st.t];
+  const int64_t group_count = sync.rows_at(st.t);
   for (int q = 0; q < gates; ++q) {
     const int j0 = q * H + u.k0;
     const size_t so = static_cast<size_t>(st.t) * G + j0;
@@ -431,7 +431,7 @@ void Engine<T>::cell_norm_stats(const ForwardRun& run, const UnitBlock& u, Forwa
       double* group_sums = sync.sums_c.data();
       kern::col_sums_serial<T>({st.c_next + k0, N, H, w, st.valid}, group_sums + k0, group_sums + H + k0);
       group_sum(u, group_sums, 2 * static_cast<size_t>(H));
-      bn_stats_from_sums(group_sums + k0, group_sums + H + k0, slot, sync.count[st.t], run.update_running,
+      bn_stats_from_sums(group_sums + k0, group_sums + H + k0, slot, sync.rows_at(st.t), run.update_running,
                          s.block, m + k0, r + k0);
     } else {
       bn_stats_block({st.c_next + k0, N, H, w, st.valid}, slot, st.count,

@@ -241,12 +241,15 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
   if (nT < 0 || N < 0) throw UsageError("forward: negative T or N");
   if (opt.t0 < 0) throw UsageError("forward: negative t0");
   const bool train = opt.mode == Mode::train;
-  const bool keep = train || opt.need_backward;
+  const bool keep = opt.need_backward;
   const int L = cfg.num_layers, H = cfg.hidden_size;
   const size_t NH = static_cast<size_t>(N) * H;
   set_valid_rows(nT, N, in.lengths, train);
-  // Inference without backward runs in chunks of time: memory O(N*H*chunk), not O(T).
-  const int chunk = keep ? std::max(nT, 1) : std::max(1, std::min(nT, 32));
+  // A forward without a backward to come runs in chunks of time: memory O(N*H*chunk), not O(T).
+  // Training mode too (per-step statistics need only their step), except sequence-wise BN in
+  // training, whose statistics span every step before the first one is normalized.
+  const bool whole = keep || (train && spec.x == Norm::bn_seq);
+  const int chunk = whole ? std::max(nT, 1) : std::max(1, std::min(nT, 32));
   for (int k = 0; k < L; ++k) {
     allocate_cache(k, chunk, N, keep && k == 0, inline_input(k, train), train);
     init_state(k, N, in.h0 ? in.h0 + k * NH : nullptr, in.c0 ? in.c0 + k * NH : nullptr, opt,
@@ -257,6 +260,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
   for (int s = 0; s < nT; s += chunk) {
     const int Tc = std::min(chunk, nT - s);
     const uint8_t* vm = valid.data() + static_cast<size_t>(s) * N;
+    sync.step0 = s;
     for (int k = 0; k < L; ++k) {
       LayerCache<T>& cc = caches[k];
       if (s > 0) {  // carry the state of the previous chunk
@@ -308,7 +312,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
 template <class T>
 void Engine<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0) {
   if (!have_cache)
-    throw UsageError("backward: no forward with activations kept (train mode or need_backward)");
+    throw UsageError("backward: the last forward kept no activations (need_backward was false)");
   const int L = cfg.num_layers, H = cfg.hidden_size, N = N_;
   const size_t NH = static_cast<size_t>(N) * H;
   ensure_size(ws.dY, static_cast<size_t>(T_) * NH);

@@ -615,6 +615,51 @@ TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
   }
 }
 
+TEST(StepApi, TrainingWithoutBackwardRunsInChunks) {
+  // Training mode without a backward to come (torch.no_grad, the statistics pass) runs in chunks
+  // too: same outputs, states and running averages as with activations kept, a fraction of the
+  // memory, and no backward afterwards. bnx-seq keeps the whole call (statistics over all steps).
+  std::vector<Cell> cells = all_cells();
+  for (Cell c : all_rnn_cells()) cells.push_back(c);
+  for (Cell cell : cells) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = cc.t_max = 100;
+    cc.lengths = {100, 37, 64, 1};
+    const size_t NH = static_cast<size_t>(cc.N) * cc.H, LNH = cc.L * NH;
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 151);
+    auto h0 = random_vec<double>(LNH, 152), c0 = random_vec<double>(LNH, 153);
+    std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
+    struct Run {
+      std::vector<double> y, hT, cT, buffers;
+      size_t cache = 0;
+    } run[2];
+    for (int keep = 0; keep < 2; ++keep) {
+      Stack<double> s(cc.config());
+      randomize(s, 154);
+      Run& r = run[keep];
+      r.y.resize(cc.T * NH), r.hT.resize(LNH), r.cT.resize(LNH);
+      ForwardOptions opt;  // train mode, running averages updated
+      opt.need_backward = keep == 1;
+      s.forward(opt, cc.T, cc.N, {.x = x.data(), .lengths = l32.data(), .h0 = h0.data(), .c0 = c0.data()},
+                {.y = r.y.data(), .hT = r.hT.data(), .cT = r.cT.data()});
+      r.buffers.assign(s.buffers().begin(), s.buffers().end());
+      r.cache = s.cache_bytes();
+      if (!keep)
+        EXPECT_THROW(s.backward(r.y.data(), nullptr, nullptr, nullptr, nullptr, nullptr), UsageError)
+            << cell_name(cell);
+    }
+    EXPECT_LE(max_abs_diff(run[0].y, run[1].y), 1e-12) << cell_name(cell);
+    EXPECT_LE(max_abs_diff(run[0].hT, run[1].hT), 1e-12) << cell_name(cell);
+    EXPECT_LE(max_abs_diff(run[0].cT, run[1].cT), 1e-12) << cell_name(cell);
+    EXPECT_LE(max_abs_diff(run[0].buffers, run[1].buffers), 1e-12) << cell_name(cell);
+    if (cell == Cell::bnx_seq)
+      EXPECT_GT(run[0].cache * 2, run[1].cache) << "bnx-seq keeps the whole call in training mode";
+    else
+      EXPECT_LT(run[0].cache * 2, run[1].cache) << cell_name(cell);
+  }
+}
+
 // The gradient probe (figure 1 of the paper) against the step API: splitting the sequence at t,
 // the second chunk's dL/dh0 plus the direct gradient at t is dL/dh_t.
 TEST(GradProbe, MatchesTheStepApi) {

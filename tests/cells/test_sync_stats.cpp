@@ -165,6 +165,47 @@ TEST_P(SyncStats, WithoutSynchronizationBatchNormDiffers) {
     EXPECT_LT(dy, 1e-12) << cell_name(cell) << ": nothing to synchronize, the rows are independent";
 }
 
+// A training-mode forward without backward (T = 70: three chunks of time) on rows [n0, n0 + n):
+// the outputs and the running averages. The chunks look up the group's row counts at their offset.
+Result forward_only_rows(Cell cell, int n0, int n, const Stack<double>::Allreduce& allreduce) {
+  constexpr int T = 70;
+  StackConfig cfg = sync_config(cell);
+  cfg.t_max = T;
+  Stack<double> s(cfg);
+  randomize(s, 5);
+  s.set_stat_allreduce(allreduce);
+  const auto x = rows(random_vec<double>(static_cast<size_t>(T) * kN * kC, 31), T, kC, n0, n);
+  std::vector<int32_t> len(n);
+  for (int i = 0; i < n; ++i) len[i] = T - 9 * (n0 + i);  // 70, 61, ... 25: ragged across chunks
+  Result r;
+  r.y.resize(static_cast<size_t>(T) * n * kH);
+  ForwardOptions opt;
+  opt.need_backward = false;
+  s.forward(opt, T, n, {.x = x.data(), .lengths = len.data()}, {.y = r.y.data()});
+  r.buffers.assign(s.buffers().begin(), s.buffers().end());
+  return r;
+}
+
+TEST_P(SyncStats, ChunkedTrainingForwardEqualsOneProcess) {
+  const auto [cell, K] = GetParam();
+  const Result full = forward_only_rows(cell, 0, kN, nullptr);
+  ThreadGroup group(K);
+  std::vector<Result> shards(K);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < K; ++r)
+    threads.emplace_back([&, r] {
+      shards[r] = forward_only_rows(cell, kN * r / K, kN * (r + 1) / K - kN * r / K, group.member(r));
+    });
+  for (auto& t : threads) t.join();
+  double worst = 0;
+  for (int r = 0; r < K; ++r) {
+    const int n0 = kN * r / K, n = kN * (r + 1) / K - n0;
+    worst = std::max({worst, max_diff(shards[r].y, rows(full.y, 70, kH, n0, n)),
+                      max_diff(shards[r].buffers, full.buffers)});
+  }
+  EXPECT_LT(worst, 1e-9) << cell_name(cell) << " K=" << K;
+}
+
 std::vector<std::tuple<Cell, int>> sync_cases() {
   std::vector<std::tuple<Cell, int>> v;
   std::vector<Cell> cells = all_cells();

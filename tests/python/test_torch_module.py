@@ -390,6 +390,35 @@ def test_no_grad_eval_keeps_no_activations():
     torch.testing.assert_close(y, y_kept.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"])
+def test_no_grad_train_keeps_no_activations(kind):
+    """no_grad + training mode: chunked too (batch statistics per step, running averages updated),
+    same outputs and buffers as with autograd recording; bnx-seq alone keeps the whole call."""
+    make = {"lstm": lambda: rt.LSTM(C, H, 2), "bnlstm": lambda: rt.BNLSTM(C, H, 2, t_max=4000),
+            "bnx": lambda: rt.BNxLSTM(C, H, 2, t_max=4000),
+            "bnx-seq": lambda: rt.BNxLSTM(C, H, 2, sequence_wise=True),
+            "lnlstm": lambda: rt.LNLSTM(C, H, 2)}[kind]
+
+    def cache_after(T, grad):
+        torch.manual_seed(0)
+        m = make().train()
+        x = torch.randn(T, N, C)
+        with torch.set_grad_enabled(grad):
+            y = m(x)[0]
+        return m._stacks[(torch.float32, None)].stack.cache_bytes, y, dict(m.named_buffers())
+
+    short, _, _ = cache_after(400, False)
+    long, y, buffers = cache_after(4000, False)
+    kept, y_kept, buffers_kept = cache_after(4000, True)
+    if kind == "bnx-seq":
+        assert long > 5 * short and 2 * long > kept  # whole call kept (kept adds the input copy)
+    else:
+        assert short == long and kept > 50 * long
+    torch.testing.assert_close(y, y_kept.detach(), rtol=0, atol=0)
+    for name, b in buffers.items():
+        torch.testing.assert_close(b, buffers_kept[name], rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("kind,batch_first", [("bnlstm", True), ("bnx", False), ("lnlstm", True)])
 def test_normalized_packed_and_batch_first_match_reference(kind, batch_first):
     torch.manual_seed(0)
