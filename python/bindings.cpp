@@ -160,8 +160,8 @@ struct PyStack {
 
 StackConfig make_config(const std::string& cell, int input_size, int hidden_size, int num_layers,
                         int t_max, double eps, double gamma_x, double gamma_h, double gamma_c,
-                        double forget_bias, double momentum, bool ln_input, bool learn_init_state,
-                        const std::string& recurrent_init, uint64_t seed) {
+                        std::optional<double> forget_bias, double momentum, bool ln_input,
+                        bool learn_init_state, const std::string& recurrent_init, uint64_t seed) {
   StackConfig c;
   auto k = parse_cell(cell);
   if (!k) throw py::value_error("unknown cell '" + cell + "'");
@@ -190,15 +190,15 @@ void bind_stack(py::module_& m, const char* name) {
   py::class_<S>(m, name)
       .def(py::init([](const std::string& cell, int input_size, int hidden_size, int num_layers,
                        int t_max, double eps, double gamma_x, double gamma_h, double gamma_c,
-                       double forget_bias, double momentum, bool ln_input, bool learn_init_state,
-                       const std::string& recurrent_init, uint64_t seed) {
+                       std::optional<double> forget_bias, double momentum, bool ln_input,
+                       bool learn_init_state, const std::string& recurrent_init, uint64_t seed) {
              return new S(make_config(cell, input_size, hidden_size, num_layers, t_max, eps, gamma_x,
                                       gamma_h, gamma_c, forget_bias, momentum, ln_input,
                                       learn_init_state, recurrent_init, seed));
            }),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
            py::arg("t_max") = 1, py::arg("eps") = 1e-5, py::arg("gamma_x") = -1.0,
-           py::arg("gamma_h") = -1.0, py::arg("gamma_c") = -1.0, py::arg("forget_bias") = 1.0,
+           py::arg("gamma_h") = -1.0, py::arg("gamma_c") = -1.0, py::arg("forget_bias") = py::none(),
            py::arg("momentum") = 0.1, py::arg("ln_input") = true, py::arg("learn_init_state") = false,
            py::arg("recurrent_init") = "orthogonal", py::arg("seed") = 1)
       .def("forward", &S::forward, py::arg("x"), py::arg("lengths") = py::none(),
@@ -265,6 +265,7 @@ PYBIND11_MODULE(_rbn, m) {
   m.def("cells", [] {
     std::vector<std::string> v;
     for (Cell c : all_cells()) v.push_back(cell_name(c));
+    for (Cell c : all_gru_cells()) v.push_back(cell_name(c));
     return v;
   });
 }

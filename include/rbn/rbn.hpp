@@ -1,7 +1,8 @@
 // rbn — normalized recurrent networks (Cooijmans et al. 2017 and its baselines).
 //
-// Public API of the recurrent stack. Layout is time-major: x [T,N,C], h [T,N,H]; gate order i,f,g,o;
-// weights stored as PyTorch stores them (weight_ih [4H,C], weight_hh [4H,H]). See docs/cells.md.
+// Public API of the recurrent stack. Layout is time-major: x [T,N,C], h [T,N,H]; gate order i,f,g,o
+// (GRUs: r,z,n); weights stored as PyTorch stores them (weight_ih [4H,C], weight_hh [4H,H]; GRUs
+// [3H,C], [3H,H]). See docs/cells.md.
 #pragma once
 
 #include <cstddef>
@@ -18,16 +19,19 @@
 
 namespace rbn {
 
-enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm, rnn, bnrnn };
+enum class Cell { lstm, bnlstm, bnx, bnx_seq, lnlstm, rnn, bnrnn, gru, bngru, lngru };
 
-// "lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"; and the tanh RNNs "rnn", "bnrnn" (the paper's
-// gradient-flow experiment: h = tanh(BN_t(W x) + BN_t(R h) + b)).
+// "lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"; the tanh RNNs "rnn", "bnrnn" (the paper's
+// gradient-flow experiment: h = tanh(BN_t(W x) + BN_t(R h) + b)); the GRUs "gru" (nn.GRU),
+// "bngru" (BN_t of both terms), "lngru" (Ba et al.'s LN-GRU).
 std::optional<Cell> parse_cell(std::string_view name);
 const char* cell_name(Cell cell);
 const std::vector<Cell>& all_cells();       // the five LSTM cells
 const std::vector<Cell>& all_rnn_cells();   // rnn, bnrnn
-bool cell_has_population_stats(Cell cell);  // bnlstm, bnx, bnx-seq, bnrnn
-int cell_gates(Cell cell);                  // 4 (i, f, g, o) for LSTMs, 1 for tanh RNNs
+const std::vector<Cell>& all_gru_cells();   // gru, bngru, lngru
+bool cell_has_population_stats(Cell cell);  // bnlstm, bnx, bnx-seq, bnrnn, bngru
+bool cell_is_gru(Cell cell);                // gru, bngru, lngru: two biases, no cell state
+int cell_gates(Cell cell);                  // 4 (i, f, g, o) LSTMs, 3 (r, z, n) GRUs, 1 tanh RNNs
 
 enum class Mode { train, infer };
 enum class RecurrentInit { orthogonal, identity };
@@ -41,7 +45,8 @@ struct StackConfig {
   double eps = 1e-5;      // inside the square root of every normalization
   // Initial gains; a negative value means the cell's default (0.1 for BN: Cooijmans; 1 for LN: Ba).
   double gamma_x = -1, gamma_h = -1, gamma_c = -1;
-  double forget_bias = 1.0;  // initial b_f
+  // Initial b_f of the LSTMs; unset: 1. A GRU has no forget gate: setting it there is an error.
+  std::optional<double> forget_bias;
   double momentum = 0.1;     // running average: pop <- (1-m) pop + m batch
   bool ln_input = true;      // lnlstm only: normalize W_x x (off: only W_h h and c)
   bool learn_init_state = false;  // learned h0, c0 [H] per layer (rnn.k.h0, rnn.k.c0)
@@ -54,6 +59,7 @@ struct StackConfig {
   double gamma_x_or_default() const;
   double gamma_h_or_default() const;
   double gamma_c_or_default() const;
+  double forget_bias_or_default() const;  // 1 unless set
 };
 
 // A named tensor inside a flat buffer.
@@ -82,7 +88,7 @@ struct StackInput {
   const T* x = nullptr;              // [T,N,C]
   const int32_t* lengths = nullptr;  // [N] (nullptr: every row has T valid steps; 0 <= len <= T)
   const T* h0 = nullptr;             // [L,N,H] (nullptr: learned initial state if configured, else 0)
-  const T* c0 = nullptr;             // [L,N,H]
+  const T* c0 = nullptr;             // [L,N,H] (cells without a cell state carry it unchanged)
 };
 template <class T>
 struct StackOutput {

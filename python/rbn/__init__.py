@@ -34,10 +34,12 @@ from ._rbn import RbnError, Stack32, Stack64, cells  # noqa: E402,F401
 
 
 def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32", **kwargs):
-    """A stack of recurrent layers. cell: lstm | bnlstm | bnx | bnx-seq | lnlstm.
+    """A stack of recurrent layers. cell: lstm | bnlstm | bnx | bnx-seq | lnlstm | gru | bngru |
+    lngru (rbn.cells() lists them).
 
-    kwargs: eps, gamma_x, gamma_h, gamma_c, forget_bias, momentum, ln_input, learn_init_state,
-    recurrent_init ('orthogonal' | 'identity'), seed.
+    kwargs: eps, gamma_x, gamma_h, gamma_c, forget_bias (LSTMs only; default 1), momentum, ln_input,
+    learn_init_state, recurrent_init ('orthogonal' | 'identity'), seed. A GRU has no cell state:
+    forward returns the given c0 (or zeros) as cT, and backward's dc0 is the given dcT.
     """
     cls = {"float32": Stack32, "float64": Stack64}[_np.dtype(dtype).name]
     return cls(cell, input_size, hidden_size, num_layers, t_max, **kwargs)

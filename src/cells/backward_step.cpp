@@ -36,12 +36,16 @@ struct Engine<T>::BackwardScratch {
   T* dh = nullptr;      // [N,H] dL/dh_t (carried from step t+1, plus dy)
   T* dc = nullptr;      // [N,H] dL/dc_t carried from step t+1
   T* dc_out = nullptr;  // [N,H] tanh(c~), then dL/dc_t through h_t
-  T* dh_new = nullptr;  // [N,H] dh_{t-1} = dRh R
+  T* dh_new = nullptr;  // [N,H] dh_{t-1} = dRh R (GRU: + dh * z, written first)
   // Column sums of the step over the owned columns [gates][w], in double: sum dpre, sum dpre *
-  // x-hat of R h, sum dpre * x-hat of W x (c's normalization uses the first two, [w]).
-  std::vector<double> sum_d, sum_d_xh_h, sum_d_xh_x;
-  std::vector<T> acc_d, acc_d_xh_h, acc_d_xh_x;  // the same accumulated in T over the rows
-  std::vector<double> db, dgamma_x;              // [gates][w] over all steps
+  // x-hat of R h, sum dpre * x-hat of W x (c's normalization uses the first two, [w]); a GRU's
+  // recurrent term has its own gradient and its own sum (sum_d_h; the LSTM's is sum_d).
+  std::vector<double> sum_d, sum_d_xh_h, sum_d_xh_x, sum_d_h;
+  std::vector<T> acc_d, acc_d_xh_h, acc_d_xh_x, acc_d_h;  // the same accumulated in T over the rows
+  std::vector<double> db, db_h, dgamma_x;                 // [gates][w] over all steps (db_h: GRU)
+  // GRU: h~_n of one row [w], and the step's folded BN (or none) coefficients of the n block's
+  // recurrent term, h~_n = hn_scale * R h + hn_shift [w]
+  std::vector<T> hn_row, hn_scale, hn_shift;
   std::vector<double> dW;                        // [C][gates][w] inline input, over all steps
   std::vector<T> dW_step;                        // the step's part, in T over its rows
   // BN_t of an inline W x: d(W x) = a*dpre - m1 - x-hat*m2, x-hat = (z - mean)*rstd, per column
@@ -49,8 +53,9 @@ struct Engine<T>::BackwardScratch {
   std::vector<T> x_a, x_m1, x_m2, x_mean, x_rstd, d_wx_row;
   std::vector<T> scale_c, shift_c;  // [H] BN of c folded: gamma_c * c-hat + beta_c
   BackwardScratch(int H, int C, int gw, bool inline_x)
-      : sum_d(gw + 1), sum_d_xh_h(gw + 1), sum_d_xh_x(gw + 1), acc_d(gw), acc_d_xh_h(gw),
-        acc_d_xh_x(gw), db(gw, 0.0), dgamma_x(gw, 0.0),
+      : sum_d(gw + 1), sum_d_xh_h(gw + 1), sum_d_xh_x(gw + 1), sum_d_h(gw + 1), acc_d(gw),
+        acc_d_xh_h(gw), acc_d_xh_x(gw), acc_d_h(gw), db(gw, 0.0), db_h(gw, 0.0), dgamma_x(gw, 0.0),
+        hn_row(gw), hn_scale(gw), hn_shift(gw),
         dW(inline_x ? static_cast<size_t>(C) * gw : 0, 0.0), dW_step(dW.size()),
         x_a(inline_x ? gw : 0), x_m1(x_a.size()), x_m2(x_a.size()), x_mean(x_a.size()),
         x_rstd(x_a.size()), d_wx_row(x_a.size()), scale_c(H), shift_c(H) {}
@@ -64,12 +69,14 @@ struct Engine<T>::BackStep {
   T* gates = nullptr;              // [N,G] activated gates, then dpre
   const T* c_prev = nullptr;       // [N,H] raw c_{t-1}, c_t
   const T* c_next = nullptr;
+  const T* h_prev = nullptr;       // [N,H] h_{t-1}
   T* wx = nullptr;                 // [N,G] raw W x, then d(W x) (in-loop input backward)
   T* hh = nullptr;                 // [N,G] raw R h (nullptr without its normalization)
   const T* dY = nullptr;           // [N,H] nullable
   // The gradients the two terms' normalizations read, [N,G]: for the LSTM and the tanh RNN both
-  // are dpre in Gates (pre = input term + recurrent term); a GRU's pointwise backward would give
-  // the recurrent term's n block its own (dĥ_n = dn_pre ⊙ r; docs/cells.md, "Adding a cell").
+  // are dpre in Gates (pre = input term + recurrent term); a GRU's recurrent term has its own
+  // (its n block is dn_pre * r; docs/cells.md, "Adding a cell"): written over the raw R h in Hh
+  // for the plain gru (whose R h is read only for h~_n, first), else in ws.drec_step.
   T* d_input_term = nullptr;
   T* d_recurrent_term = nullptr;
   // statistics: BN per column [G] (c: [H]), LN per row [N]; nullptr without the normalization
@@ -106,7 +113,8 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   }
   if (run.probe) probe.sq.assign(static_cast<size_t>(nT) * P * N, 0.0);
   for (auto* part : {&ws.ln_part_h, &ws.ln_part_c, &ws.ln_part_x})
-    ensure_size(*part, static_cast<size_t>(P) * N * 2);
+    ensure_size(*part, static_cast<size_t>(ln_parts(spec)) * P * N * 2);
+  if (spec.gru() && spec.h != Norm::none) ensure_size(ws.drec_step, static_cast<size_t>(N) * G);
   if (run.batch && sync.active) {
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
     ensure_size(sync.sums_c, 2 * static_cast<size_t>(H));
@@ -150,13 +158,17 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   st.gates = cc.Gates.data() + t * NG;
   st.c_prev = cc.Cs.data() + t * NH;
   st.c_next = cc.Cs.data() + (t + 1) * NH;
+  st.h_prev = cc.Hs.data() + t * NH;
   st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
-  st.hh = spec.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
+  st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
   st.dY = run.dY ? run.dY + t * NH : nullptr;
   st.d_input_term = st.d_recurrent_term = st.gates;
+  if (spec.gru()) st.d_recurrent_term = spec.h == Norm::none ? st.hh : ws.drec_step.data();
   auto stats = [&](Norm norm, const NormStats<T>& ns, int F, const T*& mean, const T*& rstd) {
     if (norm == Norm::none || norm == Norm::bn_seq) return;  // bnx-seq: after the loop
-    const size_t off = static_cast<size_t>(t) * (norm == Norm::ln ? N : F);
+    // LN: [T,parts,N] (c: one part); BN: [T,F]
+    const int parts = &ns == &cc.c ? 1 : ln_parts(spec);
+    const size_t off = static_cast<size_t>(t) * (norm == Norm::ln ? static_cast<size_t>(N) * parts : F);
     mean = ns.mean.data() + off;
     rstd = ns.rstd.data() + off;
   };
@@ -174,6 +186,8 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   cell_norm_backward(run, u, s, st);  // dc~ -> dc through the normalization of c
   gate_gradients(run, u, s, st);      // c = f c + i g: dpre; column and LN row sums
   for (size_t j = 0; j < static_cast<size_t>(gates) * u.w; ++j) s.db[j] += s.sum_d[j];
+  if (spec.gru())
+    for (size_t j = 0; j < static_cast<size_t>(gates) * u.w; ++j) s.db_h[j] += s.sum_d_h[j];
   if (run.inline_x && !in_loop_x) inline_input_grads(run, u, s, st, st.d_input_term, nullptr);
   input_term_backward(run, u, s, st);  // dgamma_x; BN_t of W x: d(W x) or its deferred sums
   if (run.inline_x && spec.x == Norm::bn_step)
@@ -181,10 +195,11 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   T* dRh = recurrent_term_backward(run, u, s, st);  // dgamma_h; d(R h) (LN: with d(W x))
   if (run.inline_x && spec.x == Norm::ln) inline_input_grads(run, u, s, st, st.wx, nullptr);
 #pragma omp barrier
-  // dh_{t-1} = dRh R for the owned columns; padded rows pass their gradient through.
+  // dh_{t-1} = dRh R for the owned columns (GRU: added to dh * z, in dh_new from the gate pass);
+  // padded rows pass their gradient through.
   if (u.w > 0) {
-    blas::gemm(false, false, N, u.w, G, T(1), dRh, G, run.prm.R + u.k0, H, T(0),
-               s.dh_new + u.k0, H);
+    blas::gemm(false, false, N, u.w, G, T(1), dRh, G, run.prm.R + u.k0, H,
+               spec.gru() ? T(1) : T(0), s.dh_new + u.k0, H);
     for (int n = 0; n < N; ++n)
       if (st.valid[n])
         std::copy_n(s.dh_new + static_cast<int64_t>(n) * H + u.k0, u.w,
@@ -214,6 +229,7 @@ void Engine<T>::output_gradient(const BackwardRun& run, const UnitBlock& u, Back
       probe.sq[(static_cast<size_t>(st.t) * u.P + u.p) * N + n] = q2;
     }
     T* g = st.gates + static_cast<int64_t>(n) * G;
+    if (spec.gru()) continue;  // all in gate_gradients
     if (!spec.lstm()) {
       kern::tanh_rnn_backward(dh, k0, k1, g);
       continue;
@@ -296,9 +312,10 @@ void Engine<T>::cell_norm_backward(const BackwardRun& run, const UnitBlock& u, B
   }
 }
 
-// Through c_t = f c_{t-1} + i g (LSTM): the gradients of the gate pre-activations (dpre, over
-// Gates) and dc_{t-1}. The same pass takes, while the row is in cache, the column sums that db
-// and the normalizations of W x and R h need (sum dpre, sum dpre * x-hat) and LN's row sums.
+// Through c_t = f c_{t-1} + i g (LSTM) or the GRU's gates: the gradients of the gate
+// pre-activations (dpre, over Gates; a GRU's recurrent term has its own, gru_row_backward) and
+// dc_{t-1}. The same pass takes, while the row is in cache, the column sums that db and the
+// normalizations of W x and R h need (sum dpre, sum dpre * x-hat) and LN's row sums.
 template <class T>
 void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                                const BackStep& st) {
@@ -306,16 +323,13 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
   const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
   const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
   const bool read_x = spec.x == Norm::bn_step || ln_x;
-  const RowPartials part_h{ws.ln_part_h.data(), N}, part_x{ws.ln_part_x.data(), N};
-  std::fill(s.acc_d.begin(), s.acc_d.end(), T(0));
-  std::fill(s.acc_d_xh_h.begin(), s.acc_d_xh_h.end(), T(0));
-  std::fill(s.acc_d_xh_x.begin(), s.acc_d_xh_x.end(), T(0));
+  for (auto* acc : {&s.acc_d, &s.acc_d_xh_h, &s.acc_d_xh_x, &s.acc_d_h})
+    std::fill(acc->begin(), acc->end(), T(0));
+  if (spec.gru() && !ln_h) gru_hn_coefficients(run, u, s, st);
   for (int n = 0; n < N; ++n) {
     T* g = st.gates + static_cast<int64_t>(n) * G;
     if (!st.valid[n]) {
-      for (int q = 0; q < gates; ++q) std::fill_n(g + q * H + k0, w, T(0));
-      if (ln_h) part_h.at(u.p, n)[0] = part_h.at(u.p, n)[1] = 0;
-      if (ln_x) part_x.at(u.p, n)[0] = part_x.at(u.p, n)[1] = 0;
+      padded_row_gradients(run, u, s, st, n);
       continue;
     }
     if (st.t > 0) {  // the previous step's rows (from memory) while this row computes
@@ -337,95 +351,173 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
       kern::lstm_cell_backward(s.dc_out + static_cast<int64_t>(n) * H,
                                st.c_prev + static_cast<int64_t>(n) * H, H, k0, k1, g,
                                s.dc + static_cast<int64_t>(n) * H);
+    if (spec.gru()) gru_row_backward(run, u, s, st, n);
     row_term_sums(run, u, s, st, n);
   }
   for (size_t j = 0; j < s.acc_d.size(); ++j) {
     s.sum_d[j] = s.acc_d[j];
     s.sum_d_xh_h[j] = s.acc_d_xh_h[j];
     s.sum_d_xh_x[j] = s.acc_d_xh_x[j];
+    s.sum_d_h[j] = s.acc_d_h[j];
   }
+}
+
+// A padded row n: no gradient enters a term (dpre 0; a GRU's recurrent term 0 and its dh * z
+// part of dh_new 0) nor LN's row sums; dh and dc pass through untouched.
+template <class T>
+void Engine<T>::padded_row_gradients(const BackwardRun& run, const UnitBlock& u,
+                                     BackwardScratch& s, const BackStep& st, int n) {
+  const int N = run.N, H = run.H, k0 = u.k0, w = u.w;
+  const int64_t ro = static_cast<int64_t>(n) * run.G;
+  for (int q = 0; q < gates; ++q) std::fill_n(st.gates + ro + q * H + k0, w, T(0));
+  if (spec.gru()) {
+    for (int q = 0; q < gates; ++q) std::fill_n(st.d_recurrent_term + ro + q * H + k0, w, T(0));
+    std::fill_n(s.dh_new + static_cast<int64_t>(n) * H + k0, w, T(0));
+  }
+  const size_t part_stride = static_cast<size_t>(u.P) * N * 2;
+  for (int i = 0; i < ln_parts(spec); ++i) {
+    if (spec.h == Norm::ln) {
+      double* ph = RowPartials{ws.ln_part_h.data() + i * part_stride, N}.at(u.p, n);
+      ph[0] = ph[1] = 0;
+    }
+    if (spec.x == Norm::ln) {
+      double* px = RowPartials{ws.ln_part_x.data() + i * part_stride, N}.at(u.p, n);
+      px[0] = px[1] = 0;
+    }
+  }
+}
+
+// GRU, BN or no normalization of R h: the step's coefficients of the n block's recurrent term for
+// the owned units, h~_n = hn_scale * R h + hn_shift, formed as term_coefficients forms them.
+template <class T>
+void Engine<T>::gru_hn_coefficients(const BackwardRun& run, const UnitBlock& u,
+                                    BackwardScratch& s, const BackStep& st) {
+  const T* gh = run.prm.gamma_h;
+  for (int j = 0; j < u.w; ++j) {
+    const int col = 2 * run.H + u.k0 + j;
+    T a = gh ? gh[col] : T(1), shift = run.prm.b_h[col];
+    if (spec.h == Norm::bn_step) kern::fold_norm(a, shift, st.rstd_h[col], st.mean_h[col]);
+    s.hn_scale[j] = a;
+    s.hn_shift[j] = shift;
+  }
+}
+
+// One valid row n of a GRU: h~_n recomputed from the raw R h in Hh as the forward formed it, then
+// kern::gru_gates_backward: the input terms' gradients over the gates, the recurrent terms' into
+// st.d_recurrent_term (for the plain gru that is Hh itself, read first), dh * z into dh_new.
+template <class T>
+void Engine<T>::gru_row_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                                 const BackStep& st, int n) {
+  const int H = run.H, G = run.G, k0 = u.k0, w = u.w;
+  const T* zn = st.hh + static_cast<int64_t>(n) * G + hh_offset(*run.cache, 2, k0, w);
+  T* hn = s.hn_row.data();
+  if (spec.h == Norm::ln) {
+    const T m = st.mean_h[run.N + n], r = st.rstd_h[run.N + n];  // the n block's LN (part 1)
+    const T* gh = run.prm.gamma_h + 2 * H + k0;
+    const T* bh = run.prm.b_h + 2 * H + k0;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) hn[j] = gh[j] * ((zn[j] - m) * r) + bh[j];
+  } else {
+    const T* a = s.hn_scale.data();
+    const T* b = s.hn_shift.data();
+#pragma omp simd
+    for (int j = 0; j < w; ++j) hn[j] = a[j] * zn[j] + b[j];
+  }
+  const int64_t o = static_cast<int64_t>(n) * H + k0, ro = static_cast<int64_t>(n) * G + k0;
+  kern::gru_gates_backward<T>({s.dh + o, st.h_prev + o, hn}, H, w, st.gates + ro,
+                              st.d_recurrent_term + ro, s.dh_new + o);
 }
 
 // One row's share of the step's sums of dpre, x-hat formed from the raw values: per column (db;
 // dgamma and the BN backward of R h and W x), accumulated in T over the step's rows (16 float
 // lanes; as PyTorch's BN backward); LN: this thread's part of the row sums of dpre*gamma and
-// dpre*gamma*x-hat.
+// dpre*gamma*x-hat, per LN part. A GRU's recurrent term reads its own gradient (and sums it for
+// db_hh).
 template <class T>
 void Engine<T>::row_term_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                               const BackStep& st, int n) {
-  const int H = run.H, G = run.G, k0 = u.k0, w = u.w;
+  const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
   const bool x_per_step = spec.x == Norm::bn_step || ln_x;  // BN_t or LN of W x
   const T* g = st.d_input_term + static_cast<int64_t>(n) * G;
   const T* gr = st.d_recurrent_term + static_cast<int64_t>(n) * G;
   const T* xr = st.wx + static_cast<int64_t>(n) * G;
   const T* hr = st.hh ? st.hh + static_cast<int64_t>(n) * G : nullptr;
-  const T mean_h_n = ln_h ? st.mean_h[n] : T(0), rstd_h_n = ln_h ? st.rstd_h[n] : T(1);
-  const T mean_x_n = ln_x ? st.mean_x[n] : T(0), rstd_x_n = ln_x ? st.rstd_x[n] : T(1);
   const T* gh = run.prm.gamma_h;
   const T* gx = run.prm.gamma_x;
-  T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // LN: sum dpre*g_h, dpre*g_h*x-hat_h; the same for x
-  for (int q = 0; q < gates; ++q) {
-    const int j0 = q * H + k0;
-    T* s1q = s.acc_d.data() + q * w;
-    T* s2q = s.acc_d_xh_h.data() + q * w;
-    T* s3q = s.acc_d_xh_x.data() + q * w;
-    const T* gq = g + j0;   // d(input term)
-    const T* grq = gr + j0;  // d(recurrent term)
-    const T* zh = hr ? hr + hh_offset(*run.cache, q, k0, w) : nullptr;
-    const T* zx = xr + j0;
-    if (ln_h && ln_x) {  // LN: the column sums and this thread's part of the row sums
-      const T* ghq = gh + j0;
-      const T* gxq = gx + j0;
+  const size_t part_stride = static_cast<size_t>(u.P) * N * 2;
+  for (int i = 0; i < (ln_h ? ln_parts(spec) : 1); ++i) {
+    const LnPart pt = ln_h ? ln_part(spec, i) : LnPart{0, gates};
+    const T mean_h_n = ln_h ? st.mean_h[i * N + n] : T(0), rstd_h_n = ln_h ? st.rstd_h[i * N + n] : T(1);
+    const T mean_x_n = ln_x ? st.mean_x[i * N + n] : T(0), rstd_x_n = ln_x ? st.rstd_x[i * N + n] : T(1);
+    T r1 = 0, r2 = 0, r3 = 0, r4 = 0;  // LN: sum dpre*g_h, dpre*g_h*x-hat_h; the same for x
+    for (int q = pt.q0; q < pt.q0 + pt.nq; ++q) {
+      const int j0 = q * H + k0;
+      T* s1q = s.acc_d.data() + q * w;
+      T* s2q = s.acc_d_xh_h.data() + q * w;
+      T* s3q = s.acc_d_xh_x.data() + q * w;
+      const T* gq = g + j0;   // d(input term)
+      const T* grq = gr + j0;  // d(recurrent term)
+      const T* zh = hr ? hr + hh_offset(*run.cache, q, k0, w) : nullptr;
+      const T* zx = xr + j0;
+      if (spec.gru()) {  // the recurrent term's own column sums (db_hh; BN of R h)
+        T* s4q = s.acc_d_h.data() + q * w;
+#pragma omp simd
+        for (int j = 0; j < w; ++j) s4q[j] += grq[j];
+      }
+      if (ln_h && ln_x) {  // LN: the column sums and this thread's part of the row sums
+        const T* ghq = gh + j0;
+        const T* gxq = gx + j0;
 #pragma omp simd reduction(+ : r1, r2, r3, r4)
-      for (int j = 0; j < w; ++j) {
-        const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n, xx = (zx[j] - mean_x_n) * rstd_x_n;
-        s1q[j] += d;
-        s2q[j] += dr * xh;
-        s3q[j] += d * xx;
-        const T dh = dr * ghq[j], dx = d * gxq[j];
-        r1 += dh;
-        r2 += dh * xh;
-        r3 += dx;
-        r4 += dx * xx;
-      }
-    } else if (ln_h) {
-      const T* ghq = gh + j0;
+        for (int j = 0; j < w; ++j) {
+          const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n, xx = (zx[j] - mean_x_n) * rstd_x_n;
+          s1q[j] += d;
+          s2q[j] += dr * xh;
+          s3q[j] += d * xx;
+          const T dh = dr * ghq[j], dx = d * gxq[j];
+          r1 += dh;
+          r2 += dh * xh;
+          r3 += dx;
+          r4 += dx * xx;
+        }
+      } else if (ln_h) {
+        const T* ghq = gh + j0;
 #pragma omp simd reduction(+ : r1, r2)
-      for (int j = 0; j < w; ++j) {
-        const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n;
-        s1q[j] += d;
-        s2q[j] += dr * xh;
-        const T dh = dr * ghq[j];
-        r1 += dh;
-        r2 += dh * xh;
-      }
-    } else {  // BN (or none): per-column statistics
+        for (int j = 0; j < w; ++j) {
+          const T d = gq[j], dr = grq[j], xh = (zh[j] - mean_h_n) * rstd_h_n;
+          s1q[j] += d;
+          s2q[j] += dr * xh;
+          const T dh = dr * ghq[j];
+          r1 += dh;
+          r2 += dh * xh;
+        }
+      } else {  // BN (or none): per-column statistics
 #pragma omp simd
-      for (int j = 0; j < w; ++j) s1q[j] += gq[j];
-      if (zh) {
-        const T* mu = st.mean_h + j0;
-        const T* rs = st.rstd_h + j0;
+        for (int j = 0; j < w; ++j) s1q[j] += gq[j];
+        if (zh && spec.h != Norm::none) {
+          const T* mu = st.mean_h + j0;
+          const T* rs = st.rstd_h + j0;
 #pragma omp simd
-        for (int j = 0; j < w; ++j) s2q[j] += grq[j] * ((zh[j] - mu[j]) * rs[j]);
-      }
-      if (x_per_step) {
-        const T* mu = st.mean_x + j0;
-        const T* rs = st.rstd_x + j0;
+          for (int j = 0; j < w; ++j) s2q[j] += grq[j] * ((zh[j] - mu[j]) * rs[j]);
+        }
+        if (x_per_step) {
+          const T* mu = st.mean_x + j0;
+          const T* rs = st.rstd_x + j0;
 #pragma omp simd
-        for (int j = 0; j < w; ++j) s3q[j] += gq[j] * ((zx[j] - mu[j]) * rs[j]);
+          for (int j = 0; j < w; ++j) s3q[j] += gq[j] * ((zx[j] - mu[j]) * rs[j]);
+        }
       }
     }
-  }
-  if (ln_h) {
-    double* ph = ws.ln_part_h.data() + (static_cast<size_t>(u.p) * run.N + n) * 2;
-    ph[0] = r1;
-    ph[1] = r2;
-  }
-  if (ln_x) {
-    double* px = ws.ln_part_x.data() + (static_cast<size_t>(u.p) * run.N + n) * 2;
-    px[0] = r3;
-    px[1] = r4;
+    if (ln_h) {
+      double* ph = RowPartials{ws.ln_part_h.data() + i * part_stride, N}.at(u.p, n);
+      ph[0] = r1;
+      ph[1] = r2;
+    }
+    if (ln_x) {
+      double* px = RowPartials{ws.ln_part_x.data() + i * part_stride, N}.at(u.p, n);
+      px[0] = r3;
+      px[1] = r4;
+    }
   }
 }
 
@@ -472,10 +564,11 @@ void Engine<T>::input_term_backward(const BackwardRun& run, const UnitBlock& u,
   }
 }
 
-// The recurrent term's share: dgamma_h, and dpre -> d(R h) through its normalization (BN_t
-// per column block, over the group's sums when synchronized; LN over the rows after a barrier,
-// together with d(W x) over W x). Returns where d(R h) [N,G] now is: over dpre in Gates when
-// d(W x) is already out of it, else over the raw R h in Hh.
+// The recurrent term's share: dgamma_h, and d(recurrent term) -> d(R h) through its
+// normalization (BN_t per column block, over the group's sums when synchronized; LN over the rows
+// after a barrier, together with d(W x) over W x). Returns where d(R h) [N,G] now is (dRh_in_hh):
+// over dpre in Gates when d(W x) is already out of it, else over the raw R h in Hh; the plain
+// gru's recurrent term is d(R h) already (in Hh).
 template <class T>
 T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u,
                                       BackwardScratch& s, const BackStep& st) {
@@ -483,7 +576,7 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
   const LayerCache<T>& cc = *run.cache;
   const T* gh = run.prm.gamma_h;
-  double* sum_d = s.sum_d.data();
+  double* sum_d = spec.gru() ? s.sum_d_h.data() : s.sum_d.data();  // sum of d(recurrent term)
   double* sum_d_xh = s.sum_d_xh_h.data();
   for (int q = 0; q < gates; ++q)  // this rank's share of dgamma (summed with the gradients)
     for (int j = 0; j < w; ++j) run.grd.gamma_h[q * H + k0 + j] += static_cast<T>(sum_d_xh[q * w + j]);
@@ -499,7 +592,7 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
       std::copy_n(group_sums + G + q * H + k0, w, sum_d_xh + q * w);
     }
   }
-  T* dRh = run.input_grad_in_loop ? st.d_recurrent_term : st.hh;
+  T* dRh = dRh_in_hh(run.input_grad_in_loop) ? st.hh : st.gates;
   if (spec.h == Norm::bn_step)
     for (int q = 0; q < gates; ++q) {
       const int j0 = q * H + k0;
@@ -510,19 +603,41 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
           dRh + j0);
     }
   if (spec.h == Norm::ln) {
-    // The row sums (taken in the gate pass) over all threads, then d(W x) over W x in Ax and
-    // dRh in one pass: both read dpre, each element read before it is written.
+    // The row sums (taken in the gate pass) over all threads first.
     if (u.P > 1) {
 #pragma omp barrier
     }
-    const LnTerm<T> h_term{st.hh, cc.hh_blocked, gh, st.mean_h, st.rstd_h,
-                           {ws.ln_part_h.data(), N}};
-    const LnTerm<T> x_term{st.wx, false, run.prm.gamma_x, st.mean_x, st.rstd_x,
-                           {ws.ln_part_x.data(), N}};
-    ln_backward<T>(st.d_recurrent_term, {G, {k0, w, gates, H}, st.valid, u.P}, h_term, dRh,
-                   spec.x == Norm::ln ? &x_term : nullptr, st.wx);
+    layer_norm_terms_backward(run, u, st, dRh);
   }
   return dRh;
+}
+
+// LN backward of both terms over the owned columns, per LN part: d(W x) over W x in Ax and d(R h)
+// into dRh. The LSTM's terms share one gradient (dpre), so one pass serves both, each element read
+// before it is written; a GRU's input term first (reading dpre in Gates, which dRh may overwrite
+// next), then its recurrent term from its own gradient.
+template <class T>
+void Engine<T>::layer_norm_terms_backward(const BackwardRun& run, const UnitBlock& u,
+                                          const BackStep& st, T* dRh) {
+  const int N = run.N, H = run.H, G = run.G;
+  const size_t part_stride = static_cast<size_t>(u.P) * N * 2;
+  const bool ln_x = spec.x == Norm::ln;
+  for (int pass = 0; pass < (spec.gru() ? 2 : 1); ++pass)
+    for (int i = 0; i < ln_parts(spec); ++i) {
+      const LnPart pt = ln_part(spec, i);
+      const LnRows rows{G, {pt.q0 * H + u.k0, u.w, pt.nq, H}, st.valid, u.P};
+      const LnTerm<T> h_term{st.hh, run.cache->hh_blocked, run.prm.gamma_h, st.mean_h + i * N,
+                             st.rstd_h + i * N, {ws.ln_part_h.data() + i * part_stride, N}};
+      const LnTerm<T> x_term{st.wx, false, run.prm.gamma_x, ln_x ? st.mean_x + i * N : nullptr,
+                             ln_x ? st.rstd_x + i * N : nullptr,
+                             {ws.ln_part_x.data() + i * part_stride, N}};
+      if (!spec.gru())
+        ln_backward<T>(st.d_recurrent_term, rows, h_term, dRh, ln_x ? &x_term : nullptr, st.wx);
+      else if (pass == 0 && ln_x)
+        ln_backward<T>(st.d_input_term, rows, x_term, st.wx, nullptr, nullptr);
+      else if (pass == 1)
+        ln_backward<T>(st.d_recurrent_term, rows, h_term, dRh, nullptr, nullptr);
+    }
 }
 
 // Inline input: dW += d(W x)_t^T x_t and this thread's part of dx_t, from d(W x) [N,G] (dAx);
@@ -592,6 +707,7 @@ void Engine<T>::flush_thread_sums(const BackwardRun& run, const UnitBlock& u,
   for (int q = 0; q < gates; ++q)
     for (int j = 0; j < w; ++j) {
       run.grd.b[q * H + k0 + j] += static_cast<T>(s.db[q * w + j]);
+      if (run.grd.b_h) run.grd.b_h[q * H + k0 + j] += static_cast<T>(s.db_h[q * w + j]);
       if (run.grd.gamma_x) run.grd.gamma_x[q * H + k0 + j] += static_cast<T>(s.dgamma_x[q * w + j]);
       if (run.inline_x)
         for (int c = 0; c < C; ++c)
@@ -630,7 +746,7 @@ void Engine<T>::deferred_input_backward(const BackwardRun& run) {
   LayerCache<T>& cc = *run.cache;
   const int nT = run.nT, N = run.N, H = run.H, G = run.G, C = run.C;
   const int64_t NG = static_cast<int64_t>(N) * G, TN = static_cast<int64_t>(nT) * N;
-  const T* dRhAll = spec.h != Norm::none && !run.input_grad_in_loop ? cc.Hh.data() : cc.Gates.data();
+  const T* dRhAll = dRh_in_hh(run.input_grad_in_loop) ? cc.Hh.data() : cc.Gates.data();
   blas::gemm(true, false, G, H, static_cast<int>(TN), T(1), dRhAll, G, cc.Hs.data(), H, T(1),
              run.grd.R, H);
   if (spec.x == Norm::bn_step && !run.input_grad_in_loop) {

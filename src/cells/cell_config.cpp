@@ -1,6 +1,7 @@
 // Cell names, configuration defaults and validation (SPEC section 2).
 #include <array>
 #include <cmath>
+#include <string>
 
 #include "rbn/rbn.hpp"
 #include "util/error.hpp"
@@ -12,13 +13,16 @@ struct CellName {
   Cell cell;
   const char* name;
 };
-constexpr std::array<CellName, 7> kCellNames{{{Cell::lstm, "lstm"},
-                                              {Cell::bnlstm, "bnlstm"},
-                                              {Cell::bnx, "bnx"},
-                                              {Cell::bnx_seq, "bnx-seq"},
-                                              {Cell::lnlstm, "lnlstm"},
-                                              {Cell::rnn, "rnn"},
-                                              {Cell::bnrnn, "bnrnn"}}};
+constexpr std::array<CellName, 10> kCellNames{{{Cell::lstm, "lstm"},
+                                               {Cell::bnlstm, "bnlstm"},
+                                               {Cell::bnx, "bnx"},
+                                               {Cell::bnx_seq, "bnx-seq"},
+                                               {Cell::lnlstm, "lnlstm"},
+                                               {Cell::rnn, "rnn"},
+                                               {Cell::bnrnn, "bnrnn"},
+                                               {Cell::gru, "gru"},
+                                               {Cell::bngru, "bngru"},
+                                               {Cell::lngru, "lngru"}}};
 }  // namespace
 
 std::optional<Cell> parse_cell(std::string_view name) {
@@ -44,23 +48,32 @@ const std::vector<Cell>& all_rnn_cells() {
   return cells;
 }
 
+const std::vector<Cell>& all_gru_cells() {
+  static const std::vector<Cell> cells{Cell::gru, Cell::bngru, Cell::lngru};
+  return cells;
+}
+
 bool cell_has_population_stats(Cell cell) {
-  return cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq || cell == Cell::bnrnn;
+  return cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq ||
+         cell == Cell::bnrnn || cell == Cell::bngru;
 }
 
-int cell_gates(Cell cell) { return cell == Cell::rnn || cell == Cell::bnrnn ? 1 : 4; }
+bool cell_is_gru(Cell cell) { return cell == Cell::gru || cell == Cell::bngru || cell == Cell::lngru; }
 
-// Defaults: BN gains 0.1 (Cooijmans et al. 2017, also used for Laurent's input BN here, whose own
-// choice is 1); LN gains 1 (Ba et al. 2016).
-double StackConfig::gamma_x_or_default() const {
-  return gamma_x >= 0 ? gamma_x : (cell == Cell::lnlstm ? 1.0 : 0.1);
+int cell_gates(Cell cell) {
+  if (cell == Cell::rnn || cell == Cell::bnrnn) return 1;
+  return cell_is_gru(cell) ? 3 : 4;
 }
-double StackConfig::gamma_h_or_default() const {
-  return gamma_h >= 0 ? gamma_h : (cell == Cell::lnlstm ? 1.0 : 0.1);
-}
-double StackConfig::gamma_c_or_default() const {
-  return gamma_c >= 0 ? gamma_c : (cell == Cell::lnlstm ? 1.0 : 0.1);
-}
+
+// Defaults: BN gains 0.1 (Cooijmans et al. 2017, also used for Laurent's input BN and for the
+// BN-GRU here, whose own choice is 1); LN gains 1 (Ba et al. 2016).
+namespace {
+double default_gain(Cell cell) { return cell == Cell::lnlstm || cell == Cell::lngru ? 1.0 : 0.1; }
+}  // namespace
+double StackConfig::gamma_x_or_default() const { return gamma_x >= 0 ? gamma_x : default_gain(cell); }
+double StackConfig::gamma_h_or_default() const { return gamma_h >= 0 ? gamma_h : default_gain(cell); }
+double StackConfig::gamma_c_or_default() const { return gamma_c >= 0 ? gamma_c : default_gain(cell); }
+double StackConfig::forget_bias_or_default() const { return forget_bias.value_or(1.0); }
 
 void StackConfig::validate() const {
   // Messages name the StackConfig field (the CLI maps them to its flags: TrainConfig::validate).
@@ -73,7 +86,10 @@ void StackConfig::validate() const {
   if (t_max <= 0) bad("t_max", "must be positive, got " + std::to_string(t_max));
   if (!(eps > 0) || !std::isfinite(eps)) bad("eps", "must be a positive number");
   if (!(momentum > 0 && momentum <= 1)) bad("momentum", "must be in (0, 1]");
-  if (!std::isfinite(forget_bias)) bad("forget_bias", "must be finite");
+  if (forget_bias && cell_is_gru(cell))
+    bad("forget_bias", std::string("cell ") + cell_name(cell) +
+                           " has no forget gate (its biases start at 0); leave it unset");
+  if (forget_bias && !std::isfinite(*forget_bias)) bad("forget_bias", "must be finite");
   if (!std::isfinite(gamma_x)) bad("gamma_x", "must be finite");
   if (!std::isfinite(gamma_h)) bad("gamma_h", "must be finite");
   if (!std::isfinite(gamma_c)) bad("gamma_c", "must be finite");

@@ -13,8 +13,8 @@
 //
 // Shapes: x [T,N,C]; per layer: Ax [T,N,G] (W x, raw; bnx-seq: its x-hat), Gates [T,N,G] (the
 // activated gates; dpre in backward), Hh [T,N,G] (R h, raw), Hs/Cs [T+1,N,H] (states, the initial
-// state at row 0; padded rows carry their state forward), and each normalization's statistics per
-// step (BN: per column; LN: per row). G = gates * H. One GEMM computes W x over all T*N rows before
+// state at row 0; padded rows carry their state forward; cells without a cell state carry c
+// unchanged), and each normalization's statistics per step (BN: per column; LN: per row and part). G = gates * H. One GEMM computes W x over all T*N rows before
 // the time loop; per step only R h, its statistics and the pointwise step run, the
 // normalizations applied on the fly. The caches keep the raw W x, R h and c: backward forms x-hat
 // = (z - mean) * rstd where it needs it, which costs one multiply-add and saves writing a
@@ -55,10 +55,28 @@ struct CellSpec {
   Norm x = Norm::none;  // of the input term W x
   Norm h = Norm::none;  // of the recurrent term R h
   Norm c = Norm::none;  // of the cell state before the output tanh (LSTMs)
-  int gates = 4;        // gate blocks of G = gates * H: 4 (i, f, g, o) LSTM, 1 tanh RNN
+  int gates = 4;        // gate blocks of G = gates * H: 4 (i, f, g, o) LSTM, 3 (r, z, n) GRU, 1 tanh RNN
   bool lstm() const { return gates == 4; }
+  // GRU: the two terms stay apart (n = tanh(x~_n + r * h~_n)), each with its own bias and its own
+  // gradient; R h is kept for backward even without a normalization (h~_n).
+  bool gru() const { return gates == 3; }
+  bool keeps_hh() const { return h != Norm::none || gru(); }
 };
 CellSpec cell_spec(const StackConfig& cfg);
+
+// The gate blocks one layer normalization takes together: one part for the LSTM (all four
+// blocks); two for the GRU (the r, z blocks, then the n block: Ba et al., eqs. 26-28), each with
+// its own statistics. Blocks [q0, q0 + nq).
+struct LnPart {
+  int q0, nq;
+};
+inline int ln_parts(const CellSpec& spec) { return spec.gru() ? 2 : 1; }
+inline LnPart ln_part(const CellSpec& spec, int i) {
+  if (!spec.gru()) return {0, spec.gates};
+  return i == 0 ? LnPart{0, 2} : LnPart{2, 1};
+}
+// The part of gate block q.
+inline int ln_part_of(const CellSpec& spec, int q) { return spec.gru() && q == 2 ? 1 : 0; }
 
 // Population statistics of one normalization inside the flat buffers: running mean and var,
 // [rows, F] each (rows = t_max per step, 1 for a statistic over the whole sequence).
@@ -100,27 +118,30 @@ struct CellNormRow {
 };
 
 // Offsets of one layer's tensors inside the flat parameter buffer, and its statistics tables.
+// b is the LSTM's one bias (rnn.k.bias) or the GRU's bias_ih; b_h the GRU's bias_hh.
 struct LayerLayout {
   int C = 0;  // input features of this layer
-  size_t W = npos, R = npos, b = npos, gamma_x = npos, gamma_h = npos, gamma_c = npos,
-         beta_c = npos, h0 = npos, c0 = npos;
+  size_t W = npos, R = npos, b = npos, b_h = npos, gamma_x = npos, gamma_h = npos,
+         gamma_c = npos, beta_c = npos, h0 = npos, c0 = npos;
   StatTable stats_x, stats_h, stats_c;
 };
 
 // One layer's parameters (P = const T*) or their gradients (P = T*); nullptr where the cell has
-// none. W [G,C], R [G,H], b [G], gamma_x/gamma_h [G], gamma_c/beta_c [H].
+// none. W [G,C], R [G,H], b [G] (GRU: b_ih), b_h [G] (GRU: b_hh), gamma_x/gamma_h [G],
+// gamma_c/beta_c [H].
 template <class P>
 struct LayerTensors {
-  P W, R, b, gamma_x, gamma_h, gamma_c, beta_c;
+  P W, R, b, b_h, gamma_x, gamma_h, gamma_c, beta_c;
 };
 template <class P>
 LayerTensors<P*> layer_tensors(const LayerLayout& L, P* base) {
   auto at = [&](size_t off) { return off != npos ? base + off : nullptr; };
-  return {at(L.W), at(L.R), at(L.b), at(L.gamma_x), at(L.gamma_h), at(L.gamma_c), at(L.beta_c)};
+  return {at(L.W),       at(L.R),       at(L.b),       at(L.b_h),
+          at(L.gamma_x), at(L.gamma_h), at(L.gamma_c), at(L.beta_c)};
 }
 
 // Statistics of one normalization over the steps of a forward: BN per step [T,F] (sequence BN
-// [F]); LN per row [T,N].
+// [F]); LN per row and part [T,parts,N] (ln_parts).
 template <class T>
 struct NormStats {
   std::vector<T> mean, rstd;
@@ -132,7 +153,7 @@ struct LayerCache {
   std::vector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
   std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G], a slice per thread)
   std::vector<T> Gates;  // [T,N,G]
-  std::vector<T> Hh;     // [T,N,G] R h (spec.h != none)
+  std::vector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
   std::vector<T> Hs;     // [T+1,N,H]
   std::vector<T> Cs;     // [T+1,N,H]
   NormStats<T> x, h, c;  // statistics of W x, R h and c
@@ -206,7 +227,8 @@ struct Workspace {
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
   std::vector<T> r_packed;               // [G,H] forward: R's rows by thread
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
-  std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [P,N,2] LN partial row sums
+  std::vector<T> drec_step;              // [N,G] backward, bngru/lngru: d(recurrent term) of the step
+  std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
 };
 
 template <class T>
@@ -260,6 +282,13 @@ struct Engine {
   // for the group's sums after the loop).
   bool input_grad_in_loop(bool batch, bool inline_x) const {
     return inline_x || spec.x == Norm::ln || (spec.x == Norm::bn_step && !(batch && sync.active));
+  }
+  // Where backward leaves d(R h) [T,N,G] for the deferred dR: over the raw R h in Hh when Gates
+  // still holds d(W x) for after the loop (always for the plain gru, whose recurrent-term
+  // gradient is written over Hh), else over dpre in Gates.
+  bool dRh_in_hh(bool in_loop) const {
+    if (spec.gru() && spec.h == Norm::none) return true;
+    return spec.h != Norm::none && !in_loop;
   }
   // Offset of Hh's gate block q for the units [k0, k0 + w) in a row.
   int hh_offset(const LayerCache<T>& cc, int q, int k0, int w) const {
@@ -316,9 +345,13 @@ struct Engine {
                             const StepRows& st);
   void layer_norm_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                              const StepRows& st);
+  void inline_ln_row_stats(const ForwardRun& run, const StepRows& st, int part, T* mean,
+                           T* rstd) const;
   void term_coefficients(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s, int t);
   void pointwise_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                          const StepRows& st);
+  void gru_row_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                       const StepRows& st, int n);
   void cell_norm_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                        const StepRows& st);
   void hidden_output(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
@@ -335,12 +368,20 @@ struct Engine {
                           const BackStep& st);
   void gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                       const BackStep& st);
+  void padded_row_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                            const BackStep& st, int n);
+  void gru_hn_coefficients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                           const BackStep& st);
+  void gru_row_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                        const BackStep& st, int n);
   void row_term_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                      const BackStep& st, int n);
   void input_term_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                            const BackStep& st);
   T* recurrent_term_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                              const BackStep& st);
+  void layer_norm_terms_backward(const BackwardRun& run, const UnitBlock& u, const BackStep& st,
+                                 T* dRh);
   void inline_input_grads(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                           const BackStep& st, const T* dAx, const T* z);
   void flush_thread_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s);

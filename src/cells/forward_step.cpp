@@ -27,17 +27,19 @@ struct Engine<T>::ForwardRun {
   LayerTensors<const T*> prm{};
   const LayerLayout* layout = nullptr;
   LayerCache<T>* cache = nullptr;
-  std::vector<double> w_moments;   // [C + C*C] moments of W's rows (LN of an inline W x)
+  // [C + C*C] moments of W's rows of each LN part (LN of an inline W x; ln_part)
+  std::vector<double> w_moments[2];
 };
 
 // Thread-private scratch of the time loop.
 template <class T>
 struct Engine<T>::ForwardScratch {
   BlockStatScratch block;                  // [gates*w+1] batch statistics of a column block
-  std::vector<T> ln_mean_h, ln_rstd_h;     // [N] LN row statistics of R h this step
-  std::vector<T> ln_mean_x, ln_rstd_x;     // [N] ... of W x
+  std::vector<T> ln_mean_h, ln_rstd_h;     // [parts,N] LN row statistics of R h this step
+  std::vector<T> ln_mean_x, ln_rstd_x;     // [parts,N] ... of W x
   std::vector<T> ln_mean_c, ln_rstd_c;     // [N] ... of c
   std::vector<T> scale_x, scale_h, shift;  // [G] BN (or none) folded: pre = sx*Wx + sh*Rh + shift
+  std::vector<T> shift_h;                  // [G] GRU: the recurrent term's own, h~ = sh*Rh + shift_h
   std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
   std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
   T* r_rows = nullptr;  // [gates*w, H] this thread's rows of R (gate q's units at rows q*w..)
@@ -45,8 +47,8 @@ struct Engine<T>::ForwardScratch {
   int ld_rh = 0;
   ForwardScratch(int N, int G, int H, int C, int gw)
       : block(gw),
-        ln_mean_h(N), ln_rstd_h(N), ln_mean_x(N), ln_rstd_x(N), ln_mean_c(N), ln_rstd_c(N),
-        scale_x(G), scale_h(G), shift(G), scale_c(H), shift_c(H),
+        ln_mean_h(2 * N), ln_rstd_h(2 * N), ln_mean_x(2 * N), ln_rstd_x(2 * N), ln_mean_c(N),
+        ln_rstd_c(N), scale_x(G), scale_h(G), shift(G), shift_h(G), scale_c(H), shift_c(H),
         x_moments(static_cast<size_t>(C) + C * C), ld_rh(gw) {}
 };
 
@@ -62,7 +64,7 @@ struct Engine<T>::StepRows {
   T* h_next = nullptr;
   T* c_next = nullptr;
   T* gates = nullptr;  // [N,G]
-  T* hh = nullptr;     // [N,G] R h kept for backward (nullptr without a normalization of R h)
+  T* hh = nullptr;     // [N,G] R h kept for backward (nullptr unless spec.keeps_hh())
   T* wx = nullptr;     // [N,G] W x (inline: this thread's scratch)
 };
 
@@ -92,7 +94,7 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
   // LN's row statistics span all units: partial sums and one more barrier per normalization.
   const int P = cc.P, H = run.H, G = run.G;
   for (auto* part : {&ws.ln_part_h, &ws.ln_part_c, &ws.ln_part_x})
-    ensure_size(*part, static_cast<size_t>(P) * N * 2);
+    ensure_size(*part, static_cast<size_t>(ln_parts(spec)) * P * N * 2);
   if (run.pack) ensure_size(ws.r_packed, static_cast<size_t>(G) * H);
   ensure_size(ws.rh_step, static_cast<size_t>(N) * G);
   if (sync.active) {
@@ -129,7 +131,12 @@ void Engine<T>::prepare_input(ForwardRun& run) {
     for (int j = 0; j < G; ++j)
       for (int c = 0; c < C; ++c)
         cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
-    if (spec.x == Norm::ln) weight_row_moments(W, G, C, run.w_moments);
+    if (spec.x == Norm::ln)
+      for (int i = 0; i < ln_parts(spec); ++i) {
+        const LnPart pt = ln_part(spec, i);
+        weight_row_moments(W + static_cast<size_t>(pt.q0) * run.H * C, pt.nq * run.H, C,
+                           run.w_moments[i]);
+      }
     return;
   }
   const int64_t rows = static_cast<int64_t>(run.Tc) * run.N;
@@ -159,7 +166,7 @@ void Engine<T>::forward_step(const ForwardRun& run, const UnitBlock& u, ForwardS
   st.h_next = cc.Hs.data() + (t + 1) * NH;
   st.c_next = cc.Cs.data() + (t + 1) * NH;
   st.gates = cc.Gates.data() + t * NG;
-  st.hh = spec.h != Norm::none ? cc.Hh.data() + t * NG : nullptr;
+  st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
   st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
 
   input_term_stats(run, u, s, st);    // (inline: W x first) BN_t statistics of W x
@@ -276,50 +283,70 @@ void Engine<T>::recurrent_term_stats(const ForwardRun& run, const UnitBlock& u, 
   }
 }
 
-// LN row statistics of R h and W x over all units: partial sums, one barrier, totals. An inline
-// W x takes each row's moments from the input row and W's moments instead.
+// LN row statistics of R h and W x over all units, per LN part (lngru: the r, z blocks and the n
+// block apart): partial sums, one barrier, totals. An inline W x takes each row's moments from
+// the input row and W's moments instead.
 template <class T>
 void Engine<T>::layer_norm_term_stats(const ForwardRun& run, const UnitBlock& u,
                                       ForwardScratch& s, const StepRows& st) {
-  const int N = run.N, H = run.H, G = run.G;
+  const int N = run.N, H = run.H, G = run.G, parts = ln_parts(spec);
   const bool ln_x = spec.x == Norm::ln, inl = run.inline_x;
-  const RowPartials part_h{ws.ln_part_h.data(), N}, part_x{ws.ln_part_x.data(), N};
-  ln_partial(s.rh_step, s.ld_rh, {0, u.w, gates, u.w}, st.valid, part_h, u.p);
-  if (ln_x && !inl) ln_partial(st.wx, G, {u.k0, u.w, gates, H}, st.valid, part_x, u.p);
+  const size_t part_stride = static_cast<size_t>(u.P) * N * 2;  // RowPartials of one LN part
+  auto partials = [&](std::vector<double>& v, int i) { return RowPartials{v.data() + i * part_stride, N}; };
+  for (int i = 0; i < parts; ++i) {
+    const LnPart pt = ln_part(spec, i);
+    ln_partial(s.rh_step, s.ld_rh, {pt.q0 * u.w, u.w, pt.nq, u.w}, st.valid, partials(ws.ln_part_h, i), u.p);
+    if (ln_x && !inl)
+      ln_partial(st.wx, G, {pt.q0 * H + u.k0, u.w, pt.nq, H}, st.valid, partials(ws.ln_part_x, i), u.p);
+  }
   if (u.P > 1) {
 #pragma omp barrier
   }
-  ln_row_stats(G, st.valid, part_h, u.P, cfg.eps, s.ln_mean_h.data(), s.ln_rstd_h.data());
-  if (ln_x && !inl)
-    ln_row_stats(G, st.valid, part_x, u.P, cfg.eps, s.ln_mean_x.data(), s.ln_rstd_x.data());
-  if (ln_x && inl)
-    for (int n = 0; n < N; ++n) {
-      if (!st.valid[n]) {
-        s.ln_mean_x[n] = 0;
-        s.ln_rstd_x[n] = 1;
-        continue;
-      }
-      double m, v;
-      linear_row_moments(run.X + (static_cast<int64_t>(st.t) * N + n) * run.C, run.C,
-                         run.w_moments, m, v);
-      s.ln_mean_x[n] = static_cast<T>(m);
-      s.ln_rstd_x[n] = static_cast<T>(kern::inv_std(std::max(0.0, v), cfg.eps));
-    }
+  for (int i = 0; i < parts; ++i) {
+    const int F = ln_part(spec, i).nq * H;
+    T* mh = s.ln_mean_h.data() + i * N;
+    T* rh = s.ln_rstd_h.data() + i * N;
+    T* mx = s.ln_mean_x.data() + i * N;
+    T* rx = s.ln_rstd_x.data() + i * N;
+    ln_row_stats(F, st.valid, partials(ws.ln_part_h, i), u.P, cfg.eps, mh, rh);
+    if (ln_x && !inl) ln_row_stats(F, st.valid, partials(ws.ln_part_x, i), u.P, cfg.eps, mx, rx);
+    if (ln_x && inl) inline_ln_row_stats(run, st, i, mx, rx);
+  }
   if (u.p == 0) {
     LayerCache<T>& cc = *run.cache;
-    const size_t so = static_cast<size_t>(st.t) * N;
-    std::copy_n(s.ln_mean_h.data(), N, cc.h.mean.data() + so);
-    std::copy_n(s.ln_rstd_h.data(), N, cc.h.rstd.data() + so);
+    const size_t so = static_cast<size_t>(st.t) * parts * N, n_all = static_cast<size_t>(parts) * N;
+    std::copy_n(s.ln_mean_h.data(), n_all, cc.h.mean.data() + so);
+    std::copy_n(s.ln_rstd_h.data(), n_all, cc.h.rstd.data() + so);
     if (ln_x) {
-      std::copy_n(s.ln_mean_x.data(), N, cc.x.mean.data() + so);
-      std::copy_n(s.ln_rstd_x.data(), N, cc.x.rstd.data() + so);
+      std::copy_n(s.ln_mean_x.data(), n_all, cc.x.mean.data() + so);
+      std::copy_n(s.ln_rstd_x.data(), n_all, cc.x.rstd.data() + so);
     }
+  }
+}
+
+// LN statistics of an inline W x's part i for every row, from the input rows and the moments of
+// W's rows of that part (no pass over W x). mean, rstd [N]; padded rows get 0, 1.
+template <class T>
+void Engine<T>::inline_ln_row_stats(const ForwardRun& run, const StepRows& st, int i, T* mean,
+                                    T* rstd) const {
+  for (int n = 0; n < run.N; ++n) {
+    if (!st.valid[n]) {
+      mean[n] = 0;
+      rstd[n] = 1;
+      continue;
+    }
+    double m, v;
+    linear_row_moments(run.X + (static_cast<int64_t>(st.t) * run.N + n) * run.C, run.C,
+                       run.w_moments[i], m, v);
+    mean[n] = static_cast<T>(m);
+    rstd[n] = static_cast<T>(kern::inv_std(std::max(0.0, v), cfg.eps));
   }
 }
 
 // Per-column coefficients of the pre-activations for BN_t (or no) normalization of the terms:
 // pre = scale_x * Wx + scale_h * Rh + shift, with the bias and both means folded into shift
-// (bnx-seq: Ax holds x-hat already, scale_x = gamma_x).
+// (bnx-seq: Ax holds x-hat already, scale_x = gamma_x). A GRU keeps the terms apart, one shift
+// each: x~ = scale_x * Wx + shift (b_ih folded), h~ = scale_h * Rh + shift_h (b_hh folded).
 template <class T>
 void Engine<T>::term_coefficients(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                                   int t) {
@@ -333,20 +360,22 @@ void Engine<T>::term_coefficients(const ForwardRun& run, const UnitBlock& u, For
   const T* rht = spec.h == Norm::bn_step ? cc.h.rstd.data() + so : nullptr;
   for (int q = 0; q < gates; ++q)
     for (int j = q * H + u.k0; j < q * H + u.k1; ++j) {
-      T shift = prm.b[j];
+      T shift = prm.b[j], shift_h = prm.b_h ? prm.b_h[j] : T(0);
+      T& term_h_shift = prm.b_h ? shift_h : shift;  // the LSTM folds both terms into one shift
       T a = prm.gamma_x ? prm.gamma_x[j] : T(1);
       if (mxt) kern::fold_norm(a, shift, rxt[j], mxt[j]);
       T c = prm.gamma_h ? prm.gamma_h[j] : T(1);
-      if (mht) kern::fold_norm(c, shift, rht[j], mht[j]);
+      if (mht) kern::fold_norm(c, term_h_shift, rht[j], mht[j]);
       s.scale_x[j] = a;
       s.scale_h[j] = c;
       s.shift[j] = shift;
+      s.shift_h[j] = shift_h;
     }
 }
 
 // Per row: R h kept raw for backward, the pre-activations from the two normalized terms (BN and
 // none through the folded coefficients, LN through each row's statistics), then the cell's
-// pointwise step: the LSTM's gates and c, or the tanh RNN's h.
+// pointwise step: the LSTM's gates and c, the tanh RNN's h, or the GRU's (gru_row_forward).
 template <class T>
 void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                                   const StepRows& st) {
@@ -382,6 +411,10 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
       std::copy_n(cp + k0, w, cn + k0);
       continue;
     }
+    if (spec.gru()) {
+      gru_row_forward(run, u, s, st, n);
+      continue;
+    }
     for (int q = 0; q < gates; ++q) {
       const int j0 = q * H + k0;
       T* gq = g + j0;
@@ -414,6 +447,50 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
     }
     kern::lstm_gates_forward(g, H, k0, u.k1, cp, cn);
   }
+}
+
+// One valid row n of a GRU: the input terms x~ (into the row's gates) and the recurrent terms h~
+// (over the row's R h in s.rh_step, its raw values already copied to Hh), each normalized with its
+// own bias (BN and none through the folded coefficients, LN through the row's statistics of the
+// block's part), then r, z, n and h (kern::gru_gates_forward); c is carried unchanged.
+template <class T>
+void Engine<T>::gru_row_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                                const StepRows& st, int n) {
+  const int N = run.N, H = run.H, k0 = u.k0, w = u.w;
+  const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
+  const T *gx = run.prm.gamma_x, *gh = run.prm.gamma_h, *bx = run.prm.b, *bh = run.prm.b_h;
+  T* g = st.gates + static_cast<int64_t>(n) * run.G;
+  T* hrow = s.rh_step + static_cast<int64_t>(n) * s.ld_rh;  // [gates][w]
+  const T* xrow = st.wx + static_cast<int64_t>(n) * run.G;
+  for (int q = 0; q < gates; ++q) {
+    const int j0 = q * H + k0, i = ln_part_of(spec, q) * N + n;
+    T* gq = g + j0;
+    T* hq = hrow + q * w;
+    const T* xq = xrow + j0;
+    if (ln_h) {
+      const T mh = s.ln_mean_h[i], rh = s.ln_rstd_h[i], mx = s.ln_mean_x[i], rx = s.ln_rstd_x[i];
+#pragma omp simd
+      for (int j = 0; j < w; ++j) hq[j] = gh[j0 + j] * ((hq[j] - mh) * rh) + bh[j0 + j];
+      if (ln_x) {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) gq[j] = gx[j0 + j] * ((xq[j] - mx) * rx) + bx[j0 + j];
+      } else {
+#pragma omp simd
+        for (int j = 0; j < w; ++j) gq[j] = xq[j] + bx[j0 + j];
+      }
+    } else {
+      const T *kx = s.scale_x.data() + j0, *kh = s.scale_h.data() + j0, *sx = s.shift.data() + j0,
+              *sh = s.shift_h.data() + j0;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) {
+        gq[j] = kx[j] * xq[j] + sx[j];
+        hq[j] = kh[j] * hq[j] + sh[j];
+      }
+    }
+  }
+  const int64_t o = static_cast<int64_t>(n) * H + k0;
+  kern::gru_gates_forward(g + k0, H, hrow, w, w, st.h_prev + o, st.h_next + o);
+  std::copy_n(st.c_prev + o, w, st.c_next + o);
 }
 
 // Statistics of c for its output normalization (the raw c goes to the next step and stays in Cs;

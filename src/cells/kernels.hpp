@@ -151,6 +151,61 @@ inline void tanh_rnn_backward(const T* dh, int k0, int k1, T* g) {
   for (int j = k0; j < k1; ++j) g[j] = dh[j] * (T(1) - g[j] * g[j]);
 }
 
+// GRU forward of one row's w units (pointers at the first unit): g holds the input terms x~ of
+// r, z, n (normalized, + b_ih) at g, g + H, g + 2H and becomes r, z, n; ht holds the recurrent
+// terms h~ (normalized, + b_hh) at ht, ht + hs, ht + 2*hs. r, z = sigmoid(x~ + h~),
+// n = tanh(x~_n + r * h~_n), h = (1 - z) n + z h_prev, formed as n + z (h_prev - n) (nn.GRU's).
+template <class T>
+inline void gru_gates_forward(T* g, int H, const T* ht, int hs, int w, const T* h_prev, T* h) {
+  T* r = g;
+  T* z = g + H;
+  T* n = g + 2 * H;
+#pragma omp simd
+  for (int j = 0; j < w; ++j) {
+    r[j] += ht[j];
+    z[j] += ht[hs + j];
+  }
+  sigmoid_inplace(r, w);
+  sigmoid_inplace(z, w);
+#pragma omp simd
+  for (int j = 0; j < w; ++j) n[j] += r[j] * ht[2 * hs + j];
+  tanh_inplace(n, w);
+#pragma omp simd
+  for (int j = 0; j < w; ++j) h[j] = n[j] + z[j] * (h_prev[j] - n[j]);
+}
+
+// What the GRU backward of one row reads ([w] each, at the first unit): dL/dh_t, h_{t-1}, and
+// h~_n, the n block's recurrent term (normalized, + b_hn) that the reset gate multiplied.
+template <class T>
+struct GruRowIn {
+  const T* dh;
+  const T* h_prev;
+  const T* hn_term;
+};
+
+// GRU backward of one row's w units: g (r, z, n at g, g + H, g + 2H) becomes the gradients of the
+// input terms (dr_pre, dz_pre, dn_pre); d_rec (same layout) gets the recurrent terms' (dr_pre,
+// dz_pre, dn_pre * r: the reset gate sits between h~_n and n); dh_prev = dh * z, the direct path
+// to h_{t-1} (the path through R h follows from d_rec). d_rec may be the storage of hn_term's
+// source when hn_term was copied out first.
+template <class T>
+inline void gru_gates_backward(GruRowIn<T> in, int H, int w, T* g, T* d_rec, T* dh_prev) {
+#pragma omp simd
+  for (int j = 0; j < w; ++j) {
+    const T r = g[j], z = g[H + j], n = g[2 * H + j], d = in.dh[j];
+    const T dn_pre = d * (T(1) - z) * (T(1) - n * n);
+    const T dz_pre = d * (in.h_prev[j] - n) * z * (T(1) - z);
+    const T dr_pre = dn_pre * in.hn_term[j] * r * (T(1) - r);
+    g[j] = dr_pre;
+    g[H + j] = dz_pre;
+    g[2 * H + j] = dn_pre;
+    d_rec[j] = dr_pre;
+    d_rec[H + j] = dz_pre;
+    d_rec[2 * H + j] = dn_pre * r;
+    dh_prev[j] = d * z;
+  }
+}
+
 // ---- serial column kernels over a column block ----------------------------------------------
 // Used inside the time loop's parallel region, where each thread owns a block of hidden units.
 

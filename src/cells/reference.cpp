@@ -88,15 +88,17 @@ struct RefLayer {
   std::string p;  // "rnn.k."
   int H, G;
   Cell cell;
-  bool ln, ln_x, bn_x, bn_h, bn_c;
+  bool gru, ln, ln_x, bn_x, bn_h, bn_c;
 
   RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k)
       : cfg(c), params(pr), buffers(bu), train(tr), res(r), p("rnn." + std::to_string(k) + "."),
         H(c.hidden_size), G(cell_gates(c.cell) * c.hidden_size), cell(c.cell) {
-    ln = cell == Cell::lnlstm;
+    gru = cell_is_gru(cell);
+    ln = cell == Cell::lnlstm || cell == Cell::lngru;
     ln_x = ln && cfg.ln_input;
-    bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq || cell == Cell::bnrnn;
-    bn_h = cell == Cell::bnlstm || cell == Cell::bnrnn;
+    bn_x = cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnx_seq ||
+           cell == Cell::bnrnn || cell == Cell::bngru;
+    bn_h = cell == Cell::bnlstm || cell == Cell::bnrnn || cell == Cell::bngru;
     bn_c = cell == Cell::bnlstm;
   }
   const std::vector<double>& param(const std::string& name) const { return get(params, p + name); }
@@ -153,22 +155,38 @@ struct RefLayer {
     return wx;
   }
 
-  // The normalized input term of step t (with its gain).
+  // LN of a term's row: over all 4H for the LSTM; the GRU's r, z blocks (2H) and its n block (H)
+  // each with their own statistics (Ba et al., eqs. 26-28).
+  std::vector<double> ln_term(const std::vector<double>& z) const {
+    if (!gru) return layer_norm(z, cfg.eps);
+    std::vector<double> out = layer_norm({z.begin(), z.begin() + 2 * H}, cfg.eps);
+    const std::vector<double> n = layer_norm({z.begin() + 2 * H, z.end()}, cfg.eps);
+    out.insert(out.end(), n.begin(), n.end());
+    return out;
+  }
+  static void add_bias(Rows& z, const std::vector<double>& b) {
+    for (auto& row : z)
+      for (size_t j = 0; j < row.size(); ++j) row[j] += b[j];
+  }
+
+  // The normalized input term of step t (with its gain; a GRU's with its bias b_ih).
   Rows input_term(const Rows& wx, const std::vector<bool>& valid, int tg) {
     Rows ax = wx;
-    if (cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn) ax = bn(wx, valid, "x", tg, G);
+    if (bn_x && cell != Cell::bnx_seq) ax = bn(wx, valid, "x", tg, G);
     if (ln_x)
-      for (size_t n = 0; n < ax.size(); ++n) ax[n] = layer_norm(wx[n], cfg.eps);
+      for (size_t n = 0; n < ax.size(); ++n) ax[n] = ln_term(wx[n]);
     if (bn_x || ln_x) scale_columns(ax, param(norm("x") + ".weight"));
+    if (gru) add_bias(ax, param("bias_ih"));
     return ax;
   }
-  // The normalized recurrent term R h of step t (with its gain).
+  // The normalized recurrent term R h of step t (with its gain; a GRU's with its bias b_hh).
   Rows recurrent_term(const Rows& h, const std::vector<bool>& valid, int tg) {
     Rows ah = matvec_rows(param("weight_hh"), G, H, h);
     if (bn_h) ah = bn(ah, valid, "h", tg, G);
     if (ln)
-      for (auto& row : ah) row = layer_norm(row, cfg.eps);
+      for (auto& row : ah) row = ln_term(row);
     if (bn_h || ln) scale_columns(ah, param(norm("h") + ".weight"));
+    if (gru) add_bias(ah, param("bias_hh"));
     return ah;
   }
   // gamma_c * c-hat + beta_c of the new cell states (c itself without a normalization of c).
@@ -211,6 +229,18 @@ struct RefLayer {
       }
     }
   }
+  // One GRU step for the valid rows: r, z = sigmoid(x~ + h~), n = tanh(x~_n + r h~_n),
+  // h = (1 - z) n + z h (the terms with their biases); c is carried unchanged.
+  void gru_step(const Rows& ax, const Rows& ah, const std::vector<bool>& valid, Rows& h) {
+    for (size_t n = 0; n < h.size(); ++n) {
+      if (!valid[n]) continue;
+      for (int j = 0; j < H; ++j) {
+        const double r = sigmoid(ax[n][j] + ah[n][j]), z = sigmoid(ax[n][H + j] + ah[n][H + j]);
+        const double nn = std::tanh(ax[n][2 * H + j] + r * ah[n][2 * H + j]);
+        h[n][j] = (1 - z) * nn + z * h[n][j];
+      }
+    }
+  }
   // One tanh-RNN step: h = tanh(pre) for the valid rows; c is carried unchanged.
   void rnn_step(const Rows& ax, const Rows& ah, const std::vector<bool>& valid, Rows& h) {
     const auto& b = param("bias");
@@ -243,7 +273,7 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
         if (!h0.empty()) h[n][j] = h0[i];
         else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
         if (!c0.empty()) c[n][j] = c0[i];
-        else if (cfg.learn_init_state) c[n][j] = layer.param("c0")[j];
+        else if (cfg.learn_init_state && !layer.gru) c[n][j] = layer.param("c0")[j];
       }
     const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
     std::vector<double> out(static_cast<size_t>(T) * N * H, 0.0);
@@ -253,7 +283,9 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
       const int tg = t0 + t;
       const Rows ax = layer.input_term(wx[t], valid, tg);
       const Rows ah = layer.recurrent_term(h, valid, tg);
-      if (cell_gates(cfg.cell) == 1)
+      if (layer.gru)
+        layer.gru_step(ax, ah, valid, h);
+      else if (cell_gates(cfg.cell) == 1)
         layer.rnn_step(ax, ah, valid, h);
       else
         layer.lstm_step(ax, ah, valid, tg, h, c);

@@ -1,4 +1,4 @@
-// The reference implementation: every cell of SPEC section 2 written for reading, with plain
+// The reference implementation: every cell of SPEC sections 2 and 2b written for reading, with plain
 // loops in double precision and no BLAS. The fast path (stack.cpp) is tested against it.
 #pragma once
 

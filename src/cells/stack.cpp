@@ -27,6 +27,9 @@ CellSpec cell_spec(const StackConfig& cfg) {
     case Cell::lnlstm: return {cfg.ln_input ? Norm::ln : Norm::none, Norm::ln, Norm::ln, g};
     case Cell::rnn: return {Norm::none, Norm::none, Norm::none, g};
     case Cell::bnrnn: return {Norm::bn_step, Norm::bn_step, Norm::none, g};
+    case Cell::gru: return {Norm::none, Norm::none, Norm::none, g};
+    case Cell::bngru: return {Norm::bn_step, Norm::bn_step, Norm::none, g};
+    case Cell::lngru: return {cfg.ln_input ? Norm::ln : Norm::none, Norm::ln, Norm::none, g};
   }
   return {Norm::none, Norm::none, Norm::none, g};
 }
@@ -55,8 +58,13 @@ LayerLayout lay_out_layer(const StackConfig& cfg, const CellSpec& spec, int k,
   const std::string p = "rnn." + std::to_string(k) + ".";
   L.W = add_tensor(pinfo, p + "weight_ih", {G, L.C});
   L.R = add_tensor(pinfo, p + "weight_hh", {G, H});
-  L.b = add_tensor(pinfo, p + "bias", {G});
-  const std::string kind = cfg.cell != Cell::lnlstm ? "bn_" : "ln_";
+  if (spec.gru()) {  // nn.GRU's two biases: b_hn sits inside the reset product
+    L.b = add_tensor(pinfo, p + "bias_ih", {G});
+    L.b_h = add_tensor(pinfo, p + "bias_hh", {G});
+  } else {
+    L.b = add_tensor(pinfo, p + "bias", {G});
+  }
+  const std::string kind = spec.h == Norm::ln ? "ln_" : "bn_";
   if (spec.x != Norm::none) L.gamma_x = add_tensor(pinfo, p + kind + "x.weight", {G});
   if (spec.h != Norm::none) L.gamma_h = add_tensor(pinfo, p + kind + "h.weight", {G});
   if (spec.c != Norm::none) {
@@ -65,7 +73,7 @@ LayerLayout lay_out_layer(const StackConfig& cfg, const CellSpec& spec, int k,
   }
   if (cfg.learn_init_state) {
     L.h0 = add_tensor(pinfo, p + "h0", {H});
-    L.c0 = add_tensor(pinfo, p + "c0", {H});
+    if (!spec.gru()) L.c0 = add_tensor(pinfo, p + "c0", {H});  // a GRU has no cell state
   }
   // population statistics: [t_max, F] per step, [F] for sequence BN
   auto table = [&](Norm norm, const std::string& which, int64_t F, StatTable& tab) {
@@ -105,8 +113,8 @@ void Engine<T>::reset_parameters() {
   std::vector<double> block;
   std::fill(params.begin(), params.end(), T(0));
   for (const auto& L : layers) {
-    // W_x and W_h orthogonal per gate block; "identity" puts I on the g block of W_h
-    // (the authors' MNIST runs).
+    // W_x and W_h orthogonal per gate block; "identity" puts I on the g block of W_h (the
+    // authors' MNIST runs), on the n block of a GRU's (block 2 as well).
     for (int gate = 0; gate < gates; ++gate) {
       block.resize(static_cast<size_t>(H) * L.C);
       orthogonal_init(block.data(), H, L.C, rng);
@@ -117,7 +125,8 @@ void Engine<T>::reset_parameters() {
       block.resize(static_cast<size_t>(H) * H);
       orthogonal_init(block.data(), H, H, rng);
       T* dst = params.data() + L.R + static_cast<size_t>(gate) * H * H;
-      // identity on the g block (LSTM) or on the whole R (tanh RNN, Le et al.'s iRNN)
+      // identity on the g block (LSTM), the n block (GRU) or the whole R (tanh RNN, Le et al.'s
+      // iRNN)
       const bool identity =
           cfg.recurrent_init == RecurrentInit::identity && (gate == 2 || gates == 1);
       for (int r = 0; r < H; ++r)
@@ -125,8 +134,8 @@ void Engine<T>::reset_parameters() {
           dst[static_cast<size_t>(r) * H + c] =
               identity ? T(r == c ? 1 : 0) : static_cast<T>(block[static_cast<size_t>(r) * H + c]);
     }
-    if (spec.lstm())
-      for (int j = 0; j < H; ++j) params[L.b + H + j] = static_cast<T>(cfg.forget_bias);
+    if (spec.lstm())  // GRUs: both biases 0
+      for (int j = 0; j < H; ++j) params[L.b + H + j] = static_cast<T>(cfg.forget_bias_or_default());
     auto fill = [&](size_t off, size_t n, double v) {
       if (off != npos) std::fill_n(params.data() + off, n, static_cast<T>(v));
     };
@@ -161,18 +170,20 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   const size_t TN = static_cast<size_t>(Tc) * N;
   if (copy_input) ensure_size(cc.X, TN * C);
   cc.inline_x = inline_x;
-  cc.hh_blocked = spec.h != Norm::none && input_grad_in_loop(train, inline_x);
+  // (lngru's two LN parts read R h in gate order: its Hh is not blocked)
+  cc.hh_blocked = spec.h != Norm::none && input_grad_in_loop(train, inline_x) &&
+                  !(spec.gru() && spec.h == Norm::ln);
   cc.P = time_loop_threads(static_cast<int>(H));
   ensure_size(cc.Ax, inline_x ? static_cast<size_t>(cc.P) * N * G : TN * G);
   ensure_size(cc.Gates, TN * G);
-  if (spec.h != Norm::none) ensure_size(cc.Hh, TN * G);
+  if (spec.keeps_hh()) ensure_size(cc.Hh, TN * G);
   ensure_size(cc.Hs, (Tc + 1) * N * H);
   ensure_size(cc.Cs, (Tc + 1) * N * H);
   auto stat = [&](Norm n, size_t F, NormStats<T>& ns) {
     size_t sz = 0;
     if (n == Norm::bn_step) sz = Tc * F;
     if (n == Norm::bn_seq) sz = F;
-    if (n == Norm::ln) sz = TN;
+    if (n == Norm::ln) sz = TN * ln_parts(spec);
     ensure_size(ns.mean, sz);
     ensure_size(ns.rstd, sz);
   };
@@ -498,11 +509,13 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
   if (norm == Norm::bn_seq) return {cc.Ax.data(), TN * G};
   auto& out = I.xhat_view;
   out.assign(TN * F, T(0));
+  const size_t parts = which == "c" ? 1 : cells::ln_parts(I.spec);  // LN statistics [T,parts,N]
   for (size_t r = 0; r < TN; ++r) {
     if (!I.valid[r]) continue;
-    const size_t t = r / N;
+    const size_t t = r / N, n = r % N;
     for (int j = 0; j < F; ++j) {
-      const size_t si = norm == Norm::ln ? r : t * F + j;
+      const size_t part = which == "c" ? 0 : cells::ln_part_of(I.spec, j / H);
+      const size_t si = norm == Norm::ln ? (t * parts + part) * N + n : t * F + j;
       out[r * F + j] = (z[r * F + j] - mean[si]) * rstd[si];
     }
   }
@@ -537,7 +550,7 @@ size_t Stack<T>::workspace_bytes() const {
   size_t n = 0;
   const auto& ws = I.ws;
   for (const auto* v : {&ws.dY, &ws.dh_carry, &ws.dc_carry, &ws.bwd_rows, &ws.dx_part,
-                        &ws.r_packed, &ws.rh_step})
+                        &ws.r_packed, &ws.rh_step, &ws.drec_step})
     n += v->size();
   return n * sizeof(T);
 }

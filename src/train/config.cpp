@@ -135,7 +135,9 @@ TrainConfig TrainConfig::for_resume(const TrainConfig& saved, const TrainConfig&
 }
 
 void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag) {
-  if (rows != 1 || !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn)) return;
+  if (rows != 1 || !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn ||
+                     cell == Cell::bngru))
+    return;
   throw UsageError(flag + ": cell " + cell_name(cell) +
                    " normalizes each time step over the batch's rows, and the variance of one row "
                    "is 0; use 2 rows or more");
@@ -226,7 +228,9 @@ StackConfig TrainConfig::stack_config(int input_size) const {
   s.gamma_x = gamma_x;
   s.gamma_h = gamma_h;
   s.gamma_c = gamma_c;
-  s.forget_bias = forget_bias;
+  // The stack refuses a forget bias on a GRU (no forget gate): only a value other than the
+  // default reaches it there.
+  if (!cell_is_gru(s.cell) || forget_bias != 1.0) s.forget_bias = forget_bias;
   s.momentum = bn_momentum;
   s.ln_input = ln_input;
   s.learn_init_state = learn_init_state;

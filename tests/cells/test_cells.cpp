@@ -15,6 +15,14 @@ namespace {
 std::vector<Cell> every_cell() {
   std::vector<Cell> v = all_cells();
   for (Cell c : all_rnn_cells()) v.push_back(c);
+  for (Cell c : all_gru_cells()) v.push_back(c);
+  return v;
+}
+
+// The cells whose step API carries (h, c, t) across calls exactly: all but bnx-seq in training.
+std::vector<Cell> lstm_and_gru_cells() {
+  std::vector<Cell> v = all_cells();
+  for (Cell c : all_gru_cells()) v.push_back(c);
   return v;
 }
 
@@ -67,11 +75,13 @@ std::vector<CellCase> reference_cases() {
     w.lengths = {4, 1, 3, 4, 2};
     out.push_back(w);
   }
-  CellCase e;
-  e.cell = Cell::lnlstm;
-  e.ln_input = false;
-  e.lengths = {2, 5, 4, 3};
-  out.push_back(e);
+  for (Cell cell : {Cell::lnlstm, Cell::lngru}) {
+    CellCase e;
+    e.cell = cell;
+    e.ln_input = false;
+    e.lengths = {2, 5, 4, 3};
+    out.push_back(e);
+  }
   return out;
 }
 
@@ -256,11 +266,24 @@ std::vector<CellCase> gradient_cases() {
     w.lengths = {3, 1, 2, 3, 3, 2, 3, 3};
     out.push_back(w);
   }
-  CellCase e;
-  e.cell = Cell::lnlstm;
-  e.ln_input = false;
-  e.lengths = {2, 5, 4, 3};
-  out.push_back(e);
+  for (Cell cell : {Cell::lnlstm, Cell::lngru}) {
+    CellCase e;
+    e.cell = cell;
+    e.ln_input = false;
+    e.lengths = {2, 5, 4, 3};
+    out.push_back(e);
+  }
+  for (Cell cell : all_gru_cells()) {
+    CellCase p;  // one input feature (W x formed inside the time loop), 2 layers, ragged
+    p.cell = cell;
+    p.T = 4;
+    p.N = 5;
+    p.C = 1;
+    p.H = 4;
+    p.t_max = 4;
+    p.lengths = {4, 2, 3, 4, 1};
+    out.push_back(p);
+  }
   return out;
 }
 
@@ -372,7 +395,7 @@ INSTANTIATE_TEST_SUITE_P(AllCells, CellPadding, ::testing::ValuesIn(every_cell()
 // ---- properties of the normalizations ------------------------------------------------------
 
 TEST(CellProperties, BatchNormOutputMomentsPerStep) {
-  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq, Cell::bngru}) {
     CellCase cc;
     cc.cell = cell;
     cc.T = 6;
@@ -388,12 +411,14 @@ TEST(CellProperties, BatchNormOutputMomentsPerStep) {
                              to_tensors<double>(s.buffer_info(), s.buffers()),
                              {Mode::train, cc.T, cc.N, to_double(x), cc.lens()});
     const double eps = 1e-5;
-    // bnlstm normalizes W x, R h and c; bnx and bnx-seq only W x: the others must be empty, and
-    // every normalized one is checked (a cell whose cache came back empty would fail here).
+    // bnlstm normalizes W x, R h and c; bngru W x and R h; bnx and bnx-seq only W x: the others
+    // must be empty, and every normalized one is checked (a cell whose cache came back empty
+    // would fail here).
     int checked = 0;
     for (const char* which : {"x", "h", "c"}) {
       auto xh = s.cached_normalized(0, which);
-      const bool normalized = cell == Cell::bnlstm || std::string(which) == "x";
+      const bool normalized = cell == Cell::bnlstm || std::string(which) == "x" ||
+                              (cell == Cell::bngru && std::string(which) == "h");
       ASSERT_EQ(xh.empty(), !normalized) << cell_name(cell) << " " << which;
       if (!normalized) continue;
       ++checked;
@@ -422,29 +447,67 @@ TEST(CellProperties, BatchNormOutputMomentsPerStep) {
         }
       }
     }
-    EXPECT_EQ(checked, cell == Cell::bnlstm ? 3 : 1) << cell_name(cell);
+    EXPECT_EQ(checked, cell == Cell::bnlstm ? 3 : cell == Cell::bngru ? 2 : 1) << cell_name(cell);
   }
 }
 
 TEST(CellProperties, LayerNormSameInTrainingAndInference) {
+  for (Cell cell : {Cell::lnlstm, Cell::lngru}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.lengths = {5, 2, 4, 3};
+    Stack<double> s(cc.config());
+    randomize(s, 71);
+    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 72);
+    auto h0 = random_vec<double>(cc.L * cc.N * cc.H, 73);
+    auto c0 = random_vec<double>(cc.L * cc.N * cc.H, 74);
+    FastRun<double> tr = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), h0, c0);
+    FastRun<double> in = run_fast(s, cc, Mode::infer, cc.T, x, cc.lens(), h0, c0);
+    EXPECT_EQ(tr.y, in.y) << cell_name(cell);
+    EXPECT_EQ(tr.hT, in.hT) << cell_name(cell);
+  }
+}
+
+// lngru normalizes the r, z blocks (2H) and the n block (H) of each term apart (Ba et al., eqs.
+// 26-28): each part of each valid row has mean 0 and variance var / (var + eps) by itself.
+TEST(CellProperties, LayerNormGruPartsHaveTheirOwnStatistics) {
   CellCase cc;
-  cc.cell = Cell::lnlstm;
+  cc.cell = Cell::lngru;
+  cc.L = 1;
+  cc.H = 5;
   cc.lengths = {5, 2, 4, 3};
   Stack<double> s(cc.config());
-  randomize(s, 71);
-  auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 72);
-  auto h0 = random_vec<double>(cc.L * cc.N * cc.H, 73);
-  auto c0 = random_vec<double>(cc.L * cc.N * cc.H, 74);
-  FastRun<double> tr = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), h0, c0);
-  FastRun<double> in = run_fast(s, cc, Mode::infer, cc.T, x, cc.lens(), h0, c0);
-  EXPECT_EQ(tr.y, in.y);
-  EXPECT_EQ(tr.hT, in.hT);
+  randomize(s, 75);
+  auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 76);
+  auto h0 = random_vec<double>(cc.L * cc.N * cc.H, 77);  // R h of a zero state has no variance
+  run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), h0, {});
+  const int H = cc.H, G = 3 * H;
+  for (const char* which : {"x", "h"}) {
+    auto xh = s.cached_normalized(0, which);
+    ASSERT_EQ(xh.size(), static_cast<size_t>(cc.T) * cc.N * G) << which;
+    for (int t = 0; t < cc.T; ++t)
+      for (int n = 0; n < cc.N; ++n) {
+        if (t >= cc.lens()[n]) continue;
+        for (auto [j0, j1] : {std::pair{0, 2 * H}, std::pair{2 * H, G}}) {
+          double s1 = 0, s2 = 0;
+          for (int j = j0; j < j1; ++j) {
+            const double v = xh[(static_cast<size_t>(t) * cc.N + n) * G + j];
+            s1 += v;
+            s2 += v * v;
+          }
+          const double mean = s1 / (j1 - j0), var = s2 / (j1 - j0) - mean * mean;
+          EXPECT_NEAR(mean, 0.0, 1e-12) << which << " t" << t << " n" << n << " [" << j0 << "," << j1 << ")";
+          EXPECT_GT(var, 0.9) << which << " t" << t << " n" << n;  // 1 - eps / (var + eps)
+          EXPECT_LE(var, 1.0 + 1e-12) << which;
+        }
+      }
+  }
 }
 
 // ---- population statistics ----------------------------------------------------------------
 
 TEST(PopulationStats, RunningAverageUpdate) {
-  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq, Cell::bngru}) {
     CellCase cc;
     cc.cell = cell;
     cc.T = 4;
@@ -476,7 +539,7 @@ TEST(PopulationStats, RunningAverageUpdate) {
 }
 
 TEST(PopulationStats, PassAveragesWeightedByValidRows) {
-  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bnx_seq, Cell::bngru}) {
     CellCase cc;
     cc.cell = cell;
     cc.t_max = 6;
@@ -532,7 +595,7 @@ TEST(PopulationStats, PassAveragesWeightedByValidRows) {
 }
 
 TEST(PopulationStats, StepsPastTmaxUseTheLastRow) {
-  for (Cell cell : {Cell::bnlstm, Cell::bnx}) {
+  for (Cell cell : {Cell::bnlstm, Cell::bnx, Cell::bngru}) {
     const int tmax = 3, steps = 6;
     CellCase cc;
     cc.cell = cell;
@@ -561,7 +624,7 @@ TEST(PopulationStats, StepsPastTmaxUseTheLastRow) {
 // ---- the step API -------------------------------------------------------------------------
 
 TEST(StepApi, ChunksCarryingStateEqualOneCall) {
-  for (Cell cell : all_cells())
+  for (Cell cell : lstm_and_gru_cells())
     for (Mode mode : {Mode::train, Mode::infer}) {
       if (cell == Cell::bnx_seq && mode == Mode::train) continue;  // statistics span the call
       CellCase cc;
@@ -594,7 +657,7 @@ TEST(StepApi, ChunksCarryingStateEqualOneCall) {
 
 TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
   // Long inference runs in chunks of time (O(N*H) memory): same result as with activations kept.
-  for (Cell cell : all_cells()) {
+  for (Cell cell : lstm_and_gru_cells()) {
     CellCase cc;
     cc.cell = cell;
     cc.T = 100;
@@ -618,7 +681,7 @@ TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
 // The gradient probe (figure 1 of the paper) against the step API: splitting the sequence at t,
 // the second chunk's dL/dh0 plus the direct gradient at t is dL/dh_t.
 TEST(GradProbe, MatchesTheStepApi) {
-  for (Cell cell : {Cell::lstm, Cell::bnrnn, Cell::bnlstm}) {
+  for (Cell cell : {Cell::lstm, Cell::bnrnn, Cell::bnlstm, Cell::gru, Cell::bngru, Cell::lngru}) {
     CellCase cc;
     cc.cell = cell;
     cc.T = 6;
@@ -673,8 +736,9 @@ TEST(StackConfig, RejectsImpossibleValues) {
   } catch (const UsageError& e) {  // the library names the field (the CLI maps it to --hidden)
     EXPECT_NE(std::string(e.what()).find("hidden_size"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(parse_cell("gru").has_value());
+  EXPECT_FALSE(parse_cell("gruu").has_value());
   EXPECT_EQ(parse_cell("bnx-seq"), Cell::bnx_seq);
+  for (Cell c : every_cell()) EXPECT_EQ(parse_cell(cell_name(c)), c);
 }
 
 }  // namespace

@@ -274,6 +274,70 @@ TYPED_TEST(Kernels, PointwiseSteps) {
     EXPECT_NEAR(drnn[j], dh[j] * (1 - double(h[j]) * h[j]), 10 * tol<T>());
 }
 
+// The GRU's pointwise steps on a block of w units inside a row of 3H gates (the input terms in
+// the gates at stride H, the recurrent terms in a thread's [3][hs] scratch), against nn.GRU's
+// formulas; backward against central differences of the forward in double.
+TYPED_TEST(Kernels, GruPointwiseSteps) {
+  using T = TypeParam;
+  const int H = 37, k0 = 5, w = 21, hs = 24;
+  auto xt = randn<T>(3 * H, 21, 1.5), ht = randn<T>(3 * hs, 22, 1.5), hp = randn<T>(H, 23);
+  auto g = xt;
+  std::vector<T> h(H, T(-9));
+  kern::gru_gates_forward(g.data() + k0, H, ht.data(), hs, w, hp.data() + k0, h.data() + k0);
+  auto sig = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  struct Out {
+    double r, z, n, h;
+  };
+  auto gru = [&](double xr, double xz, double xn, double hr, double hz, double hn, double hprev) {
+    const double r = sig(xr + hr), z = sig(xz + hz), n = std::tanh(xn + r * hn);
+    return Out{r, z, n, (1 - z) * n + z * hprev};
+  };
+  for (int j = 0; j < w; ++j) {
+    const int c = k0 + j;
+    const Out o = gru(xt[c], xt[H + c], xt[2 * H + c], ht[j], ht[hs + j], ht[2 * hs + j], hp[c]);
+    EXPECT_NEAR(g[c], o.r, 4 * tol<T>()) << j;
+    EXPECT_NEAR(g[H + c], o.z, 4 * tol<T>()) << j;
+    EXPECT_NEAR(g[2 * H + c], o.n, 4 * tol<T>()) << j;
+    EXPECT_NEAR(h[c], o.h, 10 * tol<T>()) << j;
+  }
+  EXPECT_EQ(h[k0 - 1], T(-9));  // outside the block: untouched
+  EXPECT_EQ(h[k0 + w], T(-9));
+  EXPECT_EQ(g[k0 - 1], xt[k0 - 1]);
+  // backward: the recurrent terms' gradients in gate order at stride H
+  auto dh = randn<T>(H, 24);
+  std::vector<T> hn_term(w), d_rec(3 * H, T(-9)), dh_prev(H, T(-9));
+  for (int j = 0; j < w; ++j) hn_term[j] = ht[2 * hs + j];
+  auto dg = g;
+  kern::gru_gates_backward<T>({dh.data() + k0, hp.data() + k0, hn_term.data()}, H, w, dg.data() + k0,
+                              d_rec.data() + k0, dh_prev.data() + k0);
+  const double e = 1e-6;
+  for (int j = 0; j < w; ++j) {
+    const int c = k0 + j;
+    double in[7] = {double(xt[c]), double(xt[H + c]), double(xt[2 * H + c]), double(ht[j]),
+                    double(ht[hs + j]), double(ht[2 * hs + j]), double(hp[c])};
+    double num[7];
+    for (int a = 0; a < 7; ++a) {
+      double p[7], m[7];
+      std::copy(in, in + 7, p);
+      std::copy(in, in + 7, m);
+      p[a] += e;
+      m[a] -= e;
+      num[a] = double(dh[c]) * (gru(p[0], p[1], p[2], p[3], p[4], p[5], p[6]).h -
+                                gru(m[0], m[1], m[2], m[3], m[4], m[5], m[6]).h) / (2 * e);
+    }
+    const double t = std::is_same_v<T, float> ? 1e-4 : 1e-8;
+    EXPECT_NEAR(dg[c], num[0], t) << "dr_pre " << j;
+    EXPECT_NEAR(dg[H + c], num[1], t) << "dz_pre " << j;
+    EXPECT_NEAR(dg[2 * H + c], num[2], t) << "dn_pre " << j;
+    EXPECT_NEAR(d_rec[c], num[3], t) << "d h~_r " << j;
+    EXPECT_NEAR(d_rec[H + c], num[4], t) << "d h~_z " << j;
+    EXPECT_NEAR(d_rec[2 * H + c], num[5], t) << "d h~_n = dn_pre * r " << j;
+    EXPECT_NEAR(dh_prev[c], num[6], t) << "dh * z " << j;
+  }
+  EXPECT_EQ(d_rec[k0 - 1], T(-9));
+  EXPECT_EQ(dh_prev[k0 + w], T(-9));
+}
+
 // LN over rows from two threads' partial sums, forward statistics and backward (with an input
 // term sharing dy, and a recurrent term in the thread-blocked layout), against plain loops.
 TYPED_TEST(Kernels, LayerNormRows) {

@@ -169,6 +169,7 @@ std::vector<std::tuple<Cell, int>> sync_cases() {
   std::vector<std::tuple<Cell, int>> v;
   std::vector<Cell> cells = all_cells();
   for (Cell c : all_rnn_cells()) cells.push_back(c);
+  for (Cell c : all_gru_cells()) cells.push_back(c);
   for (Cell c : cells)
     for (int K : {2, 3}) v.emplace_back(c, K);
   return v;

@@ -142,7 +142,7 @@ TEST_F(BadInput, ImpossibleFlags) {
       {"negative hidden size", "train " + d + " --hidden -3", 2, "--hidden"},
       {"negative learning rate", "train " + d + " --lr -1", 2, "--lr"},
       {"zero learning rate", "train " + d + " --lr 0", 2, "--lr"},
-      {"unknown cell", "train " + d + " --cell gru", 2, "--cell"},
+      {"unknown cell", "train " + d + " --cell gruu", 2, "--cell"},
       {"unknown task", "train --task imagenet --out x", 2, "--task"},
       {"zero layers", "train " + d + " --layers 0", 2, "--layers"},
       {"zero batch", "train " + d + " --batch-size 0", 2, "--batch-size"},
@@ -160,7 +160,7 @@ TEST_F(BadInput, ImpossibleFlags) {
       {"sync-bn not a boolean", "train " + d + " --sync-bn maybe", 2, "--sync-bn"},
       {"unknown subcommand", "fly", 2, "fly"},
       {"bench unknown shape", "bench --shapes imagenet --no-torch", 2, "--shapes"},
-      {"bench unknown cell", "bench --cells gru --no-torch", 2, "--cells"},
+      {"bench unknown cell", "bench --cells gruu --no-torch", 2, "--cells"},
       {"sample zero temperature", "sample --checkpoint " + dir().string() + "/none.safetensors --temperature 0", 2, "--temperature"},
       {"missing config file", "train --config " + dir().string() + "/missing.json", 2, "--config"},
   };

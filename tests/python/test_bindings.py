@@ -125,4 +125,4 @@ def test_bad_shapes_raise_value_error():
     with pytest.raises(ValueError, match="x"):
         st.forward(np.zeros((2, 2, 5), dtype=np.float32))
     with pytest.raises(ValueError):
-        rbn.Stack("gru", 3, 4)
+        rbn.Stack("gruu", 3, 4)
