@@ -5,7 +5,8 @@
         --repeats 5 --warmup 1 --torch-threads 1 --json out.json
     /usr/bin/python3 bench/torch_baseline.py --cell lstm --shape smnist --sweep-threads --json out.json
 
-`lstm` is torch.nn.LSTM (PyTorch's fused kernel); the normalized cells are the plain modules of
+`lstm` is torch.nn.LSTM and `gru` torch.nn.GRU (PyTorch's fused kernels; rbn bench times its
+bngru and lngru against nn.GRU); the normalized LSTM cells are the plain modules of
 tools/torch_cells.py (hoisted input projection, Python loop over time). A training step is forward,
 loss, backward, global-norm clipping to 1.0, Adam step; inference is a no-grad forward in eval mode.
 
@@ -37,7 +38,8 @@ SHAPES = {
     "ptb": dict(T=100, N=64, C=50, H=1000, K=50, head="lm"),
     "text8": dict(T=180, N=128, C=27, H=2000, K=27, head="lm"),
 }
-CELLS = ("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm")
+CELLS = ("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru")
+FUSED = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
 FALLBACK_CORES = ("Prescott", "Core2", "Nehalem", "Sandybridge")
 REEXEC_MARK = "RBN_TORCH_BASELINE_REEXEC"
 
@@ -119,6 +121,8 @@ def build(args, shape):
             super().__init__()
             if args.cell == "lstm":
                 self.rnn = nn.LSTM(C, H)  # fused ATen kernel
+            elif args.cell == "gru":
+                self.rnn = nn.GRU(C, H)  # fused ATen kernel
             else:
                 self.rnn = RecurrentStack(args.cell, C, H, 1, t_max=T)
             self.head = nn.Linear(H, K)
@@ -181,7 +185,7 @@ def run_one(args):
     return {
         "tool": "torch_baseline",
         "cell": args.cell,
-        "implementation": "torch.nn.LSTM" if args.cell == "lstm" else "tools/torch_cells.py",
+        "implementation": FUSED.get(args.cell, "tools/torch_cells.py"),
         "shape": args.shape,
         **{k: shape[k] for k in ("T", "N", "C", "H", "K", "head")},
         "mode": args.mode,

@@ -157,7 +157,7 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   EXPECT_EQ(lines(two), lines(one));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "pmnist", "seq"),
+INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru", "pmnist", "seq"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& ch : s)

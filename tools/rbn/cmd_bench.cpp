@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -60,12 +61,13 @@ long peak_rss_kb() {
   return ru.ru_maxrss;
 }
 
-// Matrix-product FLOPs of one training step (forward + backward) and of one inference forward.
+// Matrix-product FLOPs of one training step (forward + backward) and of one inference forward,
+// for a cell with `gates` gate blocks (G = gates * H: 4 LSTM, 3 GRU).
 struct Flops {
   double train = 0, infer = 0;
 };
-Flops step_flops(const Shape& s) {
-  const double TN = double(s.T) * s.N, G = 4.0 * s.H;
+Flops step_flops(const Shape& s, int gates) {
+  const double TN = double(s.T) * s.N, G = double(gates) * s.H;
   const double in = 2 * TN * s.C * G, rec = 2 * TN * s.H * G;
   const double head = s.lm ? 2 * TN * s.H * s.K : 2.0 * s.N * s.H * s.K;
   Flops f;
@@ -76,8 +78,8 @@ Flops step_flops(const Shape& s) {
 }
 
 // This machine's sgemm rate on exactly the products of one training step, run back to back.
-double sgemm_rate_gflops(const Shape& s, int reps) {
-  const int T = s.T, N = s.N, C = s.C, H = s.H, G = 4 * H, K = s.K;
+double sgemm_rate_gflops(const Shape& s, int gates, int reps) {
+  const int T = s.T, N = s.N, C = s.C, H = s.H, G = gates * H, K = s.K;
   const int TN = T * N;
   std::vector<float> X(size_t(TN) * C, 0.5f), W(size_t(G) * C, 0.1f), R(size_t(G) * H, 0.01f),
       A(size_t(TN) * G), Hs(size_t(TN) * H, 0.1f), dR(size_t(G) * H), dh(size_t(N) * H),
@@ -104,7 +106,7 @@ double sgemm_rate_gflops(const Shape& s, int reps) {
     run();
     ms.push_back(now_ms() - t0);
   }
-  return step_flops(s).train / (median(ms) * 1e-3) / 1e9;
+  return step_flops(s, gates).train / (median(ms) * 1e-3) / 1e9;
 }
 
 struct RbnResult {
@@ -355,23 +357,30 @@ void register_bench(CLI::App& app, int& exit_code) {
                 "PyTorch at its best of torch threads {1,2}\n\n",
                 blas_description().c_str(), f->repeats, f->warmup, f->threads.c_str());
     std::printf("%-7s %-8s %-6s %10s %4s %11s %4s %7s %7s %8s %8s %6s %9s %9s\n", "shape", "cell",
-                "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "x lstm", "GFLOP/s", "sgemm",
+                "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "x base", "GFLOP/s", "sgemm",
                 "%sgemm", "bwd-read", "alloc");
     for (const auto& s : shapes) {
       int max_threads = *std::max_element(threads.begin(), threads.end());
       set_threads(max_threads);
-      const double sgemm = sgemm_rate_gflops(s, 3);
-      const Flops fl = step_flops(s);
-      double lstm_train_ms = 0, lstm_infer_ms = 0;
+      std::map<int, double> sgemm_of;  // by gate blocks
+      for (Cell c : cells) sgemm_of.emplace(cell_gates(c), 0.0);
+      for (auto& [g, rate] : sgemm_of) rate = sgemm_rate_gflops(s, g, 3);
+      // each cell against rbn's own base cell of its family: lstm, or gru for the GRUs
+      std::map<Cell, std::pair<double, double>> base_ms;  // train, infer
       const std::vector<RbnResult> results = bench_rbn(s, cells, threads, f->warmup, f->repeats);
       for (size_t ci = 0; ci < cells.size(); ++ci)
-        if (cells[ci] == Cell::lstm) {
-          lstm_train_ms = results[ci].train_ms;
-          lstm_infer_ms = results[ci].infer_ms;
-        }
+        if (cells[ci] == Cell::lstm || cells[ci] == Cell::gru)
+          base_ms[cells[ci]] = {results[ci].train_ms, results[ci].infer_ms};
       for (size_t ci = 0; ci < cells.size(); ++ci) {
         const Cell cell = cells[ci];
         const RbnResult& r = results[ci];
+        const Flops fl = step_flops(s, cell_gates(cell));
+        const double sgemm = sgemm_of.at(cell_gates(cell));
+        const Cell base = cell_is_gru(cell) ? Cell::gru : Cell::lstm;
+        const double base_train_ms = base_ms.count(base) ? base_ms[base].first : 0;
+        const double base_infer_ms = base_ms.count(base) ? base_ms[base].second : 0;
+        // nn.GRU is PyTorch's only GRU: the GRU family is timed against it (fused, unnormalized)
+        const Cell torch_cell = cell_is_gru(cell) ? Cell::gru : cell;
         nlohmann::json row{{"shape", s.name},
                            {"cell", cell_name(cell)},
                            {"T", s.T}, {"N", s.N}, {"C", s.C}, {"H", s.H}, {"K", s.K},
@@ -386,12 +395,14 @@ void register_bench(CLI::App& app, int& exit_code) {
                            {"allocated_mb", r.allocated_mb},
                            {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
                            {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
-        if (lstm_train_ms > 0) row["train_vs_rbn_lstm"] = r.train_ms / lstm_train_ms;
-        if (lstm_infer_ms > 0) row["infer_vs_rbn_lstm"] = r.infer_ms / lstm_infer_ms;
+        const std::string vs = std::string("_vs_rbn_") + cell_name(base);
+        if (base_train_ms > 0) row["train" + vs] = r.train_ms / base_train_ms;
+        if (base_infer_ms > 0) row["infer" + vs] = r.infer_ms / base_infer_ms;
         for (const char* mode : {"train", "infer"}) {
           const bool tr = std::string(mode) == "train";
           const double ms = tr ? r.train_ms : r.infer_ms;
-          nlohmann::json tj = torch ? run_torch(script, s, cell, mode, f->torch_repeats, 1) : nullptr;
+          nlohmann::json tj =
+              torch ? run_torch(script, s, torch_cell, mode, f->torch_repeats, 1) : nullptr;
           double tms = 0;
           int tth = 0;
           if (!tj.is_null()) {
@@ -400,10 +411,11 @@ void register_bench(CLI::App& app, int& exit_code) {
             row[std::string("torch_") + mode + "_ms"] = tms;
             row[std::string("torch_") + mode + "_threads"] = tth;
             row[std::string("torch_") + mode + "_impl"] = tj.value("implementation", "");
+            row[std::string("torch_") + mode + "_cell"] = cell_name(torch_cell);
             row[std::string("ratio_") + mode] = ms / tms;
           }
           const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
-          const double lstm_ms = tr ? lstm_train_ms : lstm_infer_ms;
+          const double lstm_ms = tr ? base_train_ms : base_infer_ms;
           std::printf("%-7s %-8s %-6s %10.1f %4d %11s %4s %7s %7s %8.1f %8.1f %5.0f%% %8.1fM %8.1fM\n",
                       s.name.c_str(), cell_name(cell), mode, ms, tr ? r.train_threads : r.infer_threads,
                       tms > 0 ? fmt::format("{:.1f}", tms).c_str() : "-",
@@ -418,7 +430,8 @@ void register_bench(CLI::App& app, int& exit_code) {
       }
     }
     out["peak_rss_mb"] = peak_rss_kb() / 1e3;
-    std::printf("\nratio = rbn / PyTorch (lower is faster); x lstm = rbn / rbn's lstm, each at its best "
+    std::printf("\nratio = rbn / PyTorch (lower is faster; the GRUs against torch.nn.GRU); x base = rbn / "
+                "rbn's lstm (rbn's gru for the GRUs), each at its best "
                 "thread count, the cells timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its "
                 "time; sgemm = this machine's sgemm on the same products, run alone; bwd-read = bytes "
                 "backward reads, alloc = all the step allocates (train rows); for infer rows: state at T "
