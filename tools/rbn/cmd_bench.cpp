@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <sstream>
+#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -368,6 +369,8 @@ void register_bench(CLI::App& app, int& exit_code) {
       // each cell against rbn's own base cell of its family: lstm, or gru for the GRUs
       std::map<Cell, std::pair<double, double>> base_ms;  // train, infer
       const std::vector<RbnResult> results = bench_rbn(s, cells, threads, f->warmup, f->repeats);
+      // one PyTorch measurement per (module, mode) and shape: the three GRU rows share nn.GRU's
+      std::map<std::pair<Cell, std::string>, nlohmann::json> torch_runs;
       for (size_t ci = 0; ci < cells.size(); ++ci)
         if (cells[ci] == Cell::lstm || cells[ci] == Cell::gru)
           base_ms[cells[ci]] = {results[ci].train_ms, results[ci].infer_ms};
@@ -401,8 +404,10 @@ void register_bench(CLI::App& app, int& exit_code) {
         for (const char* mode : {"train", "infer"}) {
           const bool tr = std::string(mode) == "train";
           const double ms = tr ? r.train_ms : r.infer_ms;
-          nlohmann::json tj =
-              torch ? run_torch(script, s, torch_cell, mode, f->torch_repeats, 1) : nullptr;
+          const auto key = std::make_pair(torch_cell, std::string(mode));
+          if (torch && !torch_runs.count(key))
+            torch_runs[key] = run_torch(script, s, torch_cell, mode, f->torch_repeats, 1);
+          const nlohmann::json tj = torch ? torch_runs[key] : nlohmann::json(nullptr);
           double tms = 0;
           int tth = 0;
           if (!tj.is_null()) {
