@@ -2,7 +2,8 @@
 # The paper's experiments at a budget that fits a 2-core machine (docs/results.md has the results
 # and the paper's numbers beside them). Each stage writes runs/paper/<stage>/ and a figure in
 # docs/figures/. Stages: ptb pfashion seqfashion longer popstats gradflow (default: all, in that
-# order).
+# order; `ptbgru` and `pfashiongru` add the GRU family, issue 17, after ptb and pfashion: not in
+# the default list).
 #
 #   bash experiments/paper.sh [stage ...]        # BUILD=build, OUT=runs/paper, budgets below
 set -euo pipefail
@@ -20,14 +21,17 @@ stages=("$@")
 # Penn Treebank characters: H=256, windows of 100, batch 32, Adam 2e-3 (the paper: H=1000, 64,
 # Adam 2e-3, 100-step windows), validation over 20 batches of windows every 200 steps with
 # population statistics; then the whole test split as one sequence (8 streams).
+ptb_run() {
+  local cell=$1
+  "$RBN" train --task ptb --data data/ptb --cell "$cell" --hidden 256 --seq-len 100 --batch-size 32 \
+    --optimizer adam --lr 0.002 --clip 1 --steps "$PTB_STEPS" --eval-every 200 --eval-batches 20 \
+    --popstats-batches 10 --log-every 50 --seed 1 --out "$OUT/ptb-$cell" --overwrite 2> "$OUT/ptb-$cell.log"
+  "$RBN" eval --checkpoint "$OUT/ptb-$cell/best.safetensors" --split test --streams 8 \
+    --json "$OUT/ptb-$cell/test.json" 2>> "$OUT/ptb-$cell.log"
+}
+
 ptb() {
-  for cell in lstm bnlstm lnlstm; do
-    "$RBN" train --task ptb --data data/ptb --cell "$cell" --hidden 256 --seq-len 100 --batch-size 32 \
-      --optimizer adam --lr 0.002 --clip 1 --steps "$PTB_STEPS" --eval-every 200 --eval-batches 20 \
-      --popstats-batches 10 --log-every 50 --seed 1 --out "$OUT/ptb-$cell" --overwrite 2> "$OUT/ptb-$cell.log"
-    "$RBN" eval --checkpoint "$OUT/ptb-$cell/best.safetensors" --split test --streams 8 \
-      --json "$OUT/ptb-$cell/test.json" 2>> "$OUT/ptb-$cell.log"
-  done
+  for cell in lstm bnlstm lnlstm; do ptb_run "$cell"; done
   "$RBN" plot "$OUT"/ptb-{lstm,bnlstm,lnlstm}/metrics.jsonl --labels lstm,bnlstm,lnlstm --metric bpc \
     --title "Penn Treebank characters: validation bpc (H=256, batch 32, Adam 2e-3)" --out "$FIG/ptb-curves.png"
 }
@@ -38,8 +42,10 @@ ptb() {
 # One pixel-task run: train, then test the best checkpoint. pixel_run TASK NAME CELL
 pixel_run() {
   local task=$1 name=$2 cell=$3 extra=()
-  [ "$cell" = bnlstm ] && extra=(--h0-noise 0.1)
-  [ "$cell" = lnlstm ] && extra=(--ln-input false)
+  case "$cell" in
+    bnlstm | bngru) extra=(--h0-noise 0.1) ;;
+    lnlstm | lngru) extra=(--ln-input false) ;;
+  esac
   "$RBN" train --task "$task" --data "$FM" --cell "$cell" --hidden 100 --batch-size 100 \
     --optimizer rmsprop --lr 0.001 --clip 1 --steps "$PIX_STEPS" --eval-every 100 --eval-batches 10 \
     --popstats-batches 10 --log-every 25 --seed 1 "${extra[@]}" --out "$OUT/$name-$cell" --overwrite \
@@ -53,6 +59,25 @@ pfashion() {
   "$RBN" plot "$OUT"/pfashion-{lstm,bnlstm,lnlstm}/metrics.jsonl --labels lstm,bnlstm,lnlstm --metric accuracy \
     --title "permuted Fashion-MNIST, 784 steps: validation accuracy (H=100, RMSProp 1e-3)" \
     --out "$FIG/pfashion-curves.png"
+}
+
+# The GRU family (issue 17) beside the LSTMs, with exactly the settings above: PTB characters and
+# permuted Fashion-MNIST (bngru with h0 noise 0.1 as bnlstm, lngru without the input LN as lnlstm:
+# one input feature). The figures put the six cells side by side at equal steps.
+ptbgru() {
+  for cell in gru bngru lngru; do ptb_run "$cell"; done
+  "$RBN" plot "$OUT"/ptb-{lstm,bnlstm,lnlstm,gru,bngru,lngru}/metrics.jsonl \
+    --labels lstm,bnlstm,lnlstm,gru,bngru,lngru --metric bpc \
+    --title "Penn Treebank characters: validation bpc, LSTMs and GRUs (H=256, batch 32, Adam 2e-3)" \
+    --out "$FIG/ptb-gru-curves.png"
+}
+
+pfashiongru() {
+  for cell in gru bngru lngru; do pixel_run pmnist pfashion "$cell"; done
+  "$RBN" plot "$OUT"/pfashion-{lstm,bnlstm,lnlstm,gru,bngru,lngru}/metrics.jsonl \
+    --labels lstm,bnlstm,lnlstm,gru,bngru,lngru --metric accuracy \
+    --title "permuted Fashion-MNIST: validation accuracy, LSTMs and GRUs (H=100, RMSProp 1e-3)" \
+    --out "$FIG/pfashion-gru-curves.png"
 }
 
 # Sequential (unpermuted) pixel-by-pixel Fashion-MNIST, the same settings, lstm against bnlstm.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_cells import RecurrentStack  # noqa: E402
+from torch_cells import GRU_CELLS, RecurrentStack, TorchGRU  # noqa: E402
 
 EPS = 1e-5
 MOMENTUM = 0.1
@@ -39,6 +39,12 @@ CASES = [
     ("lnlstm-ln-input-off", "lnlstm", False, MAIN, 106),
     ("lstm-t1n1", "lstm", True, EDGE, 107),
     ("lnlstm-t1n1", "lnlstm", True, EDGE, 108),
+    ("gru", "gru", True, MAIN, 109),
+    ("bngru", "bngru", True, MAIN, 110),
+    ("lngru", "lngru", True, MAIN, 111),
+    ("lngru-ln-input-off", "lngru", False, MAIN, 112),
+    ("gru-t1n1", "gru", True, EDGE, 113),
+    ("lngru-t1n1", "lngru", True, EDGE, 114),
 ]
 # Statistics-pass batches: (T, lengths). The last one is padded past T_max = 5 but no row is
 # longer than 4, so population row 4 is reached by no batch and must keep its previous value.
@@ -90,22 +96,52 @@ def read_safetensors(path):
     return out, meta
 
 
+def spec_parameters(model):
+    """(SPEC name, parameter) pairs: nn.GRU's weight_ih_l0 is rnn.0.weight_ih, and so on."""
+    if isinstance(model, TorchGRU):
+        return model.spec_parameters()
+    return list(model.named_parameters())
+
+
 def randomize(model, g):
     """Random parameters, with gains and biases away from their init so that each one matters."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in spec_parameters(model):
             norm = ".bn_" in name or ".ln_" in name
             if norm and name.endswith(".weight"):
                 # gains in [0.5, 1.5)
                 p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) + 0.5)
-            elif name.endswith("bias"):
+            elif name.endswith("bias") or name.endswith("bias_ih") or name.endswith("bias_hh"):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
             else:
                 p.copy_(0.6 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 def loss_fn(y, hT, cT, w):
-    return (w["loss.wy"] * y).sum() + (w["loss.whT"] * hT).sum() + (w["loss.wcT"] * cT).sum()
+    loss = (w["loss.wy"] * y).sum() + (w["loss.whT"] * hT).sum()
+    return loss if cT is None else loss + (w["loss.wcT"] * cT).sum()
+
+
+def run(model, x, lengths, h0, c0):
+    """y, hT, cT (None for the GRU family, which has no cell state)."""
+    if isinstance(model, TorchGRU):
+        y, hT = model(x, lengths, h0)
+        return y, hT, None
+    if model.is_gru:
+        y, hT = model(x, lengths, h0)
+        return y, hT, None
+    y, (hT, cT) = model(x, lengths, h0, c0)
+    return y, hT, cT
+
+
+def load_spec(model, tensors):
+    """Parameters and buffers by SPEC name."""
+    if isinstance(model, TorchGRU):
+        with torch.no_grad():
+            for name, p in model.spec_parameters():
+                p.copy_(tensors[name])
+    else:
+        model.load_state_dict(tensors)
 
 
 def make_case(name, cell, ln_input, shape, seed):
@@ -117,18 +153,26 @@ def make_case(name, cell, ln_input, shape, seed):
     def randn(*s, scale=1.0):
         return scale * torch.randn(*s, generator=g, dtype=D)
 
-    model = RecurrentStack(cell, C, H, L, t_max=t_max, eps=EPS, momentum=MOMENTUM,
-                           ln_input=ln_input).double()
+    gru = cell in GRU_CELLS
+    if cell == "gru":  # the plain GRU is torch.nn.GRU itself
+        model = TorchGRU(C, H, L).double()
+    else:
+        model = RecurrentStack(cell, C, H, L, t_max=t_max, eps=EPS, momentum=MOMENTUM,
+                               ln_input=ln_input).double()
     randomize(model, g)
-    model.reset_running_stats()
+    if not isinstance(model, TorchGRU):
+        model.reset_running_stats()
     out = {}
     out["input.x"] = randn(T, N, C)
     out["input.lengths"] = torch.tensor(lengths, dtype=torch.int32)
     out["input.h0"] = torch.rand(L, N, H, generator=g, dtype=D) * 1.8 - 0.9
-    out["input.c0"] = randn(L, N, H)
-    w = {"loss.wy": randn(T, N, H), "loss.whT": randn(L, N, H), "loss.wcT": randn(L, N, H)}
+    if not gru:
+        out["input.c0"] = randn(L, N, H)
+    w = {"loss.wy": randn(T, N, H), "loss.whT": randn(L, N, H)}
+    if not gru:
+        w["loss.wcT"] = randn(L, N, H)
     out.update(w)
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = {n: p.detach().clone() for n, p in spec_parameters(model)}
     for n, p in params.items():
         out["param." + n] = p
     has_stats = any(True for _ in model.buffers())
@@ -137,14 +181,16 @@ def make_case(name, cell, ln_input, shape, seed):
     m = copy.deepcopy(model).train()
     x = out["input.x"].clone().requires_grad_()
     h0 = out["input.h0"].clone().requires_grad_()
-    c0 = out["input.c0"].clone().requires_grad_()
-    y, (hT, cT) = m(x, lengths, h0, c0)
+    c0 = None if gru else out["input.c0"].clone().requires_grad_()
+    y, hT, cT = run(m, x, lengths, h0, c0)
     loss = loss_fn(y, hT, cT, w)
     loss.backward()
-    out["train.y"], out["train.hT"], out["train.cT"] = y.detach(), hT.detach(), cT.detach()
+    out["train.y"], out["train.hT"] = y.detach(), hT.detach()
     out["train.loss"] = loss.detach().reshape(1)
-    out["grad.x"], out["grad.h0"], out["grad.c0"] = x.grad, h0.grad, c0.grad
-    for n, p in m.named_parameters():
+    out["grad.x"], out["grad.h0"] = x.grad, h0.grad
+    if not gru:
+        out["train.cT"], out["grad.c0"] = cT.detach(), c0.grad
+    for n, p in spec_parameters(m):
         out["grad." + n] = p.grad.detach().clone()
     for n, b in m.named_buffers():
         out["train.running." + n] = b.detach().clone()
@@ -159,11 +205,14 @@ def make_case(name, cell, ln_input, shape, seed):
     out["infer.x"] = randn(Ti, N, C)
     out["infer.lengths"] = torch.tensor(shape["infer_lengths"], dtype=torch.int32)
     m = copy.deepcopy(model)
-    m.load_state_dict({**params, **pop})
+    load_spec(m, {**params, **pop})
     m.eval()
     with torch.no_grad():
-        y, (hT, cT) = m(out["infer.x"], shape["infer_lengths"], out["input.h0"], out["input.c0"])
-    out["infer.y"], out["infer.hT"], out["infer.cT"] = y, hT, cT
+        y, hT, cT = run(m, out["infer.x"], shape["infer_lengths"], out["input.h0"],
+                        out.get("input.c0"))
+    out["infer.y"], out["infer.hT"] = y, hT
+    if not gru:
+        out["infer.cT"] = cT
 
     # statistics pass over 3 batches, starting from the infer.pop buffers, zero initial state
     if has_stats:
@@ -184,10 +233,10 @@ def make_case(name, cell, ln_input, shape, seed):
     opt = torch.optim.Adam(m.parameters(), **ADAM)
     for k in range(1, ADAM_STEPS + 1):
         opt.zero_grad()
-        y, (hT, cT) = m(out["input.x"], lengths, out["input.h0"], out["input.c0"])
+        y, hT, cT = run(m, out["input.x"], lengths, out["input.h0"], out.get("input.c0"))
         loss_fn(y, hT, cT, w).backward()
         opt.step()
-        for n, p in m.named_parameters():
+        for n, p in spec_parameters(m):
             out[f"adam.step{k}.{n}"] = p.detach().clone()
 
     meta = {
@@ -204,7 +253,8 @@ def make_case(name, cell, ln_input, shape, seed):
         "t0": 0,
         "torch_version": torch.__version__,
         "seed": seed,
-        "loss": "sum(loss.wy*y) + sum(loss.whT*hT) + sum(loss.wcT*cT)",
+        "loss": ("sum(loss.wy*y) + sum(loss.whT*hT)" if gru else
+                 "sum(loss.wy*y) + sum(loss.whT*hT) + sum(loss.wcT*cT)"),
         "adam": json.dumps({"lr": ADAM["lr"], "betas": list(ADAM["betas"]), "eps": ADAM["eps"],
                             "steps": ADAM_STEPS, "weight_decay": 0, "amsgrad": False}),
         "pass_start": "infer.pop" if has_stats else "none",

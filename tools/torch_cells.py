@@ -1,13 +1,15 @@
 """Reference PyTorch modules for rbn's cells, written to the formulas and the population-statistics rules of docs/cells.md.
 
 These are the plain PyTorch versions a careful user would write: time-major x [T, N, C], gate
-order i, f, g, o, weight_ih [4H, C], weight_hh [4H, H] and one bias [4H]; the input projection is
-one matrix product over all T*N rows, the recurrence a Python loop over time steps. They exist to
+order i, f, g, o, weight_ih [4H, C], weight_hh [4H, H] and one bias [4H] (the GRU family: gate
+order r, z, n, weight_ih [3H, C], weight_hh [3H, H], bias_ih and bias_hh [3H]); the input
+projection is one matrix product over all T*N rows, the recurrence a Python loop over time steps. They exist to
 produce golden fixtures (tools/make_fixtures.py) and the PyTorch benchmark baseline
 (bench/torch_baseline.py); autograd supplies every gradient.
 
     stack = RecurrentStack("bnlstm", input_size=3, hidden_size=4, num_layers=2, t_max=5)
     y, (hT, cT) = stack(x, lengths)          # y [T,N,H] is 0 at padded positions
+    y, hT = RecurrentStack("bngru", 3, 4, 2, t_max=5)(x, lengths)   # GRUs: nn.GRU's (y, h_n)
     stack.state_dict()                       # rnn.0.weight_ih, rnn.0.bn_x.running_mean, ...
 
 Cells (SPEC 2), with x^ = W_x x_t and h^ = W_h h_{t-1}:
@@ -17,6 +19,14 @@ Cells (SPEC 2), with x^ = W_x x_t and h^ = W_h h_{t-1}:
     bnx-seq  pre = BN_seq(x^; gx) + h^ + b               c~ = c_t
     lnlstm   pre = LN(x^; gx) + LN(h^; gh) + b           c~ = LN(c_t; gc, bc)
     c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g),  h_t = sigmoid(o) tanh(c~); raw c_t is carried.
+
+GRU cells (SPEC 2b), x^, h^ [N, 3H] in blocks r, z, n:
+    gru      r,z = sigmoid(x^ + b_i + h^ + b_h)        n = tanh(x^_n + b_in + r (h^_n + b_hn))
+    bngru    x^, h^ replaced by BN_t(x^; gx), BN_t(h^; gh) over all 3H features (no beta)
+    lngru    x^, h^ replaced by LN of their r,z block and of their n block, each with its own
+             statistics (Ba et al. eqs. 26-28; four LNs), gains 1, no beta
+    h_t = (1 - z) n + z h_{t-1}.
+TorchGRU is `gru` computed by torch.nn.GRU itself (the source of the `gru` fixtures).
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from torch import Tensor, nn
 
 CELLS = ("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm")
 BN_CELLS = ("bnlstm", "bnx", "bnx-seq")
+GRU_CELLS = ("gru", "bngru", "lngru")
+ALL_CELLS = CELLS + GRU_CELLS
 
 
 class TimeBatchNorm(nn.Module):
@@ -283,37 +295,187 @@ class RecurrentLayer(nn.Module):
         return torch.stack(outs), h, c
 
 
+class BlockLayerNorm(nn.Module):
+    """LN of the r,z block (2H) and of the n block (H) of a GRU term [.., 3H], each with its own
+    statistics (Ba et al. eqs. 26-28); one gain vector [3H] holds both blocks' gains, no beta."""
+
+    def __init__(self, hidden_size: int, eps: float, gamma: float = 1.0):
+        super().__init__()
+        self.hidden_size, self.eps = hidden_size, eps
+        self.weight = nn.Parameter(torch.full((3 * hidden_size,), float(gamma)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        H2 = 2 * self.hidden_size
+        rz = F.layer_norm(z[..., :H2], (H2,), self.weight[:H2], None, self.eps)
+        n = F.layer_norm(z[..., H2:], (self.hidden_size,), self.weight[H2:], None, self.eps)
+        return torch.cat([rz, n], -1)
+
+
+class GRULayer(nn.Module):
+    """One GRU layer (SPEC 2b); its parameters are rnn.k.weight_ih [3H,C], weight_hh [3H,H],
+    bias_ih, bias_hh [3H], bn_x/bn_h (bngru) or ln_x/ln_h (lngru) .weight [3H], h0 [H]."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, t_max: int, eps: float,
+                 momentum: float, ln_input: bool, learn_init_state: bool, gamma_x: float,
+                 gamma_h: float, recurrent_init: str):
+        super().__init__()
+        if cell not in GRU_CELLS:
+            raise ValueError(f"unknown GRU cell {cell!r}; expected one of {GRU_CELLS}")
+        H, G = hidden_size, 3 * hidden_size
+        self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
+        self.recurrent_init = recurrent_init
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(G, H))
+        self.bias_ih = nn.Parameter(torch.empty(G))
+        self.bias_hh = nn.Parameter(torch.empty(G))
+        self.bn_x = self.bn_h = self.ln_x = self.ln_h = None
+        if cell == "bngru":
+            self.bn_x = TimeBatchNorm(G, t_max, eps, momentum, bias=False, gamma=gamma_x)
+            self.bn_h = TimeBatchNorm(G, t_max, eps, momentum, bias=False, gamma=gamma_h)
+        if cell == "lngru":
+            if ln_input:
+                self.ln_x = BlockLayerNorm(H, eps, gamma=gamma_x)
+            self.ln_h = BlockLayerNorm(H, eps, gamma=gamma_h)
+        self.h0 = nn.Parameter(torch.zeros(H)) if learn_init_state else None
+        self.c0 = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        H = self.hidden_size
+        # orthogonal per gate block; identity on the n block on request; no forget bias
+        for gate in range(3):
+            nn.init.orthogonal_(self.weight_ih[gate * H:(gate + 1) * H])
+            if gate == 2 and self.recurrent_init == "identity":
+                self.weight_hh[gate * H:(gate + 1) * H].copy_(torch.eye(H))
+            else:
+                nn.init.orthogonal_(self.weight_hh[gate * H:(gate + 1) * H])
+        self.bias_ih.zero_()
+        self.bias_hh.zero_()
+
+    def forward(self, x: Tensor, valid: Optional[Tensor], counts: List[int], h: Tensor,
+                t0: int) -> Tuple[Tensor, Tensor]:
+        T, N, C = x.shape
+        G = 3 * self.hidden_size
+        ax = F.linear(x.reshape(T * N, C), self.weight_ih).view(T, N, G)
+        if self.bn_x is not None:
+            ax = self.bn_x.steps(ax, valid, counts, t0)
+        elif self.ln_x is not None:
+            ax = self.ln_x(ax)
+        ax = ax + self.bias_ih
+        outs = []
+        for t, ax_t in enumerate(ax.unbind(0)):
+            if counts[t] == 0:  # nothing valid: state carried, output 0, no statistics
+                outs.append(torch.zeros_like(h))
+                continue
+            valid_t = None if counts[t] == N else valid[t]
+            ah = F.linear(h, self.weight_hh)
+            if self.bn_h is not None:
+                ah = self.bn_h.step(ah, valid_t, counts[t], t0 + t)
+            elif self.ln_h is not None:
+                ah = self.ln_h(ah)
+            ah = ah + self.bias_hh  # b_hn sits inside the reset product
+            xr, xz, xn = ax_t.chunk(3, 1)
+            hr, hz, hn = ah.chunk(3, 1)
+            r = torch.sigmoid(xr + hr)
+            z = torch.sigmoid(xz + hz)
+            n = torch.tanh(xn + r * hn)
+            h_new = (1 - z) * n + z * h
+            if valid_t is None:
+                h = h_new
+                outs.append(h_new)
+            else:  # rows past their end keep their state and output 0
+                m = valid_t.unsqueeze(1)
+                h = torch.where(m, h_new, h)
+                outs.append(h_new.masked_fill(~m, 0.0))
+        return torch.stack(outs), h
+
+
+class TorchGRU(nn.Module):
+    """The `gru` cell computed by torch.nn.GRU itself (PackedSequence for uneven lengths).
+
+    forward(x [T,N,C], lengths [N] (None: all T), h0 [L,N,H] or None) -> y [T,N,H] (0 at padded
+    positions), hT [L,N,H]; rows of length 0 (which a PackedSequence cannot hold) give y = 0 and
+    hT = h0. spec_parameters() names nn.GRU's tensors as SPEC section 5 does (weight_ih_l0 ->
+    rnn.0.weight_ih, bias_ih_l0 -> rnn.0.bias_ih, ...)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.gru = nn.GRU(input_size, hidden_size, num_layers)
+
+    def spec_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        out = []
+        for k in range(self.num_layers):
+            for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                out.append((f"rnn.{k}.{t}", getattr(self.gru, f"{t}_l{k}")))
+        return out
+
+    def forward(self, x: Tensor, lengths=None, h0: Optional[Tensor] = None):
+        T, N, _ = x.shape
+        L, H = self.num_layers, self.hidden_size
+        if h0 is None:
+            h0 = x.new_zeros(L, N, H)
+        if lengths is None:
+            return self.gru(x, h0)
+        lens = torch.as_tensor(lengths).reshape(-1).to(torch.int64)
+        rows = torch.nonzero(lens > 0).reshape(-1)
+        y = x.new_zeros(T, N, H)
+        hT = h0.clone()
+        if len(rows) == 0:
+            return y, hT
+        packed = nn.utils.rnn.pack_padded_sequence(x[:, rows], lens[rows], enforce_sorted=False)
+        yp, hp = self.gru(packed, h0[:, rows].contiguous())
+        yp, _ = nn.utils.rnn.pad_packed_sequence(yp, total_length=T)
+        y = y.index_copy(1, rows, yp)
+        hT = hT.index_copy(1, rows, hp)
+        return y, hT
+
+
 class RecurrentStack(nn.Module):
     """L stacked layers of one cell kind; layer k > 0 reads layer k-1's h.
 
     forward(x [T,N,C], lengths [N] (None: all T), h0/c0 [L,N,H] (None: learned or zero), t0)
     -> y [T,N,H] (top layer's h, 0 at padded positions), (hT, cT) [L,N,H] (state after each
-    row's last valid step). Training mode uses batch statistics and updates the running averages;
-    eval mode uses the population statistics, row min(t0 + t, t_max - 1).
+    row's last valid step); GRU cells take no c0 and return y, hT (nn.GRU's contract). Training
+    mode uses batch statistics and updates the running averages; eval mode uses the population
+    statistics, row min(t0 + t, t_max - 1).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  t_max: int = 1, eps: float = 1e-5, momentum: float = 0.1, ln_input: bool = True,
                  learn_init_state: bool = False, gamma_x: Optional[float] = None,
                  gamma_h: Optional[float] = None, gamma_c: Optional[float] = None,
-                 forget_bias: float = 1.0, recurrent_init: str = "orthogonal"):
+                 forget_bias: Optional[float] = None, recurrent_init: str = "orthogonal"):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
+        if cell not in ALL_CELLS:
+            raise ValueError(f"unknown cell {cell!r}; expected one of {ALL_CELLS}")
         if recurrent_init not in ("orthogonal", "identity"):
             raise ValueError("recurrent_init must be 'orthogonal' or 'identity'")
-        default_gain = 1.0 if cell == "lnlstm" else 0.1  # Ba et al. / Cooijmans et al.
+        if cell in GRU_CELLS and gamma_c is not None:
+            raise ValueError(f"{cell} has no cell state: gamma_c does not apply")
+        if cell in GRU_CELLS and forget_bias is not None:
+            raise ValueError(f"{cell} has no forget gate: forget_bias does not apply")
+        forget_bias = 1.0 if forget_bias is None else forget_bias
+        default_gain = 1.0 if cell in ("lnlstm", "lngru") else 0.1  # Ba et al. / Cooijmans et al.
         gx = default_gain if gamma_x is None else gamma_x
         gh = default_gain if gamma_h is None else gamma_h
         gc = default_gain if gamma_c is None else gamma_c
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
         self.num_layers, self.t_max, self.eps, self.momentum = num_layers, t_max, eps, momentum
         self.ln_input = ln_input
-        self.rnn = nn.ModuleList(
-            RecurrentLayer(cell, input_size if k == 0 else hidden_size, hidden_size, t_max, eps,
-                           momentum, ln_input, learn_init_state, gx, gh, gc, forget_bias,
-                           recurrent_init)
-            for k in range(num_layers))
+        self.is_gru = cell in GRU_CELLS
+        if self.is_gru:
+            self.rnn = nn.ModuleList(
+                GRULayer(cell, input_size if k == 0 else hidden_size, hidden_size, t_max, eps,
+                         momentum, ln_input, learn_init_state, gx, gh, recurrent_init)
+                for k in range(num_layers))
+        else:
+            self.rnn = nn.ModuleList(
+                RecurrentLayer(cell, input_size if k == 0 else hidden_size, hidden_size, t_max,
+                               eps, momentum, ln_input, learn_init_state, gx, gh, gc,
+                               forget_bias, recurrent_init)
+                for k in range(num_layers))
 
     def batch_norms(self) -> List[TimeBatchNorm]:
         return [m for m in self.modules() if isinstance(m, TimeBatchNorm)]
@@ -342,6 +504,8 @@ class RecurrentStack(nn.Module):
             lt = torch.tensor(lens, device=x.device)
             valid = torch.arange(T, device=x.device).unsqueeze(1) < lt.unsqueeze(0)  # [T, N]
             counts = valid.sum(1).tolist()
+        if self.is_gru:
+            return self._forward_gru(x, valid, counts, h0, c0, t0, h0_noise)
         hs, cs = [], []
         inp = x
         for k, layer in enumerate(self.rnn):
@@ -363,6 +527,24 @@ class RecurrentStack(nn.Module):
             hs.append(h)
             cs.append(c)
         return inp, (torch.stack(hs), torch.stack(cs))
+
+    def _forward_gru(self, x, valid, counts, h0, c0, t0, h0_noise):
+        if c0 is not None:
+            raise ValueError(f"{self.cell} has no cell state: c0 must be None")
+        N, H = x.shape[1], self.hidden_size
+        hs, inp = [], x
+        for k, layer in enumerate(self.rnn):
+            if h0 is not None:
+                h = h0[k]
+            elif layer.h0 is not None:
+                h = layer.h0.expand(N, H)
+            else:
+                h = x.new_zeros(N, H)
+            if self.training and h0_noise > 0:
+                h = h + h0_noise * torch.randn_like(h)
+            inp, h = layer(inp, valid, counts, h, t0)
+            hs.append(h)
+        return inp, torch.stack(hs)
 
     # ---- population statistics, the authors' way (SPEC 3b) ----------------------------------
 

@@ -18,7 +18,8 @@ from . import torch as rtorch
 
 _CLASSES = {"lstm": (rtorch.LSTM, {}), "bnlstm": (rtorch.BNLSTM, {}),
             "bnx": (rtorch.BNxLSTM, {}), "bnx-seq": (rtorch.BNxLSTM, {"sequence_wise": True}),
-            "lnlstm": (rtorch.LNLSTM, {})}
+            "lnlstm": (rtorch.LNLSTM, {}), "gru": (rtorch.GRU, {}), "bngru": (rtorch.BNGRU, {}),
+            "lngru": (rtorch.LNGRU, {})}
 _HEADS = ("none", "classify", "lm", "tag", "regress")
 # metadata keys rbn.save derives from the modules; a given `metadata` cannot override them
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",
@@ -34,7 +35,8 @@ class CheckpointError(ValueError):
 class Model(nn.Module):
     """What an rbn checkpoint holds, as torch modules (SPEC section 4):
 
-    rnn          the recurrent stack: an rbn.torch LSTM / BNLSTM / BNxLSTM / LNLSTM (float32)
+    rnn          the recurrent stack: an rbn.torch LSTM / BNLSTM / BNxLSTM / LNLSTM / GRU / BNGRU /
+                 LNGRU (float32)
     head         nn.Linear(H, K) or None ('none')
     embed        nn.Embedding(V, E) for a language model with an embedding, else None
     head_kind    'none' | 'classify' (logits from the top layer's state after each row's last
@@ -81,7 +83,8 @@ class Model(nn.Module):
         elif self.input_ids:
             dtype = next(self.rnn.parameters()).dtype
             x = nn.functional.one_hot(torch.as_tensor(x).long(), self.rnn.input_size).to(dtype)
-        y, (hT, cT) = self.rnn(x, hx, lengths=lengths)
+        y, state = self.rnn(x, hx, lengths=lengths)
+        hT = state if self.rnn._gru else state[0]  # nn.GRU's h_n, nn.LSTM's (h_n, c_n)
         if self.head_kind == "none":
             return y
         if self.per_step:
@@ -119,10 +122,10 @@ def load(path):
     C, H, L = (_meta_int(md, k, path) for k in ("input_size", "hidden_size", "num_layers"))
     cls, kw = _CLASSES[cell]
     kw = dict(kw, learn_init_state=md.get("learn_init_state") == "true" or "rnn.0.h0" in tensors)
-    if cell in ("bnlstm", "bnx", "bnx-seq"):
+    if cell in rtorch._BN_CELLS:
         kw.update(t_max=_meta_int(md, "t_max", path), eps=float(md.get("eps", 1e-5)),
                   momentum=float(md.get("bn_momentum", 0.1)))
-    elif cell == "lnlstm":
+    elif cell in ("lnlstm", "lngru"):
         kw.update(eps=float(md.get("eps", 1e-5)),
                   ln_input=md.get("ln_input", "true") == "true" and "rnn.0.ln_x.weight" in tensors)
     with warnings.catch_warnings():  # advice for building a model, not for loading a trained one
@@ -214,7 +217,7 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
               popstats=getattr(module, "popstats_kind", "running"))
     # t_max sizes the statistics of the BN cells; for the others keep the file's (it is a
     # training length there, not a shape)
-    md["t_max"] = module.t_max if module._config["cell"] in ("bnlstm", "bnx", "bnx-seq") else \
+    md["t_max"] = module.t_max if module._config["cell"] in rtorch._BN_CELLS else \
         (metadata or {}).get("t_max", module.t_max)
     pd = popstats_data
     if pd is None and getattr(module, "_popstats_key", None) == _buffers_key(module):

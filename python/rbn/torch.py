@@ -1,15 +1,20 @@
-"""rbn's recurrent stacks as drop-in replacements for torch.nn.LSTM (CPU, float32 / float64).
+"""rbn's recurrent stacks as drop-in replacements for torch.nn.LSTM and torch.nn.GRU (CPU,
+float32 / float64).
 
-    from rbn.torch import BNLSTM
+    from rbn.torch import BNLSTM, BNGRU
     rnn = BNLSTM(1, 100, t_max=784)          # nn.LSTM's arguments + the normalization's own
     y, (hT, cT) = rnn(x)                     # x [T, N, C] (or [N, T, C] with batch_first=True)
     y, (hT, cT) = rnn(x, (h0, c0))           # hx as nn.LSTM takes it; PackedSequence in -> out
+    gru = BNGRU(1, 100, t_max=784)           # nn.GRU's arguments + the normalization's own
+    y, hT = gru(x, h0)                       # hx = h0 as nn.GRU takes it
 
 Parameters carry nn.LSTM's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) and the
 normalization's in the same style (bn_x_weight_l0, bn_c_bias_l0, bn_h_running_mean_l0, ...), so
-`load_state_dict(nn.LSTM(...).state_dict())` works. rbn's cells have one bias per layer (SPEC
+`load_state_dict(nn.LSTM(...).state_dict())` works. rbn's LSTM cells have one bias per layer (SPEC
 section 5 `rnn.k.bias`); the two torch biases are summed when the stack runs and when
-`state_dict_rbn()` writes the SPEC names. docs/python.md is the user's page.
+`state_dict_rbn()` writes the SPEC names. The GRUs (GRU, BNGRU, LNGRU: SPEC section 2b) keep
+nn.GRU's two biases as `rnn.k.bias_ih`, `rnn.k.bias_hh` (the n block of bias_hh sits inside the
+reset product), so their parameters map one to one. docs/python.md is the user's page.
 
 How autograd is kept exact: the C++ backward consumes the activations its forward cached (it
 writes gradients over them). Each forward leaves a token naming the graph node whose activations
@@ -72,6 +77,8 @@ class _StackState:
             k = spec.split(".")[1]
             if _is_bias(spec):
                 src = [index[f"bias_ih_l{k}"], index[f"bias_hh_l{k}"]] if module.bias else []
+            elif _is_gru_bias(spec):  # nn.GRU's own bias_ih / bias_hh, one to one
+                src = [index[_torch_name(spec)]] if module.bias else []
             else:
                 src = [index[_torch_name(spec)]]
             self.sources.append((name, src))
@@ -94,16 +101,20 @@ class _StackFunction(torch.autograd.Function):
         state.owner = token if run["keep"] else None
         ctx.set_materialize_grads(False)
         ctx.module, ctx.run, ctx.state, ctx.token = module, run, state, token
-        ctx.has_state = h0 is not None  # hx = (h0, c0): both or neither
+        ctx.has_h0 = h0 is not None  # LSTMs: hx = (h0, c0), both or neither; GRUs: h0 alone
+        ctx.has_c0 = c0 is not None
         buffers = [] if run["train"] else module._buffer_list(state)
         ctx.buffer_versions = [(b, b._version) for b in buffers]
         ctx.save_for_backward(x, h0, c0, *params)
-        return torch.from_numpy(y), torch.from_numpy(hT), torch.from_numpy(cT)
+        cT = x.new_zeros(0) if cT is None else torch.from_numpy(cT)  # GRUs: no cell state
+        return torch.from_numpy(y), torch.from_numpy(hT), cT
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dhT, dcT):
         x, h0, c0, *params = ctx.saved_tensors  # raises if any was modified in place since
+        if not ctx.has_c0 and dcT is not None and dcT.numel() == 0:
+            dcT = None  # a GRU's empty cell-state output
         module, state, run = ctx.module, ctx.state, ctx.run
         if state.owner is not ctx.token:
             _StackFunction._recompute(ctx, x, h0, c0, params)
@@ -113,8 +124,8 @@ class _StackFunction(torch.autograd.Function):
         dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
         grads = st.grads()
         pgrads = [torch.from_numpy(grads[n]) for n in state.grad_of]
-        dh0 = torch.from_numpy(dh0) if ctx.has_state else None
-        dc0 = torch.from_numpy(dc0) if ctx.has_state else None
+        dh0 = torch.from_numpy(dh0) if ctx.has_h0 else None
+        dc0 = torch.from_numpy(dc0) if ctx.has_c0 else None
         return (None, None, torch.from_numpy(dx), dh0, dc0, *pgrads)
 
     @staticmethod
@@ -136,10 +147,12 @@ def _grad(g):
 
 
 class _RbnLSTMBase(nn.Module):
-    """nn.LSTM's interface over one of rbn's cells (the subclasses set `_cell`)."""
+    """nn.LSTM's interface over one of rbn's cells (the subclasses set `_cell`); _RbnGRUBase
+    turns it into nn.GRU's."""
 
     _cell = None
     _default_init = "spec"
+    _gru = False  # GRU family: 3 gate blocks, two biases kept apart, hx = h0, no forget bias
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
@@ -154,9 +167,10 @@ class _RbnLSTMBase(nn.Module):
         _check_size(name, "t_max", t_max, 1)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
+        self.mode = "GRU" if self._gru else "LSTM"
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
-                          "layers only, so it has no effect (as in nn.LSTM)")
+                          f"layers only, so it has no effect (as in nn.{self.mode})")
         if bidirectional:
             raise NotImplementedError(f"{name}: bidirectional=True is not implemented: rbn's "
                                       "stacks run forward in time only")
@@ -173,12 +187,13 @@ class _RbnLSTMBase(nn.Module):
                         ln_input=(ln_input, True))
         init = self._default_init if init is None else init
         if init not in ("torch", "spec"):
-            raise ValueError(f"{name}: init must be 'torch' (nn.LSTM's uniform) or 'spec' "
-                             f"(orthogonal, forget bias; docs/cells.md), got {init!r}")
+            raise ValueError(f"{name}: init must be 'torch' (nn.{self.mode}'s uniform) or 'spec' "
+                             f"(orthogonal{'' if self._gru else ', forget bias'}; docs/cells.md), "
+                             f"got {init!r}")
         if init == "torch" and (forget_bias != 1.0 or recurrent_init != "orthogonal"):
-            raise TypeError(f"{name}: forget_bias and recurrent_init shape init='spec' only; "
-                            "with init='torch' every weight and bias is uniform")
-        self.mode = "LSTM"
+            raise TypeError(f"{name}: {'' if self._gru else 'forget_bias and '}recurrent_init "
+                            "shape init='spec' only; with init='torch' every weight and bias is "
+                            "uniform")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = False, 0
@@ -190,7 +205,7 @@ class _RbnLSTMBase(nn.Module):
             gamma_x=-1.0 if gamma_x is None else float(gamma_x),
             gamma_h=-1.0 if gamma_h is None else float(gamma_h),
             gamma_c=-1.0 if gamma_c is None else float(gamma_c),
-            forget_bias=float(forget_bias), ln_input=bool(ln_input),
+            forget_bias=None if self._gru else float(forget_bias), ln_input=bool(ln_input),
             learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init)
         self._stacks = {}
         probe = self._new_stack(dtype, seed=1)  # validates the keywords; names and shapes
@@ -222,18 +237,27 @@ class _RbnLSTMBase(nn.Module):
         C, L = c.pop("input_size"), c.pop("num_layers")
         if layer is not None:
             C, L = (C if layer == 0 else self.hidden_size), 1
+        if c["forget_bias"] is None:  # a GRU has no forget gate: left unset
+            del c["forget_bias"]
         return Stack(c.pop("cell"), C, c.pop("hidden_size"), L, c.pop("t_max"),
                      dtype=_DTYPES[dtype], seed=seed, **c)
 
+    @property
+    def _gates(self):
+        return 3 if self._gru else 4
+
     def _register(self, probe, dtype):
-        """Parameters in nn.LSTM's order per layer (weight_ih, weight_hh, bias_ih, bias_hh), then
-        the layer's normalization parameters; buffers (population statistics) likewise."""
+        """Parameters in nn.LSTM's / nn.GRU's order per layer (weight_ih, weight_hh, bias_ih,
+        bias_hh), then the layer's normalization parameters; buffers (population statistics)
+        likewise."""
         params = probe.params()
         self._param_names = []  # torch names, in registration order
         for spec in self._spec_params:
             k = spec.split(".")[1]
             if _is_bias(spec):
                 names = [f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else []
+            elif _is_gru_bias(spec):
+                names = [_torch_name(spec)] if self.bias else []
             else:
                 names = [_torch_name(spec)]
             for n in names:
@@ -245,17 +269,21 @@ class _RbnLSTMBase(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """init='torch': every weight and bias U(-1/sqrt(H), 1/sqrt(H)) drawn in nn.LSTM's order
-        (so a seeded rbn.torch.LSTM starts where a seeded nn.LSTM does); normalization gains and
-        biases as the SPEC. init='spec': the SPEC's (orthogonal W, b_f = forget_bias in bias_ih,
-        bias_hh = 0), from a seed drawn from torch's generator. Population statistics reset."""
+        """init='torch': every weight and bias U(-1/sqrt(H), 1/sqrt(H)) drawn in nn.LSTM's /
+        nn.GRU's order (so a seeded rbn.torch.LSTM / GRU starts where a seeded nn.LSTM / nn.GRU
+        does); normalization gains and biases as the SPEC. init='spec': the SPEC's (orthogonal W;
+        LSTMs: b_f = forget_bias in bias_ih, bias_hh = 0; GRUs: both biases 0), from a seed
+        drawn from torch's generator. Population statistics reset."""
         seed = int(torch.randint(0, 2**62, (1,)).item()) if self.init == "spec" else 1
         fresh = self._new_stack(torch.float64, seed=seed)
         spec = fresh.params()
         for k in range(self.num_layers):
             for n in ("weight_ih", "weight_hh"):
                 getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
-            if self.bias:
+            if self.bias and self._gru:
+                for n in ("bias_ih", "bias_hh"):
+                    getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
+            elif self.bias:
                 getattr(self, f"bias_ih_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.bias"]))
                 getattr(self, f"bias_hh_l{k}").zero_()
         for s in self._spec_params:
@@ -300,18 +328,18 @@ class _RbnLSTMBase(nn.Module):
 
     def _norm_repr(self):
         c, s = self._config, ""
-        if self._cell in ("bnlstm", "bnx", "bnx-seq"):
+        if self._cell in _BN_CELLS:
             s += f", t_max={c['t_max']}"
             if c["momentum"] != 0.1:
                 s += f", momentum={c['momentum']}"
-        if self._cell != "lstm" and c["eps"] != 1e-5:
+        if self._cell not in ("lstm", "gru") and c["eps"] != 1e-5:
             s += f", eps={c['eps']}"
         for g in ("gamma_x", "gamma_h", "gamma_c"):
             if c[g] >= 0:
                 s += f", {g}={c[g]}"
-        if c["forget_bias"] != 1.0:
+        if c["forget_bias"] is not None and c["forget_bias"] != 1.0:
             s += f", forget_bias={c['forget_bias']}"
-        if self._cell == "lnlstm" and not c["ln_input"]:
+        if self._cell in ("lnlstm", "lngru") and not c["ln_input"]:
             s += ", ln_input=False"
         if c["learn_init_state"]:
             s += ", learn_init_state=True"
@@ -368,7 +396,7 @@ class _RbnLSTMBase(nn.Module):
             if synced.get(name) == key:
                 continue
             if not src:
-                v = np.zeros(4 * self.hidden_size, dtype=_DTYPES[params[0].dtype])
+                v = np.zeros(self._gates * self.hidden_size, dtype=_DTYPES[params[0].dtype])
             elif len(src) == 1:
                 v = params[src[0]].detach().numpy()
             else:
@@ -411,8 +439,9 @@ class _RbnLSTMBase(nn.Module):
         Inside `population_statistics()` the call also feeds the statistics pass."""
         name = type(self).__name__
         if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
-            raise TypeError(f"{name}: the second argument is hx = (h0, c0) as in nn.LSTM; pass "
-                            "sequence lengths as lengths=")
+            what = "h0 as in nn.GRU" if self._gru else "(h0, c0) as in nn.LSTM"
+            raise TypeError(f"{name}: the second argument is hx = {what}; pass sequence lengths "
+                            "as lengths=")
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError(f"{name}: lengths= with a PackedSequence (it has its own)")
@@ -424,8 +453,14 @@ class _RbnLSTMBase(nn.Module):
         h0, c0 = self._check_hx(hx, x.shape[1], unbatched)
         y, hT, cT = self._forward_tm(x, h0, c0, lengths, t0)
         if unbatched:
-            return y.squeeze(1), (hT.squeeze(1), cT.squeeze(1))
-        return (y.transpose(0, 1) if self.batch_first else y), (hT, cT)
+            y, hT, cT = y.squeeze(1), hT.squeeze(1), (cT if self._gru else cT.squeeze(1))
+        else:
+            y = y.transpose(0, 1) if self.batch_first else y
+        return y, self._state_out(hT, cT)
+
+    def _state_out(self, hT, cT):
+        """The final state as nn.LSTM returns it, (h_n, c_n); GRUs: h_n."""
+        return hT if self._gru else (hT, cT)
 
     def _forward_packed(self, packed, hx, t0):
         x, lengths = pad_packed_sequence(packed)  # [T,N,C], rows in the caller's order
@@ -437,17 +472,24 @@ class _RbnLSTMBase(nn.Module):
         data = pack_padded_sequence(ys, ls, enforce_sorted=True).data
         out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
                              packed.unsorted_indices)
-        return out, (hT, cT)
+        return out, self._state_out(hT, cT)
 
     def _check_hx(self, hx, N, unbatched):
         name = type(self).__name__
         if hx is None:
             return None, None
+        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N,
+                                                                        self.hidden_size)
+        if self._gru:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{name}: hx must be a tensor h0, as nn.GRU takes it (a GRU has "
+                                f"no cell state), got {type(hx).__name__}")
+            if tuple(hx.shape) != want:
+                raise RuntimeError(f"{name}: expected hidden size {want}, got {tuple(hx.shape)}")
+            return (hx.unsqueeze(1) if unbatched else hx), None
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"{name}: hx must be a tuple (h0, c0), as nn.LSTM takes it")
         h0, c0 = hx
-        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N,
-                                                                        self.hidden_size)
         for n, t in (("h0", h0), ("c0", c0)):
             if tuple(t.shape) != want:
                 raise RuntimeError(f"{name}: expected hidden {n} size {want}, got {tuple(t.shape)}")
@@ -479,7 +521,7 @@ class _RbnLSTMBase(nn.Module):
                 raise ValueError(f"{name}: lengths must be [N] = [{x.shape[1]}], got {ln.shape}")
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params)
-            or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
+            or any(t is not None and t.requires_grad for t in (h0, c0)))
         if self._pass is not None:
             return self._feed_pass(x, h0, c0, ln, int(t0))
         if self.training and self.dropout > 0 and self.num_layers > 1:
@@ -511,19 +553,21 @@ class _RbnLSTMBase(nn.Module):
         with torch.no_grad():
             for spec in self._spec_params:
                 k = spec.split(".")[1]
-                if not _is_bias(spec):
-                    out[spec] = getattr(self, _torch_name(spec)).detach().clone()
-                elif self.bias:
+                if (_is_bias(spec) or _is_gru_bias(spec)) and not self.bias:
+                    out[spec] = torch.zeros(self._gates * self.hidden_size,
+                                            dtype=self.weight_ih_l0.dtype)
+                elif _is_bias(spec):
                     out[spec] = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
                 else:
-                    out[spec] = torch.zeros(4 * self.hidden_size, dtype=self.weight_ih_l0.dtype)
+                    out[spec] = getattr(self, _torch_name(spec)).detach().clone()
             for spec in self._spec_buffers:
                 out[spec] = getattr(self, _torch_name(spec)).detach().clone()
         return out
 
     def load_state_dict_rbn(self, tensors, strict=True):
         """Load SPEC-named tensors (an rbn checkpoint's rnn.* entries). rnn.k.bias goes into
-        bias_ih_lk, and bias_hh_lk becomes 0. strict: unknown or missing names raise KeyError."""
+        bias_ih_lk, and bias_hh_lk becomes 0 (LSTMs); a GRU's rnn.k.bias_ih / bias_hh into
+        bias_ih_lk / bias_hh_lk. strict: unknown or missing names raise KeyError."""
         name = type(self).__name__
         wanted = self._spec_params + self._spec_buffers
         if strict:
@@ -537,6 +581,10 @@ class _RbnLSTMBase(nn.Module):
                 if spec not in tensors:
                     continue
                 v = torch.as_tensor(np.asarray(tensors[spec]))
+                if _is_gru_bias(spec) and not self.bias:
+                    if v.abs().max() > 0:
+                        raise ValueError(f"{name}: {spec} is not zero but bias=False")
+                    continue
                 if _is_bias(spec):
                     k = spec.split(".")[1]
                     if not self.bias:
@@ -567,7 +615,7 @@ class _RbnLSTMBase(nn.Module):
         averages them). docs/distributed.md."""
         name = type(self).__name__
         if on:
-            if self._cell not in ("bnlstm", "bnx", "bnx-seq"):
+            if self._cell not in _BN_CELLS:
                 raise TypeError(f"{name}: sync_stats applies to the batch-normalized cells only "
                                 f"(this cell, {self._cell}, has no batch statistics)")
             import torch.distributed as dist
@@ -641,7 +689,8 @@ class _RbnLSTMBase(nn.Module):
             y, hT, cT = state.stack.forward(xn, ln, None, None, train=True, t0=0,
                                             update_running=False, need_backward=False)
         state.owner = None
-        return torch.from_numpy(y), torch.from_numpy(hT), torch.from_numpy(cT)
+        cT = x.new_zeros(0) if cT is None else torch.from_numpy(cT)  # GRUs: no cell state
+        return torch.from_numpy(y), torch.from_numpy(hT), cT
 
     def popstats(self, batches):
         """population_statistics() over an iterable of (x [T,N,C] time-major, lengths or None)."""
@@ -663,12 +712,12 @@ def _allreduce_fn(group):
 
 def convert_sync_batchnorm(module, process_group=None):
     """nn.SyncBatchNorm.convert_sync_batchnorm for rbn: every batch-normalized rbn.torch module
-    in `module` (BNLSTM, BNxLSTM) synchronizes its batch statistics over `process_group`
+    in `module` (BNLSTM, BNxLSTM, BNGRU) synchronizes its batch statistics over `process_group`
     (default: one new gloo group of all ranks, shared by them; a collective call). The modules
     are changed in place; returns `module`."""
     group = process_group
     for m in module.modules():
-        if isinstance(m, _RbnLSTMBase) and m._cell in ("bnlstm", "bnx", "bnx-seq"):
+        if isinstance(m, _RbnLSTMBase) and m._cell in _BN_CELLS:
             if group is None:
                 import torch.distributed as dist
                 if not dist.is_available() or not dist.is_initialized():
@@ -680,15 +729,25 @@ def convert_sync_batchnorm(module, process_group=None):
 
 
 def _is_lstm_param(name):
-    """weight_ih/weight_hh/bias(_ih/_hh) of a layer, in torch or SPEC naming (not a norm's)."""
+    """weight_ih/weight_hh/bias(_ih/_hh) of a layer, in torch or SPEC naming (not a norm's):
+    what nn.LSTM / nn.GRU hold."""
     if name.startswith("rnn."):
-        return name.count(".") == 2 and name.split(".")[2] in ("weight_ih", "weight_hh", "bias")
+        return name.count(".") == 2 and name.split(".")[2] in ("weight_ih", "weight_hh", "bias",
+                                                                "bias_ih", "bias_hh")
     return name.rsplit("_l", 1)[0] in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _is_bias(spec):
-    """rnn.k.bias, the stack's single bias (not a norm's bias)."""
+    """rnn.k.bias, an LSTM stack's single bias (not a norm's bias)."""
     return spec.count(".") == 2 and spec.endswith(".bias")
+
+
+def _is_gru_bias(spec):
+    """rnn.k.bias_ih or rnn.k.bias_hh, a GRU stack's two biases."""
+    return spec.count(".") == 2 and spec.split(".")[2] in ("bias_ih", "bias_hh")
+
+
+_BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru")  # cells with batch statistics
 
 
 # The normalization keywords each cell uses; another one set away from its default is refused
@@ -699,6 +758,9 @@ _CELL_KEYWORDS = {
     "bnx": {"t_max", "eps", "momentum", "gamma_x"},
     "bnx-seq": {"t_max", "eps", "momentum", "gamma_x"},
     "lnlstm": {"eps", "gamma_x", "gamma_h", "gamma_c", "ln_input"},
+    "gru": set(),
+    "bngru": {"t_max", "eps", "momentum", "gamma_x", "gamma_h"},
+    "lngru": {"eps", "gamma_x", "gamma_h", "ln_input"},
 }
 
 
@@ -762,24 +824,72 @@ class LNLSTM(_RbnLSTMBase):
                           "x = 0; consider ln_input=False (docs/cells.md)")
 
 
-class _NoGRU(nn.Module):
-    """Refused until rbn's core has GRU cells (SPEC section 2b)."""
+class _RbnGRUBase(_RbnLSTMBase):
+    """nn.GRU's interface over one of rbn's GRU cells (SPEC section 2b): the constructor of
+    nn.GRU (no proj_size, no forget bias: a GRU's biases start at 0), hx = h0 [L,N,H] ([L,H]
+    unbatched), forward -> (output, h_n), nn.GRU's parameter names and order
+    (weight_ih_l0 [3H,C], weight_hh_l0 [3H,H], bias_ih_l0, bias_hh_l0 [3H], ...)."""
 
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError(f"rbn.torch.{type(self).__name__}: the GRU cells are not in "
-                                  "rbn's core yet; use torch.nn.GRU or an rbn LSTM class")
+    _gru = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, t_max=1,
+                 eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, ln_input=True,
+                 learn_init_state=False, recurrent_init="orthogonal", init=None,
+                 sync_stats=False, process_group=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
+                         momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
+                         ln_input=ln_input, learn_init_state=learn_init_state,
+                         recurrent_init=recurrent_init, init=init, sync_stats=sync_stats,
+                         process_group=process_group)
+
+    @classmethod
+    def from_gru(cls, gru, **kwargs):
+        """A module of this class with the weights and biases of `gru` (a torch.nn.GRU or an
+        rbn.torch GRU module); the normalization starts as the SPEC says. kwargs: this class's
+        keywords (t_max, gamma_x, ...)."""
+        ref = next(gru.parameters())
+        m = cls(gru.input_size, gru.hidden_size, gru.num_layers, gru.bias, gru.batch_first,
+                gru.dropout, gru.bidirectional, dtype=ref.dtype, **kwargs)
+        src = dict(gru.named_parameters())
+        with torch.no_grad():
+            for n in m._param_names:
+                if _is_lstm_param(n):
+                    getattr(m, n).copy_(src[n])
+        return m
+
+    @classmethod
+    def from_lstm(cls, lstm, **kwargs):
+        raise TypeError(f"{cls.__name__}.from_lstm: an LSTM's weights do not fit a GRU (4 gate "
+                        "blocks against 3); use from_gru with an nn.GRU")
 
 
-class GRU(_NoGRU):
-    pass
+class GRU(_RbnGRUBase):
+    """The plain GRU (SPEC `gru`): torch.nn.GRU's arguments and results; initialized as nn.GRU
+    by default (init='spec' for the SPEC's orthogonal init)."""
+    _cell = "gru"
+    _default_init = "torch"
 
 
-class BNGRU(_NoGRU):
-    pass
+class BNGRU(_RbnGRUBase):
+    """Recurrent batch normalization of a GRU: BN_t of W x and of W h over all 3H features (no
+    beta, gains 0.1), per-step population statistics for t < t_max (later steps use row
+    t_max - 1)."""
+    _cell = "bngru"
 
 
-class LNGRU(_NoGRU):
-    pass
+class LNGRU(_RbnGRUBase):
+    """Layer-normalized GRU (Ba et al. 2016, eqs. 26-28): LN of the r,z block and of the n block
+    of W x (ln_input=True) and of W h, each with its own statistics."""
+    _cell = "lngru"
+
+    def __init__(self, input_size, *args, **kwargs):
+        super().__init__(input_size, *args, **kwargs)
+        if input_size == 1 and self._config["ln_input"]:
+            warnings.warn("LNGRU: input_size=1 with ln_input=True: LN(W x) of one feature is "
+                          "LN(w) for every non-zero x (its magnitude is lost) and undefined at "
+                          "x = 0; consider ln_input=False (docs/cells.md)")
 
 
 __all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU",

@@ -226,7 +226,8 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   };
   mc.rnn.ln_input = flag("ln_input", true);
   mc.rnn.learn_init_state = flag("learn_init_state", false) || st.has("rnn.0.h0");
-  if (mc.rnn.cell == Cell::lnlstm && !st.has("rnn.0.ln_x.weight")) mc.rnn.ln_input = false;
+  if ((mc.rnn.cell == Cell::lnlstm || mc.rnn.cell == Cell::lngru) && !st.has("rnn.0.ln_x.weight"))
+    mc.rnn.ln_input = false;
   try {
     mc.head = parse_head(meta(st, path, "head"));
   } catch (const UsageError&) {

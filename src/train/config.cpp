@@ -22,9 +22,28 @@ namespace rbn {
   X(lr_patience) X(batch_size) X(seq_len) X(steps) X(eval_every) X(eval_batches) X(log_every)   \
   X(checkpoint_every) X(max_bad_steps) X(early_stop) X(seed) X(threads) X(out)
 
+namespace {
+// JSON of a field; an unset optional number is null.
+template <class T>
+nlohmann::json json_of(const T& v) {
+  return v;
+}
+nlohmann::json json_of(const std::optional<double>& v) { return v ? nlohmann::json(*v) : nlohmann::json(); }
+template <class T>
+void read_json(const nlohmann::json& j, T& v) {
+  j.get_to(v);
+}
+void read_json(const nlohmann::json& j, std::optional<double>& v) {
+  if (j.is_null())
+    v.reset();
+  else
+    v = j.get<double>();
+}
+}  // namespace
+
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j;
-#define X(f) j[#f] = f;
+#define X(f) j[#f] = json_of(f);
   RBN_TRAIN_FIELDS(X)
 #undef X
   return j;
@@ -39,7 +58,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& s
     try {
 #define X(f)                          \
   if (key == #f) {                    \
-    it.value().get_to(c.f);           \
+    read_json(it.value(), c.f);       \
     known = true;                     \
   }
       RBN_TRAIN_FIELDS(X)
@@ -134,9 +153,16 @@ TrainConfig TrainConfig::for_resume(const TrainConfig& saved, const TrainConfig&
   return from_json(merged, checkpoint);
 }
 
+std::string cell_list() {
+  std::string s;
+  for (const auto* cells : {&all_cells(), &all_gru_cells()})
+    for (Cell c : *cells) s += (s.empty() ? "" : ", ") + std::string(cell_name(c));
+  return s;
+}
+
 void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag) {
-  if (rows != 1 || !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn ||
-                     cell == Cell::bngru))
+  if (rows != 1 ||
+      !(cell == Cell::bnlstm || cell == Cell::bnx || cell == Cell::bnrnn || cell == Cell::bngru))
     return;
   throw UsageError(flag + ": cell " + cell_name(cell) +
                    " normalizes each time step over the batch's rows, and the variance of one row "
@@ -169,7 +195,9 @@ void TrainConfig::validate() const {
   if (!(valid_fraction >= 0 && valid_fraction < 1)) bad("--valid-fraction", "must be in [0, 1)");
   if (!(test_fraction >= 0 && test_fraction < 1)) bad("--test-fraction", "must be in [0, 1)");
   if (!(valid_fraction + test_fraction < 1)) bad("--test-fraction", "with --valid-fraction must leave training rows");
-  if (!parse_cell(cell)) bad("--cell", "unknown cell '" + cell + "' (lstm, bnlstm, bnx, bnx-seq, lnlstm)");
+  if (!parse_cell(cell)) bad("--cell", "unknown cell '" + cell + "' (" + cell_list() + ")");
+  if (cell_is_gru(*parse_cell(cell)) && gamma_c >= 0)
+    bad("--gamma-c", "cell " + cell + " has no cell state to normalize (its norms are of W x and W h)");
   if (hidden <= 0) bad("--hidden", "must be positive, got " + std::to_string(hidden));
   if (layers <= 0) bad("--layers", "must be positive, got " + std::to_string(layers));
   if (embed < 0) bad("--embed", "must be >= 0");
@@ -228,9 +256,7 @@ StackConfig TrainConfig::stack_config(int input_size) const {
   s.gamma_x = gamma_x;
   s.gamma_h = gamma_h;
   s.gamma_c = gamma_c;
-  // The stack refuses a forget bias on a GRU (no forget gate): only a value other than the
-  // default reaches it there.
-  if (!cell_is_gru(s.cell) || forget_bias != 1.0) s.forget_bias = forget_bias;
+  s.forget_bias = forget_bias;  // unset unless given: the stack refuses one on a GRU
   s.momentum = bn_momentum;
   s.ln_input = ln_input;
   s.learn_init_state = learn_init_state;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -30,7 +31,9 @@ struct TrainConfig {
   int embed = 0;  // language models: 0 = one-hot input
   double eps = 1e-5;
   double gamma_x = -1, gamma_h = -1, gamma_c = -1;
-  double forget_bias = 1.0;
+  // LSTMs' initial forget-gate bias (unset: 1); the GRUs have none, and setting it there is an
+  // error (SPEC 2b). In JSON: a number, or null for unset.
+  std::optional<double> forget_bias;
   bool ln_input = true;
   bool learn_init_state = false;
   std::string init_recurrent = "orthogonal";  // orthogonal | identity
@@ -106,8 +109,11 @@ struct TrainConfig {
   StackConfig stack_config(int input_size) const;
 };
 
-// Cells whose batch normalization at each time step is over the batch's rows (bnlstm, bnx, bnrnn):
-// with one row every variance is 0. Throws UsageError naming the cell and `flag` when `rows` is 1.
+// Every cell `--cell` takes, comma-separated: the five LSTMs, then the GRUs (gru, bngru, lngru).
+std::string cell_list();
+
+// Cells whose batch normalization at each time step is over the batch's rows (bnlstm, bnx, bnrnn,
+// bngru): with one row every variance is 0. Throws UsageError naming the cell and `flag` when `rows` is 1.
 void check_rows_for_batch_stats(Cell cell, int64_t rows, const std::string& flag);
 
 }  // namespace rbn

@@ -234,10 +234,12 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
   mc.num_classes = data->num_classes();
   mc.embed_dim = cfg.embed;
   mc.per_step = data->per_step();
-  if (root && mc.rnn.cell == Cell::lnlstm && mc.rnn.ln_input && data->input_size() == 1)
+  if (root && (mc.rnn.cell == Cell::lnlstm || mc.rnn.cell == Cell::lngru) && mc.rnn.ln_input &&
+      data->input_size() == 1)
     std::fprintf(stderr,
-                 "warning: lnlstm with one input feature: LN(W x) loses the pixel's magnitude and "
-                 "is 0/0 at x = 0; consider --ln-input off\n");
+                 "warning: %s with one input feature: LN(W x) loses the pixel's magnitude and "
+                 "is 0/0 at x = 0; consider --ln-input off\n",
+                 cell_name(mc.rnn.cell));
   if (root && mc.rnn.cell == Cell::bnx_seq && data->head() == Head::lm)
     std::fprintf(stderr,
                  "warning: bnx-seq in a language model: sequence-wise statistics see the whole "

@@ -16,7 +16,8 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RBN = os.environ.get("RBN_BIN", os.path.join(ROOT, "build", "rbn"))
 needs_cli = pytest.mark.skipif(not os.path.exists(RBN), reason="the rbn tool is not built")
 
-CELLS = ["lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm"]
+CELLS = ["lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru"]
+NO_STATS = ("lstm", "lnlstm", "gru", "lngru")  # cells without population statistics
 
 
 def cli(*args):
@@ -35,7 +36,7 @@ def train(out, cell, head):
     else:  # PTB characters; an embedding for two of the cells, one-hot input for the others
         task = ["--task", "ptb", "--data", os.path.join(ROOT, "data", "ptb"), "--seq-len", "12",
                 "--batch-size", "4", "--layers", "2"]
-        if cell in ("bnx-seq", "lnlstm"):
+        if cell in ("bnx-seq", "lnlstm", "lngru"):
             task += ["--embed", "5"]
     cli("train", *task, *common)
     return out / "best.safetensors"
@@ -49,7 +50,7 @@ def cli_forward(tmp_path, ck, x):
 
 def cli_eval(ck, cell):
     # The statistics the file holds (cells without population statistics take no --popstats).
-    stats = [] if cell in ("lstm", "lnlstm") else ["--popstats", "checkpoint"]
+    stats = [] if cell in NO_STATS else ["--popstats", "checkpoint"]
     r = cli("eval", "--checkpoint", ck, "--split", "valid", *stats,
             "--batch-size", "50", "--windows", "--threads", "1")
     return r.stdout.split(": ", 1)[1].split(";")[0]  # "accuracy 0.1 (loss 2.3 nats, N sequences"
@@ -64,7 +65,7 @@ def test_cli_python_cli(tmp_path, cell, head):
     md = m.metadata
     assert isinstance(m.rnn, rbn.checkpoint._CLASSES[cell][0]) and m.rnn._cell == cell
     assert m.head_kind == head and not m.training
-    assert m.rnn.popstats_kind == md["popstats"] == "pass" or cell in ("lstm", "lnlstm")
+    assert m.rnn.popstats_kind == md["popstats"] == "pass" or cell in NO_STATS
     rng = np.random.default_rng(1)
     if head == "classify":
         assert m.permutation.shape == (784,) and sorted(m.permutation) == list(range(784))
@@ -73,7 +74,7 @@ def test_cli_python_cli(tmp_path, cell, head):
     else:
         assert m.permutation is None and m.vocab["kind"] == "ptb"
         assert len(m.vocab["symbols"]) == m.head.out_features
-        assert (m.embed is not None) == (cell in ("bnx-seq", "lnlstm"))
+        assert (m.embed is not None) == (cell in ("bnx-seq", "lnlstm", "lngru"))
         x = rng.integers(0, m.head.out_features, size=(15, 3)).astype(np.int64)  # past seq-len
     want = cli_forward(tmp_path, ck, x)
     with torch.no_grad():
@@ -107,7 +108,7 @@ def test_cli_python_cli(tmp_path, cell, head):
         # one-byte symbols are stored as their byte values (docs/file-format.md)
         chars = {chr(v) if isinstance(v, int) else v for v in m.vocab["symbols"]}
         assert len(a.strip()) >= 30 and set(a.strip()) <= chars | {" ", "\n"}
-    # read back: the same tensors (bias_ih + bias_hh as the one rbn bias)
+    # read back: the same tensors (LSTMs: bias_ih + bias_hh as the one rbn bias; GRUs: both)
     again = rbn.load(tmp_path / "changed.safetensors")
     a, b = again.rnn.state_dict_rbn(), m.rnn.state_dict_rbn()
     assert a.keys() == b.keys()

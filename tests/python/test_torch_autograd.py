@@ -219,3 +219,117 @@ def test_inplace_change_before_backward_raises():
     m(x.detach())
     with pytest.raises(RuntimeError, match="population statistics"):
         y.sum().backward()
+
+
+# ==== the GRU family (hx = h0 alone, forward -> (output, h_n)) ====================================
+
+GRU_KINDS = ["gru", "bngru", "lngru"]
+
+
+def make_gru(kind, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    cls = {"gru": rt.GRU, "bngru": rt.BNGRU, "lngru": rt.LNGRU}[kind]
+    m = cls(C, H, L, dtype=dtype, **({"t_max": T} if kind == "bngru" else {}), **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
+def gru_reference(m):
+    c = m._config
+    ref = torch_cells.RecurrentStack(
+        c["cell"], C, H, L, t_max=c["t_max"], eps=c["eps"], momentum=c["momentum"],
+        ln_input=c["ln_input"], learn_init_state=c["learn_init_state"]).to(m.weight_ih_l0.dtype)
+    ref.load_state_dict(m.state_dict_rbn())
+    ref.train(m.training)
+    return ref
+
+
+def gru_loss(y, hT, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return ((torch.randn(y.shape, generator=g, dtype=y.dtype) * y).sum()
+            + (torch.randn(hT.shape, generator=g, dtype=y.dtype) * hT).sum())
+
+
+@pytest.mark.parametrize("kind", GRU_KINDS)
+@pytest.mark.parametrize("train", [True, False])
+def test_gru_repeated_backward_gives_identical_and_right_gradients(kind, train):
+    m = make_gru(kind).train(train)
+    x, h0, _ = inputs()
+    y, hT = m(x, h0, lengths=LENGTHS)
+    loss = gru_loss(y, hT)
+    wrt = [x, h0, *m.parameters()]
+    first = torch.autograd.grad(loss, wrt, retain_graph=True)
+    for _ in range(3):
+        for a, b in zip(first, torch.autograd.grad(loss, wrt, retain_graph=True)):
+            assert torch.equal(a, b)
+    ref = gru_reference(make_gru(kind).train(train))
+    ry, rhT = ref(x, LENGTHS, h0)
+    names = [n for n, _ in ref.named_parameters()]
+    want = torch.autograd.grad(gru_loss(ry, rhT), [x, h0, *ref.parameters()])
+    for a, b in zip(first[:2], want[:2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    got = dict(zip([n for n, _ in m.named_parameters()], first[2:]))
+    for n, b in zip(names, want[2:]):  # one to one: nn.GRU's names are the SPEC's
+        torch.testing.assert_close(got[rt._torch_name(n)], b, rtol=0, atol=1e-10, msg=n)
+
+
+@pytest.mark.parametrize("kind", GRU_KINDS)
+def test_gru_two_forwards_then_backwards(kind):
+    m = make_gru(kind)
+    x1, h1, _ = inputs(seed=3)
+    x2, h2, _ = inputs(seed=4)
+    wrt1, wrt2 = [x1, h1, *m.parameters()], [x2, h2, *m.parameters()]
+    alone1 = torch.autograd.grad(gru_loss(*m(x1, h1), 5), wrt1)
+    alone2 = torch.autograd.grad(gru_loss(*m(x2, h2), 6), wrt2)
+    a = m(x1, h1)
+    b = m(x2, h2)
+    got1 = torch.autograd.grad(gru_loss(*a, 5), wrt1)  # its activations were replaced
+    got2 = torch.autograd.grad(gru_loss(*b, 6), wrt2)
+    for u, v in zip(got1 + got2, alone1 + alone2):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("kind", GRU_KINDS)
+def test_gru_gradcheck_float64_with_reentrancy(kind):
+    m = make_gru(kind)
+    x, h0, _ = inputs()
+
+    def fn(x, h0, *params):
+        saved = [p.data for p in m.parameters()]
+        for p, v in zip(m.parameters(), params):
+            p.data = v
+        try:
+            y, hT = m(x, h0, lengths=LENGTHS)
+        finally:
+            for p, v in zip(m.parameters(), saved):
+                p.data = v
+        return y, hT
+
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    assert torch.autograd.gradcheck(fn, (x, h0, *params), nondet_tol=0.0)
+
+
+def test_gru_gradcheck_eval_mode_bngru():
+    m = make_gru("bngru")
+    with torch.no_grad():
+        for n, b in m.named_buffers():
+            b.copy_(torch.rand_like(b) + (0.2 if "var" in n else -0.5))
+    m.eval()
+    x, h0, _ = inputs()
+    assert torch.autograd.gradcheck(lambda x, h0: m(x, h0)[0], (x, h0))
+
+
+def test_gru_float64_computes_in_float64_and_float32_runs():
+    m = make_gru("lngru")
+    x, h0, _ = inputs()
+    y, hT = m(x, h0)
+    ry, rhT = gru_reference(m)(x, None, h0)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, ry, rtol=0, atol=1e-12)
+    torch.testing.assert_close(hT, rhT, rtol=0, atol=1e-12)
+    m32 = make_gru("bngru", dtype=torch.float32)
+    y32, _ = m32(x.float().detach(), h0.float().detach())
+    ry32, _ = gru_reference(m32.double())(x, None, h0)
+    torch.testing.assert_close(y32.double(), ry32, rtol=0, atol=1e-5)

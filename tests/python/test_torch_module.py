@@ -1,4 +1,4 @@
-"""rbn.torch as a drop-in for torch.nn.LSTM: constructor, forward contract, parameter names,
+"""rbn.torch as a drop-in for torch.nn.LSTM and torch.nn.GRU: constructor, forward contract, parameter names,
 state_dict interop, initialization, dropout, pickling, dtype moves, and parameter syncing.
 Run with Debian's python3, PYTHONPATH=build/python."""
 import copy
@@ -250,9 +250,6 @@ def test_constructor_contract():
         rt.LSTM(C, H, 2, dropout=1.5)
     with pytest.raises(ValueError, match="init"):
         rt.LSTM(C, H, init="xavier")
-    for cls in (rt.GRU, rt.BNGRU, rt.LNGRU):
-        with pytest.raises(NotImplementedError, match="GRU"):
-            cls(C, H)
     with pytest.warns(UserWarning, match="dropout"):
         rt.LSTM(C, H, 1, dropout=0.5)
     with pytest.warns(UserWarning, match="ln_input=False"):
@@ -448,3 +445,275 @@ def test_normalized_packed_and_batch_first_match_reference(kind, batch_first):
     for n, b in ref.state_dict().items():  # running statistics after the training forward
         if "running" in n:
             assert_close(m.state_dict_rbn()[n], b, torch.float64, n)
+
+
+# ==== the GRU family as a drop-in for torch.nn.GRU ================================================
+
+GRU_CLASSES = {"gru": rt.GRU, "bngru": rt.BNGRU, "lngru": rt.LNGRU}
+
+
+def pair_gru(num_layers, batch_first, dtype, **kw):
+    torch.manual_seed(0)
+    ref = nn.GRU(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
+    m = rt.GRU(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
+    m.load_state_dict(ref.state_dict())
+    return ref, m
+
+
+def make_gru_inputs(form, batch_first, L, dtype, with_hx):
+    g = torch.Generator().manual_seed(1)
+    shape = (T, C) if form == "unbatched" else ((N, T, C) if batch_first else (T, N, C))
+    x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+    hshape = (L, H) if form == "unbatched" else (L, N, H)
+    h0 = torch.randn(hshape, generator=g, dtype=dtype, requires_grad=True) if with_hx else None
+    return x, h0
+
+
+def run_gru(module, form, x, h0, batch_first):
+    """-> output (padded, zero past each row's end where lengths apply), h_n, packed output."""
+    if form == "packed":
+        packed = pack_padded_sequence(x, LENGTHS, batch_first=batch_first, enforce_sorted=False)
+        out, h = module(packed, h0)
+        assert isinstance(out, nn.utils.rnn.PackedSequence) and isinstance(h, torch.Tensor)
+        y, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+        return y, h, out
+    if form == "lengths":
+        if isinstance(module, nn.GRU):  # nn.GRU's equivalent of lengths=: a packed input
+            return run_gru(module, "packed", x, h0, batch_first)
+        y, h = module(x, h0, lengths=LENGTHS)
+        return y, h, None
+    y, h = module(x, h0)
+    return y, h, None
+
+
+@pytest.mark.parametrize("batch_first,L,form,with_hx,dtype", CASES)
+def test_matches_nn_gru(batch_first, L, form, with_hx, dtype):
+    ref, m = pair_gru(L, batch_first, dtype)
+    x, h0 = make_gru_inputs(form, batch_first, L, dtype, with_hx)
+    got = run_gru(m, form, x, h0, batch_first)
+    want = run_gru(ref, form, x, h0, batch_first)
+    if form == "packed":
+        assert torch.equal(got[2].batch_sizes, want[2].batch_sizes)
+        assert torch.equal(got[2].sorted_indices, want[2].sorted_indices)
+        assert_close(got[2].data, want[2].data, dtype, "packed data")
+    for a, b, what in zip(got[:2], want[:2], ("output", "h_n")):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        assert_close(a, b, dtype, what)
+    g = torch.Generator().manual_seed(2)
+    w = [torch.randn(t.shape, generator=g, dtype=dtype) for t in want[:2]]
+    wrt_m = [x, *([h0] if with_hx else []), *m.parameters()]
+    wrt_r = [x, *([h0] if with_hx else []), *ref.parameters()]
+    gm = torch.autograd.grad(sum((a * b).sum() for a, b in zip(got[:2], w)), wrt_m)
+    gr = torch.autograd.grad(sum((a * b).sum() for a, b in zip(want[:2], w)), wrt_r)
+    names = ["x", "h0"][:1 + with_hx] + [n for n, _ in ref.named_parameters()]
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for a, b, n in zip(gm, gr, names):
+        assert_close(a, b, dtype, "grad " + n)
+
+
+def test_gru_dropout_in_eval_matches_nn_gru():
+    ref, m = pair_gru(3, False, torch.float64, dropout=0.3)
+    ref.eval()
+    m.eval()
+    x, h0 = make_gru_inputs("padded", False, 3, torch.float64, True)
+    for a, b in zip(run_gru(m, "padded", x, h0, False)[:2], run_gru(ref, "padded", x, h0, False)[:2]):
+        assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("kind", sorted(GRU_CLASSES))
+def test_gru_dropout_in_training_between_layers(kind):
+    """As nn.GRU: F.dropout on every layer's output but the last (reference: the layers one by
+    one with F.dropout)."""
+    torch.manual_seed(0)
+    p, cls = 0.4, GRU_CLASSES[kind]
+    bn = {"t_max": T} if kind == "bngru" else {}
+    m = cls(C, H, 3, dropout=p, dtype=torch.float64, **bn)
+    layers = []
+    for k in range(3):
+        one = cls(C if k == 0 else H, H, 1, dtype=torch.float64, **bn)
+        one.load_state_dict({n[:-3] + "_l0": v for n, v in m.state_dict().items()
+                             if n.endswith(f"_l{k}")})
+        layers.append(one)
+    x, h0 = make_gru_inputs("padded", False, 3, torch.float64, True)
+    torch.manual_seed(7)
+    y, h = m(x, h0)
+    torch.manual_seed(7)
+    inp, hs = x, []
+    for k, one in enumerate(layers):
+        out, hk = one(inp, h0[k:k + 1])
+        hs.append(hk)
+        inp = torch.nn.functional.dropout(out, p, True) if k < 2 else out
+    assert torch.equal(y, inp) and torch.equal(h, torch.cat(hs))
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    (rx,) = torch.autograd.grad(inp.sum(), [x])
+    assert_close(gx, rx, torch.float64)
+
+
+def test_gru_initialization_like_nn_gru_and_spec():
+    torch.manual_seed(11)
+    ref = nn.GRU(C, H, 2)
+    torch.manual_seed(11)
+    m = rt.GRU(C, H, 2)
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (n, a), (_, b) in zip(m.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n
+    bn = rt.BNGRU(C, H, 2, t_max=T)  # SPEC 2b: orthogonal W per block, biases 0, gains 0.1
+    for blk in range(3):
+        w = bn.weight_hh_l1.detach()[blk * H:(blk + 1) * H]
+        assert torch.allclose(w @ w.T, torch.eye(H), atol=1e-5)
+    assert not bn.bias_ih_l0.any() and not bn.bias_hh_l1.any()
+    assert torch.equal(bn.bn_x_weight_l0, torch.full((3 * H,), 0.1))
+    assert torch.equal(bn.bn_h_running_var_l0, torch.ones(T, 3 * H))
+    ln = rt.LNGRU(C, H, gamma_h=0.5)
+    assert torch.equal(ln.ln_x_weight_l0, torch.ones(3 * H))
+    assert torch.equal(ln.ln_h_weight_l0, torch.full((3 * H,), 0.5))
+    ident = rt.GRU(C, H, init="spec", recurrent_init="identity")
+    assert torch.equal(ident.weight_hh_l0[2 * H:], torch.eye(H))  # I on the n block
+    assert not ident.bias_ih_l0.any()
+    tu = rt.BNGRU(C, H, init="torch")
+    assert tu.weight_ih_l0.abs().max() <= 1 / H ** 0.5 and tu.bias_hh_l0.abs().max() > 0
+
+
+def test_gru_parameter_and_buffer_names():
+    m = rt.BNGRU(C, H, 2, t_max=T)
+    assert [n for n, _ in m.named_parameters()][:6] == [
+        "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "bn_x_weight_l0",
+        "bn_h_weight_l0"]
+    assert set(dict(m.named_buffers())) == {
+        f"bn_{w}_running_{s}_l{k}" for w in "xh" for s in ("mean", "var") for k in (0, 1)}
+    assert m.weight_ih_l0.shape == (3 * H, C) and m.bn_x_running_mean_l0.shape == (T, 3 * H)
+    ln = rt.LNGRU(C, H, learn_init_state=True, ln_input=False, bias=False)
+    assert [n for n, _ in ln.named_parameters()] == [
+        "weight_ih_l0", "weight_hh_l0", "ln_h_weight_l0", "h0_l0"]
+    plain = rt.GRU(C, H, bias=False)
+    ref = nn.GRU(C, H, bias=False)
+    plain.load_state_dict(ref.state_dict())
+    x = torch.randn(T, N, C)
+    assert_close(plain(x)[0], ref(x)[0], torch.float32)
+
+
+def test_gru_state_dict_interop_and_spec_names():
+    torch.manual_seed(0)
+    ref = nn.GRU(C, H, 2)
+    bn = rt.BNGRU(C, H, 2, t_max=T)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*bn_x_weight_l0"):
+        bn.load_state_dict(ref.state_dict())
+    res = bn.load_state_dict(ref.state_dict(), strict=False)
+    assert "bn_x_weight_l0" in res.missing_keys and not res.unexpected_keys
+    assert torch.equal(bn.bias_hh_l1, ref.bias_hh_l1)
+    f = rt.LNGRU.from_gru(ref)
+    assert isinstance(f, rt.LNGRU) and f.num_layers == 2
+    for n, p in ref.named_parameters():
+        assert torch.equal(getattr(f, n), p)
+    with pytest.raises(TypeError, match="from_gru"):
+        rt.BNGRU.from_lstm(nn.LSTM(C, H))
+    sd = bn.state_dict_rbn()  # SPEC names: rnn.k.bias_ih, rnn.k.bias_hh kept apart
+    assert torch.equal(sd["rnn.1.bias_hh"], bn.bias_hh_l1) and "rnn.0.bias" not in sd
+    torch_cells.RecurrentStack("bngru", C, H, 2, t_max=T).load_state_dict(sd)  # strict
+    m2 = rt.BNGRU(C, H, 2, t_max=T)
+    m2.load_state_dict_rbn(sd)
+    x = torch.randn(T, N, C)
+    torch.testing.assert_close(m2(x)[0], bn(x)[0], rtol=0, atol=0)
+    with pytest.raises(KeyError, match="missing keys.*rnn.1.bias_ih"):
+        m2.load_state_dict_rbn({k: v for k, v in sd.items() if k != "rnn.1.bias_ih"})
+    nb = rt.GRU(C, H, bias=False)
+    assert not nb.state_dict_rbn()["rnn.0.bias_hh"].any()
+    with pytest.raises(ValueError, match="bias=False"):
+        nb.load_state_dict_rbn(rt.GRU(C, H).state_dict_rbn())
+
+
+def test_gru_constructor_contract():
+    m = rt.BNGRU(C, H, 2, False, True, t_max=T)  # nn.GRU's positional order
+    assert (m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first) == (C, H, 2, False,
+                                                                                  True)
+    assert m.mode == "GRU" and isinstance(m, nn.Module)
+    assert repr(rt.GRU(C, H, 2, batch_first=True)) == repr(nn.GRU(C, H, 2, batch_first=True))
+    assert repr(m) == f"BNGRU({C}, {H}, num_layers=2, bias=False, batch_first=True, t_max={T})"
+    with pytest.raises(NotImplementedError, match="bidirectional"):
+        rt.GRU(C, H, bidirectional=True)
+    with pytest.raises(TypeError, match="forget_bias"):
+        rt.GRU(C, H, forget_bias=1.0)  # nn.GRU has none
+    with pytest.raises(TypeError, match="proj_size"):
+        rt.GRU(C, H, proj_size=2)
+    with pytest.raises(TypeError, match="gamma_c"):
+        rt.BNGRU(C, H, gamma_c=0.5)
+    with pytest.raises(TypeError, match="t_max=9 does not apply"):
+        rt.LNGRU(C, H, t_max=9)
+    with pytest.raises(TypeError, match="eps"):
+        rt.GRU(C, H, eps=1e-3)
+    with pytest.raises(TypeError, match="init='spec' only"):
+        rt.GRU(C, H, recurrent_init="identity")
+    with pytest.warns(UserWarning, match="ln_input=False"):
+        rt.LNGRU(1, H)
+    with pytest.warns(UserWarning, match="nn.GRU"):
+        rt.GRU(C, H, 1, dropout=0.5)
+
+
+def test_gru_forward_contract_errors():
+    m = rt.GRU(C, H)
+    x = torch.randn(T, N, C)
+    with pytest.raises(TypeError, match="lengths="):
+        m(x, LENGTHS)
+    with pytest.raises(TypeError, match="tensor h0"):
+        m(x, (torch.zeros(1, N, H), torch.zeros(1, N, H)))
+    with pytest.raises(RuntimeError, match="hidden size"):
+        m(x, torch.zeros(1, N + 1, H))
+    with pytest.raises(RuntimeError, match="input_size"):
+        m(torch.randn(T, N, C + 1))
+
+
+@pytest.mark.parametrize("kind", sorted(GRU_CLASSES))
+def test_gru_pickle_deepcopy_torch_save(kind):
+    torch.manual_seed(0)
+    kw = {"t_max": T} if kind == "bngru" else {}
+    m = GRU_CLASSES[kind](C, H, 2, **kw)
+    x = torch.randn(T, N, C)
+    m(x)
+    m.eval()
+    want = m(x)[0]
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    copies = [pickle.loads(pickle.dumps(m)), copy.deepcopy(m), torch.load(buf)]
+    fresh = GRU_CLASSES[kind](C, H, 2, **kw)
+    fresh.load_state_dict(m.state_dict())
+    copies.append(fresh.eval())
+    for c in copies:
+        assert type(c) is type(m) and repr(c) == repr(m)
+        torch.testing.assert_close(c(x)[0], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind,batch_first", [("bngru", True), ("lngru", False), ("gru", True)])
+def test_gru_normalized_packed_and_batch_first_match_reference(kind, batch_first):
+    torch.manual_seed(0)
+    kw = {"t_max": T} if kind == "bngru" else {}
+    m = GRU_CLASSES[kind](C, H, 2, batch_first=batch_first, dtype=torch.float64, **kw)
+    with torch.no_grad():  # every parameter away from its initial value
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ref = torch_cells.RecurrentStack(kind, C, H, 2, t_max=T).double()
+    ref.load_state_dict(m.state_dict_rbn())
+    x, h0 = make_gru_inputs("padded", batch_first, 2, torch.float64, True)
+    y, h, _ = run_gru(m, "packed", x, h0, batch_first)
+    xt = x.transpose(0, 1) if batch_first else x
+    ry, rh = ref(xt, LENGTHS, h0)
+    ry = ry.transpose(0, 1) if batch_first else ry
+    assert_close(y, ry, torch.float64, "output")
+    assert_close(h, rh, torch.float64, "h_n")
+    rp = dict(ref.named_parameters())
+    names = [n for n in rp if n.startswith("rnn.1.")]
+    ga = torch.autograd.grad(y.sum() + h.sum(),
+                             [x, h0, *(getattr(m, rt._torch_name(n)) for n in names)])
+    gb = torch.autograd.grad(ry.sum() + rh.sum(), [x, h0, *(rp[n] for n in names)])
+    for a, b, n in zip(ga, gb, ["x", "h0", *names]):
+        assert_close(a, b, torch.float64, n)
+    for n, b in ref.state_dict().items():  # running statistics after the training forward
+        if "running" in n:
+            assert_close(m.state_dict_rbn()[n], b, torch.float64, n)
+    # eval mode: population statistics, steps past t_max on the last row
+    m.eval()
+    ref.eval()
+    with torch.no_grad():
+        xl = torch.randn(2 * T, N, C, dtype=torch.float64)
+        assert_close(m(xl.transpose(0, 1) if batch_first else xl, h0)[1], ref(xl, None, h0)[1],
+                     torch.float64, "eval h_n")

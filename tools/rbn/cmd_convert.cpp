@@ -1,9 +1,12 @@
-// rbn convert: move weights between rbn and PyTorch's nn.LSTM.
-//   --from-torch  a safetensors file of an nn.LSTM state dict (weight_ih_l0, weight_hh_l0,
-//                 bias_ih_l0, bias_hh_l0, ... per layer; optional head.weight/head.bias of an
-//                 nn.Linear) -> an rbn `lstm` checkpoint (the two biases summed).
-//   --to-torch    an rbn `lstm` checkpoint -> an nn.LSTM state dict (bias_ih = bias, bias_hh = 0).
-// The gate order is the same (i, f, g, o), so weights move without shuffling.
+// rbn convert: move weights between rbn and PyTorch's nn.LSTM / nn.GRU.
+//   --from-torch  a safetensors file of an nn.LSTM or nn.GRU state dict (weight_ih_l0,
+//                 weight_hh_l0, bias_ih_l0, bias_hh_l0, ... per layer; optional head.weight /
+//                 head.bias of an nn.Linear) -> an rbn `lstm` checkpoint (the two biases summed)
+//                 or `gru` checkpoint (the two biases kept: b_hn sits inside the reset product).
+//                 Which one: weight_hh_l0 is [4H, H] for an LSTM, [3H, H] for a GRU.
+//   --to-torch    an rbn `lstm` or `gru` checkpoint -> an nn.LSTM (bias_ih = bias, bias_hh = 0)
+//                 or nn.GRU (both biases as they are) state dict.
+// The gate order is the same (i, f, g, o; r, z, n), so weights move without shuffling.
 #include <cstdio>
 #include <memory>
 
@@ -16,22 +19,38 @@ namespace rbn::cli {
 
 namespace {
 
+// The recurrent module a state dict holds, from weight_hh_l0 [G, H]: G = 4H (nn.LSTM) or 3H
+// (nn.GRU). weight_ih_l0 alone cannot tell (12 rows: an LSTM with H = 3 or a GRU with H = 4).
+Cell torch_module_cell(const SafeTensors& src, const std::string& in, int& H, int& C) {
+  if (!src.has("weight_ih_l0") || !src.has("weight_hh_l0"))
+    throw DataError(in + ": no tensors 'weight_ih_l0' and 'weight_hh_l0' (expected an nn.LSTM or nn.GRU state dict)");
+  const auto& wh = src.shape_of("weight_hh_l0");
+  const auto& wi = src.shape_of("weight_ih_l0");
+  if (wh.size() != 2 || wi.size() != 2 || wh[1] <= 0 || (wh[0] != 4 * wh[1] && wh[0] != 3 * wh[1]) ||
+      wi[0] != wh[0])
+    throw DataError(in + ": weight_hh_l0 must be [4H, H] (nn.LSTM) or [3H, H] (nn.GRU), and weight_ih_l0 "
+                    "[4H or 3H, C] with the same rows");
+  H = static_cast<int>(wh[1]);
+  C = static_cast<int>(wi[1]);
+  return wh[0] == 4 * wh[1] ? Cell::lstm : Cell::gru;
+}
+
 void from_torch(const std::string& in, const std::string& out, int t_max) {
   const SafeTensors src = read_safetensors(in);
-  if (!src.has("weight_ih_l0"))
-    throw DataError(in + ": no tensor 'weight_ih_l0' (expected an nn.LSTM state dict)");
-  const auto& w0 = src.shape_of("weight_ih_l0");
-  if (w0.size() != 2 || w0[0] % 4 != 0) throw DataError(in + ": weight_ih_l0 must be [4H, C]");
-  const int H = static_cast<int>(w0[0] / 4), C = static_cast<int>(w0[1]);
-  int L = 0;
-  while (src.has("weight_ih_l" + std::to_string(L))) ++L;
   for (const auto& n : src.names())
     if (n.find("_reverse") != std::string::npos)
-      throw DataError(in + ": bidirectional LSTMs are not supported (tensor " + n + ")");
+      throw DataError(in + ": a bidirectional module (tensor " + n +
+                      "): rbn's stacks run forward in time only, so only uni-directional nn.LSTM / nn.GRU convert");
   if (src.has("weight_hr_l0")) throw DataError(in + ": LSTMs with projections (proj_size) are not supported");
+  int H = 0, C = 0;
+  const Cell cell = torch_module_cell(src, in, H, C);
+  const char* module = cell == Cell::lstm ? "nn.LSTM" : "nn.GRU";
+  const int G = cell_gates(cell) * H;
+  int L = 0;
+  while (src.has("weight_ih_l" + std::to_string(L))) ++L;
   const bool head = src.has("head.weight");
   ModelConfig mc;
-  mc.rnn.cell = Cell::lstm;
+  mc.rnn.cell = cell;
   mc.rnn.input_size = C;
   mc.rnn.hidden_size = H;
   mc.rnn.num_layers = L;
@@ -49,12 +68,12 @@ void from_torch(const std::string& in, const std::string& out, int t_max) {
     if (p.name.starts_with("rnn.")) {
       const std::string k = p.name.substr(4, p.name.find('.', 4) - 4);
       const std::string what = p.name.substr(p.name.rfind('.') + 1);
-      if (what == "bias") {
-        std::vector<float> a = src.get_f32("bias_ih_l" + k, {4 * H});
-        std::vector<float> b = src.get_f32("bias_hh_l" + k, {4 * H});
+      if (what == "bias") {  // an LSTM: only the sum of nn.LSTM's two biases matters
+        std::vector<float> a = src.get_f32("bias_ih_l" + k, {G});
+        std::vector<float> b = src.get_f32("bias_hh_l" + k, {G});
         for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
         v = a;
-      } else {
+      } else {  // weight_ih, weight_hh; a GRU's bias_ih, bias_hh
         v = src.get_f32(what + "_l" + k, p.shape);
       }
     } else {
@@ -62,27 +81,28 @@ void from_torch(const std::string& in, const std::string& out, int t_max) {
     }
     std::copy(v.begin(), v.end(), p.value);
   }
-  ck.metadata["converted_from"] = "torch.nn.LSTM";
+  ck.metadata["converted_from"] = std::string("torch.") + module;
   CheckpointState st;
   save_model_checkpoint(out, ck, st);
-  std::printf("%s: nn.LSTM (%d layers, C=%d, H=%d%s) -> rbn lstm checkpoint %s\n", in.c_str(), L, C, H,
-              head ? ", with head" : "", out.c_str());
+  std::printf("%s: %s (%d layers, C=%d, H=%d%s) -> rbn %s checkpoint %s\n", in.c_str(), module, L, C, H,
+              head ? ", with head" : "", cell_name(cell), out.c_str());
 }
 
 void to_torch(const std::string& in, const std::string& out) {
   LoadedCheckpoint ck = load_model_checkpoint(in);
   const auto& mc = ck.model->config();
-  if (mc.rnn.cell != Cell::lstm)
+  if (mc.rnn.cell != Cell::lstm && mc.rnn.cell != Cell::gru)
     throw UsageError("--to-torch: " + in + " holds a '" + cell_name(mc.rnn.cell) +
-                     "' model; only the plain lstm maps onto nn.LSTM");
+                     "' model; only the plain lstm and gru map onto nn.LSTM and nn.GRU");
+  const char* module = mc.rnn.cell == Cell::lstm ? "nn.LSTM" : "nn.GRU";
   if (mc.rnn.learn_init_state)
-    throw UsageError("--to-torch: " + in + " has learned initial states, which nn.LSTM does not hold");
+    throw UsageError("--to-torch: " + in + " has learned initial states, which " + module + " does not hold");
   SafeTensors dst;
   for (auto& p : ck.model->parameters()) {
     if (p.name.starts_with("rnn.")) {
       const std::string k = p.name.substr(4, p.name.find('.', 4) - 4);
       const std::string what = p.name.substr(p.name.rfind('.') + 1);
-      if (what == "bias") {
+      if (what == "bias") {  // an LSTM's one bias: all in bias_ih
         dst.add_f32("bias_ih_l" + k, p.shape, p.value);
         std::vector<float> zeros(p.numel, 0.0f);
         dst.add_f32("bias_hh_l" + k, p.shape, zeros.data());
@@ -95,21 +115,22 @@ void to_torch(const std::string& in, const std::string& out) {
   }
   dst.metadata["format"] = "pt";
   write_safetensors(out, dst);
-  std::printf("%s -> nn.LSTM state dict %s (bias_hh_lk = 0, bias_ih_lk = rbn's bias)\n", in.c_str(),
-              out.c_str());
+  std::printf("%s -> %s state dict %s%s\n", in.c_str(), module, out.c_str(),
+              mc.rnn.cell == Cell::lstm ? " (bias_hh_lk = 0, bias_ih_lk = rbn's bias)" : "");
 }
 
 }  // namespace
 
 void register_convert(CLI::App& app, int& exit_code) {
-  auto* sub = app.add_subcommand("convert", "move weights between rbn and PyTorch's nn.LSTM");
+  auto* sub = app.add_subcommand("convert", "move weights between rbn and PyTorch's nn.LSTM / nn.GRU");
   struct Flags {
     std::string from_torch, to_torch, out;
     int t_max = 1;
   };
   auto f = std::make_shared<Flags>();
-  auto* a = sub->add_option("--from-torch", f->from_torch, "nn.LSTM state dict (.safetensors) to import");
-  auto* b = sub->add_option("--to-torch", f->to_torch, "rbn lstm checkpoint to export");
+  auto* a = sub->add_option("--from-torch", f->from_torch,
+                            "nn.LSTM or nn.GRU state dict (.safetensors, uni-directional) to import");
+  auto* b = sub->add_option("--to-torch", f->to_torch, "rbn lstm or gru checkpoint to export");
   a->excludes(b);
   sub->add_option("--out", f->out, "file to write")->required();
   sub->add_option("--t-max", f->t_max, "T_max recorded in the imported checkpoint")->capture_default_str();

@@ -63,7 +63,7 @@ std::string choose_popstats(const EvalFlags& f, LoadedCheckpoint& ck, TaskData& 
   if (!cell_has_population_stats(cell)) {
     if (asked != "auto")
       throw UsageError("--popstats " + asked + ": cell " + cell_name(cell) + " has no population statistics" +
-                       (cell == Cell::lnlstm ? " (layer normalization uses each row's own)" : ""));
+                       (cell == Cell::lnlstm || cell == Cell::lngru ? " (layer normalization uses each row's own)" : ""));
     return "none";
   }
   const std::string& held = ck.state.popstats;  // what the checkpoint's buffers hold

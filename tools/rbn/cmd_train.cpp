@@ -16,6 +16,7 @@ namespace {
 
 struct TrainFlags {
   TrainConfig cfg;
+  double forget_bias = 1.0;  // --forget-bias, copied into cfg.forget_bias only when given
   std::string config_file;
   bool resume = false, overwrite = false;
   std::map<std::string, CLI::Option*> given;  // field name -> option
@@ -41,18 +42,20 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
       "only a test set present: images taken for training (e.g. 8000)");
   opt("mnist_split_valid", "--mnist-split-valid", c.mnist_split_valid,
       "only a test set present: images taken for validation (e.g. 1000)");
-  opt("cell", "--cell", c.cell, "lstm | bnlstm | bnx | bnx-seq | lnlstm");
+  f.given["cell"] = sub->add_option("--cell", c.cell, cell_list())->capture_default_str();
   opt("hidden", "--hidden", c.hidden, "hidden units H");
   opt("layers", "--layers", c.layers, "stacked layers L");
   opt("embed", "--embed", c.embed, "language models: embedding size (0 = one-hot input)");
   opt("eps", "--eps", c.eps, "epsilon inside the normalizations' square root");
   opt("gamma_x", "--gamma-x", c.gamma_x, "initial gain of the W x normalization (<0: cell default)");
   opt("gamma_h", "--gamma-h", c.gamma_h, "initial gain of the W h normalization (<0: cell default)");
-  opt("gamma_c", "--gamma-c", c.gamma_c, "initial gain of the c normalization (<0: cell default)");
-  opt("forget_bias", "--forget-bias", c.forget_bias, "initial forget-gate bias");
-  flag("ln_input", "--ln-input", c.ln_input, "lnlstm: normalize W x (false: only W h and c)");
-  flag("learn_init_state", "--learn-init-state", c.learn_init_state, "learn h0 and c0");
-  opt("init_recurrent", "--init-recurrent", c.init_recurrent, "orthogonal | identity (I on the g block)");
+  opt("gamma_c", "--gamma-c", c.gamma_c, "bnlstm, lnlstm: initial gain of the c normalization (<0: cell default)");
+  f.given["forget_bias"] = sub->add_option("--forget-bias", f.forget_bias,
+                                           "LSTMs: initial forget-gate bias (1 unless given; an error with a GRU)");
+  flag("ln_input", "--ln-input", c.ln_input, "lnlstm, lngru: normalize W x (false: only W h, and c)");
+  flag("learn_init_state", "--learn-init-state", c.learn_init_state, "learn h0 and c0 (GRUs: h0)");
+  opt("init_recurrent", "--init-recurrent", c.init_recurrent,
+      "orthogonal | identity (I on the g block; GRUs: on the n block)");
   opt("bn_momentum", "--bn-momentum", c.bn_momentum, "running-average rate m of the population statistics");
   opt("h0_noise", "--h0-noise", c.h0_noise, "std of Gaussian noise added to h0 in training");
   opt("popstats", "--popstats", c.popstats, "statistics for validation: pass | running");
@@ -109,6 +112,7 @@ void register_train(CLI::App& app, int& exit_code) {
   sub->footer("An --out that holds a run (last/best.safetensors, metrics.jsonl, config.json) is refused "
               "unless --resume or --overwrite.");
   sub->callback([flags, &exit_code]() {
+    if (flags->given.at("forget_bias")->count() > 0) flags->cfg.forget_bias = flags->forget_bias;
     TrainRequest req;
     req.cfg = flags->cfg;
     req.resume = flags->resume;
