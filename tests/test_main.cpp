@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
+#include "util/blas.hpp"
+#include "util/error.hpp"
 #include "util/platform.hpp"
 
 int main(int argc, char** argv) {
@@ -15,6 +18,13 @@ int main(int argc, char** argv) {
     execv("/proc/self/exe", argv);
   }
   rbn::select_blas_kernel(argv);
+  // The float GEMM backend is pinned by RBN_GEMM (ctest sets it: each backend has its runs).
+  try {
+    (void)rbn::blas::backend();  // (nothing printed: ctest discovers the tests from stdout)
+  } catch (const rbn::Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }
