@@ -268,13 +268,9 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
     });
     if (cfg.sync_bn) model.rnn().set_stat_allreduce([&group](double* buf, size_t n) { group.sum(buf, n); });
   }
-  {
-    const int rows = (cfg.batch_size + group.size() - 1) / group.size();  // rank 0's share
-    const GemmChoice gc = resolve_gemm_backend(cfg.gemm, gemm_source, mc, mc.rnn.t_max, rows, group);
-    cfg.gemm = blas::backend_name(gc.backend);  // config.json and the checkpoints record it
-    if (root) std::fprintf(stderr, "GEMM backend %s: %s (%s)\n", cfg.gemm.c_str(), gc.how.c_str(),
-                           blas::backend_description(gc.backend).c_str());
-  }
+  const int gemm_rows = (cfg.batch_size + group.size() - 1) / group.size();  // rank 0's share
+  const GemmChoice gemm = resolve_gemm_backend(cfg.gemm, gemm_source, mc, mc.rnn.t_max, gemm_rows, group);
+  cfg.gemm = blas::backend_name(gemm.backend);  // config.json and the checkpoints record it
   auto params = param_refs(model);
   auto optimizer = make_optimizer(optim_config(cfg));
   LrSchedule schedule = make_schedule(cfg);
@@ -301,6 +297,9 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
   if (per_epoch <= 0)
     throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
   MetricsLog metrics(metrics_path, root);
+  if (root)
+    std::fprintf(stderr, "GEMM backend %s: %s (%s)\n", cfg.gemm.c_str(), gemm.how.c_str(),
+                 blas::backend_description(gemm.backend).c_str());
   if (root)
     std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads%s\n",
                data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,

@@ -20,7 +20,7 @@ namespace rbn::blas {
 namespace {
 
 constexpr double kFlopBudget = 5e8;  // per timed call: ~3 ms at 150 GFLOP/s
-constexpr int kRounds = 3;           // the first warms up (oneDNN generates its kernels)
+constexpr int kRounds = 4;           // the first warms up (oneDNN generates its kernels)
 constexpr size_t kMaxEntries = 64;   // the cache keeps this many shape sets
 
 double flops(const GemmShape& s) { return 2.0 * s.M * s.N * s.K; }
@@ -137,9 +137,12 @@ std::vector<double> time_backends(const std::vector<GemmShape>& shapes) {
   // fastest time of each shape on each backend, rounds interleaved (the machine's speed drifts)
   std::vector<std::vector<double>> best(backends.size(),
                                         std::vector<double>(ops.size(), std::numeric_limits<double>::infinity()));
+  // backends alternate call by call, the first one changing each round: a burst of load from
+  // another process then hits both alike, and the fastest of the rounds discards it
   for (int r = 0; r < kRounds; ++r)
-    for (size_t b = 0; b < backends.size(); ++b)
-      for (size_t i = 0; i < ops.size(); ++i) {
+    for (size_t i = 0; i < ops.size(); ++i)
+      for (size_t k = 0; k < backends.size(); ++k) {
+        const size_t b = (k + r) % backends.size();
         const auto t0 = std::chrono::steady_clock::now();
         ops[i].run(backends[b]);
         const double ms = elapsed_ms(t0);

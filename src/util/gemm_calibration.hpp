@@ -30,7 +30,8 @@ struct Calibration {
 };
 
 // Estimated milliseconds per backend of one step's products at the current OpenMP thread count:
-// every shape timed once per backend to warm up, then twice in interleaved rounds (fastest kept);
+// every shape timed once per backend to warm up, then three times, the backends alternating call
+// by call (the fastest kept);
 // a shape over ~0.5 GFLOP is shortened along its largest dimension and scaled back by its FLOPs.
 std::vector<double> time_backends(const std::vector<GemmShape>& shapes);
 
