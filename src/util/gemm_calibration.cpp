@@ -37,29 +37,38 @@ GemmShape timed_shape(GemmShape s) {
 }
 
 // Operands of one timed shape; per-thread shapes get one B and C per thread (A is shared, as the
-// time loop shares h_{t-1}).
+// time loop shares h_{t-1}), and run up to 16 calls inside one parallel region with a barrier after
+// each, as the time loop does (starting a region per call would time the threads' wake-up).
 struct Operands {
   GemmShape s;
-  int threads = 1;
+  int threads = 1, steps = 1;
   std::vector<float> a, b, c;
   explicit Operands(const GemmShape& shape, int P) : s(timed_shape(shape)), threads(shape.per_thread ? P : 1) {
     a.assign(static_cast<size_t>(s.M) * s.K, 0.01f);
     b.assign(static_cast<size_t>(s.K) * s.N * threads, 0.02f);
     c.assign(static_cast<size_t>(s.M) * s.N * threads, 0.0f);
+    if (threads > 1)
+      steps = static_cast<int>(std::clamp(kFlopBudget / flops(s), 1.0, std::clamp(shape.count, 1.0, 16.0)));
   }
-  void run(Backend be) {
+  // milliseconds of one call
+  double run(Backend be) {
     const int lda = s.ta ? s.M : s.K, ldb = s.tb ? s.K : s.N;
     const size_t bs = static_cast<size_t>(s.K) * s.N, cs = static_cast<size_t>(s.M) * s.N;
+    const auto t0 = std::chrono::steady_clock::now();
     if (threads == 1) {
       sgemm(be, s.ta, s.tb, s.M, s.N, s.K, 1.f, a.data(), lda, b.data(), ldb, 0.f, c.data(), s.N);
-      return;
-    }
+    } else {
 #pragma omp parallel num_threads(threads)
-    {
-      const size_t p = static_cast<size_t>(omp_get_thread_num());
-      sgemm(be, s.ta, s.tb, s.M, s.N, s.K, 1.f, a.data(), lda, b.data() + p * bs, ldb, 0.f,
-            c.data() + p * cs, s.N);
+      {
+        const size_t p = static_cast<size_t>(omp_get_thread_num());
+        for (int t = 0; t < steps; ++t) {
+          sgemm(be, s.ta, s.tb, s.M, s.N, s.K, 1.f, a.data(), lda, b.data() + p * bs, ldb, 0.f,
+                c.data() + p * cs, s.N);
+#pragma omp barrier
+        }
+      }
     }
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
   }
 };
 
@@ -143,9 +152,7 @@ std::vector<double> time_backends(const std::vector<GemmShape>& shapes) {
     for (size_t i = 0; i < ops.size(); ++i)
       for (size_t k = 0; k < backends.size(); ++k) {
         const size_t b = (k + r) % backends.size();
-        const auto t0 = std::chrono::steady_clock::now();
-        ops[i].run(backends[b]);
-        const double ms = elapsed_ms(t0);
+        const double ms = ops[i].run(backends[b]);
         if (r > 0) best[b][i] = std::min(best[b][i], ms);
       }
   std::vector<double> step_ms(backends.size(), 0.0);
