@@ -33,6 +33,7 @@ configure_package_config_file(${CMAKE_SOURCE_DIR}/cmake/rbnConfig.cmake.in
 write_basic_package_version_file(${CMAKE_BINARY_DIR}/rbnConfigVersion.cmake
   VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
 install(FILES ${CMAKE_BINARY_DIR}/rbnConfig.cmake ${CMAKE_BINARY_DIR}/rbnConfigVersion.cmake
+        ${CMAKE_SOURCE_DIR}/cmake/RbnDnnl.cmake
         DESTINATION ${RBN_CMAKE_DIR})
 
 # The test: install into the build tree, build tests/install/consumer against it, run it.

@@ -10,6 +10,7 @@
 
 #include "rbn/rbn.hpp"
 #include "rbn/error.hpp"
+#include "util/blas.hpp"
 
 namespace py = pybind11;
 using namespace rbn;
@@ -262,6 +263,14 @@ PYBIND11_MODULE(_rbn, m) {
   py::register_exception<rbn::Error>(m, "RbnError", PyExc_ValueError);
   bind_stack<float>(m, "Stack32");
   bind_stack<double>(m, "Stack64");
+  (void)rbn::blas::backend();  // an unknown RBN_GEMM fails the import, naming the variable
+  m.def("gemm_backend", [] { return std::string(rbn::blas::backend_name(rbn::blas::backend())); },
+        "The process's float GEMM backend: 'openblas' or 'onednn' (RBN_GEMM at import; default openblas).");
+  m.def("set_gemm_backend", [](const std::string& name) {
+    auto b = rbn::blas::parse_backend(name);
+    if (!b) throw rbn::UsageError("set_gemm_backend: unknown GEMM backend '" + name + "' (openblas, onednn)");
+    rbn::blas::set_backend(*b);
+  }, "Float matrix products of every Stack on this backend from now on (double ones stay on OpenBLAS).");
   m.def("cells", [] {
     std::vector<std::string> v;
     for (Cell c : all_cells()) v.push_back(cell_name(c));

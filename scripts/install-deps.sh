@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-openmp-dev libsleef-dev zlib1g-dev
+  libopenblas-openmp-dev libdnnl-dev libsleef-dev zlib1g-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   pybind11-dev python3-dev python3-numpy python3-pytest python3-torch python3-matplotlib

@@ -30,7 +30,7 @@ _select_blas_kernel()
 
 import numpy as _np  # noqa: E402
 
-from ._rbn import RbnError, Stack32, Stack64, cells  # noqa: E402,F401
+from ._rbn import RbnError, Stack32, Stack64, cells, gemm_backend, set_gemm_backend  # noqa: E402,F401
 
 
 def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32", **kwargs):
@@ -65,5 +65,5 @@ def __getattr__(name):  # rbn.Model without importing torch on `import rbn`
     raise AttributeError(f"module 'rbn' has no attribute {name!r}")
 
 
-__all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells", "load", "save", "Model",
-           "CheckpointError"]
+__all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells", "gemm_backend", "set_gemm_backend",
+           "load", "save", "Model", "CheckpointError"]

@@ -10,6 +10,7 @@
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
 #include "train/task.hpp"
+#include "util/blas.hpp"
 #include "util/error.hpp"
 
 namespace rbn {
@@ -133,6 +134,7 @@ void save_checkpoint(const std::string& path, Model& model, const TrainConfig& c
   for (const auto& [k, v] : data.metadata()) st.metadata[k] = v;
   add_state_metadata(st.metadata, s);
   st.metadata["config"] = cfg.to_json().dump();
+  st.metadata["gemm_backend"] = blas::backend_name(blas::backend());  // what the run's floats used
   if (opt) {
     for (const auto& slot : opt->state_tensors())
       st.add_f32(Optimizer::tensor_name(slot.slot, slot.param), {static_cast<int64_t>(slot.numel)}, slot.data);

@@ -81,6 +81,9 @@ struct TrainConfig {
   int early_stop = 0;      // evaluations without improvement before stopping; 0 = never
   uint64_t seed = 1;
   int threads = 0;
+  // float GEMM backend: auto (timed on the run's products, cached per machine) | openblas | onednn;
+  // a run records what it used here and in its checkpoints' gemm_backend, and keeps it on --resume
+  std::string gemm = "auto";
   std::string out = "runs/run";
 
   nlohmann::json to_json() const;

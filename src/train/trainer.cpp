@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 
 #include "data/seq.hpp"
 #include "train/checkpoint.hpp"
+#include "train/gemm_choice.hpp"
 #include "train/group.hpp"
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
@@ -135,7 +137,7 @@ void claim_output_dir(const std::string& out, bool overwrite) {
   }
 }
 
-TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step);
+TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_source, int64_t& checkpoint_step);
 
 }  // namespace
 
@@ -152,13 +154,28 @@ TrainSummary run_training(const TrainRequest& req) {
     throw UsageError("--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)");
   TrainConfig cfg = req.cfg;
   const std::string last_path = cfg.out + "/last.safetensors";
+  // the GEMM backend: --gemm, else RBN_GEMM, else auto; a resumed run keeps its own
+  const char* env = std::getenv("RBN_GEMM");
+  const std::string env_gemm = env && *env ? env : "";
+  if (!env_gemm.empty() && env_gemm != "auto" && !blas::parse_backend(env_gemm))
+    throw UsageError("RBN_GEMM=" + env_gemm + ": unknown GEMM backend (openblas, onednn or auto)");
+  std::string gemm_source = "--gemm " + cfg.gemm;
   if (req.resume) {
     if (!std::filesystem::exists(last_path)) throw UsageError("--resume: no checkpoint at " + last_path);
     cfg = TrainConfig::for_resume(read_checkpoint_config(last_path), req.cfg, req.given, last_path);
+    if (cfg.gemm == "auto") cfg.gemm = "openblas";  // a run from before the GEMM backends
+    if (!req.given.count("gemm") && !env_gemm.empty() && env_gemm != "auto" && env_gemm != cfg.gemm)
+      throw UsageError(fmt::format("RBN_GEMM={}: the run in {} was trained with the {} GEMM backend, and "
+                                   "--resume keeps it so that the run stays bit-reproducible (unset RBN_GEMM)",
+                                   env_gemm, cfg.out, cfg.gemm));
+    gemm_source = "the resumed run's";
     const int64_t reached = read_checkpoint_state(last_path).step;
     if (cfg.steps <= reached)
       throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
                                    cfg.out, reached));
+  } else if (!req.given.count("gemm") && !env_gemm.empty()) {
+    cfg.gemm = env_gemm;
+    gemm_source = "RBN_GEMM=" + env_gemm;
   }
   cfg.validate();
   cfg.check_flags_used(req.given);
@@ -170,7 +187,7 @@ TrainSummary run_training(const TrainRequest& req) {
   if (!req.resume && Group::world().rank() == 0) claim_output_dir(cfg.out, req.overwrite);
   int64_t checkpoint_step = -1;  // the step of the last good checkpoint (-1: none yet)
   try {
-    return train_loop(cfg, req.resume, checkpoint_step);
+    return train_loop(cfg, req.resume, gemm_source, checkpoint_step);
   } catch (const Error& e) {
     if (checkpoint_step < 0) throw;
     // the run is not lost: say where it is
@@ -186,7 +203,7 @@ TrainSummary run_training(const TrainRequest& req) {
 
 namespace {
 
-TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) {
+TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_source, int64_t& checkpoint_step) {
   namespace fs = std::filesystem;
   const auto t_start = std::chrono::steady_clock::now();
   const std::string last_path = cfg.out + "/last.safetensors";
@@ -253,6 +270,9 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
     });
     if (cfg.sync_bn) model.rnn().set_stat_allreduce([&group](double* buf, size_t n) { group.sum(buf, n); });
   }
+  const int gemm_rows = (cfg.batch_size + group.size() - 1) / group.size();  // rank 0's share
+  const GemmChoice gemm = resolve_gemm_backend(cfg.gemm, gemm_source, mc, mc.rnn.t_max, gemm_rows, group);
+  cfg.gemm = blas::backend_name(gemm.backend);  // config.json and the checkpoints record it
   auto params = param_refs(model);
   auto optimizer = make_optimizer(optim_config(cfg));
   LrSchedule schedule = make_schedule(cfg);
@@ -279,6 +299,9 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, int64_t& checkpoint_step) 
   if (per_epoch <= 0)
     throw UsageError("--batch-size: " + std::to_string(N) + " is larger than the training set");
   MetricsLog metrics(metrics_path, root);
+  if (root)
+    std::fprintf(stderr, "GEMM backend %s: %s (%s)\n", cfg.gemm.c_str(), gemm.how.c_str(),
+                 blas::backend_description(gemm.backend).c_str());
   if (root)
     std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads%s\n",
                data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,

@@ -126,3 +126,21 @@ def test_bad_shapes_raise_value_error():
         st.forward(np.zeros((2, 2, 5), dtype=np.float32))
     with pytest.raises(ValueError):
         rbn.Stack("gruu", 3, 4)
+
+
+def test_gemm_backend_switch_keeps_results_to_float_rounding():
+    pinned = rbn.gemm_backend()
+    assert pinned == os.environ.get("RBN_GEMM", "openblas")
+    _, st = make_pair("bnlstm", dtype=torch.float32)
+    x = np.random.default_rng(3).standard_normal((T, N, C)).astype(np.float32)
+    out = {}
+    try:
+        for name in ("openblas", "onednn"):
+            rbn.set_gemm_backend(name)
+            assert rbn.gemm_backend() == name
+            out[name] = st.forward(x)[0]
+    finally:
+        rbn.set_gemm_backend(pinned)
+    np.testing.assert_allclose(out["onednn"], out["openblas"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(rbn.RbnError, match="set_gemm_backend: unknown GEMM backend 'mkl'"):
+        rbn.set_gemm_backend("mkl")

@@ -1,7 +1,9 @@
 // rbn bench: one full training step (forward, backward, clipping, Adam) and one inference forward
-// per cell on the paper's shapes, median of several runs after warm-up, beside PyTorch measured in
-// the same run (bench/torch_baseline.py), with the matrix products' GFLOP/s against this machine's
-// own sgemm rate on the same shapes, and memory.
+// per cell on the paper's shapes, on each GEMM backend, median of several runs after warm-up,
+// beside PyTorch (bench/torch_baseline.py) and oneDNN's own LSTM primitive measured in the same
+// run, with the matrix products' GFLOP/s against that backend's sgemm rate on the same shapes, and
+// memory. `--sgemm`: the backends' sgemm rates on the steps' main shapes and the FMA peak.
+#include <immintrin.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -13,12 +15,14 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
-#include <utility>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <oneapi/dnnl/dnnl.hpp>
 
+#include "bench_onednn.hpp"
 #include "commands.hpp"
 #include "train/group.hpp"
 #include "train/model.hpp"
@@ -78,8 +82,9 @@ Flops step_flops(const Shape& s, int gates) {
   return f;
 }
 
-// This machine's sgemm rate on exactly the products of one training step, run back to back.
-double sgemm_rate_gflops(const Shape& s, int gates, int reps) {
+// This machine's sgemm rate on exactly the products of one training step, run back to back on
+// one backend, for a cell with `gates` gate blocks.
+double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) {
   const int T = s.T, N = s.N, C = s.C, H = s.H, G = gates * H, K = s.K;
   const int TN = T * N;
   std::vector<float> X(size_t(TN) * C, 0.5f), W(size_t(G) * C, 0.1f), R(size_t(G) * H, 0.01f),
@@ -87,18 +92,18 @@ double sgemm_rate_gflops(const Shape& s, int gates, int reps) {
       Wy(size_t(K) * H, 0.1f), Y(size_t(TN) * K), dW(size_t(G) * C);
   const int head_rows = s.lm ? TN : N;
   auto run = [&] {
-    blas::gemm(false, true, TN, G, C, 1.f, X.data(), C, W.data(), C, 0.f, A.data(), G);
+    blas::sgemm(be, false, true, TN, G, C, 1.f, X.data(), C, W.data(), C, 0.f, A.data(), G);
     for (int t = 0; t < T; ++t)
-      blas::gemm(false, true, N, G, H, 1.f, Hs.data() + size_t(t) * N * H, H, R.data(), H, 0.f,
+      blas::sgemm(be, false, true, N, G, H, 1.f, Hs.data() + size_t(t) * N * H, H, R.data(), H, 0.f,
                  A.data() + size_t(t) * N * G, G);
-    blas::gemm(false, true, head_rows, K, H, 1.f, Hs.data(), H, Wy.data(), H, 0.f, Y.data(), K);
-    blas::gemm(true, false, K, H, head_rows, 1.f, Y.data(), K, Hs.data(), H, 0.f, Wy.data(), H);
-    blas::gemm(false, false, head_rows, H, K, 1.f, Y.data(), K, Wy.data(), H, 0.f, Hs.data(), H);
+    blas::sgemm(be, false, true, head_rows, K, H, 1.f, Hs.data(), H, Wy.data(), H, 0.f, Y.data(), K);
+    blas::sgemm(be, true, false, K, H, head_rows, 1.f, Y.data(), K, Hs.data(), H, 0.f, Wy.data(), H);
+    blas::sgemm(be, false, false, head_rows, H, K, 1.f, Y.data(), K, Wy.data(), H, 0.f, Hs.data(), H);
     for (int t = 0; t < T; ++t)
-      blas::gemm(false, false, N, H, G, 1.f, A.data() + size_t(t) * N * G, G, R.data(), H, 0.f,
+      blas::sgemm(be, false, false, N, H, G, 1.f, A.data() + size_t(t) * N * G, G, R.data(), H, 0.f,
                  dh.data(), H);
-    blas::gemm(true, false, G, H, TN, 1.f, A.data(), G, Hs.data(), H, 0.f, dR.data(), H);
-    blas::gemm(true, false, G, C, TN, 1.f, A.data(), G, X.data(), C, 0.f, dW.data(), C);
+    blas::sgemm(be, true, false, G, H, TN, 1.f, A.data(), G, Hs.data(), H, 0.f, dR.data(), H);
+    blas::sgemm(be, true, false, G, C, TN, 1.f, A.data(), G, X.data(), C, 0.f, dW.data(), C);
   };
   run();
   std::vector<double> ms;
@@ -118,7 +123,9 @@ struct RbnResult {
 
 // One model per cell, all timed in the same rounds (cell after cell, repeated): the machines are
 // shared and their speed drifts, and interleaving keeps the ratios between cells fair.
+// Cases: every backend x every cell (backend-major); results in that order.
 std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
+                                 const std::vector<blas::Backend>& backends,
                                  const std::vector<int>& thread_counts, int warmup, int repeats) {
   Rng rng(7);
   std::vector<float> x(size_t(s.T) * s.N * s.C);
@@ -130,12 +137,15 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
   std::vector<float> logits(size_t(s.lm ? s.T : 1) * s.N * s.K);
 
   struct Case {
+    blas::Backend backend;
     std::unique_ptr<Model> model;
     std::vector<ParamRef> params;
     std::unique_ptr<Optimizer> opt;
   };
   std::vector<Case> cases;
-  for (Cell cell : cells) {
+  for (size_t i = 0; i < backends.size() * cells.size(); ++i) {
+    const blas::Backend be = backends[i / cells.size()];
+    const Cell cell = cells[i % cells.size()];
     ModelConfig mc;
     mc.rnn.cell = cell;
     mc.rnn.input_size = s.C;
@@ -144,6 +154,7 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     mc.head = s.lm ? Head::lm : Head::classify;
     mc.num_classes = s.K;
     Case c;
+    c.backend = be;
     c.model = std::make_unique<Model>(mc);
     for (auto& p : c.model->parameters()) c.params.push_back({p.name, p.value, p.grad, p.numel});
     OptimConfig oc;
@@ -153,6 +164,7 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     cases.push_back(std::move(c));
   }
   auto train_step = [&](Case& c) {
+    blas::set_backend(c.backend);
     c.model->zero_grad();
     ForwardOptions fo;
     if (s.lm)
@@ -163,6 +175,7 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     c.opt->step(c.params, 1e-3f);
   };
   auto infer_step = [&](Case& c) {
+    blas::set_backend(c.backend);
     ForwardOptions fo;
     fo.mode = Mode::infer;
     fo.need_backward = false;
@@ -253,12 +266,131 @@ struct BenchFlags {
   std::string shapes = "smnist,ptb";
   std::string cells = "lstm,bnlstm,bnx,lnlstm";
   std::string threads = "1,2";
+  std::string gemm = "openblas,onednn";
   int repeats = 5, warmup = 1, torch_repeats = 3;
-  bool no_torch = false;
+  bool no_torch = false, no_onednn_rnn = false, sgemm_table = false;
   std::string torch_script;
   std::string json;
   bool allreduce = false;
 };
+
+// The oneDNN primitive a cell is measured against: its vanilla LSTM for the LSTM cells (4 gate
+// blocks), its lbr_gru (nn.GRU's formula) for GRU cells (3 gate blocks); none for tanh RNNs.
+std::optional<OnednnRnn> onednn_anchor(Cell cell) {
+  if (cell_gates(cell) == 4) return OnednnRnn::lstm;
+  if (cell_gates(cell) == 3) return OnednnRnn::lbr_gru;
+  return std::nullopt;
+}
+
+// GFLOP/s of a register-only FMA loop on `threads` threads: 12 independent accumulators per
+// thread (more than FMA latency x ports), nothing from memory, so this is the cores' peak at
+// whatever clock the (virtual) machine runs. 0 without FMA instructions.
+double fma_peak_gflops(int threads) {
+#if defined(__AVX512F__)
+  using V = __m512;
+  constexpr int lanes = 16;
+  auto madd = [](V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); };
+  auto set1 = [](float x) { return _mm512_set1_ps(x); };
+  auto sum = [](V a) { return _mm512_reduce_add_ps(a); };
+#elif defined(__FMA__)
+  using V = __m256;
+  constexpr int lanes = 8;
+  auto madd = [](V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); };
+  auto set1 = [](float x) { return _mm256_set1_ps(x); };
+  auto sum = [](V a) {
+    alignas(32) float f[8];
+    _mm256_store_ps(f, a);
+    return f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7];
+  };
+#else
+  (void)threads;
+  return 0.0;
+#endif
+#if defined(__AVX512F__) || defined(__FMA__)
+  constexpr long iters = 20000000;
+  double best = 0;
+  for (int r = 0; r < 3; ++r) {
+    double sink = 0;
+    const double t0 = now_ms();
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+      const V m = set1(0.9999999f), c = set1(1e-7f);
+      V a0 = set1(0.1f), a1 = set1(0.2f), a2 = set1(0.3f), a3 = set1(0.4f), a4 = set1(0.5f),
+        a5 = set1(0.6f), a6 = set1(0.7f), a7 = set1(0.8f), a8 = set1(0.9f), a9 = set1(1.0f),
+        a10 = set1(1.1f), a11 = set1(1.2f);
+      for (long i = 0; i < iters; ++i) {
+        a0 = madd(a0, m, c), a1 = madd(a1, m, c), a2 = madd(a2, m, c), a3 = madd(a3, m, c);
+        a4 = madd(a4, m, c), a5 = madd(a5, m, c), a6 = madd(a6, m, c), a7 = madd(a7, m, c);
+        a8 = madd(a8, m, c), a9 = madd(a9, m, c), a10 = madd(a10, m, c), a11 = madd(a11, m, c);
+      }
+      sink += sum(a0) + sum(a1) + sum(a2) + sum(a3) + sum(a4) + sum(a5) + sum(a6) + sum(a7) +
+              sum(a8) + sum(a9) + sum(a10) + sum(a11);
+    }
+    const double sec = (now_ms() - t0) * 1e-3;
+    if (sink == 42.0) std::printf(" ");  // keeps the loop
+    best = std::max(best, double(threads) * iters * 12 * lanes * 2 / sec / 1e9);
+  }
+  return best;
+#endif
+}
+
+// The issue's sgemm table: each backend on the products that dominate each shape's step, and the
+// machine's FMA peak. Rounds interleave the backends; each sample runs >= 30 ms.
+void run_sgemm_table(const std::vector<blas::Backend>& backends, int threads, int repeats,
+                     nlohmann::json& out) {
+  struct Gemm {
+    const char* name;
+    bool tb;
+    int m, k, n;
+  };
+  static const Gemm shapes[] = {{"PTB h.R^T", true, 64, 1000, 4000},
+                                {"PTB hoisted x.W^T", true, 6400, 50, 4000},
+                                {"text8 h.R^T", true, 128, 2000, 8000},
+                                {"sMNIST h.R^T", true, 100, 100, 400},
+                                {"1024^3", false, 1024, 1024, 1024}};
+  set_threads(threads);
+  const double peak = fma_peak_gflops(threads);
+  std::printf("sgemm, row-major, %d threads, GFLOP/s: median of %d samples of >= 30 ms, backends "
+              "interleaved; FMA peak (register-only loop, %d threads) %.1f GFLOP/s\n",
+              threads, repeats, threads, peak);
+  std::printf("%-20s %-16s", "shape", "m x k x n");
+  for (auto be : backends) std::printf(" %10s", blas::backend_name(be));
+  std::printf(" %7s\n", "%peak");
+  out["fma_peak_gflops"] = peak;
+  for (const Gemm& g : shapes) {
+    std::vector<float> A(size_t(g.m) * g.k, 0.01f), B(size_t(g.k) * g.n, 0.02f), C(size_t(g.m) * g.n);
+    const double flop = 2.0 * g.m * g.k * g.n;
+    std::vector<std::vector<double>> rates(backends.size());
+    auto call = [&](blas::Backend be) {
+      blas::sgemm(be, false, g.tb, g.m, g.n, g.k, 1.f, A.data(), g.k, B.data(), g.tb ? g.k : g.n, 0.f,
+                  C.data(), g.n);
+    };
+    for (auto be : backends) call(be);  // warm-up (oneDNN generates its kernels)
+    for (int r = 0; r < repeats; ++r)
+      for (size_t b = 0; b < backends.size(); ++b) {
+        int calls = 0;
+        const double t0 = now_ms();
+        double dt = 0;
+        while (calls < 3 || dt < 30.0) {
+          call(backends[b]);
+          ++calls;
+          dt = now_ms() - t0;
+        }
+        rates[b].push_back(flop * calls / (dt * 1e-3) / 1e9);
+      }
+    nlohmann::json row{{"shape", g.name}, {"m", g.m}, {"k", g.k}, {"n", g.n}};
+    std::printf("%-20s %-16s", g.name, fmt::format("{}x{}x{}", g.m, g.k, g.n).c_str());
+    double best = 0;
+    for (size_t b = 0; b < backends.size(); ++b) {
+      const double gf = median(rates[b]);
+      best = std::max(best, gf);
+      row[std::string(blas::backend_name(backends[b])) + "_gflops"] = gf;
+      std::printf(" %10.1f", gf);
+    }
+    std::printf(" %6.0f%%\n", peak > 0 ? 100.0 * best / peak : 0.0);
+    out["sgemm"].push_back(row);
+  }
+}
 
 // Under mpirun: the median time of one in-place sum over the group for messages of 8 B to 8 MB,
 // as the trainer issues them (doubles for statistics, floats for gradients). Rank 0 prints.
@@ -292,20 +424,204 @@ void bench_allreduce(int repeats) {
   }
 }
 
+// Parsed lists of the flags; each bad item is a UsageError naming its flag.
+struct BenchPlan {
+  std::vector<Shape> shapes;
+  std::vector<Cell> cells;
+  std::vector<int> threads;
+  std::vector<blas::Backend> backends;
+};
+
+BenchPlan parse_plan(const BenchFlags& f) {
+  BenchPlan p;
+  for (const auto& n : split_csv(f.shapes)) {
+    auto it = std::find_if(all_shapes().begin(), all_shapes().end(), [&](const Shape& s) { return s.name == n; });
+    if (it == all_shapes().end()) throw UsageError("--shapes: unknown shape '" + n + "'");
+    p.shapes.push_back(*it);
+  }
+  for (const auto& n : split_csv(f.cells)) {
+    auto c = parse_cell(n);
+    if (!c) throw UsageError("--cells: unknown cell '" + n + "'");
+    p.cells.push_back(*c);
+  }
+  for (const auto& n : split_csv(f.threads)) {
+    try {
+      p.threads.push_back(std::stoi(n));
+    } catch (const std::exception&) {
+      throw UsageError("--threads: not a number: '" + n + "'");
+    }
+    if (p.threads.back() <= 0) throw UsageError("--threads: must be positive");
+  }
+  if (p.threads.empty()) throw UsageError("--threads: give at least one thread count");
+  for (const auto& n : split_csv(f.gemm)) {
+    auto b = blas::parse_backend(n);
+    if (!b) throw UsageError("--gemm: unknown GEMM backend '" + n + "' (openblas, onednn)");
+    p.backends.push_back(*b);
+  }
+  if (p.backends.empty()) throw UsageError("--gemm: give at least one backend");
+  return p;
+}
+
+// oneDNN's recurrent primitive for each kind the cells need, at its best of the thread counts.
+struct Anchor {
+  OnednnTimes t;
+  int train_threads = 0, infer_threads = 0;
+};
+std::map<OnednnRnn, Anchor> bench_anchors(const Shape& s, const std::vector<Cell>& cells,
+                                          const std::vector<int>& threads, int warmup, int repeats) {
+  std::map<OnednnRnn, Anchor> out;
+  for (Cell c : cells) {
+    auto kind = onednn_anchor(c);
+    if (!kind || out.count(*kind)) continue;
+    Anchor a;
+    a.t.train_ms = a.t.infer_ms = 1e300;
+    try {
+      for (int th : threads) {
+        set_threads(th);
+        const OnednnTimes t = bench_onednn_rnn(*kind, s.T, s.N, s.C, s.H, warmup, repeats);
+        if (t.train_ms < a.t.train_ms) a.t.train_ms = t.train_ms, a.train_threads = th;
+        if (t.infer_ms < a.t.infer_ms) a.t.infer_ms = t.infer_ms, a.infer_threads = th;
+      }
+    } catch (const dnnl::error& e) {
+      std::fprintf(stderr, "note: oneDNN %s on %s: %s (column left empty)\n", onednn_rnn_name(*kind),
+                   s.name.c_str(), e.what());
+      continue;
+    }
+    out[*kind] = a;
+  }
+  return out;
+}
+
+std::string fmt_or_dash(double v, const char* spec) { return v > 0 ? fmt::format(fmt::runtime(spec), v) : "-"; }
+
+void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& script, bool torch,
+                    nlohmann::json& out) {
+  std::printf("rbn bench: medians of %d runs after %d warm-up; rbn and oneDNN's RNN at their best of threads "
+              "{%s}; PyTorch at its best of torch threads {1,2}\n",
+              f.repeats, f.warmup, f.threads.c_str());
+  for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
+  std::printf("\n%-7s %-7s %-8s %-5s %9s %3s %9s %3s %6s %9s %3s %6s %6s %8s %8s %6s %8s %8s\n", "shape", "cell",
+              "gemm", "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "dnnl ms", "thr", "x dnnl",
+              "x base", "GFLOP/s", "sgemm", "%sgemm", "bwd-read", "alloc");
+  // (PyTorch module, mode): PyTorch once per shape; the three GRU rows share nn.GRU's
+  std::map<std::string, nlohmann::json> torch_cache;
+  for (const auto& s : p.shapes) {
+    const int max_threads = *std::max_element(p.threads.begin(), p.threads.end());
+    set_threads(max_threads);
+    std::vector<std::map<int, double>> sgemm(p.backends.size());  // [backend][gate blocks]
+    for (size_t bi = 0; bi < p.backends.size(); ++bi)
+      for (Cell c : p.cells)
+        if (!sgemm[bi].count(cell_gates(c)))
+          sgemm[bi][cell_gates(c)] = sgemm_rate_gflops(s, cell_gates(c), 3, p.backends[bi]);
+    const auto anchors = f.no_onednn_rnn ? std::map<OnednnRnn, Anchor>{}
+                                         : bench_anchors(s, p.cells, p.threads, f.warmup, f.repeats);
+    const std::vector<RbnResult> results = bench_rbn(s, p.cells, p.backends, p.threads, f.warmup, f.repeats);
+    torch_cache.clear();
+    for (size_t bi = 0; bi < p.backends.size(); ++bi) {
+      const blas::Backend be = p.backends[bi];
+      // each cell against rbn's own base cell of its family: lstm, or gru for the GRUs
+      std::map<Cell, const RbnResult*> base_of;
+      for (size_t ci = 0; ci < p.cells.size(); ++ci)
+        if (p.cells[ci] == Cell::lstm || p.cells[ci] == Cell::gru)
+          base_of[p.cells[ci]] = &results[bi * p.cells.size() + ci];
+      for (size_t ci = 0; ci < p.cells.size(); ++ci) {
+        const Cell cell = p.cells[ci];
+        const RbnResult& r = results[bi * p.cells.size() + ci];
+        const Flops fl = step_flops(s, cell_gates(cell));
+        const double sg = sgemm[bi].at(cell_gates(cell));
+        const Cell base_cell = cell_is_gru(cell) ? Cell::gru : Cell::lstm;
+        const RbnResult* base = base_of.count(base_cell) ? base_of.at(base_cell) : nullptr;
+        // nn.GRU is PyTorch's only GRU: the GRU family is timed against it (fused, unnormalized)
+        const Cell torch_cell = cell_is_gru(cell) ? Cell::gru : cell;
+        nlohmann::json row{{"shape", s.name}, {"cell", cell_name(cell)}, {"gemm", blas::backend_name(be)},
+                           {"T", s.T}, {"N", s.N}, {"C", s.C}, {"H", s.H}, {"K", s.K},
+                           {"rbn_train_ms", r.train_ms}, {"rbn_train_threads", r.train_threads},
+                           {"rbn_infer_ms", r.infer_ms}, {"rbn_infer_threads", r.infer_threads},
+                           {"train_gflops", fl.train / (r.train_ms * 1e-3) / 1e9},
+                           {"infer_gflops", fl.infer / (r.infer_ms * 1e-3) / 1e9},
+                           {"sgemm_gflops_same_shapes", sg},
+                           {"backward_reads_mb", r.backward_reads_mb}, {"allocated_mb", r.allocated_mb},
+                           {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
+                           {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
+        const std::string vs = std::string("_vs_rbn_") + cell_name(base_cell);
+        if (base) row["train" + vs] = r.train_ms / base->train_ms;
+        if (base) row["infer" + vs] = r.infer_ms / base->infer_ms;
+        const auto kind = onednn_anchor(cell);
+        const Anchor* anchor = kind && anchors.count(*kind) ? &anchors.at(*kind) : nullptr;
+        if (anchor) row["onednn_rnn"] = onednn_rnn_name(*kind);
+        for (const char* mode : {"train", "infer"}) {
+          const bool tr = std::string(mode) == "train";
+          const double ms = tr ? r.train_ms : r.infer_ms;
+          const std::string key = std::string(cell_name(torch_cell)) + "/" + mode;
+          if (torch && !torch_cache.count(key))
+            torch_cache[key] = run_torch(script, s, torch_cell, mode, f.torch_repeats, 1);
+          const nlohmann::json tj = torch ? torch_cache[key] : nlohmann::json();
+          double tms = 0;
+          int tth = 0;
+          if (!tj.is_null()) {
+            tms = tj.value("median_ms", 0.0);
+            tth = tj.value("torch_threads", 0);
+            row[std::string("torch_") + mode + "_ms"] = tms;
+            row[std::string("torch_") + mode + "_threads"] = tth;
+            row[std::string("torch_") + mode + "_impl"] = tj.value("implementation", "");
+            row[std::string("torch_") + mode + "_cell"] = cell_name(torch_cell);
+            row[std::string("ratio_") + mode] = ms / tms;
+          }
+          double dms = 0;
+          int dth = 0;
+          if (anchor) {
+            dms = tr ? anchor->t.train_ms : anchor->t.infer_ms;
+            dth = tr ? anchor->train_threads : anchor->infer_threads;
+            row[std::string("onednn_") + mode + "_ms"] = dms;
+            row[std::string("onednn_") + mode + "_threads"] = dth;
+            row[std::string("vs_onednn_") + mode] = ms / dms;
+          }
+          const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
+          const double base_ms = base ? (tr ? base->train_ms : base->infer_ms) : 0;
+          std::printf("%-7s %-7s %-8s %-5s %9.1f %3d %9s %3s %6s %9s %3s %6s %6s %8.1f %8.1f %5.0f%% %7.1fM %7.1fM\n",
+                      s.name.c_str(), cell_name(cell), blas::backend_name(be), mode, ms,
+                      tr ? r.train_threads : r.infer_threads, fmt_or_dash(tms, "{:.1f}").c_str(),
+                      tth > 0 ? std::to_string(tth).c_str() : "-", fmt_or_dash(tms > 0 ? ms / tms : 0, "{:.3f}").c_str(),
+                      fmt_or_dash(dms, "{:.1f}").c_str(), dth > 0 ? std::to_string(dth).c_str() : "-",
+                      fmt_or_dash(dms > 0 ? ms / dms : 0, "{:.3f}").c_str(),
+                      fmt_or_dash(base_ms > 0 ? ms / base_ms : 0, "{:.2f}").c_str(), gf, sg,
+                      100.0 * gf / sg, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
+                      tr ? r.allocated_mb : row["infer_state_mb_8T"].get<double>());
+          std::fflush(stdout);
+        }
+        out["results"].push_back(row);
+      }
+    }
+  }
+  std::printf("\nratio = rbn / PyTorch (the GRUs against torch.nn.GRU), x dnnl = rbn / oneDNN's own RNN primitive "
+              "(one layer: forward_training, weights reordered for the backward, backward; no head, no optimizer; "
+              "lbr_gru for the GRUs), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
+              "faster), each at its best thread count; the cells and backends "
+              "timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
+              "backend's sgemm on the same products, run alone; bwd-read = bytes backward reads, alloc = all "
+              "the step allocates (train rows); for infer rows: state at T and at 8T (chunked inference).\n");
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app, int& exit_code) {
-  auto* sub = app.add_subcommand("bench", "time training steps and inference against PyTorch");
+  auto* sub = app.add_subcommand("bench", "time training steps and inference against PyTorch and oneDNN");
   auto f = std::make_shared<BenchFlags>();
   sub->add_option("--shapes", f->shapes, "smnist,ptb,text8")->capture_default_str();
   sub->add_option("--cells", f->cells, "cells to time")->capture_default_str();
   sub->add_option("--threads", f->threads, "rbn thread counts to try (best is reported)")
+      ->capture_default_str();
+  sub->add_option("--gemm", f->gemm, "float GEMM backends to time rbn with (openblas,onednn)")
       ->capture_default_str();
   sub->add_option("--repeats", f->repeats, "timed runs (median)")->capture_default_str();
   sub->add_option("--warmup", f->warmup, "untimed runs first")->capture_default_str();
   sub->add_option("--torch-repeats", f->torch_repeats, "timed PyTorch runs per setting")
       ->capture_default_str();
   sub->add_flag("--no-torch", f->no_torch, "skip the PyTorch baseline");
+  sub->add_flag("--no-onednn-rnn", f->no_onednn_rnn, "skip oneDNN's own LSTM (the dnnl ms column)");
+  sub->add_flag("--sgemm", f->sgemm_table,
+                "instead of training steps: each backend's sgemm on the steps' main shapes, and the "
+                "FMA peak (at the largest of --threads)");
   sub->add_option("--torch-script", f->torch_script, "bench/torch_baseline.py (default: found beside the sources)");
   sub->add_option("--json", f->json, "write the results here");
   sub->add_flag("--allreduce", f->allreduce,
@@ -319,27 +635,7 @@ void register_bench(CLI::App& app, int& exit_code) {
       bench_allreduce(f->repeats);
       return;
     }
-    std::vector<Shape> shapes;
-    for (const auto& n : split_csv(f->shapes)) {
-      auto it = std::find_if(all_shapes().begin(), all_shapes().end(), [&](const Shape& s) { return s.name == n; });
-      if (it == all_shapes().end()) throw UsageError("--shapes: unknown shape '" + n + "'");
-      shapes.push_back(*it);
-    }
-    std::vector<Cell> cells;
-    for (const auto& n : split_csv(f->cells)) {
-      auto c = parse_cell(n);
-      if (!c) throw UsageError("--cells: unknown cell '" + n + "'");
-      cells.push_back(*c);
-    }
-    std::vector<int> threads;
-    for (const auto& n : split_csv(f->threads)) {
-      try {
-        threads.push_back(std::stoi(n));
-      } catch (const std::exception&) {
-        throw UsageError("--threads: not a number: '" + n + "'");
-      }
-      if (threads.back() <= 0) throw UsageError("--threads: must be positive");
-    }
+    const BenchPlan plan = parse_plan(*f);
     std::string script = f->torch_script;
     if (script.empty()) {
       for (const char* cand : {RBN_SOURCE_DIR "/bench/torch_baseline.py", "bench/torch_baseline.py"})
@@ -351,97 +647,17 @@ void register_bench(CLI::App& app, int& exit_code) {
     const bool torch = !f->no_torch && !script.empty() && std::filesystem::exists("/usr/bin/python3");
     nlohmann::json out;
     out["blas"] = blas_description();
+    for (auto be : plan.backends) out["gemm"][blas::backend_name(be)] = blas::backend_description(be);
     out["cpu_threads"] = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     out["command"] = "rbn bench --shapes " + f->shapes + " --cells " + f->cells + " --threads " +
-                     f->threads + " --repeats " + std::to_string(f->repeats);
-    std::printf("rbn bench: BLAS %s; medians of %d runs after %d warm-up; rbn at its best of threads {%s}; "
-                "PyTorch at its best of torch threads {1,2}\n\n",
-                blas_description().c_str(), f->repeats, f->warmup, f->threads.c_str());
-    std::printf("%-7s %-8s %-6s %10s %4s %11s %4s %7s %7s %8s %8s %6s %9s %9s\n", "shape", "cell",
-                "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "x base", "GFLOP/s", "sgemm",
-                "%sgemm", "bwd-read", "alloc");
-    for (const auto& s : shapes) {
-      int max_threads = *std::max_element(threads.begin(), threads.end());
-      set_threads(max_threads);
-      std::map<int, double> sgemm_of;  // by gate blocks
-      for (Cell c : cells) sgemm_of.emplace(cell_gates(c), 0.0);
-      for (auto& [g, rate] : sgemm_of) rate = sgemm_rate_gflops(s, g, 3);
-      // each cell against rbn's own base cell of its family: lstm, or gru for the GRUs
-      std::map<Cell, std::pair<double, double>> base_ms;  // train, infer
-      const std::vector<RbnResult> results = bench_rbn(s, cells, threads, f->warmup, f->repeats);
-      // one PyTorch measurement per (module, mode) and shape: the three GRU rows share nn.GRU's
-      std::map<std::pair<Cell, std::string>, nlohmann::json> torch_runs;
-      for (size_t ci = 0; ci < cells.size(); ++ci)
-        if (cells[ci] == Cell::lstm || cells[ci] == Cell::gru)
-          base_ms[cells[ci]] = {results[ci].train_ms, results[ci].infer_ms};
-      for (size_t ci = 0; ci < cells.size(); ++ci) {
-        const Cell cell = cells[ci];
-        const RbnResult& r = results[ci];
-        const Flops fl = step_flops(s, cell_gates(cell));
-        const double sgemm = sgemm_of.at(cell_gates(cell));
-        const Cell base = cell_is_gru(cell) ? Cell::gru : Cell::lstm;
-        const double base_train_ms = base_ms.count(base) ? base_ms[base].first : 0;
-        const double base_infer_ms = base_ms.count(base) ? base_ms[base].second : 0;
-        // nn.GRU is PyTorch's only GRU: the GRU family is timed against it (fused, unnormalized)
-        const Cell torch_cell = cell_is_gru(cell) ? Cell::gru : cell;
-        nlohmann::json row{{"shape", s.name},
-                           {"cell", cell_name(cell)},
-                           {"T", s.T}, {"N", s.N}, {"C", s.C}, {"H", s.H}, {"K", s.K},
-                           {"rbn_train_ms", r.train_ms},
-                           {"rbn_train_threads", r.train_threads},
-                           {"rbn_infer_ms", r.infer_ms},
-                           {"rbn_infer_threads", r.infer_threads},
-                           {"train_gflops", fl.train / (r.train_ms * 1e-3) / 1e9},
-                           {"infer_gflops", fl.infer / (r.infer_ms * 1e-3) / 1e9},
-                           {"sgemm_gflops_same_shapes", sgemm},
-                           {"backward_reads_mb", r.backward_reads_mb},
-                           {"allocated_mb", r.allocated_mb},
-                           {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
-                           {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
-        const std::string vs = std::string("_vs_rbn_") + cell_name(base);
-        if (base_train_ms > 0) row["train" + vs] = r.train_ms / base_train_ms;
-        if (base_infer_ms > 0) row["infer" + vs] = r.infer_ms / base_infer_ms;
-        for (const char* mode : {"train", "infer"}) {
-          const bool tr = std::string(mode) == "train";
-          const double ms = tr ? r.train_ms : r.infer_ms;
-          const auto key = std::make_pair(torch_cell, std::string(mode));
-          if (torch && !torch_runs.count(key))
-            torch_runs[key] = run_torch(script, s, torch_cell, mode, f->torch_repeats, 1);
-          const nlohmann::json tj = torch ? torch_runs[key] : nlohmann::json(nullptr);
-          double tms = 0;
-          int tth = 0;
-          if (!tj.is_null()) {
-            tms = tj.value("median_ms", 0.0);
-            tth = tj.value("torch_threads", 0);
-            row[std::string("torch_") + mode + "_ms"] = tms;
-            row[std::string("torch_") + mode + "_threads"] = tth;
-            row[std::string("torch_") + mode + "_impl"] = tj.value("implementation", "");
-            row[std::string("torch_") + mode + "_cell"] = cell_name(torch_cell);
-            row[std::string("ratio_") + mode] = ms / tms;
-          }
-          const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
-          const double lstm_ms = tr ? base_train_ms : base_infer_ms;
-          std::printf("%-7s %-8s %-6s %10.1f %4d %11s %4s %7s %7s %8.1f %8.1f %5.0f%% %8.1fM %8.1fM\n",
-                      s.name.c_str(), cell_name(cell), mode, ms, tr ? r.train_threads : r.infer_threads,
-                      tms > 0 ? fmt::format("{:.1f}", tms).c_str() : "-",
-                      tth > 0 ? std::to_string(tth).c_str() : "-",
-                      tms > 0 ? fmt::format("{:.3f}", ms / tms).c_str() : "-",
-                      lstm_ms > 0 ? fmt::format("{:.2f}", ms / lstm_ms).c_str() : "-", gf, sgemm,
-                      100.0 * gf / sgemm, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
-                      tr ? r.allocated_mb : row["infer_state_mb_8T"].get<double>());
-          std::fflush(stdout);
-        }
-        out["results"].push_back(row);
-      }
-    }
+                     f->threads + " --gemm " + f->gemm + " --repeats " + std::to_string(f->repeats) +
+                     (f->sgemm_table ? " --sgemm" : "");
+    if (f->sgemm_table)
+      run_sgemm_table(plan.backends, *std::max_element(plan.threads.begin(), plan.threads.end()), f->repeats, out);
+    else
+      run_step_bench(*f, plan, script, torch, out);
     out["peak_rss_mb"] = peak_rss_kb() / 1e3;
-    std::printf("\nratio = rbn / PyTorch (lower is faster; the GRUs against torch.nn.GRU); x base = rbn / "
-                "rbn's lstm (rbn's gru for the GRUs), each at its best "
-                "thread count, the cells timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its "
-                "time; sgemm = this machine's sgemm on the same products, run alone; bwd-read = bytes "
-                "backward reads, alloc = all the step allocates (train rows); for infer rows: state at T "
-                "and at 8T (chunked inference).\npeak RSS %.0f MB\n",
-                peak_rss_kb() / 1e3);
+    std::printf("peak RSS %.0f MB\n", peak_rss_kb() / 1e3);
     if (!f->json.empty()) {
       std::ofstream o(f->json);
       if (!o) throw DataError(f->json + ": cannot open for writing");

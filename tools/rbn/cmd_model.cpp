@@ -1,5 +1,6 @@
 // rbn eval | popstats | sample | forward | info: commands that start from a checkpoint.
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "train/checkpoint.hpp"
 #include "train/evaluate.hpp"
 #include "train/task.hpp"
+#include "util/blas.hpp"
 #include "util/error.hpp"
 #include "util/platform.hpp"
 #include "util/progress.hpp"
@@ -22,6 +24,16 @@
 namespace rbn::cli {
 
 namespace {
+
+// Matrix products on the backend the checkpoint's run used (its gemm_backend), so evaluations
+// repeat the run's numbers bit for bit; RBN_GEMM, when set to a backend, wins.
+void use_recorded_gemm(const LoadedCheckpoint& ck) {
+  const char* env = std::getenv("RBN_GEMM");
+  if (env && *env && std::string(env) != "auto") return;
+  auto it = ck.metadata.find("gemm_backend");
+  if (it == ck.metadata.end()) return;  // a model file from before the backends, or from Python
+  if (auto b = blas::parse_backend(it->second)) blas::set_backend(*b);
+}
 
 // The training config a checkpoint was made with, with the data path (and batch sizes) that the
 // command line may override.
@@ -136,6 +148,7 @@ void register_eval(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    use_recorded_gemm(ck);
     TrainConfig cfg = data_config(ck, f->checkpoint, f->data);
     if (f->batch_size > 0) cfg.batch_size = f->batch_size;
     auto data = load_task(cfg);
@@ -193,6 +206,7 @@ void register_popstats(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    use_recorded_gemm(ck);
     if (!cell_has_population_stats(ck.model->config().rnn.cell))
       throw UsageError(f->checkpoint + ": cell '" + cell_name(ck.model->config().rnn.cell) +
                        "' has no population statistics");
@@ -230,6 +244,7 @@ void register_sample(CLI::App& app, int& exit_code) {
     if (f->length <= 0) throw UsageError("--length: must be positive, got " + std::to_string(f->length));
     if (!(f->temperature > 0)) throw UsageError("--temperature: must be positive");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    use_recorded_gemm(ck);
     Model& m = *ck.model;
     if (m.config().head != Head::lm || ck.vocab.is_null())
       throw UsageError(f->checkpoint + ": not a language model (head '" +
@@ -309,6 +324,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
+    use_recorded_gemm(ck);
     Model& m = *ck.model;
     const auto& mc = m.config();
     NpyArray in = read_npy(f->input);

@@ -94,6 +94,9 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   opt("early_stop", "--early-stop", c.early_stop, "evaluations without improvement before stopping (0: never)");
   opt("seed", "--seed", c.seed, "random seed");
   opt("threads", "--threads", c.threads, "OpenMP / OpenBLAS threads (0: default)");
+  opt("gemm", "--gemm", c.gemm,
+      "float GEMM backend: auto (timed on the run's products, cached per machine) | openblas | "
+      "onednn; default: RBN_GEMM, else auto; a resumed run keeps its own");
   opt("out", "--out", c.out, "output directory (metrics.jsonl, last/best.safetensors)");
 }
 

@@ -7,6 +7,7 @@
 
 #include "commands.hpp"
 #include "train/group.hpp"
+#include "util/blas.hpp"
 #include "util/error.hpp"
 #include "util/platform.hpp"
 
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
   std::optional<GroupGuard> group;
   try {
     group.emplace(argc, argv);
+    (void)rbn::blas::backend();  // an unknown RBN_GEMM is refused here, before any work
   } catch (const rbn::Error& e) {
     std::fprintf(stderr, "rbn: error: %s\n", e.what());
     return e.exit_code();
