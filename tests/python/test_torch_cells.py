@@ -54,13 +54,11 @@ def random_pop(m, seed=1):
 
 # ---- an independent, deliberately naive reference: gathers the valid rows by index --------------
 
-def naive_forward(m, x, lengths, h0, c0, train, t0=0):
-    """Returns y, hT, cT and the batch statistics {bn name: [(row, mean, var, count)]}."""
+def naive_bn(m, train, stats):
+    """BN of the rows `idx` of z at statistics row `row`: batch statistics gathered by index and
+    recorded in `stats` (train), or the population row clamped at T_max (inference)."""
     P = dict(m.named_parameters())
     B = dict(m.named_buffers())
-    T, N, _ = x.shape
-    L, H, eps, cell = m.num_layers, m.hidden_size, m.eps, m.cell
-    stats = {}
 
     def bn(name, z, idx, row):
         if train:
@@ -71,10 +69,21 @@ def naive_forward(m, x, lengths, h0, c0, train, t0=0):
         else:
             r = min(row, m.t_max - 1)
             mu, var = B[name + ".running_mean"][r], B[name + ".running_var"][r]
-        out = (z - mu) / torch.sqrt(var + eps) * P[name + ".weight"]
+        out = (z - mu) / torch.sqrt(var + m.eps) * P[name + ".weight"]
         if name + ".bias" in P:
             out = out + P[name + ".bias"]
         return out
+    return bn
+
+
+def naive_forward(m, x, lengths, h0, c0, train, t0=0):
+    """Returns y, hT, cT and the batch statistics {bn name: [(row, mean, var, count)]}."""
+    P = dict(m.named_parameters())
+    B = dict(m.named_buffers())
+    T, N, _ = x.shape
+    L, H, eps, cell = m.num_layers, m.hidden_size, m.eps, m.cell
+    stats = {}
+    bn = naive_bn(m, train, stats)
 
     def ln(name, z):
         mu = z.mean(-1, keepdim=True)
@@ -439,21 +448,10 @@ def naive_gru_forward(m, x, lengths, h0, train, t0=0):
     """A deliberately naive GRU stack (valid rows gathered by index, LN block by block):
     y, hT and the batch statistics {bn name: [(row, mean, var, count)]}."""
     P = dict(m.named_parameters())
-    B = dict(m.named_buffers())
     T, N, _ = x.shape
     L, H, eps, cell = m.num_layers, m.hidden_size, m.eps, m.cell
     stats = {}
-
-    def bn(name, z, idx, row):
-        if train:
-            zv = z[idx]
-            mu = zv.mean(0)
-            var = ((zv - mu) ** 2).mean(0)
-            stats.setdefault(name, []).append((row, mu, var, len(idx)))
-        else:
-            r = min(row, m.t_max - 1)
-            mu, var = B[name + ".running_mean"][r], B[name + ".running_var"][r]
-        return (z - mu) / torch.sqrt(var + eps) * P[name + ".weight"]
+    bn = naive_bn(m, train, stats)  # the GRU's BNs have no beta: no ".bias" in P
 
     def ln_block(name, z):
         parts = []
