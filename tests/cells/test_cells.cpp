@@ -409,7 +409,7 @@ TEST(CellProperties, BatchNormOutputMomentsPerStep) {
     FastRun<double> r = run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {});
     auto want = ref::forward(cc.config(), to_tensors<double>(s.param_info(), s.params()),
                              to_tensors<double>(s.buffer_info(), s.buffers()),
-                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens()});
+                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens(), {}, {}});
     const double eps = 1e-5;
     // bnlstm normalizes W x, R h and c; bngru W x and R h; bnx and bnx-seq only W x: the others
     // must be empty, and every normalized one is checked (a cell whose cache came back empty
@@ -520,7 +520,7 @@ TEST(PopulationStats, RunningAverageUpdate) {
     const auto before = to_tensors<double>(s.buffer_info(), s.buffers());
     auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 82);
     auto want = ref::forward(cfg, to_tensors<double>(s.param_info(), s.params()), before,
-                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens()});
+                             {Mode::train, cc.T, cc.N, to_double(x), cc.lens(), {}, {}});
     run_fast(s, cc, Mode::train, cc.T, x, cc.lens(), {}, {}, 0, true);
     const auto after = to_tensors<double>(s.buffer_info(), s.buffers());
     for (const auto& [name, vals] : after) {
@@ -561,7 +561,7 @@ TEST(PopulationStats, PassAveragesWeightedByValidRows) {
       auto x = random_vec<double>(static_cast<size_t>(b.T) * b.N * cc.C, ++seed);
       std::vector<int32_t> l32(b.lens.begin(), b.lens.end());
       s.popstats_feed(b.T, b.N, x.data(), l32.data());
-      auto r = ref::forward(cfg, params, before, {Mode::train, b.T, b.N, to_double(x), b.lens});
+      auto r = ref::forward(cfg, params, before, {Mode::train, b.T, b.N, to_double(x), b.lens, {}, {}});
       for (const auto& bi : s.buffer_info()) {
         const bool var = bi.name.ends_with("running_var");
         const std::string prefix = bi.name.substr(0, bi.name.rfind('.'));
