@@ -30,10 +30,10 @@ def assert_close(got, ref, dtype, what=""):
     assert err <= bound, f"{what}: max|delta| = {err:.3g} > {bound:.3g}"
 
 
-def pair(num_layers, batch_first, dtype, **kw):
+def pair(num_layers, batch_first, dtype, classes=(nn.LSTM, rt.LSTM), **kw):
     torch.manual_seed(0)
-    ref = nn.LSTM(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
-    m = rt.LSTM(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
+    ref = classes[0](C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
+    m = classes[1](C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
     m.load_state_dict(ref.state_dict())
     return ref, m
 
@@ -453,20 +453,13 @@ GRU_CLASSES = {"gru": rt.GRU, "bngru": rt.BNGRU, "lngru": rt.LNGRU}
 
 
 def pair_gru(num_layers, batch_first, dtype, **kw):
-    torch.manual_seed(0)
-    ref = nn.GRU(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
-    m = rt.GRU(C, H, num_layers, batch_first=batch_first, dtype=dtype, **kw)
-    m.load_state_dict(ref.state_dict())
-    return ref, m
+    return pair(num_layers, batch_first, dtype, classes=(nn.GRU, rt.GRU), **kw)
 
 
 def make_gru_inputs(form, batch_first, L, dtype, with_hx):
-    g = torch.Generator().manual_seed(1)
-    shape = (T, C) if form == "unbatched" else ((N, T, C) if batch_first else (T, N, C))
-    x = torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
-    hshape = (L, H) if form == "unbatched" else (L, N, H)
-    h0 = torch.randn(hshape, generator=g, dtype=dtype, requires_grad=True) if with_hx else None
-    return x, h0
+    """make_inputs' x and h0 (the same draws); a GRU has no c0."""
+    x, hx = make_inputs(form, batch_first, L, dtype, with_hx)
+    return x, (hx[0] if hx is not None else None)
 
 
 def run_gru(module, form, x, h0, batch_first):
