@@ -236,16 +236,6 @@ def make_gru(kind, dtype=torch.float64, **kw):
     return m
 
 
-def gru_reference(m):
-    c = m._config
-    ref = torch_cells.RecurrentStack(
-        c["cell"], C, H, L, t_max=c["t_max"], eps=c["eps"], momentum=c["momentum"],
-        ln_input=c["ln_input"], learn_init_state=c["learn_init_state"]).to(m.weight_ih_l0.dtype)
-    ref.load_state_dict(m.state_dict_rbn())
-    ref.train(m.training)
-    return ref
-
-
 def gru_loss(y, hT, seed=2):
     g = torch.Generator().manual_seed(seed)
     return ((torch.randn(y.shape, generator=g, dtype=y.dtype) * y).sum()
@@ -264,7 +254,7 @@ def test_gru_repeated_backward_gives_identical_and_right_gradients(kind, train):
     for _ in range(3):
         for a, b in zip(first, torch.autograd.grad(loss, wrt, retain_graph=True)):
             assert torch.equal(a, b)
-    ref = gru_reference(make_gru(kind).train(train))
+    ref = reference(make_gru(kind).train(train))
     ry, rhT = ref(x, LENGTHS, h0)
     names = [n for n, _ in ref.named_parameters()]
     want = torch.autograd.grad(gru_loss(ry, rhT), [x, h0, *ref.parameters()])
@@ -325,11 +315,11 @@ def test_gru_float64_computes_in_float64_and_float32_runs():
     m = make_gru("lngru")
     x, h0, _ = inputs()
     y, hT = m(x, h0)
-    ry, rhT = gru_reference(m)(x, None, h0)
+    ry, rhT = reference(m)(x, None, h0)
     assert y.dtype == torch.float64
     torch.testing.assert_close(y, ry, rtol=0, atol=1e-12)
     torch.testing.assert_close(hT, rhT, rtol=0, atol=1e-12)
     m32 = make_gru("bngru", dtype=torch.float32)
     y32, _ = m32(x.float().detach(), h0.float().detach())
-    ry32, _ = gru_reference(m32.double())(x, None, h0)
+    ry32, _ = reference(m32.double())(x, None, h0)
     torch.testing.assert_close(y32.double(), ry32, rtol=0, atol=1e-5)
