@@ -10,6 +10,14 @@ bngru and lngru against nn.GRU); the normalized LSTM cells are the plain modules
 tools/torch_cells.py (hoisted input projection, Python loop over time). A training step is forward,
 loss, backward, global-norm clipping to 1.0, Adam step; inference is a no-grad forward in eval mode.
 
+Streaming (--mode stream, --cell lstm only): torch.nn.LSTM and the nn.Linear head stepping one
+step per call for --batch rows, the state (h, c) carried, as rbn's step API runs it (rbn bench
+--stream): per-step times of --steps steps after --warmup steps (the one-hot inputs drawn before
+the timing), median and 99th percentile, the better of torch.no_grad and torch.inference_mode.
+
+    /usr/bin/python3 bench/torch_baseline.py --cell lstm --shape ptb --mode stream --batch 1 \
+        --steps 400 --warmup 10 --sweep-threads --json out.json
+
 Threads: Debian's PyTorch calls OpenBLAS (OpenMP build) for its matrix products. OpenBLAS keeps its
 own thread count (OPENBLAS_NUM_THREADS, default: every core) whatever torch.set_num_threads says,
 and ATen's own OpenMP loops follow torch.set_num_threads. On a 2-core machine
@@ -25,6 +33,7 @@ OpenBLAS's own choice. The JSON reports the core in use.
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -146,11 +155,60 @@ def build(args, shape):
     return model, x, target
 
 
+def quantile(v, q):
+    """Nearest-rank q-quantile (as rbn bench computes it)."""
+    v = sorted(v)
+    i = max(1, math.ceil(q * len(v)))
+    return v[min(len(v), i) - 1]
+
+
+def stream_one(args, shape):
+    """Per-step latency of nn.LSTM + head, one step per call, under each no-grad mode."""
+    import torch
+    from torch import nn
+
+    T, C, H, K, N = shape["T"], shape["C"], shape["H"], shape["K"], args.batch
+    torch.manual_seed(0)
+    rnn, head = nn.LSTM(C, H).eval(), nn.Linear(H, K).eval()
+    g = torch.Generator().manual_seed(0)
+    steps = args.warmup + args.steps
+    ids = torch.randint(0, C, (steps, 1, N), generator=g)
+    xs = [torch.nn.functional.one_hot(ids[t], C).float() for t in range(steps)]  # [1,N,C] each
+    best = None
+    for name, ctx in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        with ctx():
+            state = (torch.zeros(1, N, H), torch.zeros(1, N, H))
+            times = []
+            for t in range(steps):
+                x = xs[t]
+                t0 = time.perf_counter()
+                y, state = rnn(x, state)
+                head(y)
+                dt = (time.perf_counter() - t0) * 1e3
+                if t >= args.warmup:
+                    times.append(dt)
+        r = {"grad_mode": name, "median_ms": statistics.median(times),
+             "p99_ms": quantile(times, 0.99), "times_ms": times}
+        if best is None or r["median_ms"] < best["median_ms"]:
+            best = r
+    return best
+
+
 def run_one(args):
     import torch
 
     torch.set_num_threads(args.torch_threads)
     shape = SHAPES[args.shape]
+    if args.mode == "stream":
+        r = stream_one(args, shape)
+        return {"tool": "torch_baseline", "cell": "lstm", "implementation": "torch.nn.LSTM",
+                "shape": args.shape, **{k: shape[k] for k in ("C", "H", "K")}, "mode": "stream",
+                "N": args.batch, "steps": args.steps, "warmup": args.warmup, "repeats": args.steps,
+                **r, "min_ms": min(r["times_ms"]), "torch_threads": torch.get_num_threads(),
+                "torch_version": torch.__version__, "openblas": openblas_info(),
+                "env": {k: os.environ.get(k) for k in
+                        ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")},
+                "cpu_count": os.cpu_count()}
     model, x, target = build(args, shape)
     K = shape["K"]
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -213,7 +271,8 @@ def sweep(args):
             cmd = [sys.executable, os.path.abspath(__file__), "--cell", args.cell,
                    "--shape", args.shape, "--mode", args.mode, "--repeats", str(args.repeats),
                    "--warmup", str(args.warmup), "--torch-threads", str(k),
-                   "--blas-core", args.blas_core, "--json", out]
+                   "--blas-core", args.blas_core, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--json", out]
             subprocess.run(cmd, check=True, env=os.environ.copy())
             with open(out) as f:
                 results.append(json.load(f))
@@ -228,7 +287,9 @@ def main():
     ap = argparse.ArgumentParser(description="PyTorch baseline for rbn's benchmark")
     ap.add_argument("--cell", choices=CELLS, default="lstm")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="smnist")
-    ap.add_argument("--mode", choices=("train", "infer"), default="train")
+    ap.add_argument("--mode", choices=("train", "infer", "stream"), default="train")
+    ap.add_argument("--batch", type=int, default=1, help="--mode stream: rows per step")
+    ap.add_argument("--steps", type=int, default=400, help="--mode stream: timed steps")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--torch-threads", type=int, default=1,
@@ -242,6 +303,8 @@ def main():
     args = ap.parse_args()
     if args.repeats < 1 or args.warmup < 0 or args.torch_threads < 1:
         ap.error("--repeats >= 1, --warmup >= 0, --torch-threads >= 1")
+    if args.mode == "stream" and (args.cell != "lstm" or args.batch < 1 or args.steps < 1):
+        ap.error("--mode stream: --cell lstm (nn.LSTM), --batch >= 1, --steps >= 1")
 
     if args.sweep_threads:
         report = sweep(args)
@@ -253,7 +316,7 @@ def main():
         with open(args.json, "w") as f:
             f.write(text + "\n")
     summary = (f"{report['cell']} {report['shape']} {report['mode']}: median "
-               f"{report['median_ms']:.1f} ms over {report['repeats']} "
+               f"{report['median_ms']:.3f} ms over {report['repeats']} "
                f"(torch threads {report['torch_threads']}, "
                f"BLAS {(report['openblas'] or {}).get('core')})")
     print(summary, file=sys.stderr)

@@ -271,6 +271,18 @@ PYBIND11_MODULE(_rbn, m) {
     if (!b) throw rbn::UsageError("set_gemm_backend: unknown GEMM backend '" + name + "' (openblas, onednn)");
     rbn::blas::set_backend(*b);
   }, "Float matrix products of every Stack on this backend from now on (double ones stay on OpenBLAS).");
+  m.def("precision", [] { return std::string(rbn::blas::precision_name(rbn::blas::precision())); },
+        "Inputs of the process's float matrix products: 'fp32' (default) or 'bf16'.");
+  m.def("set_precision", [](const std::string& name, const std::string& what) {
+    auto p = rbn::blas::parse_precision(name);
+    if (!p) throw rbn::UsageError(what + ": must be 'fp32' or 'bf16', got '" + name + "'");
+    rbn::blas::set_precision(*p, what);
+  }, py::arg("name"), py::arg("what") = "set_precision",
+        "Float matrix products of every Stack from now on with fp32 or bf16 inputs (bf16: rounded "
+        "to bfloat16, fp32 accumulation by oneDNN's matmul; refused on a CPU without AVX512_BF16 or "
+        "AMX, the error naming `what`). Double stacks are not affected.");
+  m.def("cpu_has_bf16", &rbn::blas::cpu_has_bf16,
+        "Whether this CPU multiplies bf16 natively (oneDNN's ISA avx512_core_bf16 or above).");
   m.def("cells", [] {
     std::vector<std::string> v;
     for (Cell c : all_cells()) v.push_back(cell_name(c));

@@ -30,7 +30,8 @@ _select_blas_kernel()
 
 import numpy as _np  # noqa: E402
 
-from ._rbn import RbnError, Stack32, Stack64, cells, gemm_backend, set_gemm_backend  # noqa: E402,F401
+from ._rbn import (RbnError, Stack32, Stack64, cells, cpu_has_bf16, gemm_backend,  # noqa: E402,F401
+                   precision, set_gemm_backend, set_precision)
 
 
 def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32", **kwargs):
@@ -66,4 +67,5 @@ def __getattr__(name):  # rbn.Model without importing torch on `import rbn`
 
 
 __all__ = ["Stack", "Stack32", "Stack64", "RbnError", "cells", "gemm_backend", "set_gemm_backend",
+           "precision", "set_precision", "cpu_has_bf16",
            "load", "save", "Model", "CheckpointError"]

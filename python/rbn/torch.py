@@ -34,6 +34,8 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import Stack
+from . import precision as _process_precision
+from . import set_precision as _set_process_precision
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -121,7 +123,8 @@ class _StackFunction(torch.autograd.Function):
         state.owner = None  # the C++ backward overwrites the activations
         st = state.stack
         st.zero_grad()
-        dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
+        with _precision_scope(module.precision):
+            dx, dh0, dc0 = st.backward(_grad(dy), _grad(dhT), _grad(dcT))
         grads = st.grads()
         pgrads = [torch.from_numpy(grads[n]) for n in state.grad_of]
         dh0 = torch.from_numpy(dh0) if ctx.has_h0 else None
@@ -142,6 +145,20 @@ class _StackFunction(torch.autograd.Function):
         ctx.module._run(ctx.state, run, x, h0, c0, update_running=False)
 
 
+@contextlib.contextmanager
+def _precision_scope(name):
+    """The process's float-product precision set to a module's for one C++ call, then restored."""
+    before = _process_precision()
+    if before == name:
+        yield
+        return
+    _set_process_precision(name, "precision")
+    try:
+        yield
+    finally:
+        _set_process_precision(before, "precision")
+
+
 def _grad(g):
     return None if g is None else g.detach().contiguous().numpy()
 
@@ -158,7 +175,8 @@ class _RbnLSTMBase(nn.Module):
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, gamma_c=None,
                  forget_bias=1.0, ln_input=True, learn_init_state=False,
-                 recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None):
+                 recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None,
+                 precision="fp32"):
         super().__init__()
         name = type(self).__name__
         _check_size(name, "input_size", input_size, 1)
@@ -198,6 +216,15 @@ class _RbnLSTMBase(nn.Module):
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = False, 0
         self.init = init
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"{name}: precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision == "bf16":  # refused here, in one line, on a CPU without bf16
+            before = _process_precision()
+            _set_process_precision("bf16", f"{name}: precision")
+            _set_process_precision(before, "precision")
+        # inputs of the float stacks' matrix products (bf16: rounded, fp32 accumulation); the
+        # process's precision is set to it for each call of the C++ stack and restored after
+        self.precision = precision
         # Everything the C++ StackConfig needs (the stacks are rebuilt from this after pickling).
         self._config = dict(
             cell=self._cell, input_size=input_size, hidden_size=hidden_size,
@@ -345,6 +372,8 @@ class _RbnLSTMBase(nn.Module):
             s += ", learn_init_state=True"
         if c["recurrent_init"] != "orthogonal":
             s += f", recurrent_init={c['recurrent_init']!r}"
+        if self.precision != "fp32":
+            s += f", precision={self.precision!r}"
         return s
 
     # ---- pickling, deepcopy, .to(): the C++ stacks are a cache of the torch tensors ----------
@@ -362,6 +391,7 @@ class _RbnLSTMBase(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        self.__dict__.setdefault("precision", "fp32")  # a module pickled before the keyword
         self._stacks = {}
 
     def _apply(self, fn, *args, **kwargs):
@@ -420,9 +450,10 @@ class _RbnLSTMBase(nn.Module):
             state.synced[name] = ((b.data_ptr(), b._version),)
 
     def _run(self, state, run, x, h0, c0, update_running):
-        y, hT, cT = state.stack.forward(
-            _numpy(x), run["lengths"], _numpy(h0), _numpy(c0), train=run["train"], t0=run["t0"],
-            update_running=update_running, need_backward=run["keep"])
+        with _precision_scope(self.precision):
+            y, hT, cT = state.stack.forward(
+                _numpy(x), run["lengths"], _numpy(h0), _numpy(c0), train=run["train"],
+                t0=run["t0"], update_running=update_running, need_backward=run["keep"])
         if run["train"] and update_running:
             self._sync_buffers_out(state)
             self.popstats_kind, self.popstats_data = "running", None
@@ -683,7 +714,7 @@ class _RbnLSTMBase(nn.Module):
             raise ValueError(f"{name}: inside population_statistics() a call starts at step 0 "
                              "from the initial state (no hx, t0=0), as `rbn popstats` runs it")
         state = self._pass
-        with torch.no_grad():
+        with torch.no_grad(), _precision_scope(self.precision):
             xn = np.ascontiguousarray(_numpy(x))
             state.stack.popstats_feed(xn, ln)
             y, hT, cT = state.stack.forward(xn, ln, None, None, train=True, t0=0,
@@ -836,13 +867,13 @@ class _RbnGRUBase(_RbnLSTMBase):
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, t_max=1,
                  eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, ln_input=True,
                  learn_init_state=False, recurrent_init="orthogonal", init=None,
-                 sync_stats=False, process_group=None):
+                 sync_stats=False, process_group=None, precision="fp32"):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
                          momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
                          ln_input=ln_input, learn_init_state=learn_init_state,
                          recurrent_init=recurrent_init, init=init, sync_stats=sync_stats,
-                         process_group=process_group)
+                         process_group=process_group, precision=precision)
 
     @classmethod
     def from_gru(cls, gru, **kwargs):

@@ -231,6 +231,7 @@ struct Workspace {
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
+  std::vector<double> ln_w_moments[2];   // [C + C*C] per LN part: moments of an inline W's rows
 };
 
 template <class T>
@@ -257,6 +258,10 @@ struct Engine {
   GradProbe probe;
   Workspace<T> ws;
   mutable std::vector<T> xhat_view;  // cached_normalized's result
+  struct ForwardScratch;
+  // [P] the forward time loop's per-thread scratch, kept between calls so that a forward of the
+  // same shape (the step API: one step per call) allocates nothing.
+  std::vector<ForwardScratch> fwd_scratch;
 
   // Layers with at most this many input features form W x inside the time loop (C multiply-adds
   // per gate value) instead of one GEMM over all steps whose [T,N,G] result goes to memory and
@@ -331,7 +336,6 @@ struct Engine {
 
   // one layer (forward_step.cpp, backward_step.cpp)
   struct ForwardRun;
-  struct ForwardScratch;
   struct StepRows;
   void layer_forward(int k, int Tc, int N, const T* X, const uint8_t* vmask, int64_t tg0,
                      bool batch, bool update_running);
@@ -389,6 +393,33 @@ struct Engine {
   void flush_thread_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s);
   void finish_probe(int P);
   void deferred_input_backward(const BackwardRun& run);
+};
+
+// Thread-private scratch of the forward time loop (Engine::fwd_scratch[p]).
+template <class T>
+struct Engine<T>::ForwardScratch {
+  BlockStatScratch block;                  // [gates*w+1] batch statistics of a column block
+  std::vector<T> ln_mean_h, ln_rstd_h;     // [parts,N] LN row statistics of R h this step
+  std::vector<T> ln_mean_x, ln_rstd_x;     // [parts,N] ... of W x
+  std::vector<T> ln_mean_c, ln_rstd_c;     // [N] ... of c
+  std::vector<T> scale_x, scale_h, shift;  // [G] BN (or none) folded: pre = sx*Wx + sh*Rh + shift
+  std::vector<T> shift_h;                  // [G] GRU: the recurrent term's own, h~ = sh*Rh + shift_h
+  std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
+  std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
+  T* r_rows = nullptr;  // [gates*w, H] this thread's rows of R (gate q's units at rows q*w..)
+  T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
+  int ld_rh = 0;
+  // Sizes for a call (gw = gates * w); grows only, so that repeated calls reuse the memory. Every
+  // value is written before it is read within a step, as between the steps of one call.
+  void size_for(int N, int G, int H, int C, int gw) {
+    for (auto* v : {&block.mean, &block.var}) ensure_size(*v, static_cast<size_t>(gw) + 1);
+    for (auto* v : {&ln_mean_h, &ln_rstd_h, &ln_mean_x, &ln_rstd_x}) ensure_size(*v, 2 * static_cast<size_t>(N));
+    for (auto* v : {&ln_mean_c, &ln_rstd_c}) ensure_size(*v, static_cast<size_t>(N));
+    for (auto* v : {&scale_x, &scale_h, &shift, &shift_h}) ensure_size(*v, static_cast<size_t>(G));
+    for (auto* v : {&scale_c, &shift_c}) ensure_size(*v, static_cast<size_t>(H));
+    ensure_size(x_moments, static_cast<size_t>(C) + static_cast<size_t>(C) * C);
+    ld_rh = gw;
+  }
 };
 
 }  // namespace rbn::cells

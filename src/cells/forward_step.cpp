@@ -27,29 +27,8 @@ struct Engine<T>::ForwardRun {
   LayerTensors<const T*> prm{};
   const LayerLayout* layout = nullptr;
   LayerCache<T>* cache = nullptr;
-  // [C + C*C] moments of W's rows of each LN part (LN of an inline W x; ln_part)
-  std::vector<double> w_moments[2];
-};
-
-// Thread-private scratch of the time loop.
-template <class T>
-struct Engine<T>::ForwardScratch {
-  BlockStatScratch block;                  // [gates*w+1] batch statistics of a column block
-  std::vector<T> ln_mean_h, ln_rstd_h;     // [parts,N] LN row statistics of R h this step
-  std::vector<T> ln_mean_x, ln_rstd_x;     // [parts,N] ... of W x
-  std::vector<T> ln_mean_c, ln_rstd_c;     // [N] ... of c
-  std::vector<T> scale_x, scale_h, shift;  // [G] BN (or none) folded: pre = sx*Wx + sh*Rh + shift
-  std::vector<T> shift_h;                  // [G] GRU: the recurrent term's own, h~ = sh*Rh + shift_h
-  std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
-  std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
-  T* r_rows = nullptr;  // [gates*w, H] this thread's rows of R (gate q's units at rows q*w..)
-  T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
-  int ld_rh = 0;
-  ForwardScratch(int N, int G, int H, int C, int gw)
-      : block(gw),
-        ln_mean_h(2 * N), ln_rstd_h(2 * N), ln_mean_x(2 * N), ln_rstd_x(2 * N), ln_mean_c(N),
-        ln_rstd_c(N), scale_x(G), scale_h(G), shift(G), shift_h(G), scale_c(H), shift_c(H),
-        x_moments(static_cast<size_t>(C) + C * C), ld_rh(gw) {}
+  // [C + C*C] moments of W's rows of each LN part (LN of an inline W x; ln_part): ws.ln_w_moments
+  std::vector<double>* w_moments = nullptr;
 };
 
 // Step t's rows.
@@ -86,6 +65,7 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
   run.prm = layer_params(k);
   run.layout = &layers[k];
   run.cache = &cc;
+  run.w_moments = ws.ln_w_moments;
   prepare_input(run);
 
   // The time loop runs in one parallel region. Each thread owns a block of hidden units and the
@@ -101,10 +81,12 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
     ensure_size(sync.sums_c, 2 * static_cast<size_t>(H));
   }
+  if (fwd_scratch.size() < static_cast<size_t>(P)) fwd_scratch.resize(P);
 #pragma omp parallel num_threads(P) if (P > 1)
   {
     const UnitBlock u = unit_block(P > 1 ? omp_get_thread_num() : 0, P, H);
-    ForwardScratch s(N, G, H, run.C, gates * u.w);
+    ForwardScratch& s = fwd_scratch[u.p];  // kept between calls: a step allocates nothing
+    s.size_for(N, G, H, run.C, gates * u.w);
     // Slices of the layer's workspaces (thread p's at gates*k0 rows of R, columns of R h).
     // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)

@@ -135,6 +135,7 @@ void save_checkpoint(const std::string& path, Model& model, const TrainConfig& c
   add_state_metadata(st.metadata, s);
   st.metadata["config"] = cfg.to_json().dump();
   st.metadata["gemm_backend"] = blas::backend_name(blas::backend());  // what the run's floats used
+  st.metadata["precision"] = blas::precision_name(blas::precision());  // the products' inputs
   if (opt) {
     for (const auto& slot : opt->state_tensors())
       st.add_f32(Optimizer::tensor_name(slot.slot, slot.param), {static_cast<int64_t>(slot.numel)}, slot.data);

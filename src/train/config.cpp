@@ -20,7 +20,7 @@ namespace rbn {
   X(dampening) X(nesterov) X(centered) X(lr_threshold) X(lr_min) X(sync_bn)                  \
   X(beta2) X(opt_eps) X(weight_decay) X(decay) X(clip) X(lr_schedule) X(lr_gamma) X(lr_step)    \
   X(lr_patience) X(batch_size) X(seq_len) X(steps) X(eval_every) X(eval_batches) X(log_every)   \
-  X(checkpoint_every) X(max_bad_steps) X(early_stop) X(seed) X(threads) X(gemm) X(out)
+  X(checkpoint_every) X(max_bad_steps) X(early_stop) X(seed) X(threads) X(gemm) X(precision) X(out)
 
 namespace {
 // JSON of a field; an unset optional number is null.
@@ -226,6 +226,8 @@ void TrainConfig::validate() const {
   if (threads < 0) bad("--threads", "must be >= 0");
   if (gemm != "auto" && gemm != "openblas" && gemm != "onednn")
     bad("--gemm", "must be auto, openblas or onednn, got '" + gemm + "'");
+  if (precision != "fp32" && precision != "bf16")
+    bad("--precision", "must be fp32 or bf16, got '" + precision + "'");
   if (out.empty()) bad("--out", "must not be empty");
   for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--data", &data},
                                     {"--out", &out}, {"--permutation", &permutation}})

@@ -84,6 +84,9 @@ struct TrainConfig {
   // float GEMM backend: auto (timed on the run's products, cached per machine) | openblas | onednn;
   // a run records what it used here and in its checkpoints' gemm_backend, and keeps it on --resume
   std::string gemm = "auto";
+  // inputs of the float matrix products: fp32 | bf16 (rounded to bfloat16, fp32 accumulation,
+  // everything else fp32; refused on a CPU without AVX512_BF16 or AMX). Recorded in checkpoints.
+  std::string precision = "fp32";
   std::string out = "runs/run";
 
   nlohmann::json to_json() const;

@@ -22,6 +22,7 @@
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
 #include "train/task.hpp"
+#include "util/blas.hpp"
 #include "util/error.hpp"
 #include "util/platform.hpp"
 #include "util/progress.hpp"
@@ -179,6 +180,8 @@ TrainSummary run_training(const TrainRequest& req) {
   }
   cfg.validate();
   cfg.check_flags_used(req.given);
+  // before anything is written: a CPU without bf16 refuses here
+  blas::set_precision(*blas::parse_precision(cfg.precision), "--precision");
   if (cfg.task == "seq")  // a fraction given for a split that has its own files would mean nothing
     for (const auto& [field, split] : {std::pair<const char*, const char*>{"valid_fraction", "valid"}, {"test_fraction", "test"}})
       if (req.given.count(field) && seq_split_present(cfg.data, split))

@@ -1,10 +1,14 @@
 // Every matrix product of rbn goes through blas::gemm (row-major, cblas argument order), float and
 // double, so kernels are templated on T. Float products run on the process's GEMM backend
 // (OpenBLAS or oneDNN's dnnl_sgemm, chosen by set_backend / RBN_GEMM / `rbn train --gemm`);
-// double products always run on OpenBLAS (oneDNN has no double GEMM).
+// double products always run on OpenBLAS (oneDNN has no double GEMM). With the process's
+// precision set to bf16 (set_precision, `--precision bf16`), float products take bfloat16 inputs
+// instead: both factors rounded to bf16 (round to nearest even), multiplied and accumulated in
+// fp32 by oneDNN's matmul primitive, the result fp32 (its BLAS-like API has no bf16 GEMM).
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -45,10 +49,47 @@ void set_backend(Backend b);
 void sgemm(Backend b, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
 
-// C[M,N] = alpha * op(A) op(B) + beta * C, row-major, on the process's backend.
+// ---- precision of the float products --------------------------------------------------------
+
+enum class Precision : int { fp32 = 0, bf16 = 1 };
+const char* precision_name(Precision p);                  // "fp32" / "bf16"
+std::optional<Precision> parse_precision(std::string_view name);
+
+// Whether this CPU multiplies bf16 natively: oneDNN's effective ISA is avx512_core_bf16 or above
+// (AVX512_BF16 or AMX). Without it oneDNN's matmul refuses bf16 inputs.
+bool cpu_has_bf16();
+// The test override (RBN_TEST_BF16=emulate, for tests only): bf16 is accepted on any CPU, and
+// products whose bf16 matmul oneDNN refuses here round both factors to bf16 and multiply them with
+// the fp32 GEMM instead (bf16 x bf16 products are exact in fp32, so only the summation order can
+// differ from oneDNN's). Read at each call; throws UsageError naming the variable for another value.
+bool bf16_emulation_override();
+
+// Sets the precision of every float product of the process (every thread). bf16 on a CPU without
+// bf16 throws UsageError "<what>: bf16 needs a CPU with AVX512_BF16 or AMX ..." (what names the
+// flag or keyword), unless the test override is set.
+void set_precision(Precision p, const std::string& what);
+namespace detail {
+extern std::atomic<int> g_precision;
+}
+inline Precision precision() {
+  return static_cast<Precision>(detail::g_precision.load(std::memory_order_relaxed));
+}
+
+// C[M,N] = alpha * op(A) op(B) + beta * C with both factors rounded to bf16, fp32 accumulation
+// (oneDNN's matmul; the emulation under the test override). Row-major, cblas argument order.
+void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+                const float* B, int ldb, float beta, float* C, int ldc);
+// x rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as 16 bits / back as float.
+uint16_t to_bf16(float x);
+float from_bf16(uint16_t b);
+
+// C[M,N] = alpha * op(A) op(B) + beta * C, row-major, on the process's backend and precision.
 inline void gemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
                  const float* B, int ldb, float beta, float* C, int ldc) {
-  sgemm(backend(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  if (precision() == Precision::bf16)
+    sgemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    sgemm(backend(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
                  const double* B, int ldb, double beta, double* C, int ldc) {

@@ -3,12 +3,16 @@
 // beside PyTorch (bench/torch_baseline.py) and oneDNN's own LSTM primitive measured in the same
 // run, with the matrix products' GFLOP/s against that backend's sgemm rate on the same shapes, and
 // memory. `--sgemm`: the backends' sgemm rates on the steps' main shapes and the FMA peak.
+// `--stream`: the latency of one step of streaming inference (the step API, one step per call)
+// at batch 1 and 8, median and 99th percentile, beside nn.LSTM stepping the same way.
+// `--precision bf16`: rbn's products with bf16 inputs (refused on a CPU without bf16).
 #include <immintrin.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -272,6 +276,10 @@ struct BenchFlags {
   std::string torch_script;
   std::string json;
   bool allreduce = false;
+  bool stream = false;
+  std::string stream_batch = "1,8";
+  std::string precision = "fp32";
+  int stream_steps = 400;
 };
 
 // The oneDNN primitive a cell is measured against: its vanilla LSTM for the LSTM cells (4 gate
@@ -500,6 +508,7 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
               "{%s}; PyTorch at its best of torch threads {1,2}\n",
               f.repeats, f.warmup, f.threads.c_str());
   for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
+  std::printf("  rbn's float products: %s inputs\n", blas::precision_name(blas::precision()));
   std::printf("\n%-7s %-7s %-8s %-5s %9s %3s %9s %3s %6s %9s %3s %6s %6s %8s %8s %6s %8s %8s\n", "shape", "cell",
               "gemm", "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "dnnl ms", "thr", "x dnnl",
               "x base", "GFLOP/s", "sgemm", "%sgemm", "bwd-read", "alloc");
@@ -602,6 +611,181 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
               "the step allocates (train rows); for infer rows: state at T and at 8T (chunked inference).\n");
 }
 
+// ---- streaming inference: latency per step -------------------------------------------------
+
+// The q-quantile of v (nearest rank).
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, i > 0 ? i - 1 : 0)];
+}
+
+// One stream of N rows of a language model as `rbn sample` runs it: one step per call of the step
+// API (Model::logits with T = 1, the state carried, t0 = the stream's step count), the symbols fed
+// drawn at random outside the timing.
+struct Stream {
+  blas::Backend backend;
+  std::unique_ptr<Model> model;
+  int N = 1;
+  int64_t t = 0;  // steps taken
+  std::vector<float> h, c, hT, cT, logits;  // [L,N,H] x 4, [N,K]
+  std::vector<int32_t> ids;                 // [N]
+  std::vector<double> ms;                   // per-step times of the current thread setting
+  Rng rng{11};
+
+  Stream(const Shape& s, Cell cell, blas::Backend be, int rows) : backend(be), N(rows) {
+    ModelConfig mc;
+    mc.rnn.cell = cell;
+    mc.rnn.input_size = s.C;
+    mc.rnn.hidden_size = s.H;
+    mc.rnn.t_max = s.T;
+    mc.head = Head::lm;
+    mc.num_classes = s.K;
+    model = std::make_unique<Model>(mc);
+    const size_t LNH = static_cast<size_t>(rows) * s.H;
+    for (auto* v : {&h, &c, &hT, &cT}) v->assign(LNH, 0.0f);
+    logits.assign(static_cast<size_t>(rows) * s.K, 0.0f);
+    ids.assign(rows, 0);
+  }
+  // `steps` steps; their times appended to ms when `timed`.
+  void run(int steps, bool timed) {
+    const int K = model->config().num_classes;
+    ForwardOptions opt;
+    opt.mode = Mode::infer;
+    opt.need_backward = false;
+    blas::set_backend(backend);
+    for (int i = 0; i < steps; ++i, ++t) {
+      for (auto& v : ids) v = static_cast<int32_t>(rng.below(K));
+      opt.t0 = static_cast<int>(std::min<int64_t>(t, 1 << 30));
+      const double t0 = now_ms();
+      model->logits(opt, 1, N, nullptr, ids.data(), nullptr, h.data(), c.data(), logits.data(),
+                    hT.data(), cT.data());
+      const double dt = now_ms() - t0;
+      h.swap(hT);
+      c.swap(cT);
+      if (timed) ms.push_back(dt);
+    }
+  }
+};
+
+struct StreamResult {
+  double median_ms = 1e300, p99_ms = 0;
+  int threads = 0;
+};
+
+// Every (backend, cell) stream of one shape and batch, timed in interleaved rounds at each thread
+// count; each stream's best thread count by median.
+std::vector<StreamResult> bench_streams(const Shape& s, int N, const BenchPlan& p, int steps,
+                                        int warmup) {
+  std::vector<Stream> streams;
+  for (auto be : p.backends)
+    for (Cell cell : p.cells) streams.emplace_back(s, cell, be, N);
+  std::vector<StreamResult> res(streams.size());
+  const int rounds = 4, per_round = std::max(1, steps / rounds);
+  for (int th : p.threads) {
+    set_threads(th);
+    for (auto& st : streams) {
+      st.ms.clear();
+      st.run(std::max(warmup, 1), false);
+    }
+    for (int r = 0; r < rounds; ++r)
+      for (auto& st : streams) st.run(per_round, true);
+    for (size_t i = 0; i < streams.size(); ++i) {
+      const double med = median(streams[i].ms);
+      if (med < res[i].median_ms) res[i] = {med, quantile(streams[i].ms, 0.99), th};
+    }
+  }
+  return res;
+}
+
+nlohmann::json run_torch_stream(const std::string& script, const Shape& s, int N, int steps,
+                                int warmup) {
+  const std::string tmp = fmt::format("/tmp/rbn-bench-torch-stream-{}.json", getpid());
+  const std::string cmd =
+      fmt::format("/usr/bin/python3 '{}' --cell lstm --shape {} --mode stream --batch {} --steps {} "
+                  "--warmup {} --sweep-threads --json '{}' 2>/dev/null",
+                  script, s.name, N, steps, warmup, tmp);
+  if (std::system(cmd.c_str()) != 0) return nullptr;
+  std::ifstream in(tmp);
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception&) {
+    return nullptr;
+  }
+  std::remove(tmp.c_str());
+  return j;
+}
+
+std::vector<int> parse_batches(const std::string& list) {
+  std::vector<int> out;
+  for (const auto& n : split_csv(list)) {
+    try {
+      out.push_back(std::stoi(n));
+    } catch (const std::exception&) {
+      throw UsageError("--stream-batch: not a number: '" + n + "'");
+    }
+    if (out.back() <= 0) throw UsageError("--stream-batch: must be positive");
+  }
+  if (out.empty()) throw UsageError("--stream-batch: give at least one batch size");
+  return out;
+}
+
+void run_stream_bench(const BenchFlags& f, const BenchPlan& p, const std::string& script,
+                      bool torch, nlohmann::json& out) {
+  const std::vector<int> batches = parse_batches(f.stream_batch);
+  for (const auto& s : p.shapes)
+    if (!s.lm)
+      throw UsageError("--shapes: '" + s.name + "' is not a language model (--stream times the step of "
+                       "ptb and text8)");
+  const int warmup = std::max(10, f.warmup);
+  std::printf("rbn bench --stream: latency of one step of the step API (language model: embedding, "
+              "stack, head; state carried, t0 = the stream's step count), %d timed steps per stream "
+              "in 4 interleaved rounds after %d warm-up steps; rbn at its best of threads {%s} by "
+              "median; PyTorch: nn.LSTM + nn.Linear stepping one step per call, best of torch "
+              "threads {1,2} x {no_grad, inference_mode}\n",
+              f.stream_steps, warmup, f.threads.c_str());
+  for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
+  std::printf("  rbn's float products: %s inputs\n", blas::precision_name(blas::precision()));
+  std::printf("\n%-7s %-7s %-8s %3s %9s %9s %3s %9s %9s %3s %-14s %6s\n", "shape", "cell", "gemm", "N",
+              "rbn med", "rbn p99", "thr", "torch med", "torch p99", "thr", "torch mode", "ratio");
+  for (const auto& s : p.shapes)
+    for (int N : batches) {
+      const auto res = bench_streams(s, N, p, f.stream_steps, warmup);
+      const nlohmann::json tj = torch ? run_torch_stream(script, s, N, f.stream_steps, warmup) : nlohmann::json();
+      const double tmed = tj.is_null() ? 0 : tj.value("median_ms", 0.0);
+      const double tp99 = tj.is_null() ? 0 : tj.value("p99_ms", 0.0);
+      const int tth = tj.is_null() ? 0 : tj.value("torch_threads", 0);
+      const std::string tmode = tj.is_null() ? "-" : tj.value("grad_mode", std::string("-"));
+      for (size_t i = 0; i < res.size(); ++i) {
+        const blas::Backend be = p.backends[i / p.cells.size()];
+        const Cell cell = p.cells[i % p.cells.size()];
+        const StreamResult& r = res[i];
+        nlohmann::json row{{"shape", s.name}, {"cell", cell_name(cell)}, {"gemm", blas::backend_name(be)},
+                           {"N", N}, {"C", s.C}, {"H", s.H}, {"K", s.K}, {"steps", f.stream_steps},
+                           {"rbn_step_median_ms", r.median_ms}, {"rbn_step_p99_ms", r.p99_ms},
+                           {"rbn_threads", r.threads}};
+        if (tmed > 0) {
+          row["torch_step_median_ms"] = tmed;
+          row["torch_step_p99_ms"] = tp99;
+          row["torch_threads"] = tth;
+          row["torch_grad_mode"] = tmode;
+          row["ratio_median"] = r.median_ms / tmed;
+        }
+        std::printf("%-7s %-7s %-8s %3d %9.3f %9.3f %3d %9s %9s %3s %-14s %6s\n", s.name.c_str(),
+                    cell_name(cell), blas::backend_name(be), N, r.median_ms, r.p99_ms, r.threads,
+                    fmt_or_dash(tmed, "{:.3f}").c_str(), fmt_or_dash(tp99, "{:.3f}").c_str(),
+                    tth > 0 ? std::to_string(tth).c_str() : "-", tmode.c_str(),
+                    fmt_or_dash(tmed > 0 ? r.median_ms / tmed : 0, "{:.3f}").c_str());
+        std::fflush(stdout);
+        out["stream"].push_back(row);
+      }
+    }
+  std::printf("\nms per step; ratio = rbn median / PyTorch median (every cell against nn.LSTM, "
+              "PyTorch's fused LSTM; lower is faster).\n");
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app, int& exit_code) {
@@ -624,9 +808,28 @@ void register_bench(CLI::App& app, int& exit_code) {
                 "FMA peak (at the largest of --threads)");
   sub->add_option("--torch-script", f->torch_script, "bench/torch_baseline.py (default: found beside the sources)");
   sub->add_option("--json", f->json, "write the results here");
+  sub->add_option("--precision", f->precision,
+                  "inputs of rbn's float matrix products: fp32 | bf16 (needs AVX512_BF16 or AMX; the "
+                  "sgemm, PyTorch and oneDNN RNN columns stay fp32)")
+      ->capture_default_str();
+  sub->add_flag("--stream", f->stream,
+                "instead of training steps: latency per step of streaming inference (the step API, "
+                "one step per call) at the batch sizes of --stream-batch, on --shapes (ptb,text8)");
+  sub->add_option("--stream-batch", f->stream_batch, "--stream: rows per step (streams in lockstep)")
+      ->capture_default_str();
+  sub->add_option("--stream-steps", f->stream_steps, "--stream: timed steps per stream")
+      ->capture_default_str();
   sub->add_flag("--allreduce", f->allreduce,
                 "under mpirun: time the group's sums (8 B to 8 MB) instead of training steps");
-  sub->callback([f, &exit_code]() {
+  sub->callback([f, sub, &exit_code]() {
+    if (f->stream && sub->count("--shapes") == 0) f->shapes = "ptb,text8";
+    set_precision_flag(f->precision);
+    if (blas::precision() == blas::Precision::bf16) {  // bf16 products run on oneDNN's matmul only
+      if (sub->count("--gemm") && f->gemm != "onednn")
+        throw UsageError("--gemm: with --precision bf16 every float product runs on oneDNN's matmul "
+                         "(give --gemm onednn or leave it out)");
+      f->gemm = "onednn";
+    }
     if (f->repeats <= 0) throw UsageError("--repeats: must be positive, got " + std::to_string(f->repeats));
     if (f->warmup < 0) throw UsageError("--warmup: must be >= 0, got " + std::to_string(f->warmup));
     if (f->torch_repeats <= 0)
@@ -635,6 +838,9 @@ void register_bench(CLI::App& app, int& exit_code) {
       bench_allreduce(f->repeats);
       return;
     }
+    if (f->stream && f->sgemm_table) throw UsageError("--stream: not with --sgemm (one table per run)");
+    if (f->stream_steps <= 0)
+      throw UsageError("--stream-steps: must be positive, got " + std::to_string(f->stream_steps));
     const BenchPlan plan = parse_plan(*f);
     std::string script = f->torch_script;
     if (script.empty()) {
@@ -649,10 +855,17 @@ void register_bench(CLI::App& app, int& exit_code) {
     out["blas"] = blas_description();
     for (auto be : plan.backends) out["gemm"][blas::backend_name(be)] = blas::backend_description(be);
     out["cpu_threads"] = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+    out["precision"] = blas::precision_name(blas::precision());
     out["command"] = "rbn bench --shapes " + f->shapes + " --cells " + f->cells + " --threads " +
-                     f->threads + " --gemm " + f->gemm + " --repeats " + std::to_string(f->repeats) +
-                     (f->sgemm_table ? " --sgemm" : "");
-    if (f->sgemm_table)
+                     f->threads + " --gemm " + f->gemm + " --precision " + f->precision + " --repeats " +
+                     std::to_string(f->repeats) +
+                     (f->sgemm_table ? " --sgemm" : "") +
+                     (f->stream ? " --stream --stream-batch " + f->stream_batch + " --stream-steps " +
+                                      std::to_string(f->stream_steps)
+                                : "");
+    if (f->stream)
+      run_stream_bench(*f, plan, script, torch, out);
+    else if (f->sgemm_table)
       run_sgemm_table(plan.backends, *std::max_element(plan.threads.begin(), plan.threads.end()), f->repeats, out);
     else
       run_step_bench(*f, plan, script, torch, out);

@@ -53,7 +53,7 @@ Split parse_split(const std::string& s) {
 }
 
 struct EvalFlags {
-  std::string checkpoint, split = "test", data, popstats = "auto", json;
+  std::string checkpoint, split = "test", data, popstats = "auto", json, precision = "fp32";
   int popstats_batches = 0, popstats_batch_size = 0, batch_size = 0, streams = 1, chunk = 100,
       threads = 0;
   bool windows = false;
@@ -126,6 +126,13 @@ std::string head_size(const ModelConfig& mc) {
 
 }  // namespace
 
+// --precision of eval and bench: fp32 | bf16 (refused on a CPU without bf16).
+void set_precision_flag(const std::string& name) {
+  const auto p = blas::parse_precision(name);
+  if (!p) throw UsageError("--precision: must be fp32 or bf16, got '" + name + "'");
+  blas::set_precision(*p, "--precision");
+}
+
 void register_eval(CLI::App& app, int& exit_code) {
   auto* sub = app.add_subcommand("eval", "evaluate a checkpoint with population statistics");
   auto f = std::make_shared<EvalFlags>();
@@ -145,8 +152,12 @@ void register_eval(CLI::App& app, int& exit_code) {
   sub->add_flag("--windows", f->windows, "language models: non-overlapping windows of the training length");
   sub->add_option("--threads", f->threads, "threads (0: default)");
   sub->add_option("--json", f->json, "write the result as JSON here");
+  sub->add_option("--precision", f->precision,
+                  "inputs of the float matrix products: fp32 | bf16 (needs AVX512_BF16 or AMX)")
+      ->capture_default_str();
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
+    set_precision_flag(f->precision);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
     use_recorded_gemm(ck);
     TrainConfig cfg = data_config(ck, f->checkpoint, f->data);
@@ -172,7 +183,7 @@ void register_eval(CLI::App& app, int& exit_code) {
     }
     nlohmann::json j{{"checkpoint", f->checkpoint}, {"split", f->split}, {"loss", r.loss},
                      {"count", r.count},            {"seconds", r.seconds}, {"popstats", used},
-                     {"evaluation", how}};
+                     {"evaluation", how}, {"precision", blas::precision_name(blas::precision())}};
     const HeadMetric hm = head_metric(data->head(), r.loss, r.accuracy);
     j[hm.name] = hm.value;
     const char* items = lm ? "symbols" : data->head() == Head::tag ? "steps"
@@ -278,10 +289,10 @@ void register_sample(CLI::App& app, int& exit_code) {
       h.swap(hT);
       c.swap(cT);
     }
+    std::vector<double> p(K);  // the step's probabilities (unnormalized): a step allocates nothing
     for (int i = 0; i < f->length; ++i, ++t) {
       double mx = -1e300;
       for (float v : logits) mx = std::max(mx, static_cast<double>(v));
-      std::vector<double> p(K);
       double sum = 0;
       for (int k = 0; k < K; ++k) sum += p[k] = std::exp((logits[k] - mx) / f->temperature);
       double u = rng.uniform() * sum;

@@ -97,6 +97,9 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
   opt("gemm", "--gemm", c.gemm,
       "float GEMM backend: auto (timed on the run's products, cached per machine) | openblas | "
       "onednn; default: RBN_GEMM, else auto; a resumed run keeps its own");
+  opt("precision", "--precision", c.precision,
+      "inputs of the float matrix products: fp32 | bf16 (bfloat16 inputs, fp32 accumulation, "
+      "weights, optimizer and normalizations fp32; needs AVX512_BF16 or AMX)");
   opt("out", "--out", c.out, "output directory (metrics.jsonl, last/best.safetensors)");
 }
 

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <string>
+
 namespace rbn::cli {
 
 // Each registers a subcommand whose callback runs the command and stores its exit code.
@@ -16,6 +18,10 @@ void register_convert(CLI::App& app, int& exit_code);
 void register_plot(CLI::App& app, int& exit_code);
 void register_bench(CLI::App& app, int& exit_code);
 void register_reproduce(CLI::App& app, int& exit_code);
+
+// --precision of eval and bench: fp32 | bf16 for every float product of the process; a
+// UsageError naming the flag for another value or for bf16 on a CPU without it.
+void set_precision_flag(const std::string& name);
 
 // The subcommand called `name` (nullptr if none).
 CLI::App* find_subcommand(CLI::App& app, const char* name);

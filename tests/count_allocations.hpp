@@ -1,0 +1,44 @@
+// Counts the process's operator new calls (std::vector, std::string, make_unique ...), for the
+// tests that a streaming step allocates nothing. Include in exactly one source file of a test
+// executable: it replaces the global allocation functions (malloc/free underneath, so that
+// AddressSanitizer sees matching pairs). malloc calls of C libraries (OpenBLAS, libgomp) and
+// oneDNN's aligned buffers are not operator new and are not counted.
+#pragma once
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+namespace rbn::testing {
+inline std::atomic<long> g_operator_new_calls{0};
+// operator new calls so far, every thread.
+inline long operator_new_calls() { return g_operator_new_calls.load(); }
+}  // namespace rbn::testing
+
+namespace rbn::testing::detail {
+inline void* counted_malloc(std::size_t n) {
+  g_operator_new_calls.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n ? n : 1);
+}
+}  // namespace rbn::testing::detail
+
+void* operator new(std::size_t n) {
+  if (void* p = rbn::testing::detail::counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  if (void* p = rbn::testing::detail::counted_malloc(n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return rbn::testing::detail::counted_malloc(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return rbn::testing::detail::counted_malloc(n);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
