@@ -27,9 +27,9 @@ run() {  # precision seed
   "$RBN" train --task ptb --data "$DATA" --cell "$CELL" --hidden "$HIDDEN" --seq-len "$SEQ" \
     --batch-size "$BATCH" --optimizer adam --lr 0.002 --clip 1 --steps "$STEPS" --eval-every 0 \
     --eval-batches 20 --popstats-batches 10 --log-every 50 --seed "$2" --threads "$THREADS" \
-    --precision "$1" --out "$dir" --overwrite 2> "$dir.log"
+    --precision "$1" --out "$dir" --overwrite 2> "$dir.log" || { tail -n 1 "$dir.log" >&2; exit 1; }
   "$RBN" eval --checkpoint "$dir/last.safetensors" --split valid --streams 8 --precision "$1" \
-    --threads "$THREADS" --json "$dir/valid.json" 2>> "$dir.log" > /dev/null
+    --threads "$THREADS" --json "$dir/valid.json" 2>> "$dir.log" > /dev/null || { tail -n 1 "$dir.log" >&2; exit 1; }
 }
 bpc() { /usr/bin/python3 -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["bpc"])' "$1"; }
 

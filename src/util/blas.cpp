@@ -89,6 +89,15 @@ void sgemm(Backend b, bool ta, bool tb, int M, int N, int K, float alpha, const 
                  tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, static_cast<int>(st));
     std::abort();
   }
+  if (M == 1 && N > 0 && K > 0) {
+    // One row (a stream's step at batch 1): a matrix-vector product. OpenBLAS 0.3.21's sgemm
+    // packs op(B) first, which for one row is a second pass over the weights (measured 4x slower
+    // per step on PTB's h·Rᵀ); sgemv streams B once. c = alpha op(B)ᵀ a + beta c, a's
+    // elements lda apart when A is transposed.
+    cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N, alpha, B, ldb, A,
+                ta ? lda : 1, beta, C, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
