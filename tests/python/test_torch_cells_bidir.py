@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from torch_cells import (ALL_CELLS, BN_CELLS, GRU_CELLS, RecurrentStack, TorchGRU,  # noqa: E402
+from torch_cells import (ALL_CELLS, GRU_CELLS, RecurrentStack, TorchGRU,  # noqa: E402
                          TorchLSTM)
 
 T, N, C, H = 5, 4, 3, 4
