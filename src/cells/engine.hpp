@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -217,6 +218,25 @@ struct StatsPass {
   std::vector<double> count;  // sized like buffers: rows behind each element's sum
 };
 
+// A bidirectional layer k (docs/cells.md, "Bidirectional layers"): what its two directions share.
+// Its forward direction is unit 2k of Engine::layers/caches, its reverse unit 2k+1; the reverse
+// runs the one-directional layer on each row's valid prefix reversed (left-aligned again, so the
+// validity mask, the row counts and step s's statistics are the forward's).
+template <class T>
+struct BidirLayer {
+  std::vector<T> Xr;  // [T,N,C] the layer's input, each row's valid prefix reversed (0 past it)
+  std::vector<T> Y;   // [T,N,2H] forward h ‖ reverse h at each position, 0 at padding: the next
+                      //   layer's input (the top layer's goes to y, if asked for)
+};
+// Backward scratch of the bidirectional driver.
+template <class T>
+struct BidirWorkspace {
+  std::vector<T> dY;     // [T,N,2H] gradient of a layer's output (written by the layer above)
+  std::vector<T> dYf;    // [T,N,H] its forward half
+  std::vector<T> dYr;    // [T,N,H] its reverse half, reversed like the reverse direction's steps
+  std::vector<T> dXr;    // [T,N,C] the reverse direction's input gradient, reversed
+};
+
 // Scratch that outlives one layer call (sized on first use, reused).
 template <class T>
 struct Workspace {
@@ -240,7 +260,16 @@ struct Engine {
   int gates = 4;  // = spec.gates
   std::vector<TensorInfo> pinfo, binfo;
   std::vector<T> params, grads, buffers;
+  // Per unit: a layer's direction, u = k*D + d (D = cfg.directions(); one-directional: u = k).
+  // layers, caches and every per-layer call below are indexed by u.
   std::vector<LayerLayout> layers;
+  std::vector<BidirLayer<T>> bidir;  // [L] bidirectional stacks only
+  BidirWorkspace<T> bws;
+  // [L] (made on first use) the reverse direction of layer k as a one-layer, one-directional
+  // engine of its own, with its own caches and workspaces: it runs beside the forward direction
+  // on another core (docs/cells.md, "Bidirectional layers").
+  std::vector<std::unique_ptr<Engine>> twins;
+  bool side_by_side = false;  // the last bidirectional forward ran each layer's directions at once
 
   // the last forward's cache
   std::vector<LayerCache<T>> caches;
@@ -269,7 +298,8 @@ struct Engine {
   // step (the step API's short calls use R in place).
   static constexpr int kPackMinSteps = 4;
 
-  explicit Engine(const StackConfig& c);
+  // initialize = false: the tensors stay 0 (a twin that receives them from its engine)
+  explicit Engine(const StackConfig& c, bool initialize = true);
   void reset_parameters();
   void reset_population_stats();
 
@@ -321,6 +351,7 @@ struct Engine {
   void cell_output_tanh(const T* c, int k0, int k1, const CellNormRow<T>& norm, T mean, T rstd,
                         T* out) const;
 
+  int dirs() const { return cfg.directions(); }
   // the driver (stack.cpp)
   void forward(const ForwardOptions& opt, int steps, int N, const StackInput<T>& in,
                const StackOutput<T>& out);
@@ -328,6 +359,24 @@ struct Engine {
   void allocate_cache(int k, int Tc, int N, bool copy_input, bool inline_x, bool train);
   void init_state(int k, int N, const T* h0, const T* c0, const ForwardOptions& opt, bool train);
   void set_valid_rows(int steps, int N, const int32_t* lengths, bool train);
+  void learned_state_grads(int u);  // after unit u's backward: its learned h0/c0 (if not given)
+  void add_h0_noise(int index, int N, T* h, const ForwardOptions& opt) const;
+
+  // bidirectional stacks (bidirectional.cpp): whole sequences, layer by layer
+  void forward_bidir(const ForwardOptions& opt, int nT, int N, const StackInput<T>& in,
+                     const StackOutput<T>& out);
+  void backward_bidir(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0);
+  void reverse_rows(int nT, int N, const T* src, int width, T* dst, bool accumulate) const;
+  void join_directions(int k, int nT, int N, T* Y) const;
+  void split_output_grad(int nT, int N, const T* dY, T* dYf, T* dYr) const;
+  bool directions_side_by_side(bool train) const;
+  const LayerCache<T>& reverse_cache(int k) const;
+  Engine& reverse_twin(int k);
+  void run_unit_forward(int u, const ForwardOptions& opt, int nT, int N, const StackInput<T>& in,
+                        const T* X);
+  void twin_forward(int k, const ForwardOptions& opt, int nT, int N, const StackInput<T>& in);
+  void run_unit_backward(int u, const T* dYd, T* dXd, const T* dhT, const T* dcT, T* dh0, T* dc0);
+  void twin_backward(int k, const T* dYd, T* dXd, const T* dhT, const T* dcT, T* dh0, T* dc0);
 
   // one layer (forward_step.cpp, backward_step.cpp)
   struct ForwardRun;

@@ -85,13 +85,16 @@ struct RefLayer {
   const Tensors& buffers;
   bool train;
   Result& res;
-  std::string p;  // "rnn.k."
+  std::string p;  // "rnn.k." or "rnn.k.reverse."
   int H, G;
   Cell cell;
   bool gru, ln, ln_x, bn_x, bn_h, bn_c;
 
-  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k)
-      : cfg(c), params(pr), buffers(bu), train(tr), res(r), p("rnn." + std::to_string(k) + "."),
+  // direction d = 1: the reverse direction's tensors, "rnn.k.reverse."
+  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k,
+           int d)
+      : cfg(c), params(pr), buffers(bu), train(tr), res(r),
+        p("rnn." + std::to_string(k) + (d == 1 ? ".reverse." : ".")),
         H(c.hidden_size), G(cell_gates(c.cell) * c.hidden_size), cell(c.cell) {
     gru = cell_is_gru(cell);
     ln = cell == Cell::lnlstm || cell == Cell::lngru;
@@ -250,55 +253,72 @@ struct RefLayer {
   }
 };
 
+// One direction d of layer k over the whole batch: the forward direction reads step t at
+// position t; the reverse direction's step s reads each row's position len_n - 1 - s (its own
+// valid steps backwards, SPEC section 2b) and uses statistics row s. Writes h into columns
+// [d*H, (d+1)*H) of out [T,N,D*H] at the positions read, the final state at index u = k*D + d.
+void run_direction(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
+                   const Inputs& in, int k, int d, const std::vector<double>& input, int C,
+                   std::vector<double>& out, Result& res) {
+  const int H = cfg.hidden_size, T = in.T, N = in.N, D = cfg.directions(), u = k * D + d;
+  const std::vector<int>& lengths = in.lengths;
+  RefLayer layer(cfg, params, buffers, in.mode == Mode::train, res, k, d);
+  // initial state: given, learned, or zero
+  Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      const size_t i = (static_cast<size_t>(u) * N + n) * H + j;
+      if (!in.h0.empty()) h[n][j] = in.h0[i];
+      else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
+      if (!in.c0.empty()) c[n][j] = in.c0[i];
+      else if (cfg.learn_init_state && !layer.gru) c[n][j] = layer.param("c0")[j];
+    }
+  const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
+  for (int t = 0; t < T; ++t) {  // t: the direction's own step
+    std::vector<bool> valid(N);
+    std::vector<int> pos(N, 0);  // the position each row reads at this step
+    Rows wxt(N, std::vector<double>(layer.G, 0.0));
+    for (int n = 0; n < N; ++n) {
+      valid[n] = t < lengths[n];
+      pos[n] = d == 0 ? t : lengths[n] - 1 - t;
+      if (valid[n]) wxt[n] = wx[pos[n]][n];
+    }
+    const int tg = in.t0 + t;
+    const Rows ax = layer.input_term(wxt, valid, tg);
+    const Rows ah = layer.recurrent_term(h, valid, tg);
+    if (layer.gru)
+      layer.gru_step(ax, ah, valid, h);
+    else if (cell_gates(cfg.cell) == 1)
+      layer.rnn_step(ax, ah, valid, h);
+    else
+      layer.lstm_step(ax, ah, valid, tg, h, c);
+    for (int n = 0; n < N; ++n)
+      if (valid[n])
+        std::copy_n(h[n].begin(), H,
+                    out.begin() + (static_cast<size_t>(pos[n]) * N + n) * D * H + d * H);
+  }
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      res.hT[(static_cast<size_t>(u) * N + n) * H + j] = h[n][j];
+      res.cT[(static_cast<size_t>(u) * N + n) * H + j] = c[n][j];
+    }
+}
+
 }  // namespace
 
 Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
                const Inputs& in) {
-  const int H = cfg.hidden_size, L = cfg.num_layers, T = in.T, N = in.N, t0 = in.t0;
-  const Mode mode = in.mode;
-  const std::vector<int>& lengths = in.lengths;
-  const std::vector<double>&x = in.x, &h0 = in.h0, &c0 = in.c0;
+  const int H = cfg.hidden_size, L = cfg.num_layers, D = cfg.directions(), T = in.T, N = in.N;
   Result res;
-  res.hT.assign(static_cast<size_t>(L) * N * H, 0.0);
-  res.cT.assign(static_cast<size_t>(L) * N * H, 0.0);
-  std::vector<double> input = x;  // [T,N,C_k]
+  res.hT.assign(static_cast<size_t>(L) * D * N * H, 0.0);
+  res.cT.assign(static_cast<size_t>(L) * D * N * H, 0.0);
+  std::vector<double> input = in.x;  // [T,N,C_k]
   int C = cfg.input_size;
   for (int k = 0; k < L; ++k) {
-    RefLayer layer(cfg, params, buffers, mode == Mode::train, res, k);
-    // initial state: given, learned, or zero
-    Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < H; ++j) {
-        const size_t i = (static_cast<size_t>(k) * N + n) * H + j;
-        if (!h0.empty()) h[n][j] = h0[i];
-        else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
-        if (!c0.empty()) c[n][j] = c0[i];
-        else if (cfg.learn_init_state && !layer.gru) c[n][j] = layer.param("c0")[j];
-      }
-    const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
-    std::vector<double> out(static_cast<size_t>(T) * N * H, 0.0);
-    for (int t = 0; t < T; ++t) {
-      std::vector<bool> valid(N);
-      for (int n = 0; n < N; ++n) valid[n] = t < lengths[n];
-      const int tg = t0 + t;
-      const Rows ax = layer.input_term(wx[t], valid, tg);
-      const Rows ah = layer.recurrent_term(h, valid, tg);
-      if (layer.gru)
-        layer.gru_step(ax, ah, valid, h);
-      else if (cell_gates(cfg.cell) == 1)
-        layer.rnn_step(ax, ah, valid, h);
-      else
-        layer.lstm_step(ax, ah, valid, tg, h, c);
-      for (int n = 0; n < N; ++n)
-        if (valid[n]) std::copy_n(h[n].begin(), H, out.begin() + (static_cast<size_t>(t) * N + n) * H);
-    }
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < H; ++j) {
-        res.hT[(static_cast<size_t>(k) * N + n) * H + j] = h[n][j];
-        res.cT[(static_cast<size_t>(k) * N + n) * H + j] = c[n][j];
-      }
+    std::vector<double> out(static_cast<size_t>(T) * N * D * H, 0.0);
+    for (int d = 0; d < D; ++d) run_direction(cfg, params, buffers, in, k, d, input, C, out, res);
     input = out;
-    C = H;
+    C = D * H;
   }
   res.y = input;
   return res;
