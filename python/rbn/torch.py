@@ -7,10 +7,13 @@ float32 / float64).
     y, (hT, cT) = rnn(x, (h0, c0))           # hx as nn.LSTM takes it; PackedSequence in -> out
     gru = BNGRU(1, 100, t_max=784)           # nn.GRU's arguments + the normalization's own
     y, hT = gru(x, h0)                       # hx = h0 as nn.GRU takes it
+    bi = BNLSTM(1, 100, t_max=784, bidirectional=True)   # y [T,N,2H], states [2L,N,H]
 
 Parameters carry nn.LSTM's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) and the
 normalization's in the same style (bn_x_weight_l0, bn_c_bias_l0, bn_h_running_mean_l0, ...), so
-`load_state_dict(nn.LSTM(...).state_dict())` works. rbn's LSTM cells have one bias per layer (SPEC
+`load_state_dict(nn.LSTM(...).state_dict())` works; a bidirectional module's reverse direction
+has nn.LSTM's `_reverse` names (weight_ih_l0_reverse, bn_x_weight_l0_reverse, ...; SPEC
+rnn.k.reverse.*). rbn's LSTM cells have one bias per layer (SPEC
 section 5 `rnn.k.bias`); the two torch biases are summed when the stack runs and when
 `state_dict_rbn()` writes the SPEC names. The GRUs (GRU, BNGRU, LNGRU: SPEC section 2b) keep
 nn.GRU's two biases as `rnn.k.bias_ih`, `rnn.k.bias_hh` (the n block of bias_hh sits inside the
@@ -38,10 +41,25 @@ from . import Stack
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _torch_name(spec_name):
-    """SPEC section 5 name -> the module's attribute: rnn.0.bn_x.weight -> bn_x_weight_l0."""
+def _spec_parts(spec_name):
+    """rnn.k.<rest> -> (k, "_lk", rest); a reverse direction's rnn.k.reverse.<rest> -> (k,
+    "_lk_reverse", rest): the suffix nn.LSTM gives that layer and direction's names."""
     _, k, rest = spec_name.split(".", 2)
-    return rest.replace(".", "_") + "_l" + k
+    if rest.startswith("reverse."):
+        return k, f"_l{k}_reverse", rest[len("reverse."):]
+    return k, f"_l{k}", rest
+
+
+def _torch_name(spec_name):
+    """SPEC section 5 name -> the module's attribute: rnn.0.bn_x.weight -> bn_x_weight_l0,
+    rnn.1.reverse.weight_ih -> weight_ih_l1_reverse."""
+    _, suffix, rest = _spec_parts(spec_name)
+    return rest.replace(".", "_") + suffix
+
+
+def _layer_of(torch_name):
+    """The layer of a module attribute: weight_ih_l1 and weight_ih_l1_reverse -> 1."""
+    return int(torch_name.rsplit("_l", 1)[1].split("_")[0])
 
 
 def _numpy(t):
@@ -69,14 +87,14 @@ class _StackState:
         def outer(name):  # the stack's name -> the whole module's SPEC name
             return name if layer is None else prefix + name.split(".", 2)[2]
 
-        self.pnames = [n for n in module._param_names if layer is None or n.endswith(f"_l{layer}")]
+        self.pnames = [n for n in module._param_names if layer is None or _layer_of(n) == layer]
         index = {n: j for j, n in enumerate(self.pnames)}
         self.sources, self.grad_of = [], [None] * len(self.pnames)
         for name in stack.param_names:
             spec = outer(name)
-            k = spec.split(".")[1]
+            _, suffix, _ = _spec_parts(spec)
             if _is_bias(spec):
-                src = [index[f"bias_ih_l{k}"], index[f"bias_hh_l{k}"]] if module.bias else []
+                src = [index["bias_ih" + suffix], index["bias_hh" + suffix]] if module.bias else []
             elif _is_gru_bias(spec):  # nn.GRU's own bias_ih / bias_hh, one to one
                 src = [index[_torch_name(spec)]] if module.bias else []
             else:
@@ -171,9 +189,6 @@ class _RbnLSTMBase(nn.Module):
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
                           f"layers only, so it has no effect (as in nn.{self.mode})")
-        if bidirectional:
-            raise NotImplementedError(f"{name}: bidirectional=True is not implemented: rbn's "
-                                      "stacks run forward in time only")
         if proj_size != 0:
             raise NotImplementedError(f"{name}: proj_size={proj_size} is not implemented: rbn's "
                                       "cells have no projection (proj_size must be 0)")
@@ -196,7 +211,7 @@ class _RbnLSTMBase(nn.Module):
                             "uniform")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = False, 0
+        self.bidirectional, self.proj_size = bool(bidirectional), 0
         self.init = init
         # Everything the C++ StackConfig needs (the stacks are rebuilt from this after pickling).
         self._config = dict(
@@ -206,7 +221,8 @@ class _RbnLSTMBase(nn.Module):
             gamma_h=-1.0 if gamma_h is None else float(gamma_h),
             gamma_c=-1.0 if gamma_c is None else float(gamma_c),
             forget_bias=None if self._gru else float(forget_bias), ln_input=bool(ln_input),
-            learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init)
+            learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init,
+            bidirectional=bool(bidirectional))
         self._stacks = {}
         probe = self._new_stack(dtype, seed=1)  # validates the keywords; names and shapes
         self._spec_params = list(probe.param_names)
@@ -236,7 +252,7 @@ class _RbnLSTMBase(nn.Module):
         c = dict(self._config)
         C, L = c.pop("input_size"), c.pop("num_layers")
         if layer is not None:
-            C, L = (C if layer == 0 else self.hidden_size), 1
+            C, L = (C if layer == 0 else self._directions * self.hidden_size), 1
         if c["forget_bias"] is None:  # a GRU has no forget gate: left unset
             del c["forget_bias"]
         return Stack(c.pop("cell"), C, c.pop("hidden_size"), L, c.pop("t_max"),
@@ -246,6 +262,11 @@ class _RbnLSTMBase(nn.Module):
     def _gates(self):
         return 3 if self._gru else 4
 
+    @property
+    def _directions(self):
+        """2 for a bidirectional module (SPEC 2b): outputs [T,N,2H], states [2L,N,H]."""
+        return 2 if self.bidirectional else 1
+
     def _register(self, probe, dtype):
         """Parameters in nn.LSTM's / nn.GRU's order per layer (weight_ih, weight_hh, bias_ih,
         bias_hh), then the layer's normalization parameters; buffers (population statistics)
@@ -253,9 +274,9 @@ class _RbnLSTMBase(nn.Module):
         params = probe.params()
         self._param_names = []  # torch names, in registration order
         for spec in self._spec_params:
-            k = spec.split(".")[1]
+            _, suffix, _ = _spec_parts(spec)
             if _is_bias(spec):
-                names = [f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else []
+                names = ["bias_ih" + suffix, "bias_hh" + suffix] if self.bias else []
             elif _is_gru_bias(spec):
                 names = [_torch_name(spec)] if self.bias else []
             else:
@@ -277,17 +298,13 @@ class _RbnLSTMBase(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if self.init == "spec" else 1
         fresh = self._new_stack(torch.float64, seed=seed)
         spec = fresh.params()
-        for k in range(self.num_layers):
-            for n in ("weight_ih", "weight_hh"):
-                getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
-            if self.bias and self._gru:
-                for n in ("bias_ih", "bias_hh"):
-                    getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
-            elif self.bias:
-                getattr(self, f"bias_ih_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.bias"]))
-                getattr(self, f"bias_hh_l{k}").zero_()
-        for s in self._spec_params:
-            if _torch_name(s) in self._param_names and not _is_lstm_param(s):
+        for s in self._spec_params:  # every layer and direction
+            _, suffix, rest = _spec_parts(s)
+            if rest == "bias":  # an LSTM's one bias: all in bias_ih
+                if self.bias:
+                    getattr(self, "bias_ih" + suffix).copy_(torch.from_numpy(spec[s]))
+                    getattr(self, "bias_hh" + suffix).zero_()
+            elif _torch_name(s) in self._param_names:
                 getattr(self, _torch_name(s)).copy_(torch.from_numpy(spec[s]))
         for s, v in fresh.buffers().items():
             getattr(self, _torch_name(s)).copy_(torch.from_numpy(v))
@@ -324,6 +341,8 @@ class _RbnLSTMBase(nn.Module):
             s += f", batch_first={self.batch_first}"
         if self.dropout != 0:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s + self._norm_repr()
 
     def _norm_repr(self):
@@ -435,7 +454,8 @@ class _RbnLSTMBase(nn.Module):
         hx = (h0, c0), each [L,N,H] ([L,H] unbatched). Returns output, (h_n, c_n) as nn.LSTM:
         output a PackedSequence for a packed input. lengths [N] (padded input only): valid steps
         per row; output is 0 past them and h_n, c_n are the states at each row's last step.
-        t0: global time of input's first step (row t0 + t of the population statistics).
+        t0: global time of input's first step (row t0 + t of the population statistics); 0 for
+        a bidirectional module (which returns output [.., 2H] and states [2L, N, H]).
         Inside `population_statistics()` the call also feeds the statistics pass."""
         name = type(self).__name__
         if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
@@ -478,8 +498,8 @@ class _RbnLSTMBase(nn.Module):
         name = type(self).__name__
         if hx is None:
             return None, None
-        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N,
-                                                                        self.hidden_size)
+        S = self._directions * self.num_layers  # nn.LSTM's D * num_layers state rows
+        want = (S, self.hidden_size) if unbatched else (S, N, self.hidden_size)
         if self._gru:
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{name}: hx must be a tensor h0, as nn.GRU takes it (a GRU has "
@@ -522,6 +542,10 @@ class _RbnLSTMBase(nn.Module):
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params)
             or any(t is not None and t.requires_grad for t in (h0, c0)))
+        if self.bidirectional and t0 != 0:
+            raise ValueError(f"{name}: t0={t0}: a bidirectional module has no step API (its "
+                             "reverse direction starts at each row's last step, so it reads "
+                             "whole sequences from t0 = 0)")
         if self._pass is not None:
             return self._feed_pass(x, h0, c0, ln, int(t0))
         if self.training and self.dropout > 0 and self.num_layers > 1:
@@ -532,12 +556,12 @@ class _RbnLSTMBase(nn.Module):
     def _forward_dropout(self, x, h0, c0, ln, t0, grad):
         """Training with dropout between layers, as nn.LSTM has it (on the output of every layer
         but the last, torch's F.dropout): the layers run one by one, each on its own stack."""
-        hs, cs, inp = [], [], x
+        hs, cs, inp, D = [], [], x, self._directions
         for k in range(self.num_layers):
-            params = [getattr(self, n) for n in self._param_names if n.endswith(f"_l{k}")]
+            params = [getattr(self, n) for n in self._param_names if _layer_of(n) == k]
             run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k)
-            hk = None if h0 is None else h0[k:k + 1]
-            ck = None if c0 is None else c0[k:k + 1]
+            hk = None if h0 is None else h0[D * k:D * (k + 1)]
+            ck = None if c0 is None else c0[D * k:D * (k + 1)]
             y, hT, cT = _StackFunction.apply(self, run, inp, hk, ck, *params)
             hs.append(hT)
             cs.append(cT)
@@ -552,12 +576,12 @@ class _RbnLSTMBase(nn.Module):
         out = {}
         with torch.no_grad():
             for spec in self._spec_params:
-                k = spec.split(".")[1]
+                _, suffix, _ = _spec_parts(spec)
                 if (_is_bias(spec) or _is_gru_bias(spec)) and not self.bias:
                     out[spec] = torch.zeros(self._gates * self.hidden_size,
                                             dtype=self.weight_ih_l0.dtype)
                 elif _is_bias(spec):
-                    out[spec] = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
+                    out[spec] = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
                 else:
                     out[spec] = getattr(self, _torch_name(spec)).detach().clone()
             for spec in self._spec_buffers:
@@ -586,13 +610,13 @@ class _RbnLSTMBase(nn.Module):
                         raise ValueError(f"{name}: {spec} is not zero but bias=False")
                     continue
                 if _is_bias(spec):
-                    k = spec.split(".")[1]
+                    _, suffix, _ = _spec_parts(spec)
                     if not self.bias:
                         if v.abs().max() > 0:
                             raise ValueError(f"{name}: {spec} is not zero but bias=False")
                         continue
-                    getattr(self, f"bias_ih_l{k}").copy_(v)
-                    getattr(self, f"bias_hh_l{k}").zero_()
+                    getattr(self, "bias_ih" + suffix).copy_(v)
+                    getattr(self, "bias_hh" + suffix).zero_()
                 else:
                     getattr(self, _torch_name(spec)).copy_(v)
 
@@ -729,22 +753,21 @@ def convert_sync_batchnorm(module, process_group=None):
 
 
 def _is_lstm_param(name):
-    """weight_ih/weight_hh/bias(_ih/_hh) of a layer, in torch or SPEC naming (not a norm's):
-    what nn.LSTM / nn.GRU hold."""
+    """weight_ih/weight_hh/bias(_ih/_hh) of a layer and direction, in torch or SPEC naming (not
+    a norm's): what nn.LSTM / nn.GRU hold."""
     if name.startswith("rnn."):
-        return name.count(".") == 2 and name.split(".")[2] in ("weight_ih", "weight_hh", "bias",
-                                                                "bias_ih", "bias_hh")
+        return _spec_parts(name)[2] in ("weight_ih", "weight_hh", "bias", "bias_ih", "bias_hh")
     return name.rsplit("_l", 1)[0] in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _is_bias(spec):
-    """rnn.k.bias, an LSTM stack's single bias (not a norm's bias)."""
-    return spec.count(".") == 2 and spec.endswith(".bias")
+    """rnn.k.bias (or rnn.k.reverse.bias), an LSTM stack's single bias (not a norm's bias)."""
+    return _spec_parts(spec)[2] == "bias"
 
 
 def _is_gru_bias(spec):
-    """rnn.k.bias_ih or rnn.k.bias_hh, a GRU stack's two biases."""
-    return spec.count(".") == 2 and spec.split(".")[2] in ("bias_ih", "bias_hh")
+    """rnn.k.bias_ih or rnn.k.bias_hh (or under rnn.k.reverse.), a GRU stack's two biases."""
+    return _spec_parts(spec)[2] in ("bias_ih", "bias_hh")
 
 
 _BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru")  # cells with batch statistics
