@@ -478,3 +478,36 @@ def test_save_load_with_a_classifier_head(tmp_path, kind):
     rbn.save(tmp_path / "one.safetensors", one)
     assert rbn.load(tmp_path / "one.safetensors").metadata["bidirectional"] == "false"
 
+
+
+def test_tanh_rnn_stack_matches_nn_rnn_bidirectional():
+    """The tanh RNN (no rbn.torch class; rbn.Stack('rnn')) bidirectional against nn.RNN on packed
+    ragged input: outputs, final states, input and parameter gradients (float64)."""
+    torch.manual_seed(0)
+    ref = nn.RNN(C, H, 2, bidirectional=True, dtype=torch.float64)
+    s = rbn.Stack("rnn", C, H, 2, T, dtype="float64", bidirectional=True)
+    p = dict(ref.named_parameters())
+    for name in s.param_names:
+        _, suffix, rest = rt._spec_parts(name)
+        v = p["bias_ih" + suffix] + p["bias_hh" + suffix] if rest == "bias" else p[rest + suffix]
+        s.set(name, v.detach().numpy())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, C, generator=g, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, N, H, generator=g, dtype=torch.float64)
+    out, hn = ref(pack_padded_sequence(x, LENGTHS, enforce_sorted=False), h0)
+    want, _ = pad_packed_sequence(out, total_length=T)
+    y, hT, _ = s.forward(x.detach().numpy(), LENGTHS.numpy(), h0.numpy())
+    assert y.shape == (T, N, 2 * H) and hT.shape == (4, N, H)
+    assert_close(torch.from_numpy(y), want, torch.float64, "y")
+    assert_close(torch.from_numpy(hT), hn, torch.float64, "h_n")
+    wy = torch.randn(T, N, 2 * H, generator=g, dtype=torch.float64)
+    wh = torch.randn(4, N, H, generator=g, dtype=torch.float64)
+    gr = torch.autograd.grad((want * wy).sum() + (hn * wh).sum(), [x, *p.values()])
+    s.zero_grad()
+    dx, _, _ = s.backward(dy=wy.numpy(), dhT=wh.numpy())
+    assert_close(torch.from_numpy(dx), gr[0], torch.float64, "dx")
+    grads, pg = s.grads(), dict(zip(p, gr[1:]))
+    for name in s.param_names:
+        _, suffix, rest = rt._spec_parts(name)
+        key = ("bias_ih" if rest == "bias" else rest) + suffix
+        assert_close(torch.from_numpy(grads[name]), pg[key], torch.float64, name)
