@@ -206,6 +206,35 @@ def test_stack_binding():
         s.forward(x, t0=2)
 
 
+def test_dropout_between_bidirectional_layers():
+    """Training with dropout: as the one-directional case (test_torch_module.py), the layers one
+    by one, here each a bidirectional single-layer module reading 2H features, F.dropout between."""
+    torch.manual_seed(0)
+    m = rt.BNLSTM(C, H, 3, dropout=0.4, bidirectional=True, t_max=T, dtype=torch.float64)
+    layers = []
+    for k in range(3):
+        one = rt.BNLSTM(C if k == 0 else 2 * H, H, 1, bidirectional=True, t_max=T,
+                        dtype=torch.float64)
+        one.load_state_dict({n.replace(f"_l{k}", "_l0"): v for n, v in m.state_dict().items()
+                             if rt._layer_of(n) == k})
+        layers.append(one)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, C, generator=g, dtype=torch.float64, requires_grad=True)
+    h0, c0 = (torch.randn(6, N, H, generator=g, dtype=torch.float64) for _ in range(2))
+    torch.manual_seed(7)
+    y, (h, c) = m(x, (h0, c0), lengths=LENGTHS)
+    torch.manual_seed(7)
+    inp, hs = x, []
+    for k, one in enumerate(layers):
+        out, (hk, _) = one(inp, (h0[2 * k:2 * k + 2], c0[2 * k:2 * k + 2]), lengths=LENGTHS)
+        hs.append(hk)
+        inp = torch.nn.functional.dropout(out, 0.4, True) if k < 2 else out
+    assert y.shape == (T, N, 2 * H) and torch.equal(y, inp) and torch.equal(h, torch.cat(hs))
+    (gx,) = torch.autograd.grad(y.sum(), [x])
+    (rx,) = torch.autograd.grad(inp.sum(), [x])
+    assert_close(gx, rx, torch.float64)
+
+
 # ==== the normalized cells against tools/torch_cells.py ==========================================
 
 NORMALIZED = ["bnlstm", "bnx", "bnx-seq", "lnlstm", "bngru", "lngru"]
