@@ -19,7 +19,7 @@ from . import torch as rtorch
 _CLASSES = {"lstm": (rtorch.LSTM, {}), "bnlstm": (rtorch.BNLSTM, {}),
             "bnx": (rtorch.BNxLSTM, {}), "bnx-seq": (rtorch.BNxLSTM, {"sequence_wise": True}),
             "lnlstm": (rtorch.LNLSTM, {}), "gru": (rtorch.GRU, {}), "bngru": (rtorch.BNGRU, {}),
-            "lngru": (rtorch.LNGRU, {})}
+            "lngru": (rtorch.LNGRU, {}), "rnn": (rtorch.RNN, {}), "bnrnn": (rtorch.BNRNN, {})}
 _HEADS = ("none", "classify", "lm", "tag", "regress")
 # metadata keys rbn.save derives from the modules; a given `metadata` cannot override them
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",

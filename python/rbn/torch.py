@@ -171,6 +171,7 @@ class _RbnLSTMBase(nn.Module):
     _cell = None
     _default_init = "spec"
     _gru = False  # GRU family: 3 gate blocks, two biases kept apart, hx = h0, no forget bias
+    _mode = None  # nn's `mode` where it is neither "LSTM" nor "GRU" (the tanh RNNs: "RNN_TANH")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
@@ -185,7 +186,7 @@ class _RbnLSTMBase(nn.Module):
         _check_size(name, "t_max", t_max, 1)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
-        self.mode = "GRU" if self._gru else "LSTM"
+        self.mode = self._mode or ("GRU" if self._gru else "LSTM")
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
                           f"layers only, so it has no effect (as in nn.{self.mode})")
@@ -770,7 +771,7 @@ def _is_gru_bias(spec):
     return _spec_parts(spec)[2] in ("bias_ih", "bias_hh")
 
 
-_BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru")  # cells with batch statistics
+_BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru", "bnrnn")  # cells with batch statistics
 
 
 # The normalization keywords each cell uses; another one set away from its default is refused
@@ -784,6 +785,8 @@ _CELL_KEYWORDS = {
     "gru": set(),
     "bngru": {"t_max", "eps", "momentum", "gamma_x", "gamma_h"},
     "lngru": {"eps", "gamma_x", "gamma_h", "ln_input"},
+    "rnn": set(),
+    "bnrnn": {"t_max", "eps", "momentum", "gamma_x", "gamma_h"},
 }
 
 
@@ -915,5 +918,71 @@ class LNGRU(_RbnGRUBase):
                           "x = 0; consider ln_input=False (docs/cells.md)")
 
 
-__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU",
+class _RbnRNNBase(_RbnLSTMBase):
+    """nn.RNN's interface over rbn's tanh RNNs (SPEC `rnn`, `bnrnn`; docs/cells.md): the
+    constructor of nn.RNN (nonlinearity 'tanh' only, no forget bias), hx = h0 [D*L,N,H], forward
+    -> (output, h_n), nn.RNN's parameter names (weight_ih_l0 [H,C], weight_hh_l0 [H,H],
+    bias_ih_l0, bias_hh_l0 [H], summed into rbn's one bias rnn.k.bias as for the LSTMs)."""
+
+    _gru = True  # as a GRU: hx = h0 alone, no cell state, no forget gate
+    _mode = "RNN_TANH"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None,
+                 learn_init_state=False, recurrent_init="orthogonal", init=None,
+                 sync_stats=False, process_group=None):
+        if nonlinearity != "tanh":
+            raise ValueError(f"{type(self).__name__}: nonlinearity={nonlinearity!r}: rbn's RNN "
+                             "cells are tanh RNNs (nonlinearity='tanh')")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
+                         momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
+                         learn_init_state=learn_init_state, recurrent_init=recurrent_init,
+                         init=init, sync_stats=sync_stats, process_group=process_group)
+        self.nonlinearity = "tanh"
+
+    @property
+    def _gates(self):
+        return 1
+
+    @classmethod
+    def from_rnn(cls, rnn, **kwargs):
+        """A module of this class with the weights and biases of `rnn` (a tanh torch.nn.RNN or
+        an rbn.torch RNN module); the normalization starts as the SPEC says."""
+        ref = next(rnn.parameters())
+        m = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.nonlinearity, rnn.bias,
+                rnn.batch_first, rnn.dropout, rnn.bidirectional, dtype=ref.dtype, **kwargs)
+        src = dict(rnn.named_parameters())
+        with torch.no_grad():
+            for n in m._param_names:
+                if _is_lstm_param(n):
+                    getattr(m, n).copy_(src[n])
+        return m
+
+    @classmethod
+    def from_lstm(cls, lstm, **kwargs):
+        raise TypeError(f"{cls.__name__}.from_lstm: an LSTM's weights do not fit a tanh RNN; use "
+                        "from_rnn with an nn.RNN")
+
+    @classmethod
+    def from_gru(cls, gru, **kwargs):
+        raise TypeError(f"{cls.__name__}.from_gru: a GRU's weights do not fit a tanh RNN; use "
+                        "from_rnn with an nn.RNN")
+
+
+class RNN(_RbnRNNBase):
+    """The tanh RNN (SPEC `rnn`, Elman): torch.nn.RNN's arguments and results (tanh);
+    initialized as nn.RNN by default (init='spec' for the SPEC's orthogonal init)."""
+    _cell = "rnn"
+    _default_init = "torch"
+
+
+class BNRNN(_RbnRNNBase):
+    """Batch-normalized tanh RNN (SPEC `bnrnn`, Cooijmans et al.'s gradient-flow figure): BN_t of
+    W x and of W h (no beta, gains 0.1), per-step population statistics for t < t_max."""
+    _cell = "bnrnn"
+
+
+__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU", "RNN", "BNRNN",
            "convert_sync_batchnorm"]

@@ -68,7 +68,7 @@ def run(module, gru, form, x, hx, batch_first):
         y, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
         return [y, *split(state)], out
     if form == "lengths":
-        if isinstance(module, (nn.LSTM, nn.GRU)):  # nn's equivalent of lengths=: packed input
+        if isinstance(module, nn.RNNBase):  # nn's equivalent of lengths=: packed input
             return run(module, gru, "packed", x, hx, batch_first)
         y, state = module(x, hx, lengths=LENGTHS)
         return [y, *split(state)], None
@@ -540,3 +540,69 @@ def test_tanh_rnn_stack_matches_nn_rnn_bidirectional():
         _, suffix, rest = rt._spec_parts(name)
         key = ("bias_ih" if rest == "bias" else rest) + suffix
         assert_close(torch.from_numpy(grads[name]), pg[key], torch.float64, name)
+
+
+# ==== the tanh RNNs: rbn.torch.RNN / BNRNN as nn.RNN ==============================================
+
+@pytest.mark.parametrize("bidirectional,form,dtype", list(itertools.product(
+    [False, True], ["padded", "packed", "unbatched", "lengths"], [torch.float32, torch.float64])))
+def test_rnn_matches_nn_rnn(bidirectional, form, dtype):
+    torch.manual_seed(0)
+    ref = nn.RNN(C, H, 2, bidirectional=bidirectional, dtype=dtype)
+    m = rt.RNN(C, H, 2, bidirectional=bidirectional, dtype=dtype)
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert repr(m) == repr(ref) and m.mode == ref.mode == "RNN_TANH"
+    m.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn((T, C) if form == "unbatched" else (T, N, C), generator=g, dtype=dtype,
+                    requires_grad=True)
+    h0 = torch.randn((2 * D, H) if form == "unbatched" else (2 * D, N, H), generator=g,
+                     dtype=dtype, requires_grad=True)
+    got, _ = run(m, True, form, x, h0, False)
+    want, _ = run(ref, True, form, x, h0, False)
+    for a, b, what in zip(got, want, ("output", "h_n")):
+        assert a.shape == b.shape, what
+        assert_close(a, b, dtype, what)
+    w = [torch.randn(t.shape, generator=g, dtype=dtype) for t in want]
+    gm = torch.autograd.grad(sum((a * b).sum() for a, b in zip(got, w)), [x, h0, *m.parameters()])
+    gr = torch.autograd.grad(sum((a * b).sum() for a, b in zip(want, w)),
+                             [x, h0, *ref.parameters()])
+    for a, b, n in zip(gm, gr, ["x", "h0"] + [n for n, _ in ref.named_parameters()]):
+        assert_close(a, b, dtype, "grad " + n)
+
+
+def test_bnrnn_bidirectional_reverse_rule_and_contract():
+    """BNRNN's reverse direction is the one-directional BNRNN on each row's reversed valid
+    prefix (outputs, final state, running statistics of the reverse tables); names, refusals."""
+    torch.manual_seed(0)
+    m = rt.BNRNN(C, H, 1, bidirectional=True, t_max=T, dtype=torch.float64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert {"bn_x_weight_l0_reverse", "bn_h_weight_l0_reverse"} <= set(dict(m.named_parameters()))
+    assert m.bn_h_running_var_l0_reverse.shape == (T, H)
+    one = rt.BNRNN(C, H, 1, t_max=T, dtype=torch.float64)
+    one.load_state_dict({n.replace("_reverse", ""): v for n, v in m.state_dict().items()
+                         if n.endswith("_reverse")})
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T, N, C, generator=g, dtype=torch.float64)
+    h0 = torch.randn(2, N, H, generator=g, dtype=torch.float64)
+    y, hn = m(x, h0, lengths=LENGTHS)
+    xr = torch.zeros_like(x)
+    for n, ln in enumerate(LENGTHS.tolist()):
+        xr[:ln, n] = x[:ln, n].flip(0)
+    yr, hr = one(xr, h0[1:], lengths=LENGTHS)
+    for n, ln in enumerate(LENGTHS.tolist()):
+        assert_close(y[:ln, n, H:], yr[:ln, n].flip(0), torch.float64, f"row {n}")
+    assert_close(hn[1], hr[0], torch.float64, "reverse h_n")
+    for name, b in one.named_buffers():
+        assert_close(getattr(m, name + "_reverse"), b, torch.float64, name)
+    with pytest.raises(ValueError, match="nonlinearity='relu'"):
+        rt.RNN(C, H, nonlinearity="relu")
+    with pytest.raises(TypeError, match="gamma_c"):
+        rt.BNRNN(C, H, gamma_c=0.5)
+    with pytest.raises(ValueError, match="no step API"):
+        m(x, t0=1)
+    f = rt.BNRNN.from_rnn(nn.RNN(C, H, 2, bidirectional=True), t_max=T)
+    assert f.bidirectional and f.weight_ih_l1_reverse.shape == (H, 2 * H)
