@@ -15,7 +15,7 @@ namespace rbn {
   X(task) X(data) X(permutation) X(permutation_seed) X(mnist_split_train) X(mnist_split_valid)  \
   X(valid_fraction) X(test_fraction)                                                            \
   X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
-  X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
+  X(ln_input) X(learn_init_state) X(bidirectional) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
   X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
   X(dampening) X(nesterov) X(centered) X(lr_threshold) X(lr_min) X(sync_bn)                  \
   X(beta2) X(opt_eps) X(weight_decay) X(decay) X(clip) X(lr_schedule) X(lr_gamma) X(lr_step)    \
@@ -231,6 +231,9 @@ void TrainConfig::validate() const {
                                     {"--out", &out}, {"--permutation", &permutation}})
     if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
   if (!is_lm() && task != "seqmnist" && task != "pmnist" && task != "seq") bad("--task", "unknown");
+  if (bidirectional && is_lm())
+    bad("--bidirectional", "task " + task + " is a left-to-right language model: a reverse "
+                           "direction would read the symbol it is asked to predict");
   // The stack's own checks (gains, forget bias, sizes) name its fields: here, the flags.
   static const std::pair<const char*, const char*> kFlagOfField[] = {
       {"hidden_size", "--hidden"},   {"num_layers", "--layers"},       {"eps", "--eps"},
@@ -262,6 +265,7 @@ StackConfig TrainConfig::stack_config(int input_size) const {
   s.momentum = bn_momentum;
   s.ln_input = ln_input;
   s.learn_init_state = learn_init_state;
+  s.bidirectional = bidirectional;
   s.recurrent_init = init_recurrent == "identity" ? RecurrentInit::identity : RecurrentInit::orthogonal;
   s.seed = seed;
   return s;

@@ -36,6 +36,7 @@ struct TrainConfig {
   std::optional<double> forget_bias;
   bool ln_input = true;
   bool learn_init_state = false;
+  bool bidirectional = false;  // classification and per-sequence tasks; not a language model
   std::string init_recurrent = "orthogonal";  // orthogonal | identity
   double bn_momentum = 0.1;
   double h0_noise = 0.0;

@@ -68,10 +68,11 @@ std::string seq_data_dir() {
 }
 
 std::string train_command(const std::string& cell, const fs::path& out, const std::string& extra) {
-  if (cell == "seq")
+  if (cell == "seq" || cell == "seq-bidir")  // seq-bidir: each direction's statistics over the group
     return std::string(RBN_CLI_PATH) + " train --task seq --data " + seq_data_dir() +
            " --cell bnlstm --hidden 16 --batch-size 12 --popstats-batches 2 --eval-batches 2 --steps 50 "
-           "--eval-every 25 --log-every 10 --checkpoint-every 50 --threads 1 --seed 3 --out " + out.string() + " " + extra;
+           "--eval-every 25 --log-every 10 --checkpoint-every 50 --threads 1 --seed 3 --out " + out.string() + " " +
+           (cell == "seq-bidir" ? "--bidirectional " : "") + extra;
   std::string task = cell == "pmnist"
                          ? "--task pmnist --data " + std::string(RBN_SOURCE_DIR) +
                                "/data/mnist --mnist-split-train 8000 --mnist-split-valid 1000 --cell lstm "
@@ -144,7 +145,7 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   std::printf("[ mpi ] %s: 2 ranks vs 1 process after 50 steps: largest relative difference %.1e\n",
               cell.c_str(), d);
   EXPECT_LE(d, kTol);
-  const char* key = cell == "pmnist" ? "accuracy" : cell == "seq" ? "mse" : "bpc";
+  const char* key = cell == "pmnist" ? "accuracy" : cell.starts_with("seq") ? "mse" : "bpc";
   EXPECT_NEAR(last_valid(base_ / "two" / "metrics.jsonl", key), last_valid(base_ / "one" / "metrics.jsonl", key),
               1e-3);
   // rank 0 alone writes: one metrics line per event, not two
@@ -157,7 +158,8 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   EXPECT_EQ(lines(two), lines(one));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru", "pmnist", "seq"),
+INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru", "pmnist", "seq",
+                                           "seq-bidir"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& ch : s)

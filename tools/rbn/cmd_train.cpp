@@ -54,6 +54,9 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
                                            "LSTMs: initial forget-gate bias (1 unless given; an error with a GRU)");
   flag("ln_input", "--ln-input", c.ln_input, "lnlstm, lngru: normalize W x (false: only W h, and c)");
   flag("learn_init_state", "--learn-init-state", c.learn_init_state, "learn h0 and c0 (GRUs: h0)");
+  f.given["bidirectional"] = sub->add_flag(
+      "--bidirectional", c.bidirectional,
+      "a forward and a reverse direction per layer (classification tasks; the head reads both)");
   opt("init_recurrent", "--init-recurrent", c.init_recurrent,
       "orthogonal | identity (I on the g block; GRUs: on the n block)");
   opt("bn_momentum", "--bn-momentum", c.bn_momentum, "running-average rate m of the population statistics");
