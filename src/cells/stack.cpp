@@ -157,8 +157,9 @@ void Engine<T>::reset_population_stats() {
 
 template <class T>
 const T* Engine<T>::layer_input(int k) const {
-  return k == 0 ? caches[0].X.data()
-                : caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
+  if (k == 0) return caches[0].X.data();
+  if (reg.dropout) return caches[k].Xd.data();
+  return caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
@@ -179,6 +180,8 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   if (spec.keeps_hh()) ensure_size(cc.Hh, TN * G);
   ensure_size(cc.Hs, (Tc + 1) * N * H);
   ensure_size(cc.Cs, (Tc + 1) * N * H);
+  if (reg.zone_c) ensure_size(cc.Ct, TN * H);
+  if (reg.dropout && k > 0) ensure_size(cc.Xd, TN * C);
   auto stat = [&](Norm n, size_t F, NormStats<T>& ns) {
     size_t sz = 0;
     if (n == Norm::bn_step) sz = Tc * F;
@@ -219,6 +222,62 @@ void Engine<T>::init_state(int k, int N, const T* h0, const T* c0, const Forward
     }
 }
 
+// The regularizers of this forward: masks only in train mode with opt.regularize; zoneout acts in
+// both modes (by its expectation at inference), dropout only with masks and between layers.
+template <class T>
+void Engine<T>::set_regularizers(const ForwardOptions& opt, bool train) {
+  reg.masks = train && opt.regularize;
+  reg.dropout = reg.masks && cfg.dropout > 0 && cfg.num_layers > 1;
+  reg.zone_h = cfg.zoneout_h > 0;
+  reg.zone_c = cfg.zoneout_c > 0 && spec.lstm();
+  reg.seed = cfg.seed;
+  reg.update = opt.update;
+  reg.row0 = opt.row0;
+  reg.t0 = opt.t0;
+}
+
+// Dropout between layers (nn.LSTM's): layer k > 0 reads the layer below's h with each element
+// (t, n, j) dropped with probability p and the others scaled by 1/(1-p), the masks drawn for the
+// layer below's output (layer k - 1). below [Tc,N,C] that output for the chunk whose step 0 is
+// global step step0. Returns the layer's input: below itself, or its dropped copy in caches[k].Xd
+// (which backward reads, as the input the layer saw).
+template <class T>
+const T* Engine<T>::dropout_input(int k, int Tc, int N, int64_t step0, const T* below) {
+  if (!reg.dropout || k == 0) return below;
+  const int C = layers[k].C;
+  const double p = cfg.dropout;
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const mask::Stream ms = reg.stream(k - 1, mask::Kind::dropout);
+  T* out = caches[k].Xd.data();
+  const int64_t rows = static_cast<int64_t>(Tc) * N;
+#pragma omp parallel for schedule(static) if (rows * C > kern::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t key = mask::row_key(ms, reg.row0 + r % N, step0 + r / N);
+    const T* src = below + r * C;
+    T* dst = out + r * C;
+    for (int j = 0; j < C; ++j) dst[j] = mask::bernoulli(key, j, p) ? T(0) : src[j] * scale;
+  }
+  return out;
+}
+
+// Through dropout_input: dX [T,N,C], the gradient w.r.t. layer k's (dropped) input, becomes the
+// gradient w.r.t. the layer below's output (the same masks, drawn again).
+template <class T>
+void Engine<T>::dropout_backward(int k, T* dX) const {
+  if (!reg.dropout || k == 0) return;
+  const int C = layers[k].C, N = N_;
+  const double p = cfg.dropout;
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const mask::Stream ms = reg.stream(k - 1, mask::Kind::dropout);
+  const int64_t rows = static_cast<int64_t>(T_) * N;
+#pragma omp parallel for schedule(static) if (rows * C > kern::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t key = mask::row_key(ms, reg.row0 + r % N, reg.t0 + r / N);
+    T* d = dX + r * C;
+    for (int j = 0; j < C; ++j) d[j] = mask::bernoulli(key, j, p) ? T(0) : d[j] * scale;
+  }
+}
+
 // lengths (checked), the validity mask [T,N], the valid rows per step, and (synchronized
 // statistics) every step's row count over the group in one exchange.
 template <class T>
@@ -256,6 +315,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
   const int L = cfg.num_layers, H = cfg.hidden_size;
   const size_t NH = static_cast<size_t>(N) * H;
   set_valid_rows(nT, N, in.lengths, train);
+  set_regularizers(opt, train);
   // A forward without a backward to come runs in chunks of time: memory O(N*H*chunk), not O(T).
   // Training mode too (per-step statistics need only their step), except sequence-wise BN in
   // training, whose statistics span every step before the first one is normalized.
@@ -286,7 +346,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
           X = cc.X.data();
         }
       } else {
-        X = caches[k - 1].Hs.data() + NH;
+        X = dropout_input(k, Tc, N, opt.t0 + s, caches[k - 1].Hs.data() + NH);
       }
       layer_forward(k, Tc, N, X, vm, opt.t0 + s, train, train && opt.update_running);
     }
@@ -343,6 +403,7 @@ void Engine<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0,
     // dY is both this layer's input gradient (from above) and the output for the layer below:
     // the output is written by the final GEMM, after the time loop has read the input.
     layer_backward(k, layer_input(k), dYin, dX);
+    if (k > 0) dropout_backward(k, ws.dY.data());
     const LayerLayout& Ly = layers[k];
     if (dh0) std::copy_n(ws.dh_carry.data(), NH, dh0 + k * NH);
     if (dc0) std::copy_n(ws.dc_carry.data(), NH, dc0 + k * NH);
@@ -454,6 +515,7 @@ void Stack<T>::popstats_feed(int steps, int N, const T* x, const int32_t* length
   ForwardOptions opt;
   opt.mode = Mode::train;
   opt.update_running = false;
+  opt.regularize = false;  // the inference-mode regularizers (SPEC 2b)
   impl_->forward(opt, steps, N, {x, lengths, h0, c0}, {});
   impl_->have_cache = false;  // a statistics pass is not a training step
 }
@@ -505,8 +567,9 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
       }
       z = zx.data();
     }
-  } else if (which == "c") {
-    norm = I.spec.c, z = cc.Cs.data() + static_cast<size_t>(N) * H, mean = cc.c.mean.data(),
+  } else if (which == "c") {  // the un-zoned c~ under zoneout_c
+    norm = I.spec.c, z = I.reg.zone_c ? cc.Ct.data() : cc.Cs.data() + static_cast<size_t>(N) * H,
+    mean = cc.c.mean.data(),
     rstd = cc.c.rstd.data(), F = H;
   }
   if (norm == Norm::none) return {};
@@ -542,7 +605,7 @@ size_t Stack<T>::cache_bytes() const {
   const auto& I = *impl_;
   size_t n = 0;
   for (const auto& cc : I.caches)
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.x.mean,
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd, &cc.x.mean,
                           &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
   return n * sizeof(T);

@@ -45,6 +45,7 @@ struct Result {
 constexpr int kT = 6, kN = 6, kC = 3, kH = 20, kL = 2;  // H = 20: two blocks of units, P = 2
 const std::vector<int32_t> kLengths{6, 4, 6, 2, 5, 3};
 
+// With dropout and zoneout on: a shard draws the masks of its rows by their global index (row0).
 StackConfig sync_config(Cell cell) {
   CellCase c;
   c.cell = cell;
@@ -53,7 +54,11 @@ StackConfig sync_config(Cell cell) {
   c.C = kC;
   c.H = kH;
   c.L = kL;
-  return c.config();
+  StackConfig s = c.config();
+  s.dropout = 0.2;
+  s.zoneout_h = 0.15;
+  s.zoneout_c = cell_gates(cell) == 4 ? 0.3 : 0.0;
+  return s;
 }
 
 // Rows [n0, n0 + n) of a [A, N, B] tensor.
@@ -88,6 +93,8 @@ Result run_rows(Cell cell, int n0, int n, const Stack<double>::Allreduce& allred
   r.dh0.resize(r.hT.size());
   r.dc0.resize(r.hT.size());
   ForwardOptions opt;  // train mode, running averages updated
+  opt.row0 = n0;
+  opt.update = 3;
   s.forward(opt, kT, n, {.x = xs.data(), .lengths = len.data(), .h0 = h0s.data(), .c0 = c0s.data()},
             {.y = r.y.data(), .hT = r.hT.data(), .cT = r.cT.data()});
   s.backward(dys.data(), dhTs.data(), dcTs.data(), r.dx.data(), r.dh0.data(), r.dc0.data());
@@ -181,6 +188,7 @@ Result forward_only_rows(Cell cell, int n0, int n, const Stack<double>::Allreduc
   r.y.resize(static_cast<size_t>(T) * n * kH);
   ForwardOptions opt;
   opt.need_backward = false;
+  opt.row0 = n0;
   s.forward(opt, T, n, {.x = x.data(), .lengths = len.data()}, {.y = r.y.data()});
   r.buffers.assign(s.buffers().begin(), s.buffers().end());
   return r;
