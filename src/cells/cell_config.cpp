@@ -1,6 +1,7 @@
 // Cell names, configuration defaults and validation (SPEC section 2).
 #include <array>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "rbn/rbn.hpp"
@@ -94,7 +95,9 @@ void StackConfig::validate() const {
   if (!std::isfinite(gamma_h)) bad("gamma_h", "must be finite");
   if (!std::isfinite(gamma_c)) bad("gamma_c", "must be finite");
   auto probability = [&](const char* field, double v) {
-    if (!(v >= 0 && v < 1)) bad(field, "must be in [0, 1), got " + std::to_string(v));
+    std::ostringstream got;
+    got << v;
+    if (!(v >= 0 && v < 1)) bad(field, "must be in [0, 1), got " + got.str());
   };
   probability("dropout", dropout);
   probability("zoneout_h", zoneout_h);
