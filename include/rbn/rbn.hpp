@@ -51,13 +51,22 @@ struct StackConfig {
   bool ln_input = true;      // lnlstm only: normalize W_x x (off: only W_h h and c)
   bool learn_init_state = false;  // learned h0, c0 [H] per layer (rnn.k.h0, rnn.k.c0)
   RecurrentInit recurrent_init = RecurrentInit::orthogonal;
-  uint64_t seed = 1;
+  uint64_t seed = 1;         // initialization; also the seed of the dropout and zoneout masks
   // Per layer a forward and a reverse direction (D = 2), each with its own tensors (the reverse's
   // under "rnn.k.reverse.") and statistics; the reverse reads each row's valid steps backwards,
   // its statistics indexed by its own step count. y [T,N,2H], states [2L,N,H] (PyTorch's order:
   // index 2k forward, 2k+1 reverse), layers above the first read 2H inputs. docs/cells.md.
   bool bidirectional = false;
   int directions() const { return bidirectional ? 2 : 1; }  // D
+  // Regularizers (docs/cells.md, "Dropout and zoneout"), each a probability in [0, 1):
+  // dropout on every layer's output h but the top layer's (nn.LSTM's meaning: training only,
+  // kept values scaled by 1/(1-p)); zoneout (Krueger et al. 2016) keeps each unit's previous h
+  // (c) with probability zoneout_h (zoneout_c), the expectation at inference. zoneout_c needs a
+  // cell state (the LSTMs). Dropout on a one-layer stack does nothing (nn.LSTM warns; the CLI
+  // refuses --dropout with --layers 1).
+  double dropout = 0.0;
+  double zoneout_h = 0.0;
+  double zoneout_c = 0.0;
 
   // Throws rbn::UsageError (rbn/error.hpp) with a one-line message naming the offending field
   // (e.g. "hidden_size: must be positive, got 0"); the CLI names its flags instead.
@@ -88,6 +97,14 @@ struct ForwardOptions {
   // Index of row 0 in the global batch (data-parallel shards): the h0 noise of a row depends on
   // (noise_seed, layer, row0 + n) only, so a shard draws what one process draws for those rows.
   int64_t row0 = 0;
+  // Train mode: draw the dropout and zoneout masks (false: the inference-mode regularizers, no
+  // dropout and the zoneout expectation, as the statistics pass and evaluations want). Inference
+  // mode always uses the inference-mode regularizers.
+  bool regularize = true;
+  // Index of the training update: the masks are a hash of (StackConfig::seed, update, layer,
+  // direction, row0 + n, t0 + t, feature), so a chunked, recomputed, resumed or sharded forward
+  // draws the same masks (a new update index draws new ones).
+  uint64_t update = 0;
 };
 
 // The arrays of one Stack::forward call; nullptr where not given. D = config().directions().

@@ -25,6 +25,7 @@ _HEADS = ("none", "classify", "lm", "tag", "regress")
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",
                "num_classes", "embed_dim", "ln_input", "learn_init_state", "bn_momentum",
                "bidirectional",
+               "dropout", "zoneout_h", "zoneout_c",
                "popstats", "popstats_data", "vocab", "checksum", "per_step",
                "optim", "schedule")  # a model file: no optimizer state (as `rbn popstats` writes)
 
@@ -134,6 +135,13 @@ def load(path):
     if kw["bidirectional"] and head_kind == "lm":
         raise CheckpointError(f"{path}: a bidirectional language model: a left-to-right model "
                               "cannot read the characters it predicts")
+    try:  # the regularizers (zoneout acts at inference too: its expectation)
+        kw.update(dropout=float(md.get("dropout", 0)), zoneout_h=float(md.get("zoneout_h", 0)))
+        if md.get("zoneout_c", "0") not in ("0", "0.0"):
+            kw.update(zoneout_c=float(md["zoneout_c"]))
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata dropout / zoneout_h / zoneout_c is not a "
+                              "number") from None
     if cell in rtorch._BN_CELLS:
         kw.update(t_max=_meta_int(md, "t_max", path), eps=float(md.get("eps", 1e-5)),
                   momentum=float(md.get("bn_momentum", 0.1)))
@@ -227,6 +235,8 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
               learn_init_state="true" if module._config["learn_init_state"] else "false",
               bn_momentum=repr(float(module.momentum)), embed_dim=0,
               bidirectional="true" if module.bidirectional else "false",
+              dropout=repr(float(module.dropout)), zoneout_h=repr(float(module.zoneout_h)),
+              zoneout_c=repr(float(module.zoneout_c)),
               popstats=getattr(module, "popstats_kind", "running"))
     # t_max sizes the statistics of the BN cells; for the others keep the file's (it is a
     # training length there, not a shape)

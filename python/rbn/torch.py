@@ -177,7 +177,8 @@ class _RbnLSTMBase(nn.Module):
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, gamma_c=None,
                  forget_bias=1.0, ln_input=True, learn_init_state=False,
-                 recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None):
+                 recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None,
+                 zoneout_h=0.0, zoneout_c=0.0):
         super().__init__()
         name = type(self).__name__
         _check_size(name, "input_size", input_size, 1)
@@ -187,6 +188,12 @@ class _RbnLSTMBase(nn.Module):
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
         self.mode = self._mode or ("GRU" if self._gru else "LSTM")
+        for what, z in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+            if not isinstance(z, (int, float)) or isinstance(z, bool) or not 0 <= z < 1:
+                raise ValueError(f"{name}: {what} should be a number in [0, 1), got {z!r}")
+        if self.mode != "LSTM" and zoneout_c != 0:
+            raise ValueError(f"{name}: zoneout_c={zoneout_c!r}: a {self.mode} has no cell state to "
+                             "zone out (zoneout_h zones out its h)")
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
                           f"layers only, so it has no effect (as in nn.{self.mode})")
@@ -223,7 +230,8 @@ class _RbnLSTMBase(nn.Module):
             gamma_c=-1.0 if gamma_c is None else float(gamma_c),
             forget_bias=None if self._gru else float(forget_bias), ln_input=bool(ln_input),
             learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init,
-            bidirectional=bool(bidirectional))
+            bidirectional=bool(bidirectional),
+            zoneout_h=float(zoneout_h), zoneout_c=float(zoneout_c))
         self._stacks = {}
         probe = self._new_stack(dtype, seed=1)  # validates the keywords; names and shapes
         self._spec_params = list(probe.param_names)
@@ -248,6 +256,14 @@ class _RbnLSTMBase(nn.Module):
     @property
     def momentum(self):
         return self._config["momentum"]
+
+    @property
+    def zoneout_h(self):
+        return self._config["zoneout_h"]
+
+    @property
+    def zoneout_c(self):
+        return self._config["zoneout_c"]
 
     def _new_stack(self, dtype, seed=1, layer=None):
         c = dict(self._config)
@@ -365,6 +381,9 @@ class _RbnLSTMBase(nn.Module):
             s += ", learn_init_state=True"
         if c["recurrent_init"] != "orthogonal":
             s += f", recurrent_init={c['recurrent_init']!r}"
+        for z in ("zoneout_h", "zoneout_c"):
+            if c[z] != 0:
+                s += f", {z}={c[z]}"
         return s
 
     # ---- pickling, deepcopy, .to(): the C++ stacks are a cache of the torch tensors ----------
@@ -442,7 +461,7 @@ class _RbnLSTMBase(nn.Module):
     def _run(self, state, run, x, h0, c0, update_running):
         y, hT, cT = state.stack.forward(
             _numpy(x), run["lengths"], _numpy(h0), _numpy(c0), train=run["train"], t0=run["t0"],
-            update_running=update_running, need_backward=run["keep"])
+            update_running=update_running, need_backward=run["keep"], update=run["update"])
         if run["train"] and update_running:
             self._sync_buffers_out(state)
             self.popstats_kind, self.popstats_data = "running", None
@@ -551,8 +570,17 @@ class _RbnLSTMBase(nn.Module):
             return self._feed_pass(x, h0, c0, ln, int(t0))
         if self.training and self.dropout > 0 and self.num_layers > 1:
             return self._forward_dropout(x, h0, c0, ln, int(t0), grad)
-        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None)
+        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None,
+                   update=self._draw_update())
         return _StackFunction.apply(self, run, x, h0, c0, *params)
+
+    def _draw_update(self):
+        """The zoneout masks' update index of one training-mode call: drawn from torch's
+        generator (so torch.manual_seed reproduces a run, and every call draws new masks); kept
+        in the call's run, so a recomputed forward draws the same masks."""
+        if not (self.training and (self._config["zoneout_h"] or self._config["zoneout_c"])):
+            return 0
+        return int(torch.randint(0, 2**62, (1,)).item())
 
     def _forward_dropout(self, x, h0, c0, ln, t0, grad):
         """Training with dropout between layers, as nn.LSTM has it (on the output of every layer
@@ -560,7 +588,8 @@ class _RbnLSTMBase(nn.Module):
         hs, cs, inp, D = [], [], x, self._directions
         for k in range(self.num_layers):
             params = [getattr(self, n) for n in self._param_names if _layer_of(n) == k]
-            run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k)
+            run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k,
+                       update=self._draw_update())
             hk = None if h0 is None else h0[D * k:D * (k + 1)]
             ck = None if c0 is None else c0[D * k:D * (k + 1)]
             y, hT, cT = _StackFunction.apply(self, run, inp, hk, ck, *params)
@@ -712,7 +741,8 @@ class _RbnLSTMBase(nn.Module):
             xn = np.ascontiguousarray(_numpy(x))
             state.stack.popstats_feed(xn, ln)
             y, hT, cT = state.stack.forward(xn, ln, None, None, train=True, t0=0,
-                                            update_running=False, need_backward=False)
+                                            update_running=False, need_backward=False,
+                                            regularize=False)
         state.owner = None
         cT = x.new_zeros(0) if cT is None else torch.from_numpy(cT)  # GRUs: no cell state
         return torch.from_numpy(y), torch.from_numpy(hT), cT
@@ -862,13 +892,13 @@ class _RbnGRUBase(_RbnLSTMBase):
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, t_max=1,
                  eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, ln_input=True,
                  learn_init_state=False, recurrent_init="orthogonal", init=None,
-                 sync_stats=False, process_group=None):
+                 sync_stats=False, process_group=None, zoneout_h=0.0, zoneout_c=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
                          momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
                          ln_input=ln_input, learn_init_state=learn_init_state,
                          recurrent_init=recurrent_init, init=init, sync_stats=sync_stats,
-                         process_group=process_group)
+                         process_group=process_group, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
 
     @classmethod
     def from_gru(cls, gru, **kwargs):
@@ -931,7 +961,7 @@ class _RbnRNNBase(_RbnLSTMBase):
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
                  t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None,
                  learn_init_state=False, recurrent_init="orthogonal", init=None,
-                 sync_stats=False, process_group=None):
+                 sync_stats=False, process_group=None, zoneout_h=0.0):
         if nonlinearity != "tanh":
             raise ValueError(f"{type(self).__name__}: nonlinearity={nonlinearity!r}: rbn's RNN "
                              "cells are tanh RNNs (nonlinearity='tanh')")
@@ -939,7 +969,8 @@ class _RbnRNNBase(_RbnLSTMBase):
                          bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
                          momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
                          learn_init_state=learn_init_state, recurrent_init=recurrent_init,
-                         init=init, sync_stats=sync_stats, process_group=process_group)
+                         init=init, sync_stats=sync_stats, process_group=process_group,
+                         zoneout_h=zoneout_h)
         self.nonlinearity = "tanh"
 
     @property

@@ -159,6 +159,9 @@ void Engine<T>::twin_forward(int k, const ForwardOptions& opt, int nT, int N,
     tw.pass.count.assign(pass.count.begin() + b0, pass.count.begin() + b1);
   }
   tw.set_valid_rows(nT, N, in.lengths, train);
+  tw.reg = reg;  // zoneout's mode and hash fields; its masks are this layer's direction 1
+  tw.reg.twin_layer = k;
+  tw.reg.dropout = false;  // dropout acts between layers, in this engine's driver
   const size_t NH = static_cast<size_t>(N) * cfg.hidden_size;
   tw.allocate_cache(0, std::max(nT, 1), N, false, tw.inline_input(0, train), train);
   ForwardOptions quiet = opt;  // the noise of h0 is drawn by this unit's index, not the twin's 0
@@ -194,6 +197,7 @@ void Engine<T>::forward_bidir(const ForwardOptions& opt, int nT, int N, const St
   const int L = cfg.num_layers, H = cfg.hidden_size;
   const size_t NH = static_cast<size_t>(N) * H, TN = static_cast<size_t>(nT) * N;
   set_valid_rows(nT, N, in.lengths, train);
+  set_regularizers(opt, train);
   sync.step0 = 0;
   h0_given = in.h0 != nullptr;
   c0_given = in.c0 != nullptr;
@@ -229,10 +233,12 @@ void Engine<T>::forward_bidir(const ForwardOptions& opt, int nT, int N, const St
       if (out.cT) std::copy_n(cc.Cs.data() + nT * NH, NH, out.cT + (2 * k + d) * NH);
     }
     // the next layer's input; the top layer's straight into y (backward does not read it)
-    if (k < L - 1)
+    if (k < L - 1) {
       join_directions(k, nT, N, b.Y.data());
-    else if (out.y)
+      dropout_bidir(k, nT, N, b.Y.data());  // what both directions of layer k + 1 read
+    } else if (out.y) {
       join_directions(k, nT, N, out.y);
+    }
   }
   T_ = nT;
   N_ = N;
@@ -308,7 +314,18 @@ void Engine<T>::backward_bidir(const T* dy, const T* dhT, const T* dcT, T* dx, T
       run_unit_backward(2 * k + 1, dYr, dXr, dhT, dcT, dh0, dc0);
     }
     if (dX) reverse_rows(nT, N, bws.dXr.data(), C, dX, true);
+    if (k > 0) dropout_bidir(k - 1, nT, N, bws.dY.data());  // through the dropout of layer k - 1
   }
+}
+
+// Dropout of bidirectional layer k's output Y [nT,N,2H] (in place; forward, and its gradient in
+// backward): the mask of element (t, n, j) is drawn for layer k, direction 0, feature j of the
+// joined 2H (both directions of the layer above read the same dropped tensor).
+template <class T>
+void Engine<T>::dropout_bidir(int k, int nT, int N, T* Y) const {
+  if (!reg.dropout) return;
+  const mask::Stream ms{reg.seed, reg.update, k, 0, mask::Kind::dropout};
+  drop_rows(ms, nT, N, 2 * cfg.hidden_size, 0, Y, Y);
 }
 
 #define RBN_BIDIR_INSTANTIATE(T)                                                                \

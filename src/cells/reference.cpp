@@ -4,11 +4,33 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/rng.hpp"
+
 namespace rbn::ref {
 
 namespace {
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+// The draws of one mask at (layer k, direction d, row n, step tg): Bernoulli(p) of feature j.
+struct MaskDraws {
+  uint64_t key;
+  MaskDraws(const StackConfig& cfg, const Inputs& in, int k, int d, mask::Kind kind, int n, int tg)
+      : key(mask::row_key({cfg.seed, in.update, k, d, kind}, in.row0 + n, tg)) {}
+  bool operator()(int j, double p) const { return mask::bernoulli(key, j, p); }
+};
+
+// Zoneout of one row's new state: prev with weight d, new with 1 - d; d ~ Bernoulli(z) per unit
+// in train mode, z at inference (the expectation).
+void zone_row(const StackConfig& cfg, const Inputs& in, bool masks, int k, int d, mask::Kind kind,
+              double z, int n, int tg, const std::vector<double>& prev, std::vector<double>& now) {
+  if (z <= 0) return;
+  const MaskDraws draw(cfg, in, k, d, kind, n, tg);
+  for (size_t j = 0; j < now.size(); ++j) {
+    const double d = masks ? (draw(static_cast<int>(j), z) ? 1.0 : 0.0) : z;
+    now[j] = d * prev[j] + (1 - d) * now[j];
+  }
+}
 
 using Rows = std::vector<std::vector<double>>;  // [N][F]
 
@@ -85,16 +107,20 @@ struct RefLayer {
   const Tensors& buffers;
   bool train;
   Result& res;
+  const Inputs& in;
+  int k, d;    // layer, direction
+  bool masks;  // train-mode regularizers: masks drawn
   std::string p;  // "rnn.k." or "rnn.k.reverse."
   int H, G;
   Cell cell;
   bool gru, ln, ln_x, bn_x, bn_h, bn_c;
 
   // direction d = 1: the reverse direction's tensors, "rnn.k.reverse."
-  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k,
-           int d)
-      : cfg(c), params(pr), buffers(bu), train(tr), res(r),
-        p("rnn." + std::to_string(k) + (d == 1 ? ".reverse." : ".")),
+  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r,
+           const Inputs& inputs, int layer, int dir)
+      : cfg(c), params(pr), buffers(bu), train(tr), res(r), in(inputs), k(layer), d(dir),
+        masks(tr && inputs.regularize),
+        p("rnn." + std::to_string(layer) + (dir == 1 ? ".reverse." : ".")),
         H(c.hidden_size), G(cell_gates(c.cell) * c.hidden_size), cell(c.cell) {
     gru = cell_is_gru(cell);
     ln = cell == Cell::lnlstm || cell == Cell::lngru;
@@ -223,13 +249,26 @@ struct RefLayer {
         ogate[n][j] = o;
       }
     }
-    const Rows ct = cell_output_norm(cnew, valid, tg);
+    const Rows ct = cell_output_norm(cnew, valid, tg);  // of the un-zoned c~ (Krueger et al.)
     for (size_t n = 0; n < h.size(); ++n) {
       if (!valid[n]) continue;
       for (int j = 0; j < H; ++j) {
         h[n][j] = ogate[n][j] * std::tanh(ct[n][j]);
         c[n][j] = cnew[n][j];
       }
+    }
+  }
+  // Zoneout of the valid rows' new h and c (c: the LSTMs only) after the cell's ordinary update
+  // (whose h~ used the un-zoned c~).
+  void zone(const std::vector<bool>& valid, int tg, const Rows& h_prev, const Rows& c_prev,
+            Rows& h, Rows& c) const {
+    for (size_t n = 0; n < h.size(); ++n) {
+      if (!valid[n]) continue;
+      zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_h, cfg.zoneout_h, static_cast<int>(n), tg,
+               h_prev[n], h[n]);
+      if (cell_gates(cell) == 4)
+        zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_c, cfg.zoneout_c, static_cast<int>(n), tg,
+                 c_prev[n], c[n]);
     }
   }
   // One GRU step for the valid rows: r, z = sigmoid(x~ + h~), n = tanh(x~_n + r h~_n),
@@ -262,7 +301,7 @@ void run_direction(const StackConfig& cfg, const Tensors& params, const Tensors&
                    std::vector<double>& out, Result& res) {
   const int H = cfg.hidden_size, T = in.T, N = in.N, D = cfg.directions(), u = k * D + d;
   const std::vector<int>& lengths = in.lengths;
-  RefLayer layer(cfg, params, buffers, in.mode == Mode::train, res, k, d);
+  RefLayer layer(cfg, params, buffers, in.mode == Mode::train, res, in, k, d);
   // initial state: given, learned, or zero
   Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
   for (int n = 0; n < N; ++n)
@@ -286,12 +325,14 @@ void run_direction(const StackConfig& cfg, const Tensors& params, const Tensors&
     const int tg = in.t0 + t;
     const Rows ax = layer.input_term(wxt, valid, tg);
     const Rows ah = layer.recurrent_term(h, valid, tg);
+    const Rows h_prev = h, c_prev = c;
     if (layer.gru)
       layer.gru_step(ax, ah, valid, h);
     else if (cell_gates(cfg.cell) == 1)
       layer.rnn_step(ax, ah, valid, h);
     else
       layer.lstm_step(ax, ah, valid, tg, h, c);
+    layer.zone(valid, tg, h_prev, c_prev, h, c);  // tg: the direction's own step (SPEC 2b)
     for (int n = 0; n < N; ++n)
       if (valid[n])
         std::copy_n(h[n].begin(), H,
@@ -319,6 +360,17 @@ Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buf
     for (int d = 0; d < D; ++d) run_direction(cfg, params, buffers, in, k, d, input, C, out, res);
     input = out;
     C = D * H;
+    // dropout on this layer's output (both directions' 2H joined: mask direction 0), as the next
+    // layer's input (nn.LSTM's: not the top layer's)
+    if (k + 1 < L && in.mode == Mode::train && in.regularize && cfg.dropout > 0)
+      for (int t = 0; t < T; ++t)
+        for (int n = 0; n < N; ++n) {
+          const MaskDraws drop(cfg, in, k, 0, mask::Kind::dropout, n, in.t0 + t);
+          for (int j = 0; j < C; ++j) {
+            double& v = input[(static_cast<size_t>(t) * N + n) * C + j];
+            v = drop(j, cfg.dropout) ? 0.0 : v / (1 - cfg.dropout);
+          }
+        }
   }
   res.y = input;
   return res;

@@ -30,6 +30,12 @@ struct Inputs {
   std::vector<int> lengths;    // [N]
   std::vector<double> h0, c0;  // [L*D,N,H] or empty (learned if configured, else 0)
   int t0 = 0;                  // statistics row of step 0
+  // Dropout and zoneout (SPEC 2b): masks from the same hash as the fast path's
+  // (ForwardOptions::regularize, update, row0) in train mode; else no dropout and the zoneout
+  // expectation.
+  bool regularize = true;
+  uint64_t update = 0;
+  int64_t row0 = 0;
 };
 
 // params / buffers by SPEC tensor name.

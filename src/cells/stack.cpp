@@ -160,13 +160,14 @@ void Engine<T>::reset_population_stats() {
 
 template <class T>
 const T* Engine<T>::layer_input(int k) const {
-  if (cfg.bidirectional) {  // unit k = 2*layer + direction
+  if (cfg.bidirectional) {  // unit k = 2*layer + direction (dropout: Y dropped in place)
     const int layer = k / 2;
     if (k % 2 == 1) return bidir[layer].Xr.data();
     return layer == 0 ? caches[0].X.data() : bidir[layer - 1].Y.data();
   }
-  return k == 0 ? caches[0].X.data()
-                : caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
+  if (k == 0) return caches[0].X.data();
+  if (reg.dropout) return caches[k].Xd.data();
+  return caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
@@ -187,6 +188,8 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   if (spec.keeps_hh()) ensure_size(cc.Hh, TN * G);
   ensure_size(cc.Hs, (Tc + 1) * N * H);
   ensure_size(cc.Cs, (Tc + 1) * N * H);
+  if (reg.zone_c) ensure_size(cc.Ct, TN * H);
+  if (reg.dropout && k > 0 && !cfg.bidirectional) ensure_size(cc.Xd, TN * C);
   auto stat = [&](Norm n, size_t F, NormStats<T>& ns) {
     size_t sz = 0;
     if (n == Norm::bn_step) sz = Tc * F;
@@ -234,6 +237,60 @@ void Engine<T>::add_h0_noise(int index, int N, T* h, const ForwardOptions& opt) 
   }
 }
 
+// The regularizers of this forward: masks only in train mode with opt.regularize; zoneout acts in
+// both modes (by its expectation at inference), dropout only with masks and between layers.
+template <class T>
+void Engine<T>::set_regularizers(const ForwardOptions& opt, bool train) {
+  reg.masks = train && opt.regularize;
+  reg.dropout = reg.masks && cfg.dropout > 0 && cfg.num_layers > 1;
+  reg.zone_h = cfg.zoneout_h > 0;
+  reg.zone_c = cfg.zoneout_c > 0 && spec.lstm();
+  reg.seed = cfg.seed;
+  reg.update = opt.update;
+  reg.row0 = opt.row0;
+  reg.t0 = opt.t0;
+  reg.dirs = cfg.directions();
+}
+
+// Dropout between layers (nn.LSTM's): layer k > 0 reads the layer below's h with each element
+// (t, n, j) dropped with probability p and the others scaled by 1/(1-p), the masks drawn for the
+// layer below's output (layer k - 1). below [Tc,N,C] that output for the chunk whose step 0 is
+// global step step0. Returns the layer's input: below itself, or its dropped copy in caches[k].Xd
+// (which backward reads, as the input the layer saw).
+template <class T>
+const T* Engine<T>::dropout_input(int k, int Tc, int N, int64_t step0, const T* below) {
+  if (!reg.dropout || k == 0) return below;
+  T* out = caches[k].Xd.data();
+  drop_rows(reg.stream(k - 1, mask::Kind::dropout), Tc, N, layers[k].C, step0, below, out);
+  return out;
+}
+
+// dst = src with each element (t, n, j) of [Tc,N,C] dropped by the mask stream ms (global row
+// row0 + n, global step step0 + t, feature j) and the kept ones scaled by 1/(1-p); dst may be src.
+// Forward and backward alike (the gradient goes through the same mask and scale).
+template <class T>
+void Engine<T>::drop_rows(const mask::Stream& ms, int Tc, int N, int C, int64_t step0,
+                          const T* src, T* dst) const {
+  const double p = cfg.dropout;
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const int64_t rows = static_cast<int64_t>(Tc) * N;
+#pragma omp parallel for schedule(static) if (rows * C > kern::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t key = mask::row_key(ms, reg.row0 + r % N, step0 + r / N);
+    const T* s = src + r * C;
+    T* d = dst + r * C;
+    for (int j = 0; j < C; ++j) d[j] = mask::bernoulli(key, j, p) ? T(0) : s[j] * scale;
+  }
+}
+
+// Through dropout_input: dX [T,N,C], the gradient w.r.t. layer k's (dropped) input, becomes the
+// gradient w.r.t. the layer below's output (the same masks, drawn again).
+template <class T>
+void Engine<T>::dropout_backward(int k, T* dX) const {
+  if (!reg.dropout || k == 0) return;
+  drop_rows(reg.stream(k - 1, mask::Kind::dropout), T_, N_, layers[k].C, reg.t0, dX, dX);
+}
+
 // lengths (checked), the validity mask [T,N], the valid rows per step, and (synchronized
 // statistics) every step's row count over the group in one exchange.
 template <class T>
@@ -272,6 +329,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
   const int L = cfg.num_layers, H = cfg.hidden_size;
   const size_t NH = static_cast<size_t>(N) * H;
   set_valid_rows(nT, N, in.lengths, train);
+  set_regularizers(opt, train);
   // A forward without a backward to come runs in chunks of time: memory O(N*H*chunk), not O(T).
   // Training mode too (per-step statistics need only their step), except sequence-wise BN in
   // training, whose statistics span every step before the first one is normalized.
@@ -302,7 +360,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
           X = cc.X.data();
         }
       } else {
-        X = caches[k - 1].Hs.data() + NH;
+        X = dropout_input(k, Tc, N, opt.t0 + s, caches[k - 1].Hs.data() + NH);
       }
       layer_forward(k, Tc, N, X, vm, opt.t0 + s, train, train && opt.update_running);
     }
@@ -360,6 +418,7 @@ void Engine<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0,
     // dY is both this layer's input gradient (from above) and the output for the layer below:
     // the output is written by the final GEMM, after the time loop has read the input.
     layer_backward(k, layer_input(k), dYin, dX);
+    if (k > 0) dropout_backward(k, ws.dY.data());
     if (dh0) std::copy_n(ws.dh_carry.data(), NH, dh0 + k * NH);
     if (dc0) std::copy_n(ws.dc_carry.data(), NH, dc0 + k * NH);
     learned_state_grads(k);
@@ -479,6 +538,7 @@ void Stack<T>::popstats_feed(int steps, int N, const T* x, const int32_t* length
   ForwardOptions opt;
   opt.mode = Mode::train;
   opt.update_running = false;
+  opt.regularize = false;  // the inference-mode regularizers (SPEC 2b)
   impl_->forward(opt, steps, N, {x, lengths, h0, c0}, {});
   impl_->have_cache = false;  // a statistics pass is not a training step
 }
@@ -531,8 +591,9 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
       }
       z = zx.data();
     }
-  } else if (which == "c") {
-    norm = I.spec.c, z = cc.Cs.data() + static_cast<size_t>(N) * H, mean = cc.c.mean.data(),
+  } else if (which == "c") {  // the un-zoned c~ under zoneout_c
+    norm = I.spec.c, z = I.reg.zone_c ? cc.Ct.data() : cc.Cs.data() + static_cast<size_t>(N) * H,
+    mean = cc.c.mean.data(),
     rstd = cc.c.rstd.data(), F = H;
   }
   if (norm == Norm::none) return {};
@@ -570,7 +631,7 @@ template <class T>
 size_t cache_elements(const cells::Engine<T>& I) {
   size_t n = 0;
   for (const auto& cc : I.caches)
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.x.mean,
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd, &cc.x.mean,
                           &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
   for (const auto& b : I.bidir) n += b.Xr.size() + b.Y.size();

@@ -43,6 +43,10 @@ std::map<std::string, std::string> model_metadata(const Model& m) {
   md["learn_init_state"] = mc.rnn.learn_init_state ? "true" : "false";
   md["bidirectional"] = mc.rnn.bidirectional ? "true" : "false";
   md["bn_momentum"] = num(mc.rnn.momentum);
+  // the regularizers: zoneout acts at inference too (its expectation)
+  md["dropout"] = num(mc.rnn.dropout);
+  md["zoneout_h"] = num(mc.rnn.zoneout_h);
+  md["zoneout_c"] = num(mc.rnn.zoneout_c);
   return md;
 }
 
@@ -230,6 +234,9 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   mc.rnn.eps = meta_double(st, path, "eps", 1e-5);
   if (!(mc.rnn.eps > 0)) throw DataError(path + ": metadata 'eps' must be positive");
   mc.rnn.momentum = meta_double(st, path, "bn_momentum", 0.1);
+  mc.rnn.dropout = meta_double(st, path, "dropout", 0.0);
+  mc.rnn.zoneout_h = meta_double(st, path, "zoneout_h", 0.0);
+  mc.rnn.zoneout_c = meta_double(st, path, "zoneout_c", 0.0);
   auto flag = [&](const char* key, bool d) {
     auto it = st.metadata.find(key);
     return it == st.metadata.end() ? d : it->second == "true";

@@ -46,6 +46,7 @@ struct Result {
 constexpr int kT = 6, kN = 6, kC = 3, kH = 20, kL = 2;  // H = 20: two blocks of units, P = 2
 const std::vector<int32_t> kLengths{6, 4, 6, 2, 5, 3};
 
+// With dropout and zoneout on: a shard draws the masks of its rows by their global index (row0).
 StackConfig sync_config(Cell cell, bool bidirectional) {
   CellCase c;
   c.cell = cell;
@@ -55,7 +56,11 @@ StackConfig sync_config(Cell cell, bool bidirectional) {
   c.C = kC;
   c.H = kH;
   c.L = kL;
-  return c.config();
+  StackConfig s = c.config();
+  s.dropout = 0.2;
+  s.zoneout_h = 0.15;
+  s.zoneout_c = cell_gates(cell) == 4 ? 0.3 : 0.0;
+  return s;
 }
 
 // Rows [n0, n0 + n) of a [A, N, B] tensor.
@@ -92,6 +97,8 @@ Result run_rows(Cell cell, bool bidir, int n0, int n, const Stack<double>::Allre
   r.dh0.resize(r.hT.size());
   r.dc0.resize(r.hT.size());
   ForwardOptions opt;  // train mode, running averages updated
+  opt.row0 = n0;
+  opt.update = 3;
   s.forward(opt, kT, n, {.x = xs.data(), .lengths = len.data(), .h0 = h0s.data(), .c0 = c0s.data()},
             {.y = r.y.data(), .hT = r.hT.data(), .cT = r.cT.data()});
   s.backward(dys.data(), dhTs.data(), dcTs.data(), r.dx.data(), r.dh0.data(), r.dc0.data());
@@ -196,6 +203,7 @@ Result forward_only_rows(Cell cell, bool bidir, int n0, int n,
   r.y.resize(static_cast<size_t>(T) * n * kH * cfg.directions());
   ForwardOptions opt;
   opt.need_backward = false;
+  opt.row0 = n0;
   s.forward(opt, T, n, {.x = x.data(), .lengths = len.data()}, {.y = r.y.data()});
   r.buffers.assign(s.buffers().begin(), s.buffers().end());
   return r;

@@ -167,6 +167,49 @@ INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", 
                            return s;
                          });
 
+// Dropout and zoneout masks are drawn by each row's index in the global batch: 2 ranks draw what
+// one process draws.
+TEST(MpiRegularizers, TwoRanksDrawWhatOneProcessDraws) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-reg-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string reg = "--dropout 0.3 --zoneout-h 0.1 --zoneout-c 0.5";
+  ASSERT_EQ(run(train_command("bnlstm", base / "one", reg), base / "one.log"), 0);
+  ASSERT_EQ(run(mpirun(2) + train_command("bnlstm", base / "two", reg), base / "two.log"), 0)
+      << std::ifstream(base / "two.log").rdbuf();
+  ASSERT_EQ(run(train_command("bnlstm", base / "plain", ""), base / "plain.log"), 0);
+  const double d = checkpoint_diff(base / "two" / "last.safetensors", base / "one" / "last.safetensors");
+  const double off = checkpoint_diff(base / "plain" / "last.safetensors", base / "one" / "last.safetensors");
+  std::printf("[ mpi ] bnlstm with dropout and zoneout: 2 ranks vs 1 process %.1e (without them: %.1e)\n",
+              d, off);
+  EXPECT_LE(d, kTol);
+  EXPECT_GT(off, 10 * kTol) << "the regularizers should change the run";
+  fs::remove_all(base);
+}
+
+// The same with a bidirectional 2-layer stack: dropout on layer 0's 2H output and zoneout in both
+// directions (the reverse's masks by direction 1), each direction's statistics over the group.
+TEST(MpiRegularizers, BidirectionalTwoRanksDrawWhatOneProcessDraws) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-bireg-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string reg = "--layers 2 --dropout 0.3 --zoneout-h 0.1 --zoneout-c 0.5";
+  ASSERT_EQ(run(train_command("seq-bidir", base / "one", reg), base / "one.log"), 0)
+      << std::ifstream(base / "one.log").rdbuf();
+  ASSERT_EQ(run(mpirun(2) + train_command("seq-bidir", base / "two", reg), base / "two.log"), 0)
+      << std::ifstream(base / "two.log").rdbuf();
+  ASSERT_EQ(run(train_command("seq-bidir", base / "plain", "--layers 2"), base / "plain.log"), 0);
+  const double d = checkpoint_diff(base / "two" / "last.safetensors", base / "one" / "last.safetensors");
+  const double off = checkpoint_diff(base / "plain" / "last.safetensors", base / "one" / "last.safetensors");
+  std::printf("[ mpi ] bidirectional bnlstm with dropout and zoneout: 2 ranks vs 1 process %.1e "
+              "(without them: %.1e)\n", d, off);
+  EXPECT_LE(d, kTol);
+  EXPECT_GT(off, 10 * kTol) << "the regularizers should change the run";
+  fs::remove_all(base);
+}
+
 // Why the feature exists: each rank normalizing by its own 4 rows trains another model.
 TEST(MpiUnsynchronized, BatchNormWithoutSynchronizationDiffers) {
   if (!kHaveMpi) GTEST_SKIP() << "built without MPI";

@@ -87,3 +87,36 @@ def test_language_model_is_refused(tmp_path):
     line = one_line(r.stderr)
     assert "--bidirectional" in line and "language model" in line
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_bidirectional_with_dropout_and_zoneout(tmp_path):
+    """--bidirectional with --dropout, --zoneout-h and --zoneout-c together: the checkpoint records
+    all four, info shows them, eval and forward run (inference: zoneout's expectation), and the
+    regularizers change the run; --zoneout-c with a GRU stays a one-line error."""
+    data = seq_data(tmp_path, False)
+    base = ["train", "--task", "seq", "--data", data, "--batch-size", "8", "--cell", "bnlstm",
+            "--hidden", "5", "--layers", "2", "--bidirectional", "--steps", "3", "--eval-every", "3",
+            "--popstats-batches", "1", "--threads", "2"]
+    cli(*base, "--dropout", "0.3", "--zoneout-h", "0.1", "--zoneout-c", "0.5",
+        "--out", tmp_path / "reg")
+    cli(*base, "--out", tmp_path / "plain")
+    ck = tmp_path / "reg" / "last.safetensors"
+    shapes, md = header(ck)
+    assert md["bidirectional"] == "true" and md["zoneout_c"] == "0.5" and md["dropout"] != "0"
+    assert shapes["rnn.1.reverse.weight_ih"] == (20, 10)
+    out = cli("info", ck).stdout
+    assert "(bidirectional)" in out and "zoneout_c 0.5" in out
+    r = cli("eval", "--checkpoint", ck, "--split", "valid", "--threads", "1")
+    assert "accuracy" in r.stdout and "nan" not in r.stdout.lower(), r.stdout
+    x = np.random.default_rng(1).random((12, 4, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cli("forward", "--checkpoint", ck, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert np.isfinite(np.load(tmp_path / "y.npy")).all()
+    def tensors(path):  # the bytes after the header (the metadata differ anyway)
+        raw = open(path, "rb").read()
+        return raw[8 + struct.unpack("<Q", raw[:8])[0]:]
+    assert tensors(ck) != tensors(tmp_path / "plain" / "last.safetensors"), \
+        "the regularizers should change the run"
+    r = cli("train", "--task", "seq", "--data", data, "--cell", "gru", "--bidirectional",
+            "--zoneout-c", "0.2", "--steps", "1", "--out", tmp_path / "g", code=2)
+    assert "--zoneout-c" in one_line(r.stderr)

@@ -370,6 +370,7 @@ void register_forward(CLI::App& app, int& exit_code) {
     opt.mode = f->train_mode ? Mode::train : Mode::infer;
     opt.update_running = false;
     opt.need_backward = false;
+    opt.regularize = false;  // batch statistics, but no dropout and zoneout's expectation (SPEC 2b)
     const int32_t* len = lengths.empty() ? nullptr : lengths.data();
     std::vector<float> out;
     std::vector<int64_t> shape;
@@ -445,6 +446,10 @@ void register_info(CLI::App& app, int& exit_code) {
                   cell_name(mc.rnn.cell), mc.rnn.bidirectional ? " (bidirectional)" : "",
                   mc.rnn.input_size, mc.rnn.hidden_size, mc.rnn.num_layers, mc.rnn.t_max,
                   mc.rnn.eps, head_name(mc.head), head_size(mc).c_str());
+      if (mc.rnn.dropout > 0 || mc.rnn.zoneout_h > 0 || mc.rnn.zoneout_c > 0)
+        std::printf("  regularizers: dropout %g, zoneout_h %g, zoneout_c %g (inference: no dropout, "
+                    "zoneout's expectation)\n",
+                    mc.rnn.dropout, mc.rnn.zoneout_h, mc.rnn.zoneout_c);
       std::printf("  %zu parameters; step %lld; population statistics: %s\n", nparams,
                   static_cast<long long>(ck.state.step),
                   has_pop ? ck.state.popstats.c_str()

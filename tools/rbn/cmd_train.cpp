@@ -61,6 +61,12 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
       "orthogonal | identity (I on the g block; GRUs: on the n block)");
   opt("bn_momentum", "--bn-momentum", c.bn_momentum, "running-average rate m of the population statistics");
   opt("h0_noise", "--h0-noise", c.h0_noise, "std of Gaussian noise added to h0 in training");
+  opt("dropout", "--dropout", c.dropout,
+      "dropout probability on every layer's output but the top one's, training only (nn.LSTM's)");
+  opt("zoneout_h", "--zoneout-h", c.zoneout_h,
+      "zoneout probability of h: keep a unit's previous h in training (Krueger et al.)");
+  opt("zoneout_c", "--zoneout-c", c.zoneout_c,
+      "LSTMs: zoneout probability of the cell state c (a GRU or tanh RNN has none)");
   opt("popstats", "--popstats", c.popstats, "statistics for validation: pass | running");
   opt("popstats_batches", "--popstats-batches", c.popstats_batches, "batches in the statistics pass");
   opt("popstats_batch_size", "--popstats-batch-size", c.popstats_batch_size,
