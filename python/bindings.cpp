@@ -211,8 +211,8 @@ void bind_stack(py::module_& m, const char* name) {
                        bool bidirectional, double dropout, double zoneout_h, double zoneout_c) {
              return new S(make_config(cell, input_size, hidden_size, num_layers, t_max, eps, gamma_x,
                                       gamma_h, gamma_c, forget_bias, momentum, ln_input,
-                                      learn_init_state, recurrent_init, seed, bidirectional, dropout,
-                                      zoneout_h, zoneout_c));
+                                      learn_init_state, recurrent_init, seed, bidirectional,
+                                      dropout, zoneout_h, zoneout_c));
            }),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
            py::arg("t_max") = 1, py::arg("eps") = 1e-5, py::arg("gamma_x") = -1.0,

@@ -267,8 +267,8 @@ struct RefLayer {
       zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_h, cfg.zoneout_h, static_cast<int>(n), tg,
                h_prev[n], h[n]);
       if (cell_gates(cell) == 4)
-        zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_c, cfg.zoneout_c, static_cast<int>(n), tg,
-                 c_prev[n], c[n]);
+        zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_c, cfg.zoneout_c, static_cast<int>(n),
+                 tg, c_prev[n], c[n]);
     }
   }
   // One GRU step for the valid rows: r, z = sigmoid(x~ + h~), n = tanh(x~_n + r h~_n),

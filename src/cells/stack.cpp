@@ -631,8 +631,8 @@ template <class T>
 size_t cache_elements(const cells::Engine<T>& I) {
   size_t n = 0;
   for (const auto& cc : I.caches)
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd, &cc.x.mean,
-                          &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd,
+                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
   for (const auto& b : I.bidir) n += b.Xr.size() + b.Y.size();
   for (const auto& tw : I.twins)
