@@ -48,6 +48,12 @@ void check_shape(const py::array& a, std::initializer_list<int64_t> want, const 
   }
 }
 
+// Bidirectional stacks (SPEC 2b): y [T,N,D*H], states [D*L,N,H] with D = 2 (index 2k forward,
+// 2k+1 reverse, PyTorch's order).
+int directions(const StackConfig& c) { return c.bidirectional ? 2 : 1; }
+int state_rows(const StackConfig& c) { return directions(c) * c.num_layers; }
+int out_width(const StackConfig& c) { return directions(c) * c.hidden_size; }
+
 // A Stack plus the shapes of its last forward (for backward's outputs) and the error of a
 // Python statistic all-reduce (set_stat_allreduce), raised when the C++ call returns.
 template <class T>
@@ -93,16 +99,17 @@ struct PyStack {
 
   py::tuple forward(Arr<T> x, std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> lengths,
                     std::optional<Arr<T>> h0, std::optional<Arr<T>> c0, bool train, int t0,
-                    bool update_running, bool need_backward, double h0_noise, uint64_t noise_seed) {
+                    bool update_running, bool need_backward, double h0_noise, uint64_t noise_seed,
+                    bool regularize, uint64_t update, int64_t row0) {
     const auto& c = s.config();
     if (x.ndim() != 3) throw py::value_error("x: expected [T,N,C]");
     const int T_in = static_cast<int>(x.shape(0)), N = static_cast<int>(x.shape(1));
     check_shape(x, {T_in, N, c.input_size}, "x");
     if (lengths) check_shape(*lengths, {N}, "lengths");
-    if (h0) check_shape(*h0, {c.num_layers, N, c.hidden_size}, "h0");
-    if (c0) check_shape(*c0, {c.num_layers, N, c.hidden_size}, "c0");
-    Arr<T> y({T_in, N, c.hidden_size}), hT({c.num_layers, N, c.hidden_size}),
-        cT({c.num_layers, N, c.hidden_size});
+    const int S = state_rows(c);
+    if (h0) check_shape(*h0, {S, N, c.hidden_size}, "h0");
+    if (c0) check_shape(*c0, {S, N, c.hidden_size}, "c0");
+    Arr<T> y({T_in, N, out_width(c)}), hT({S, N, c.hidden_size}), cT({S, N, c.hidden_size});
     ForwardOptions opt;
     opt.mode = train ? Mode::train : Mode::infer;
     opt.t0 = t0;
@@ -110,6 +117,9 @@ struct PyStack {
     opt.need_backward = need_backward;
     opt.h0_noise = h0_noise;
     opt.noise_seed = noise_seed;
+    opt.regularize = regularize;
+    opt.update = update;
+    opt.row0 = row0;
     {
       py::gil_scoped_release release;
       s.forward(opt, T_in, N,
@@ -127,11 +137,11 @@ struct PyStack {
 
   py::tuple backward(std::optional<Arr<T>> dy, std::optional<Arr<T>> dhT, std::optional<Arr<T>> dcT) {
     const auto& c = s.config();
-    if (dy) check_shape(*dy, {T_, N_, c.hidden_size}, "dy");
-    if (dhT) check_shape(*dhT, {c.num_layers, N_, c.hidden_size}, "dhT");
-    if (dcT) check_shape(*dcT, {c.num_layers, N_, c.hidden_size}, "dcT");
-    Arr<T> dx({T_, N_, c.input_size}), dh0({c.num_layers, N_, c.hidden_size}),
-        dc0({c.num_layers, N_, c.hidden_size});
+    const int S = state_rows(c);
+    if (dy) check_shape(*dy, {T_, N_, out_width(c)}, "dy");
+    if (dhT) check_shape(*dhT, {S, N_, c.hidden_size}, "dhT");
+    if (dcT) check_shape(*dcT, {S, N_, c.hidden_size}, "dcT");
+    Arr<T> dx({T_, N_, c.input_size}), dh0({S, N_, c.hidden_size}), dc0({S, N_, c.hidden_size});
     {
       py::gil_scoped_release release;
       s.backward(ptr_or_null(dy), ptr_or_null(dhT), ptr_or_null(dcT), dx.mutable_data(),
@@ -162,7 +172,8 @@ struct PyStack {
 StackConfig make_config(const std::string& cell, int input_size, int hidden_size, int num_layers,
                         int t_max, double eps, double gamma_x, double gamma_h, double gamma_c,
                         std::optional<double> forget_bias, double momentum, bool ln_input,
-                        bool learn_init_state, const std::string& recurrent_init, uint64_t seed) {
+                        bool learn_init_state, const std::string& recurrent_init, uint64_t seed,
+                        bool bidirectional, double dropout, double zoneout_h, double zoneout_c) {
   StackConfig c;
   auto k = parse_cell(cell);
   if (!k) throw py::value_error("unknown cell '" + cell + "'");
@@ -182,6 +193,10 @@ StackConfig make_config(const std::string& cell, int input_size, int hidden_size
   if (recurrent_init == "identity") c.recurrent_init = RecurrentInit::identity;
   else if (recurrent_init != "orthogonal") throw py::value_error("recurrent_init: orthogonal | identity");
   c.seed = seed;
+  c.bidirectional = bidirectional;
+  c.dropout = dropout;
+  c.zoneout_h = zoneout_h;
+  c.zoneout_c = zoneout_c;
   return c;
 }
 
@@ -192,21 +207,28 @@ void bind_stack(py::module_& m, const char* name) {
       .def(py::init([](const std::string& cell, int input_size, int hidden_size, int num_layers,
                        int t_max, double eps, double gamma_x, double gamma_h, double gamma_c,
                        std::optional<double> forget_bias, double momentum, bool ln_input,
-                       bool learn_init_state, const std::string& recurrent_init, uint64_t seed) {
+                       bool learn_init_state, const std::string& recurrent_init, uint64_t seed,
+                       bool bidirectional, double dropout, double zoneout_h, double zoneout_c) {
              return new S(make_config(cell, input_size, hidden_size, num_layers, t_max, eps, gamma_x,
                                       gamma_h, gamma_c, forget_bias, momentum, ln_input,
-                                      learn_init_state, recurrent_init, seed));
+                                      learn_init_state, recurrent_init, seed, bidirectional,
+                                      dropout, zoneout_h, zoneout_c));
            }),
            py::arg("cell"), py::arg("input_size"), py::arg("hidden_size"), py::arg("num_layers") = 1,
            py::arg("t_max") = 1, py::arg("eps") = 1e-5, py::arg("gamma_x") = -1.0,
            py::arg("gamma_h") = -1.0, py::arg("gamma_c") = -1.0, py::arg("forget_bias") = py::none(),
            py::arg("momentum") = 0.1, py::arg("ln_input") = true, py::arg("learn_init_state") = false,
-           py::arg("recurrent_init") = "orthogonal", py::arg("seed") = 1)
+           py::arg("recurrent_init") = "orthogonal", py::arg("seed") = 1,
+           py::arg("bidirectional") = false, py::arg("dropout") = 0.0, py::arg("zoneout_h") = 0.0,
+           py::arg("zoneout_c") = 0.0)
       .def("forward", &S::forward, py::arg("x"), py::arg("lengths") = py::none(),
            py::arg("h0") = py::none(), py::arg("c0") = py::none(), py::arg("train") = true,
            py::arg("t0") = 0, py::arg("update_running") = true, py::arg("need_backward") = true,
-           py::arg("h0_noise") = 0.0, py::arg("noise_seed") = 0,
-           "x [T,N,C] -> (y [T,N,H], hT [L,N,H], cT [L,N,H])")
+           py::arg("h0_noise") = 0.0, py::arg("noise_seed") = 0, py::arg("regularize") = true,
+           py::arg("update") = 0, py::arg("row0") = 0,
+           "x [T,N,C] -> (y [T,N,D*H], hT [D*L,N,H], cT [D*L,N,H]); D = 2 when bidirectional "
+           "(states 2k forward, 2k+1 reverse; t0 must then be 0); train mode with regularize: "
+           "dropout and zoneout masks of (seed, update, layer, direction, row0 + n, step, feature)")
       .def("backward", &S::backward, py::arg("dy") = py::none(), py::arg("dhT") = py::none(),
            py::arg("dcT") = py::none(),
            "after a forward: -> (dx, dh0, dc0); parameter gradients are accumulated (grads())")
@@ -240,8 +262,12 @@ void bind_stack(py::module_& m, const char* name) {
       .def_property_readonly("input_size", [](S& s) { return s.s.config().input_size; })
       .def_property_readonly("hidden_size", [](S& s) { return s.s.config().hidden_size; })
       .def_property_readonly("num_layers", [](S& s) { return s.s.config().num_layers; })
+      .def_property_readonly("bidirectional", [](S& s) { return s.s.config().bidirectional; })
       .def_property_readonly("t_max", [](S& s) { return s.s.config().t_max; })
       .def_property_readonly("eps", [](S& s) { return s.s.config().eps; })
+      .def_property_readonly("dropout", [](S& s) { return s.s.config().dropout; })
+      .def_property_readonly("zoneout_h", [](S& s) { return s.s.config().zoneout_h; })
+      .def_property_readonly("zoneout_c", [](S& s) { return s.s.config().zoneout_c; })
       .def_property_readonly("cache_bytes", [](S& s) { return s.s.cache_bytes(); },
                              "bytes of activations kept for backward (O(T) only when kept)")
       .def_property_readonly("param_names", [](S& s) {

@@ -20,16 +20,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_cells import GRU_CELLS, RecurrentStack, TorchGRU  # noqa: E402
+from torch_cells import GRU_CELLS, RecurrentStack, TorchGRU, TorchLSTM  # noqa: E402
 
 EPS = 1e-5
 MOMENTUM = 0.1
 ADAM = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8)
 ADAM_STEPS = 3
 
-# name, cell, ln_input, T, N, C, H, L, lengths, T_infer, infer lengths, seed
+# name, cell, ln_input, shape (T, N, C, H, L, lengths, T_infer, infer lengths), seed
 MAIN = dict(T=5, N=4, C=3, H=4, L=2, lengths=[5, 3, 5, 1], T_infer=7, infer_lengths=[7, 4, 6, 2])
 EDGE = dict(T=1, N=1, C=3, H=4, L=2, lengths=[1], T_infer=3, infer_lengths=[3])
+# Bidirectional (SPEC 2b): small, so the files stay a few KB (no Adam steps). Ragged: row 1's
+# reverse pass starts at x[1] while the others' start at x[3]; at inference rows of 6 and 5 steps
+# take their reverse steps s >= t_max = 4 from row 3.
+BIDIR = dict(T=4, N=3, C=2, H=2, L=2, lengths=[4, 2, 4], T_infer=6, infer_lengths=[6, 3, 5],
+             bidirectional=True)
 CASES = [
     ("lstm", "lstm", True, MAIN, 101),
     ("bnlstm", "bnlstm", True, MAIN, 102),
@@ -45,10 +50,19 @@ CASES = [
     ("lngru-ln-input-off", "lngru", False, MAIN, 112),
     ("gru-t1n1", "gru", True, EDGE, 113),
     ("lngru-t1n1", "lngru", True, EDGE, 114),
+    ("lstm-bidir", "lstm", True, BIDIR, 115),      # torch.nn.LSTM(bidirectional=True), packed
+    ("gru-bidir", "gru", True, BIDIR, 116),        # torch.nn.GRU(bidirectional=True), packed
+    ("bnlstm-bidir", "bnlstm", True, BIDIR, 117),  # the reverse-statistics rule
+    ("bngru-bidir", "bngru", True, BIDIR, 118),
+    ("lnlstm-bidir", "lnlstm", True, BIDIR, 119),
+    ("bnx-seq-bidir", "bnx-seq", True, BIDIR, 120),
 ]
 # Statistics-pass batches: (T, lengths). The last one is padded past T_max = 5 but no row is
 # longer than 4, so population row 4 is reached by no batch and must keep its previous value.
 PASS_BATCHES = [(4, [4, 2, 3]), (2, [2, 1, 2, 2, 1]), (6, [3, 4])]
+# The same for the bidirectional cases (t_max = 4): no row is longer than 3, so reverse step 3
+# keeps its previous statistics in both directions.
+BIDIR_PASS_BATCHES = [(3, [3, 1, 2]), (5, [2, 3])]
 
 
 def write_safetensors(path, tensors, metadata):
@@ -98,7 +112,7 @@ def read_safetensors(path):
 
 def spec_parameters(model):
     """(SPEC name, parameter) pairs: nn.GRU's weight_ih_l0 is rnn.0.weight_ih, and so on."""
-    if isinstance(model, TorchGRU):
+    if isinstance(model, (TorchGRU, TorchLSTM)):
         return model.spec_parameters()
     return list(model.named_parameters())
 
@@ -124,6 +138,9 @@ def loss_fn(y, hT, cT, w):
 
 def run(model, x, lengths, h0, c0):
     """y, hT, cT (None for the GRU family, which has no cell state)."""
+    if isinstance(model, TorchLSTM):
+        y, (hT, cT) = model(x, lengths, h0, c0)
+        return y, hT, cT
     if isinstance(model, TorchGRU):
         y, hT = model(x, lengths, h0)
         return y, hT, None
@@ -136,7 +153,7 @@ def run(model, x, lengths, h0, c0):
 
 def load_spec(model, tensors):
     """Parameters and buffers by SPEC name."""
-    if isinstance(model, TorchGRU):
+    if isinstance(model, (TorchGRU, TorchLSTM)):
         with torch.no_grad():
             for name, p in model.spec_parameters():
                 p.copy_(tensors[name])
@@ -147,6 +164,9 @@ def load_spec(model, tensors):
 def make_case(name, cell, ln_input, shape, seed):
     T, N, C, H, L = shape["T"], shape["N"], shape["C"], shape["H"], shape["L"]
     lengths, t_max = shape["lengths"], T
+    bidir = shape.get("bidirectional", False)
+    S = 2 * L if bidir else L  # state rows [S,N,H]; y [T,N,O]
+    O = 2 * H if bidir else H
     g = torch.Generator().manual_seed(seed)
     D = torch.float64
 
@@ -155,22 +175,24 @@ def make_case(name, cell, ln_input, shape, seed):
 
     gru = cell in GRU_CELLS
     if cell == "gru":  # the plain GRU is torch.nn.GRU itself
-        model = TorchGRU(C, H, L).double()
+        model = TorchGRU(C, H, L, bidirectional=bidir).double()
+    elif cell == "lstm" and bidir:  # and the bidirectional plain LSTM torch.nn.LSTM
+        model = TorchLSTM(C, H, L, bidirectional=True).double()
     else:
         model = RecurrentStack(cell, C, H, L, t_max=t_max, eps=EPS, momentum=MOMENTUM,
-                               ln_input=ln_input).double()
+                               ln_input=ln_input, bidirectional=bidir).double()
     randomize(model, g)
-    if not isinstance(model, TorchGRU):
+    if isinstance(model, RecurrentStack):
         model.reset_running_stats()
     out = {}
     out["input.x"] = randn(T, N, C)
     out["input.lengths"] = torch.tensor(lengths, dtype=torch.int32)
-    out["input.h0"] = torch.rand(L, N, H, generator=g, dtype=D) * 1.8 - 0.9
+    out["input.h0"] = torch.rand(S, N, H, generator=g, dtype=D) * 1.8 - 0.9
     if not gru:
-        out["input.c0"] = randn(L, N, H)
-    w = {"loss.wy": randn(T, N, H), "loss.whT": randn(L, N, H)}
+        out["input.c0"] = randn(S, N, H)
+    w = {"loss.wy": randn(T, N, O), "loss.whT": randn(S, N, H)}
     if not gru:
-        w["loss.wcT"] = randn(L, N, H)
+        w["loss.wcT"] = randn(S, N, H)
     out.update(w)
     params = {n: p.detach().clone() for n, p in spec_parameters(model)}
     for n, p in params.items():
@@ -219,7 +241,7 @@ def make_case(name, cell, ln_input, shape, seed):
         m = copy.deepcopy(model)
         m.load_state_dict({**params, **pop})
         m.popstats_begin()
-        for k, (Tb, lb) in enumerate(PASS_BATCHES, start=1):
+        for k, (Tb, lb) in enumerate(BIDIR_PASS_BATCHES if bidir else PASS_BATCHES, start=1):
             xb = randn(Tb, len(lb), C)
             out[f"pass.batch{k}.x"] = xb
             out[f"pass.batch{k}.lengths"] = torch.tensor(lb, dtype=torch.int32)
@@ -228,10 +250,11 @@ def make_case(name, cell, ln_input, shape, seed):
         for n, b in m.named_buffers():
             out["pass.result." + n] = b.detach().clone()
 
-    # three Adam steps on the training loss (training mode, the same inputs)
+    # three Adam steps on the training loss (training mode, the same inputs); not for the
+    # bidirectional cases (the optimizer does not see directions; the files stay small)
     m = copy.deepcopy(model).train()
-    opt = torch.optim.Adam(m.parameters(), **ADAM)
-    for k in range(1, ADAM_STEPS + 1):
+    opt = torch.optim.Adam([p for _, p in spec_parameters(m)], **ADAM)
+    for k in range(1, 0 if bidir else ADAM_STEPS + 1):
         opt.zero_grad()
         y, hT, cT = run(m, out["input.x"], lengths, out["input.h0"], out.get("input.c0"))
         loss_fn(y, hT, cT, w).backward()
@@ -261,6 +284,9 @@ def make_case(name, cell, ln_input, shape, seed):
         "pass_initial_state": "zeros",
         "dtype": "float64",
     }
+    if bidir:  # only here, so that the one-directional files keep their bytes
+        meta["bidirectional"] = "true"
+        meta["adam"] = "none"
     return {k: v.detach().to(torch.int32 if v.dtype == torch.int32 else torch.float64)
             for k, v in out.items()}, meta
 

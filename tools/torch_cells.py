@@ -26,7 +26,15 @@ GRU cells (SPEC 2b), x^, h^ [N, 3H] in blocks r, z, n:
     lngru    x^, h^ replaced by LN of their r,z block and of their n block, each with its own
              statistics (Ba et al. eqs. 26-28; four LNs), gains 1, no beta
     h_t = (1 - z) n + z h_{t-1}.
-TorchGRU is `gru` computed by torch.nn.GRU itself (the source of the `gru` fixtures).
+TorchGRU is `gru` computed by torch.nn.GRU itself (the source of the `gru` fixtures); TorchLSTM
+is `lstm` computed by torch.nn.LSTM (the source of the bidirectional `lstm` fixtures).
+
+Bidirectional (SPEC 2b, bidirectional=True): layer k has a reverse direction rnn.k.reverse.* with
+its own weights, normalizations and statistics. It reads each row's own valid steps backwards, and
+its per-step statistics are indexed by its own step count s = len_n - 1 - t, pooled over the rows
+that have a step s. So it is the one-directional layer run on each row's reversed valid prefix,
+scattered back: y [T,N,2H] = forward || reverse at the same position, states [2L,N,H] (2k forward,
+2k+1 reverse, the reverse final state the one after reading x[0]).
 """
 
 from __future__ import annotations
@@ -391,62 +399,128 @@ class GRULayer(nn.Module):
         return torch.stack(outs), h
 
 
+def _spec_name(torch_name: str) -> str:
+    """nn.LSTM / nn.GRU name -> SPEC section 5 name: weight_ih_l0 -> rnn.0.weight_ih,
+    bias_hh_l1_reverse -> rnn.1.reverse.bias_hh."""
+    what, rest = torch_name.rsplit("_l", 1)
+    k, _, rev = rest.partition("_")
+    return f"rnn.{k}.{'reverse.' if rev else ''}{what}"
+
+
+def _run_packed(module: nn.Module, x: Tensor, lengths, hx, D: int):
+    """module (nn.LSTM or nn.GRU) on x [T,N,C] with lengths [N] (None: all T) through a
+    PackedSequence; rows of length 0 (which a PackedSequence cannot hold) give y = 0 and the
+    given state. hx: a tensor [D*L,N,H] or a tuple of two. -> y [T,N,D*H], state as hx."""
+    T = x.shape[0]
+    if lengths is None:
+        return module(x, hx)
+    lens = torch.as_tensor(lengths).reshape(-1).to(torch.int64)
+    rows = torch.nonzero(lens > 0).reshape(-1)
+    pair = isinstance(hx, tuple)
+    y = x.new_zeros(T, x.shape[1], D * module.hidden_size)
+    out = tuple(h.clone() for h in hx) if pair else hx.clone()
+    if len(rows) == 0:
+        return y, out
+    sub = tuple(h[:, rows].contiguous() for h in hx) if pair else hx[:, rows].contiguous()
+    packed = nn.utils.rnn.pack_padded_sequence(x[:, rows], lens[rows], enforce_sorted=False)
+    yp, hp = module(packed, sub)
+    yp, _ = nn.utils.rnn.pad_packed_sequence(yp, total_length=T)
+    y = y.index_copy(1, rows, yp)
+    if pair:
+        return y, tuple(o.index_copy(1, rows, h) for o, h in zip(out, hp))
+    return y, out.index_copy(1, rows, hp)
+
+
 class TorchGRU(nn.Module):
     """The `gru` cell computed by torch.nn.GRU itself (PackedSequence for uneven lengths).
 
-    forward(x [T,N,C], lengths [N] (None: all T), h0 [L,N,H] or None) -> y [T,N,H] (0 at padded
-    positions), hT [L,N,H]; rows of length 0 (which a PackedSequence cannot hold) give y = 0 and
-    hT = h0. spec_parameters() names nn.GRU's tensors as SPEC section 5 does (weight_ih_l0 ->
-    rnn.0.weight_ih, bias_ih_l0 -> rnn.0.bias_ih, ...)."""
+    forward(x [T,N,C], lengths [N] (None: all T), h0 [D*L,N,H] or None) -> y [T,N,D*H] (0 at
+    padded positions), hT [D*L,N,H] (D = 2 when bidirectional); rows of length 0 (which a
+    PackedSequence cannot hold) give y = 0 and hT = h0. spec_parameters() names nn.GRU's tensors
+    as SPEC section 5 does (weight_ih_l0 -> rnn.0.weight_ih, bias_ih_l0_reverse ->
+    rnn.0.reverse.bias_ih, ...)."""
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False):
         super().__init__()
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.gru = nn.GRU(input_size, hidden_size, num_layers)
+        self.bidirectional = bidirectional
+        self.gru = nn.GRU(input_size, hidden_size, num_layers, bidirectional=bidirectional)
+
+    def spec_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        return [(_spec_name(n), p) for n, p in self.gru.named_parameters()]
+
+    def forward(self, x: Tensor, lengths=None, h0: Optional[Tensor] = None):
+        D = 2 if self.bidirectional else 1
+        if h0 is None:
+            h0 = x.new_zeros(D * self.num_layers, x.shape[1], self.hidden_size)
+        return _run_packed(self.gru, x, lengths, h0, D)
+
+
+class TorchLSTM(nn.Module):
+    """The `lstm` cell computed by torch.nn.LSTM itself, as TorchGRU (the bidirectional `lstm`
+    fixtures). rbn's one bias rnn.k.bias is nn.LSTM's bias_ih_lk; bias_hh_lk is held at 0 (not
+    trained), so the two agree parameter for parameter and gradient for gradient."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bidirectional = bidirectional
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, bidirectional=bidirectional)
+        with torch.no_grad():
+            for n, p in self.lstm.named_parameters():
+                if n.startswith("bias_hh"):
+                    p.zero_()
+                    p.requires_grad_(False)
 
     def spec_parameters(self) -> List[Tuple[str, nn.Parameter]]:
         out = []
-        for k in range(self.num_layers):
-            for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                out.append((f"rnn.{k}.{t}", getattr(self.gru, f"{t}_l{k}")))
+        for n, p in self.lstm.named_parameters():
+            if n.startswith("bias_hh"):
+                continue
+            out.append((_spec_name(n.replace("bias_ih", "bias")), p))
         return out
 
-    def forward(self, x: Tensor, lengths=None, h0: Optional[Tensor] = None):
-        T, N, _ = x.shape
-        L, H = self.num_layers, self.hidden_size
-        if h0 is None:
-            h0 = x.new_zeros(L, N, H)
-        if lengths is None:
-            return self.gru(x, h0)
-        lens = torch.as_tensor(lengths).reshape(-1).to(torch.int64)
-        rows = torch.nonzero(lens > 0).reshape(-1)
-        y = x.new_zeros(T, N, H)
-        hT = h0.clone()
-        if len(rows) == 0:
-            return y, hT
-        packed = nn.utils.rnn.pack_padded_sequence(x[:, rows], lens[rows], enforce_sorted=False)
-        yp, hp = self.gru(packed, h0[:, rows].contiguous())
-        yp, _ = nn.utils.rnn.pad_packed_sequence(yp, total_length=T)
-        y = y.index_copy(1, rows, yp)
-        hT = hT.index_copy(1, rows, hp)
-        return y, hT
+    def forward(self, x: Tensor, lengths=None, h0: Optional[Tensor] = None,
+                c0: Optional[Tensor] = None):
+        D = 2 if self.bidirectional else 1
+        zeros = x.new_zeros(D * self.num_layers, x.shape[1], self.hidden_size)
+        hx = (zeros if h0 is None else h0, zeros if c0 is None else c0)
+        return _run_packed(self.lstm, x, lengths, hx, D)
+
+
+def reverse_index(lengths: Sequence[int], T: int, device=None) -> Tensor:
+    """idx [T, N]: idx[t, n] = len_n - 1 - t for t < len_n, else t. Gathering along time with it
+    reverses each row's valid prefix and leaves the padding where it is; it is its own inverse."""
+    t = torch.arange(T, device=device).unsqueeze(1)
+    ln = torch.tensor(list(lengths), device=device).unsqueeze(0)
+    return torch.where(t < ln, ln - 1 - t, t)
+
+
+def reverse_rows(z: Tensor, idx: Tensor) -> Tensor:
+    """z [T, N, F] with each row's valid prefix reversed (idx from reverse_index)."""
+    return z.gather(0, idx.unsqueeze(-1).expand(-1, -1, z.shape[2]))
 
 
 class RecurrentStack(nn.Module):
     """L stacked layers of one cell kind; layer k > 0 reads layer k-1's h.
 
-    forward(x [T,N,C], lengths [N] (None: all T), h0/c0 [L,N,H] (None: learned or zero), t0)
-    -> y [T,N,H] (top layer's h, 0 at padded positions), (hT, cT) [L,N,H] (state after each
+    forward(x [T,N,C], lengths [N] (None: all T), h0/c0 [D*L,N,H] (None: learned or zero), t0)
+    -> y [T,N,D*H] (top layer's h, 0 at padded positions), (hT, cT) [D*L,N,H] (state after each
     row's last valid step); GRU cells take no c0 and return y, hT (nn.GRU's contract). Training
     mode uses batch statistics and updates the running averages; eval mode uses the population
-    statistics, row min(t0 + t, t_max - 1).
+    statistics, row min(t0 + t, t_max - 1). D = 2 with bidirectional=True (module docstring:
+    layer k's reverse direction is rnn[k].reverse, named rnn.k.reverse.*; its statistics row is
+    its own step count s; t0 must be 0).
     """
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
                  t_max: int = 1, eps: float = 1e-5, momentum: float = 0.1, ln_input: bool = True,
                  learn_init_state: bool = False, gamma_x: Optional[float] = None,
                  gamma_h: Optional[float] = None, gamma_c: Optional[float] = None,
-                 forget_bias: Optional[float] = None, recurrent_init: str = "orthogonal"):
+                 forget_bias: Optional[float] = None, recurrent_init: str = "orthogonal",
+                 bidirectional: bool = False):
         super().__init__()
         if cell not in ALL_CELLS:
             raise ValueError(f"unknown cell {cell!r}; expected one of {ALL_CELLS}")
@@ -465,17 +539,21 @@ class RecurrentStack(nn.Module):
         self.num_layers, self.t_max, self.eps, self.momentum = num_layers, t_max, eps, momentum
         self.ln_input = ln_input
         self.is_gru = cell in GRU_CELLS
-        if self.is_gru:
-            self.rnn = nn.ModuleList(
-                GRULayer(cell, input_size if k == 0 else hidden_size, hidden_size, t_max, eps,
-                         momentum, ln_input, learn_init_state, gx, gh, recurrent_init)
-                for k in range(num_layers))
-        else:
-            self.rnn = nn.ModuleList(
-                RecurrentLayer(cell, input_size if k == 0 else hidden_size, hidden_size, t_max,
-                               eps, momentum, ln_input, learn_init_state, gx, gh, gc,
-                               forget_bias, recurrent_init)
-                for k in range(num_layers))
+        self.bidirectional = bool(bidirectional)
+        D = 2 if self.bidirectional else 1
+
+        def layer(C):
+            if self.is_gru:
+                return GRULayer(cell, C, hidden_size, t_max, eps, momentum, ln_input,
+                                learn_init_state, gx, gh, recurrent_init)
+            return RecurrentLayer(cell, C, hidden_size, t_max, eps, momentum, ln_input,
+                                  learn_init_state, gx, gh, gc, forget_bias, recurrent_init)
+
+        self.rnn = nn.ModuleList(layer(input_size if k == 0 else D * hidden_size)
+                                 for k in range(num_layers))
+        if self.bidirectional:  # a submodule of layer k: its names are rnn.k.reverse.*
+            for k, fwd in enumerate(self.rnn):
+                fwd.reverse = layer(input_size if k == 0 else D * hidden_size)
 
     def batch_norms(self) -> List[TimeBatchNorm]:
         return [m for m in self.modules() if isinstance(m, TimeBatchNorm)]
@@ -491,7 +569,6 @@ class RecurrentStack(nn.Module):
     def forward(self, x: Tensor, lengths=None, h0: Optional[Tensor] = None,
                 c0: Optional[Tensor] = None, t0: int = 0, h0_noise: float = 0.0):
         T, N, _ = x.shape
-        L, H = self.num_layers, self.hidden_size
         if lengths is None:
             lens = [T] * N
         else:
@@ -504,47 +581,52 @@ class RecurrentStack(nn.Module):
             lt = torch.tensor(lens, device=x.device)
             valid = torch.arange(T, device=x.device).unsqueeze(1) < lt.unsqueeze(0)  # [T, N]
             counts = valid.sum(1).tolist()
+        if self.is_gru and c0 is not None:
+            raise ValueError(f"{self.cell} has no cell state: c0 must be None")
+        if self.bidirectional and t0 != 0:
+            raise ValueError("a bidirectional stack reads whole sequences: t0 must be 0")
+        idx = reverse_index(lens, T, x.device) if self.bidirectional else None
+        hs, cs, inp = [], [], x
+        for k, fwd in enumerate(self.rnn):
+            dirs = [(fwd, False), (fwd.reverse, True)] if self.bidirectional else [(fwd, False)]
+            ys = []
+            for layer, rev in dirs:
+                j = len(hs)  # index of this direction's state: 2k (+1 reverse), or k
+                h, c = self._initial(layer, h0, c0, j, N, x, h0_noise)
+                xin = reverse_rows(inp, idx) if rev else inp
+                if self.is_gru:
+                    y, h = layer(xin, valid, counts, h, t0)
+                else:
+                    y, h, c = layer(xin, valid, counts, h, c, t0)
+                ys.append(reverse_rows(y, idx) if rev else y)
+                hs.append(h)
+                cs.append(c)
+            inp = torch.cat(ys, 2) if len(ys) > 1 else ys[0]
         if self.is_gru:
-            return self._forward_gru(x, valid, counts, h0, c0, t0, h0_noise)
-        hs, cs = [], []
-        inp = x
-        for k, layer in enumerate(self.rnn):
-            if h0 is not None:
-                h = h0[k]
-            elif layer.h0 is not None:
-                h = layer.h0.expand(N, H)
-            else:
-                h = x.new_zeros(N, H)
+            return inp, torch.stack(hs)
+        return inp, (torch.stack(hs), torch.stack(cs))
+
+    def _initial(self, layer, h0, c0, j, N, x, h0_noise):
+        """The initial (h, c) [N, H] of state index j: given, learned, or zero; plus the h0 noise
+        in training (Cooijmans et al. on sequential MNIST). GRUs: c is None."""
+        H = self.hidden_size
+        if h0 is not None:
+            h = h0[j]
+        elif layer.h0 is not None:
+            h = layer.h0.expand(N, H)
+        else:
+            h = x.new_zeros(N, H)
+        c = None
+        if not self.is_gru:
             if c0 is not None:
-                c = c0[k]
+                c = c0[j]
             elif layer.c0 is not None:
                 c = layer.c0.expand(N, H)
             else:
                 c = x.new_zeros(N, H)
-            if self.training and h0_noise > 0:  # Cooijmans et al. on sequential MNIST
-                h = h + h0_noise * torch.randn_like(h)
-            inp, h, c = layer(inp, valid, counts, h, c, t0)
-            hs.append(h)
-            cs.append(c)
-        return inp, (torch.stack(hs), torch.stack(cs))
-
-    def _forward_gru(self, x, valid, counts, h0, c0, t0, h0_noise):
-        if c0 is not None:
-            raise ValueError(f"{self.cell} has no cell state: c0 must be None")
-        N, H = x.shape[1], self.hidden_size
-        hs, inp = [], x
-        for k, layer in enumerate(self.rnn):
-            if h0 is not None:
-                h = h0[k]
-            elif layer.h0 is not None:
-                h = layer.h0.expand(N, H)
-            else:
-                h = x.new_zeros(N, H)
-            if self.training and h0_noise > 0:
-                h = h + h0_noise * torch.randn_like(h)
-            inp, h = layer(inp, valid, counts, h, t0)
-            hs.append(h)
-        return inp, torch.stack(hs)
+        if self.training and h0_noise > 0:
+            h = h + h0_noise * torch.randn_like(h)
+        return h, c
 
     # ---- population statistics, the authors' way (SPEC 3b) ----------------------------------
 

@@ -51,7 +51,22 @@ struct StackConfig {
   bool ln_input = true;      // lnlstm only: normalize W_x x (off: only W_h h and c)
   bool learn_init_state = false;  // learned h0, c0 [H] per layer (rnn.k.h0, rnn.k.c0)
   RecurrentInit recurrent_init = RecurrentInit::orthogonal;
-  uint64_t seed = 1;
+  uint64_t seed = 1;         // initialization; also the seed of the dropout and zoneout masks
+  // Per layer a forward and a reverse direction (D = 2), each with its own tensors (the reverse's
+  // under "rnn.k.reverse.") and statistics; the reverse reads each row's valid steps backwards,
+  // its statistics indexed by its own step count. y [T,N,2H], states [2L,N,H] (PyTorch's order:
+  // index 2k forward, 2k+1 reverse), layers above the first read 2H inputs. docs/cells.md.
+  bool bidirectional = false;
+  int directions() const { return bidirectional ? 2 : 1; }  // D
+  // Regularizers (docs/cells.md, "Dropout and zoneout"), each a probability in [0, 1):
+  // dropout on every layer's output h but the top layer's (nn.LSTM's meaning: training only,
+  // kept values scaled by 1/(1-p)); zoneout (Krueger et al. 2016) keeps each unit's previous h
+  // (c) with probability zoneout_h (zoneout_c), the expectation at inference. zoneout_c needs a
+  // cell state (the LSTMs). Dropout on a one-layer stack does nothing (nn.LSTM warns; the CLI
+  // refuses --dropout with --layers 1).
+  double dropout = 0.0;
+  double zoneout_h = 0.0;
+  double zoneout_c = 0.0;
 
   // Throws rbn::UsageError (rbn/error.hpp) with a one-line message naming the offending field
   // (e.g. "hidden_size: must be positive, got 0"); the CLI names its flags instead.
@@ -72,7 +87,8 @@ struct TensorInfo {
 
 struct ForwardOptions {
   Mode mode = Mode::train;
-  int t0 = 0;                   // global time index of x[0] (step API: statistics row t0 + t)
+  int t0 = 0;                   // global time index of x[0] (step API: statistics row t0 + t;
+                                // a bidirectional stack reads whole sequences: t0 must be 0)
   bool update_running = true;   // train mode: update the running-average population statistics
   bool need_backward = true;    // keep activations so that backward() can run; false: memory
                                 // O(N·H·chunk) instead of O(T·N·H) (not bnx-seq in train mode)
@@ -81,21 +97,29 @@ struct ForwardOptions {
   // Index of row 0 in the global batch (data-parallel shards): the h0 noise of a row depends on
   // (noise_seed, layer, row0 + n) only, so a shard draws what one process draws for those rows.
   int64_t row0 = 0;
+  // Train mode: draw the dropout and zoneout masks (false: the inference-mode regularizers, no
+  // dropout and the zoneout expectation, as the statistics pass and evaluations want). Inference
+  // mode always uses the inference-mode regularizers.
+  bool regularize = true;
+  // Index of the training update: the masks are a hash of (StackConfig::seed, update, layer,
+  // direction, row0 + n, t0 + t, feature), so a chunked, recomputed, resumed or sharded forward
+  // draws the same masks (a new update index draws new ones).
+  uint64_t update = 0;
 };
 
-// The arrays of one Stack::forward call; nullptr where not given.
+// The arrays of one Stack::forward call; nullptr where not given. D = config().directions().
 template <class T>
 struct StackInput {
   const T* x = nullptr;              // [T,N,C]
   const int32_t* lengths = nullptr;  // [N] (nullptr: every row has T valid steps; 0 <= len <= T)
-  const T* h0 = nullptr;             // [L,N,H] (nullptr: learned initial state if configured, else 0)
-  const T* c0 = nullptr;             // [L,N,H] (cells without a cell state carry it unchanged)
+  const T* h0 = nullptr;             // [L*D,N,H] (nullptr: learned initial state if configured, else 0)
+  const T* c0 = nullptr;             // [L*D,N,H] (cells without a cell state carry it unchanged)
 };
 template <class T>
 struct StackOutput {
-  T* y = nullptr;   // [T,N,H] top layer's h, 0 at padded positions
-  T* hT = nullptr;  // [L,N,H] state after each row's last valid step (the given initial state for
-  T* cT = nullptr;  //   rows of length 0)
+  T* y = nullptr;   // [T,N,D*H] top layer's h (forward ‖ reverse), 0 at padded positions
+  T* hT = nullptr;  // [L*D,N,H] state after each row's last valid step (the reverse direction's:
+  T* cT = nullptr;  //   after reading x[0]; the given initial state for rows of length 0)
 };
 
 // A stack of L recurrent layers of one cell kind, with fused forward and backward through time.
@@ -132,8 +156,8 @@ class Stack {
   void forward(const ForwardOptions& opt, int steps, int N, const StackInput<T>& in,
                const StackOutput<T>& out);
 
-  // After forward() with activations kept. dy [T,N,H], dhT, dcT [L,N,H] are nullable (zero).
-  // Writes dx [T,N,C], dh0, dc0 [L,N,H] where non-null; adds into grads().
+  // After forward() with activations kept. dy [T,N,D*H], dhT, dcT [L*D,N,H] are nullable (zero).
+  // Writes dx [T,N,C], dh0, dc0 [L*D,N,H] where non-null; adds into grads().
   void backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0);
 
   // Population statistics, the authors' way (SPEC section 3b): begin, feed batches (train-mode
@@ -147,10 +171,11 @@ class Stack {
   // Normalized values before the affine (x_hat) of the last forward (before any backward, which
   // overwrites W x with its gradient), for tests and tools: which is "x", "h" or "c"; returns
   // [T,N,F] (0 at padded positions; valid until the next call) or empty when the cell has no
-  // such norm.
+  // such norm. Bidirectional: the forward direction's.
   std::span<const T> cached_normalized(int layer, std::string_view which) const;
   // Gradient probe (the gradient-flow figure): when set, backward() writes the batch mean of
   // ||dL/dh_t|| over the valid rows, for every step of layer `layer`, into *norms ([T]).
+  // Bidirectional: of the layer's forward direction.
   void set_grad_probe(int layer, std::vector<double>* norms);
 
   // Data-parallel training (synchronized batch normalization): when set, every batch statistic

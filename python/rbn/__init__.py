@@ -39,7 +39,8 @@ def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32",
     lngru (rbn.cells() lists them).
 
     kwargs: eps, gamma_x, gamma_h, gamma_c, forget_bias (LSTMs only; default 1), momentum, ln_input,
-    learn_init_state, recurrent_init ('orthogonal' | 'identity'), seed. A GRU has no cell state:
+    learn_init_state, recurrent_init ('orthogonal' | 'identity'), seed, bidirectional (y [T,N,2H],
+    states [2L,N,H]: 2k forward, 2k+1 reverse; t0 must be 0). A GRU has no cell state:
     forward returns the given c0 (or zeros) as cT, and backward's dc0 is the given dcT.
     """
     cls = {"float32": Stack32, "float64": Stack64}[_np.dtype(dtype).name]

@@ -19,11 +19,13 @@ from . import torch as rtorch
 _CLASSES = {"lstm": (rtorch.LSTM, {}), "bnlstm": (rtorch.BNLSTM, {}),
             "bnx": (rtorch.BNxLSTM, {}), "bnx-seq": (rtorch.BNxLSTM, {"sequence_wise": True}),
             "lnlstm": (rtorch.LNLSTM, {}), "gru": (rtorch.GRU, {}), "bngru": (rtorch.BNGRU, {}),
-            "lngru": (rtorch.LNGRU, {})}
+            "lngru": (rtorch.LNGRU, {}), "rnn": (rtorch.RNN, {}), "bnrnn": (rtorch.BNRNN, {})}
 _HEADS = ("none", "classify", "lm", "tag", "regress")
 # metadata keys rbn.save derives from the modules; a given `metadata` cannot override them
 _MODEL_KEYS = ("format", "cell", "input_size", "hidden_size", "num_layers", "t_max", "eps", "head",
                "num_classes", "embed_dim", "ln_input", "learn_init_state", "bn_momentum",
+               "bidirectional",
+               "dropout", "zoneout_h", "zoneout_c",
                "popstats", "popstats_data", "vocab", "checksum", "per_step",
                "optim", "schedule")  # a model file: no optimizer state (as `rbn popstats` writes)
 
@@ -37,7 +39,7 @@ class Model(nn.Module):
 
     rnn          the recurrent stack: an rbn.torch LSTM / BNLSTM / BNxLSTM / LNLSTM / GRU / BNGRU /
                  LNGRU (float32)
-    head         nn.Linear(H, K) or None ('none')
+    head         nn.Linear(H, K) or None ('none'); nn.Linear(2H, K) on a bidirectional stack
     embed        nn.Embedding(V, E) for a language model with an embedding, else None
     head_kind    'none' | 'classify' (logits from the top layer's state after each row's last
                  valid step) | 'lm' (logits at every step; input one-hot when embed is None) |
@@ -50,7 +52,8 @@ class Model(nn.Module):
     metadata     every metadata string of the file (docs/file-format.md), the config included
 
     forward(x, lengths=None, hx=None) gives what `rbn forward` writes: for 'none' the stack's
-    output [T,N,H]; 'classify': x [T,N,C] -> logits [N,K]; 'lm': token ids [T,N] -> [T,N,V];
+    output [T,N,H] ([T,N,2H] bidirectional); 'classify': x [T,N,C] -> logits [N,K] (a
+    bidirectional stack's head reads [forward h at len-1 || reverse h after x[0]]); 'lm': token ids [T,N] -> [T,N,V];
     'tag': x -> [T,N,K]; 'regress': x -> [N,D] or [T,N,D]. A `--task seq` model trained on token
     ids (metadata data.input = 'ids') takes ids [T,N] and feeds them one-hot, as the tool does.
     """
@@ -89,6 +92,8 @@ class Model(nn.Module):
             return y
         if self.per_step:
             return self.head(y)
+        if self.rnn.bidirectional:  # the top layer's two final states: rows 2L-2 and 2L-1
+            return self.head(torch.cat([hT[-2], hT[-1]], -1))
         return self.head(hT[-1])
 
 
@@ -122,6 +127,21 @@ def load(path):
     C, H, L = (_meta_int(md, k, path) for k in ("input_size", "hidden_size", "num_layers"))
     cls, kw = _CLASSES[cell]
     kw = dict(kw, learn_init_state=md.get("learn_init_state") == "true" or "rnn.0.h0" in tensors)
+    bidir = md.get("bidirectional", "false")
+    if bidir not in ("true", "false"):
+        raise CheckpointError(f"{path}: metadata 'bidirectional' = '{bidir}' (expected true or "
+                              "false)")
+    kw["bidirectional"] = bidir == "true"
+    if kw["bidirectional"] and head_kind == "lm":
+        raise CheckpointError(f"{path}: a bidirectional language model: a left-to-right model "
+                              "cannot read the characters it predicts")
+    try:  # the regularizers (zoneout acts at inference too: its expectation)
+        kw.update(dropout=float(md.get("dropout", 0)), zoneout_h=float(md.get("zoneout_h", 0)))
+        if md.get("zoneout_c", "0") not in ("0", "0.0"):
+            kw.update(zoneout_c=float(md["zoneout_c"]))
+    except ValueError:
+        raise CheckpointError(f"{path}: metadata dropout / zoneout_h / zoneout_c is not a "
+                              "number") from None
     if cell in rtorch._BN_CELLS:
         kw.update(t_max=_meta_int(md, "t_max", path), eps=float(md.get("eps", 1e-5)),
                   momentum=float(md.get("bn_momentum", 0.1)))
@@ -142,7 +162,7 @@ def load(path):
     head = embed = None
     if head_kind != "none":
         K = _meta_int(md, "num_classes", path)
-        head = nn.Linear(H, K)
+        head = nn.Linear(rnn._directions * H, K)
         _copy(head.weight, tensors, "head.weight", path)
         _copy(head.bias, tensors, "head.bias", path)
         if head_kind == "lm" and "embed.weight" in tensors:
@@ -214,6 +234,9 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
               ln_input="true" if module._config["ln_input"] else "false",
               learn_init_state="true" if module._config["learn_init_state"] else "false",
               bn_momentum=repr(float(module.momentum)), embed_dim=0,
+              bidirectional="true" if module.bidirectional else "false",
+              dropout=repr(float(module.dropout)), zoneout_h=repr(float(module.zoneout_h)),
+              zoneout_c=repr(float(module.zoneout_c)),
               popstats=getattr(module, "popstats_kind", "running"))
     # t_max sizes the statistics of the BN cells; for the others keep the file's (it is a
     # training length there, not a shape)
@@ -228,9 +251,13 @@ def save(path, module, head=None, *, embed=None, head_kind=None, vocab=None, per
         md["per_step"] = "true" if per_step else "false"
     elif per_step is not None and bool(per_step) != (head_kind in ("lm", "tag")):
         raise ValueError(f"rbn.save: per_step={per_step!r} does not fit head_kind={head_kind!r}")
+    if head_kind == "lm" and module.bidirectional:
+        raise ValueError("rbn.save: a bidirectional stack cannot be a language model (a "
+                         "left-to-right model cannot read the characters it predicts)")
     if head is not None:
-        if not isinstance(head, nn.Linear) or head.in_features != H or head.bias is None:
-            raise ValueError(f"rbn.save: head must be nn.Linear({H}, K) with a bias")
+        W = module._directions * H  # a bidirectional head reads forward || reverse
+        if not isinstance(head, nn.Linear) or head.in_features != W or head.bias is None:
+            raise ValueError(f"rbn.save: head must be nn.Linear({W}, K) with a bias")
         K = head.out_features
         md["num_classes"] = K
         tensors["head.weight"] = head.weight.detach().float().numpy()

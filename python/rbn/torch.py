@@ -7,10 +7,13 @@ float32 / float64).
     y, (hT, cT) = rnn(x, (h0, c0))           # hx as nn.LSTM takes it; PackedSequence in -> out
     gru = BNGRU(1, 100, t_max=784)           # nn.GRU's arguments + the normalization's own
     y, hT = gru(x, h0)                       # hx = h0 as nn.GRU takes it
+    bi = BNLSTM(1, 100, t_max=784, bidirectional=True)   # y [T,N,2H], states [2L,N,H]
 
 Parameters carry nn.LSTM's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) and the
 normalization's in the same style (bn_x_weight_l0, bn_c_bias_l0, bn_h_running_mean_l0, ...), so
-`load_state_dict(nn.LSTM(...).state_dict())` works. rbn's LSTM cells have one bias per layer (SPEC
+`load_state_dict(nn.LSTM(...).state_dict())` works; a bidirectional module's reverse direction
+has nn.LSTM's `_reverse` names (weight_ih_l0_reverse, bn_x_weight_l0_reverse, ...; SPEC
+rnn.k.reverse.*). rbn's LSTM cells have one bias per layer (SPEC
 section 5 `rnn.k.bias`); the two torch biases are summed when the stack runs and when
 `state_dict_rbn()` writes the SPEC names. The GRUs (GRU, BNGRU, LNGRU: SPEC section 2b) keep
 nn.GRU's two biases as `rnn.k.bias_ih`, `rnn.k.bias_hh` (the n block of bias_hh sits inside the
@@ -40,10 +43,25 @@ from . import set_precision as _set_process_precision
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _torch_name(spec_name):
-    """SPEC section 5 name -> the module's attribute: rnn.0.bn_x.weight -> bn_x_weight_l0."""
+def _spec_parts(spec_name):
+    """rnn.k.<rest> -> (k, "_lk", rest); a reverse direction's rnn.k.reverse.<rest> -> (k,
+    "_lk_reverse", rest): the suffix nn.LSTM gives that layer and direction's names."""
     _, k, rest = spec_name.split(".", 2)
-    return rest.replace(".", "_") + "_l" + k
+    if rest.startswith("reverse."):
+        return k, f"_l{k}_reverse", rest[len("reverse."):]
+    return k, f"_l{k}", rest
+
+
+def _torch_name(spec_name):
+    """SPEC section 5 name -> the module's attribute: rnn.0.bn_x.weight -> bn_x_weight_l0,
+    rnn.1.reverse.weight_ih -> weight_ih_l1_reverse."""
+    _, suffix, rest = _spec_parts(spec_name)
+    return rest.replace(".", "_") + suffix
+
+
+def _layer_of(torch_name):
+    """The layer of a module attribute: weight_ih_l1 and weight_ih_l1_reverse -> 1."""
+    return int(torch_name.rsplit("_l", 1)[1].split("_")[0])
 
 
 def _numpy(t):
@@ -71,14 +89,14 @@ class _StackState:
         def outer(name):  # the stack's name -> the whole module's SPEC name
             return name if layer is None else prefix + name.split(".", 2)[2]
 
-        self.pnames = [n for n in module._param_names if layer is None or n.endswith(f"_l{layer}")]
+        self.pnames = [n for n in module._param_names if layer is None or _layer_of(n) == layer]
         index = {n: j for j, n in enumerate(self.pnames)}
         self.sources, self.grad_of = [], [None] * len(self.pnames)
         for name in stack.param_names:
             spec = outer(name)
-            k = spec.split(".")[1]
+            _, suffix, _ = _spec_parts(spec)
             if _is_bias(spec):
-                src = [index[f"bias_ih_l{k}"], index[f"bias_hh_l{k}"]] if module.bias else []
+                src = [index["bias_ih" + suffix], index["bias_hh" + suffix]] if module.bias else []
             elif _is_gru_bias(spec):  # nn.GRU's own bias_ih / bias_hh, one to one
                 src = [index[_torch_name(spec)]] if module.bias else []
             else:
@@ -170,13 +188,14 @@ class _RbnLSTMBase(nn.Module):
     _cell = None
     _default_init = "spec"
     _gru = False  # GRU family: 3 gate blocks, two biases kept apart, hx = h0, no forget bias
+    _mode = None  # nn's `mode` where it is neither "LSTM" nor "GRU" (the tanh RNNs: "RNN_TANH")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, gamma_c=None,
                  forget_bias=1.0, ln_input=True, learn_init_state=False,
                  recurrent_init="orthogonal", init=None, sync_stats=False, process_group=None,
-                 precision="fp32"):
+                 precision="fp32", zoneout_h=0.0, zoneout_c=0.0):
         super().__init__()
         name = type(self).__name__
         _check_size(name, "input_size", input_size, 1)
@@ -185,13 +204,16 @@ class _RbnLSTMBase(nn.Module):
         _check_size(name, "t_max", t_max, 1)
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(f"{name}: dropout should be a number in [0, 1], got {dropout!r}")
-        self.mode = "GRU" if self._gru else "LSTM"
+        self.mode = self._mode or ("GRU" if self._gru else "LSTM")
+        for what, z in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+            if not isinstance(z, (int, float)) or isinstance(z, bool) or not 0 <= z < 1:
+                raise ValueError(f"{name}: {what} should be a number in [0, 1), got {z!r}")
+        if self.mode != "LSTM" and zoneout_c != 0:
+            raise ValueError(f"{name}: zoneout_c={zoneout_c!r}: a {self.mode} has no cell state to "
+                             "zone out (zoneout_h zones out its h)")
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} and num_layers=1: dropout acts between "
                           f"layers only, so it has no effect (as in nn.{self.mode})")
-        if bidirectional:
-            raise NotImplementedError(f"{name}: bidirectional=True is not implemented: rbn's "
-                                      "stacks run forward in time only")
         if proj_size != 0:
             raise NotImplementedError(f"{name}: proj_size={proj_size} is not implemented: rbn's "
                                       "cells have no projection (proj_size must be 0)")
@@ -214,7 +236,7 @@ class _RbnLSTMBase(nn.Module):
                             "uniform")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size = False, 0
+        self.bidirectional, self.proj_size = bool(bidirectional), 0
         self.init = init
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"{name}: precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -233,7 +255,9 @@ class _RbnLSTMBase(nn.Module):
             gamma_h=-1.0 if gamma_h is None else float(gamma_h),
             gamma_c=-1.0 if gamma_c is None else float(gamma_c),
             forget_bias=None if self._gru else float(forget_bias), ln_input=bool(ln_input),
-            learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init)
+            learn_init_state=bool(learn_init_state), recurrent_init=recurrent_init,
+            bidirectional=bool(bidirectional),
+            zoneout_h=float(zoneout_h), zoneout_c=float(zoneout_c))
         self._stacks = {}
         probe = self._new_stack(dtype, seed=1)  # validates the keywords; names and shapes
         self._spec_params = list(probe.param_names)
@@ -259,11 +283,19 @@ class _RbnLSTMBase(nn.Module):
     def momentum(self):
         return self._config["momentum"]
 
+    @property
+    def zoneout_h(self):
+        return self._config["zoneout_h"]
+
+    @property
+    def zoneout_c(self):
+        return self._config["zoneout_c"]
+
     def _new_stack(self, dtype, seed=1, layer=None):
         c = dict(self._config)
         C, L = c.pop("input_size"), c.pop("num_layers")
         if layer is not None:
-            C, L = (C if layer == 0 else self.hidden_size), 1
+            C, L = (C if layer == 0 else self._directions * self.hidden_size), 1
         if c["forget_bias"] is None:  # a GRU has no forget gate: left unset
             del c["forget_bias"]
         return Stack(c.pop("cell"), C, c.pop("hidden_size"), L, c.pop("t_max"),
@@ -273,6 +305,11 @@ class _RbnLSTMBase(nn.Module):
     def _gates(self):
         return 3 if self._gru else 4
 
+    @property
+    def _directions(self):
+        """2 for a bidirectional module (SPEC 2b): outputs [T,N,2H], states [2L,N,H]."""
+        return 2 if self.bidirectional else 1
+
     def _register(self, probe, dtype):
         """Parameters in nn.LSTM's / nn.GRU's order per layer (weight_ih, weight_hh, bias_ih,
         bias_hh), then the layer's normalization parameters; buffers (population statistics)
@@ -280,9 +317,9 @@ class _RbnLSTMBase(nn.Module):
         params = probe.params()
         self._param_names = []  # torch names, in registration order
         for spec in self._spec_params:
-            k = spec.split(".")[1]
+            _, suffix, _ = _spec_parts(spec)
             if _is_bias(spec):
-                names = [f"bias_ih_l{k}", f"bias_hh_l{k}"] if self.bias else []
+                names = ["bias_ih" + suffix, "bias_hh" + suffix] if self.bias else []
             elif _is_gru_bias(spec):
                 names = [_torch_name(spec)] if self.bias else []
             else:
@@ -304,17 +341,13 @@ class _RbnLSTMBase(nn.Module):
         seed = int(torch.randint(0, 2**62, (1,)).item()) if self.init == "spec" else 1
         fresh = self._new_stack(torch.float64, seed=seed)
         spec = fresh.params()
-        for k in range(self.num_layers):
-            for n in ("weight_ih", "weight_hh"):
-                getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
-            if self.bias and self._gru:
-                for n in ("bias_ih", "bias_hh"):
-                    getattr(self, f"{n}_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.{n}"]))
-            elif self.bias:
-                getattr(self, f"bias_ih_l{k}").copy_(torch.from_numpy(spec[f"rnn.{k}.bias"]))
-                getattr(self, f"bias_hh_l{k}").zero_()
-        for s in self._spec_params:
-            if _torch_name(s) in self._param_names and not _is_lstm_param(s):
+        for s in self._spec_params:  # every layer and direction
+            _, suffix, rest = _spec_parts(s)
+            if rest == "bias":  # an LSTM's one bias: all in bias_ih
+                if self.bias:
+                    getattr(self, "bias_ih" + suffix).copy_(torch.from_numpy(spec[s]))
+                    getattr(self, "bias_hh" + suffix).zero_()
+            elif _torch_name(s) in self._param_names:
                 getattr(self, _torch_name(s)).copy_(torch.from_numpy(spec[s]))
         for s, v in fresh.buffers().items():
             getattr(self, _torch_name(s)).copy_(torch.from_numpy(v))
@@ -351,6 +384,8 @@ class _RbnLSTMBase(nn.Module):
             s += f", batch_first={self.batch_first}"
         if self.dropout != 0:
             s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
         return s + self._norm_repr()
 
     def _norm_repr(self):
@@ -374,6 +409,9 @@ class _RbnLSTMBase(nn.Module):
             s += f", recurrent_init={c['recurrent_init']!r}"
         if self.precision != "fp32":
             s += f", precision={self.precision!r}"
+        for z in ("zoneout_h", "zoneout_c"):
+            if c[z] != 0:
+                s += f", {z}={c[z]}"
         return s
 
     # ---- pickling, deepcopy, .to(): the C++ stacks are a cache of the torch tensors ----------
@@ -453,7 +491,8 @@ class _RbnLSTMBase(nn.Module):
         with _precision_scope(self.precision):
             y, hT, cT = state.stack.forward(
                 _numpy(x), run["lengths"], _numpy(h0), _numpy(c0), train=run["train"],
-                t0=run["t0"], update_running=update_running, need_backward=run["keep"])
+                t0=run["t0"], update_running=update_running, need_backward=run["keep"],
+                update=run["update"])
         if run["train"] and update_running:
             self._sync_buffers_out(state)
             self.popstats_kind, self.popstats_data = "running", None
@@ -466,7 +505,8 @@ class _RbnLSTMBase(nn.Module):
         hx = (h0, c0), each [L,N,H] ([L,H] unbatched). Returns output, (h_n, c_n) as nn.LSTM:
         output a PackedSequence for a packed input. lengths [N] (padded input only): valid steps
         per row; output is 0 past them and h_n, c_n are the states at each row's last step.
-        t0: global time of input's first step (row t0 + t of the population statistics).
+        t0: global time of input's first step (row t0 + t of the population statistics); 0 for
+        a bidirectional module (which returns output [.., 2H] and states [2L, N, H]).
         Inside `population_statistics()` the call also feeds the statistics pass."""
         name = type(self).__name__
         if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
@@ -509,8 +549,8 @@ class _RbnLSTMBase(nn.Module):
         name = type(self).__name__
         if hx is None:
             return None, None
-        want = (self.num_layers, self.hidden_size) if unbatched else (self.num_layers, N,
-                                                                        self.hidden_size)
+        S = self._directions * self.num_layers  # nn.LSTM's D * num_layers state rows
+        want = (S, self.hidden_size) if unbatched else (S, N, self.hidden_size)
         if self._gru:
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{name}: hx must be a tensor h0, as nn.GRU takes it (a GRU has "
@@ -553,22 +593,36 @@ class _RbnLSTMBase(nn.Module):
         grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params)
             or any(t is not None and t.requires_grad for t in (h0, c0)))
+        if self.bidirectional and t0 != 0:
+            raise ValueError(f"{name}: t0={t0}: a bidirectional module has no step API (its "
+                             "reverse direction starts at each row's last step, so it reads "
+                             "whole sequences from t0 = 0)")
         if self._pass is not None:
             return self._feed_pass(x, h0, c0, ln, int(t0))
         if self.training and self.dropout > 0 and self.num_layers > 1:
             return self._forward_dropout(x, h0, c0, ln, int(t0), grad)
-        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None)
+        run = dict(train=self.training, keep=grad, t0=int(t0), lengths=ln, layer=None,
+                   update=self._draw_update())
         return _StackFunction.apply(self, run, x, h0, c0, *params)
+
+    def _draw_update(self):
+        """The zoneout masks' update index of one training-mode call: drawn from torch's
+        generator (so torch.manual_seed reproduces a run, and every call draws new masks); kept
+        in the call's run, so a recomputed forward draws the same masks."""
+        if not (self.training and (self._config["zoneout_h"] or self._config["zoneout_c"])):
+            return 0
+        return int(torch.randint(0, 2**62, (1,)).item())
 
     def _forward_dropout(self, x, h0, c0, ln, t0, grad):
         """Training with dropout between layers, as nn.LSTM has it (on the output of every layer
         but the last, torch's F.dropout): the layers run one by one, each on its own stack."""
-        hs, cs, inp = [], [], x
+        hs, cs, inp, D = [], [], x, self._directions
         for k in range(self.num_layers):
-            params = [getattr(self, n) for n in self._param_names if n.endswith(f"_l{k}")]
-            run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k)
-            hk = None if h0 is None else h0[k:k + 1]
-            ck = None if c0 is None else c0[k:k + 1]
+            params = [getattr(self, n) for n in self._param_names if _layer_of(n) == k]
+            run = dict(train=True, keep=grad, t0=t0, lengths=ln, layer=k,
+                       update=self._draw_update())
+            hk = None if h0 is None else h0[D * k:D * (k + 1)]
+            ck = None if c0 is None else c0[D * k:D * (k + 1)]
             y, hT, cT = _StackFunction.apply(self, run, inp, hk, ck, *params)
             hs.append(hT)
             cs.append(cT)
@@ -583,12 +637,12 @@ class _RbnLSTMBase(nn.Module):
         out = {}
         with torch.no_grad():
             for spec in self._spec_params:
-                k = spec.split(".")[1]
+                _, suffix, _ = _spec_parts(spec)
                 if (_is_bias(spec) or _is_gru_bias(spec)) and not self.bias:
                     out[spec] = torch.zeros(self._gates * self.hidden_size,
                                             dtype=self.weight_ih_l0.dtype)
                 elif _is_bias(spec):
-                    out[spec] = getattr(self, f"bias_ih_l{k}") + getattr(self, f"bias_hh_l{k}")
+                    out[spec] = getattr(self, "bias_ih" + suffix) + getattr(self, "bias_hh" + suffix)
                 else:
                     out[spec] = getattr(self, _torch_name(spec)).detach().clone()
             for spec in self._spec_buffers:
@@ -617,13 +671,13 @@ class _RbnLSTMBase(nn.Module):
                         raise ValueError(f"{name}: {spec} is not zero but bias=False")
                     continue
                 if _is_bias(spec):
-                    k = spec.split(".")[1]
+                    _, suffix, _ = _spec_parts(spec)
                     if not self.bias:
                         if v.abs().max() > 0:
                             raise ValueError(f"{name}: {spec} is not zero but bias=False")
                         continue
-                    getattr(self, f"bias_ih_l{k}").copy_(v)
-                    getattr(self, f"bias_hh_l{k}").zero_()
+                    getattr(self, "bias_ih" + suffix).copy_(v)
+                    getattr(self, "bias_hh" + suffix).zero_()
                 else:
                     getattr(self, _torch_name(spec)).copy_(v)
 
@@ -718,7 +772,8 @@ class _RbnLSTMBase(nn.Module):
             xn = np.ascontiguousarray(_numpy(x))
             state.stack.popstats_feed(xn, ln)
             y, hT, cT = state.stack.forward(xn, ln, None, None, train=True, t0=0,
-                                            update_running=False, need_backward=False)
+                                            update_running=False, need_backward=False,
+                                            regularize=False)
         state.owner = None
         cT = x.new_zeros(0) if cT is None else torch.from_numpy(cT)  # GRUs: no cell state
         return torch.from_numpy(y), torch.from_numpy(hT), cT
@@ -760,25 +815,24 @@ def convert_sync_batchnorm(module, process_group=None):
 
 
 def _is_lstm_param(name):
-    """weight_ih/weight_hh/bias(_ih/_hh) of a layer, in torch or SPEC naming (not a norm's):
-    what nn.LSTM / nn.GRU hold."""
+    """weight_ih/weight_hh/bias(_ih/_hh) of a layer and direction, in torch or SPEC naming (not
+    a norm's): what nn.LSTM / nn.GRU hold."""
     if name.startswith("rnn."):
-        return name.count(".") == 2 and name.split(".")[2] in ("weight_ih", "weight_hh", "bias",
-                                                                "bias_ih", "bias_hh")
+        return _spec_parts(name)[2] in ("weight_ih", "weight_hh", "bias", "bias_ih", "bias_hh")
     return name.rsplit("_l", 1)[0] in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def _is_bias(spec):
-    """rnn.k.bias, an LSTM stack's single bias (not a norm's bias)."""
-    return spec.count(".") == 2 and spec.endswith(".bias")
+    """rnn.k.bias (or rnn.k.reverse.bias), an LSTM stack's single bias (not a norm's bias)."""
+    return _spec_parts(spec)[2] == "bias"
 
 
 def _is_gru_bias(spec):
-    """rnn.k.bias_ih or rnn.k.bias_hh, a GRU stack's two biases."""
-    return spec.count(".") == 2 and spec.split(".")[2] in ("bias_ih", "bias_hh")
+    """rnn.k.bias_ih or rnn.k.bias_hh (or under rnn.k.reverse.), a GRU stack's two biases."""
+    return _spec_parts(spec)[2] in ("bias_ih", "bias_hh")
 
 
-_BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru")  # cells with batch statistics
+_BN_CELLS = ("bnlstm", "bnx", "bnx-seq", "bngru", "bnrnn")  # cells with batch statistics
 
 
 # The normalization keywords each cell uses; another one set away from its default is refused
@@ -792,6 +846,8 @@ _CELL_KEYWORDS = {
     "gru": set(),
     "bngru": {"t_max", "eps", "momentum", "gamma_x", "gamma_h"},
     "lngru": {"eps", "gamma_x", "gamma_h", "ln_input"},
+    "rnn": set(),
+    "bnrnn": {"t_max", "eps", "momentum", "gamma_x", "gamma_h"},
 }
 
 
@@ -867,13 +923,15 @@ class _RbnGRUBase(_RbnLSTMBase):
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, t_max=1,
                  eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None, ln_input=True,
                  learn_init_state=False, recurrent_init="orthogonal", init=None,
-                 sync_stats=False, process_group=None, precision="fp32"):
+                 sync_stats=False, process_group=None, precision="fp32", zoneout_h=0.0,
+                 zoneout_c=0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
                          momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
                          ln_input=ln_input, learn_init_state=learn_init_state,
                          recurrent_init=recurrent_init, init=init, sync_stats=sync_stats,
-                         process_group=process_group, precision=precision)
+                         process_group=process_group, precision=precision,
+                         zoneout_h=zoneout_h, zoneout_c=zoneout_c)
 
     @classmethod
     def from_gru(cls, gru, **kwargs):
@@ -923,5 +981,72 @@ class LNGRU(_RbnGRUBase):
                           "x = 0; consider ln_input=False (docs/cells.md)")
 
 
-__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU",
+class _RbnRNNBase(_RbnLSTMBase):
+    """nn.RNN's interface over rbn's tanh RNNs (SPEC `rnn`, `bnrnn`; docs/cells.md): the
+    constructor of nn.RNN (nonlinearity 'tanh' only, no forget bias), hx = h0 [D*L,N,H], forward
+    -> (output, h_n), nn.RNN's parameter names (weight_ih_l0 [H,C], weight_hh_l0 [H,H],
+    bias_ih_l0, bias_hh_l0 [H], summed into rbn's one bias rnn.k.bias as for the LSTMs)."""
+
+    _gru = True  # as a GRU: hx = h0 alone, no cell state, no forget gate
+    _mode = "RNN_TANH"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 t_max=1, eps=1e-5, momentum=0.1, gamma_x=None, gamma_h=None,
+                 learn_init_state=False, recurrent_init="orthogonal", init=None,
+                 sync_stats=False, process_group=None, zoneout_h=0.0):
+        if nonlinearity != "tanh":
+            raise ValueError(f"{type(self).__name__}: nonlinearity={nonlinearity!r}: rbn's RNN "
+                             "cells are tanh RNNs (nonlinearity='tanh')")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device, dtype, t_max=t_max, eps=eps,
+                         momentum=momentum, gamma_x=gamma_x, gamma_h=gamma_h,
+                         learn_init_state=learn_init_state, recurrent_init=recurrent_init,
+                         init=init, sync_stats=sync_stats, process_group=process_group,
+                         zoneout_h=zoneout_h)
+        self.nonlinearity = "tanh"
+
+    @property
+    def _gates(self):
+        return 1
+
+    @classmethod
+    def from_rnn(cls, rnn, **kwargs):
+        """A module of this class with the weights and biases of `rnn` (a tanh torch.nn.RNN or
+        an rbn.torch RNN module); the normalization starts as the SPEC says."""
+        ref = next(rnn.parameters())
+        m = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.nonlinearity, rnn.bias,
+                rnn.batch_first, rnn.dropout, rnn.bidirectional, dtype=ref.dtype, **kwargs)
+        src = dict(rnn.named_parameters())
+        with torch.no_grad():
+            for n in m._param_names:
+                if _is_lstm_param(n):
+                    getattr(m, n).copy_(src[n])
+        return m
+
+    @classmethod
+    def from_lstm(cls, lstm, **kwargs):
+        raise TypeError(f"{cls.__name__}.from_lstm: an LSTM's weights do not fit a tanh RNN; use "
+                        "from_rnn with an nn.RNN")
+
+    @classmethod
+    def from_gru(cls, gru, **kwargs):
+        raise TypeError(f"{cls.__name__}.from_gru: a GRU's weights do not fit a tanh RNN; use "
+                        "from_rnn with an nn.RNN")
+
+
+class RNN(_RbnRNNBase):
+    """The tanh RNN (SPEC `rnn`, Elman): torch.nn.RNN's arguments and results (tanh);
+    initialized as nn.RNN by default (init='spec' for the SPEC's orthogonal init)."""
+    _cell = "rnn"
+    _default_init = "torch"
+
+
+class BNRNN(_RbnRNNBase):
+    """Batch-normalized tanh RNN (SPEC `bnrnn`, Cooijmans et al.'s gradient-flow figure): BN_t of
+    W x and of W h (no beta, gains 0.1), per-step population statistics for t < t_max."""
+    _cell = "bnrnn"
+
+
+__all__ = ["LSTM", "BNLSTM", "BNxLSTM", "LNLSTM", "GRU", "BNGRU", "LNGRU", "RNN", "BNRNN",
            "convert_sync_batchnorm"]

@@ -37,6 +37,8 @@ struct Engine<T>::BackwardScratch {
   T* dc = nullptr;      // [N,H] dL/dc_t carried from step t+1
   T* dc_out = nullptr;  // [N,H] tanh(c~), then dL/dc_t through h_t
   T* dh_new = nullptr;  // [N,H] dh_{t-1} = dRh R (GRU: + dh * z, written first)
+  T* keep_h = nullptr;  // [N,H] zoneout: d_h * dL/dh_t, the part that goes straight to h_{t-1}
+  T* keep_c = nullptr;  // [N,H] zoneout: d_c * dL/dc_t, straight to c_{t-1}
   // Column sums of the step over the owned columns [gates][w], in double: sum dpre, sum dpre *
   // x-hat of R h, sum dpre * x-hat of W x (c's normalization uses the first two, [w]); a GRU's
   // recurrent term has its own gradient and its own sum (sum_d_h; the LSTM's is sum_d).
@@ -67,7 +69,7 @@ struct Engine<T>::BackStep {
   int t = 0;
   const uint8_t* valid = nullptr;  // [N]
   T* gates = nullptr;              // [N,G] activated gates, then dpre
-  const T* c_prev = nullptr;       // [N,H] raw c_{t-1}, c_t
+  const T* c_prev = nullptr;       // [N,H] raw c_{t-1} (carried), c~_t (un-zoned under zoneout)
   const T* c_next = nullptr;
   const T* h_prev = nullptr;       // [N,H] h_{t-1}
   T* wx = nullptr;                 // [N,G] raw W x, then d(W x) (in-loop input backward)
@@ -104,7 +106,7 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   run.cache = &cc;
   const int nT = run.nT, N = run.N, H = run.H, G = run.G, P = run.P;
   const int64_t NH = static_cast<int64_t>(N) * H, TN = static_cast<int64_t>(nT) * N;
-  ensure_size(ws.bwd_rows, 4 * static_cast<size_t>(P) * NH);
+  ensure_size(ws.bwd_rows, 6 * static_cast<size_t>(P) * NH);
   ensure_size(ws.col_sum, G);
   ensure_size(ws.col_dot, G);
   if (spec.x == Norm::bn_step && !run.input_grad_in_loop) {
@@ -126,10 +128,12 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   {
     const UnitBlock u = unit_block(P > 1 ? omp_get_thread_num() : 0, P, H);
     BackwardScratch s(H, run.C, gates * u.w, run.inline_x);
-    s.dh = ws.bwd_rows.data() + static_cast<size_t>(4 * u.p) * NH;
+    s.dh = ws.bwd_rows.data() + static_cast<size_t>(6 * u.p) * NH;
     s.dc = s.dh + NH;
     s.dc_out = s.dc + NH;
     s.dh_new = s.dc_out + NH;
+    s.keep_h = s.dh_new + NH;
+    s.keep_c = s.keep_h + NH;
     for (int n = 0; n < N; ++n) {
       const int64_t o = static_cast<int64_t>(n) * H + u.k0;
       std::copy_n(ws.dh_carry.data() + o, u.w, s.dh + o);
@@ -157,7 +161,7 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   st.valid = valid.data() + static_cast<size_t>(t) * N;
   st.gates = cc.Gates.data() + t * NG;
   st.c_prev = cc.Cs.data() + t * NH;
-  st.c_next = cc.Cs.data() + (t + 1) * NH;
+  st.c_next = reg.zone_c ? cc.Ct.data() + t * NH : cc.Cs.data() + (t + 1) * NH;
   st.h_prev = cc.Hs.data() + t * NH;
   st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
   st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
@@ -205,6 +209,44 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
         std::copy_n(s.dh_new + static_cast<int64_t>(n) * H + u.k0, u.w,
                     s.dh + static_cast<int64_t>(n) * H + u.k0);
   }
+  zoneout_merge(run, u, s, st);  // + the parts that went straight to h_{t-1}, c_{t-1}
+}
+
+// Zoneout's backward, first half (row n, owned units): of dL/dh_t and dL/dc_t (dy included), the
+// share d * grad goes straight to the previous state (kept for zoneout_merge) and (1 - d) * grad
+// to the cell's ordinary update h~, c~, whose backward runs next. The same d as the forward's
+// (drawn again from the hash, or the expectation z).
+template <class T>
+void Engine<T>::zoneout_split(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                              const BackStep& st, int n) {
+  if (!reg.zone_h && !reg.zone_c) return;
+  const int64_t o = static_cast<int64_t>(n) * run.H, step = reg.t0 + st.t;
+  auto split = [&](mask::Kind kind, double z, T* grad, T* keep) {
+    const uint64_t key = zone_key(run.k, kind, n, step);
+    for (int j = u.k0; j < u.k1; ++j) {
+      const T d = zone_weight(key, j, z);
+      keep[o + j] = d * grad[o + j];
+      grad[o + j] *= T(1) - d;
+    }
+  };
+  if (reg.zone_h) split(mask::Kind::zoneout_h, cfg.zoneout_h, s.dh, s.keep_h);
+  if (reg.zone_c) split(mask::Kind::zoneout_c, cfg.zoneout_c, s.dc, s.keep_c);
+}
+
+// Zoneout's backward, second half: the kept shares added to dL/dh_{t-1}, dL/dc_{t-1} of the
+// valid rows (padded rows passed their gradient through untouched).
+template <class T>
+void Engine<T>::zoneout_merge(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                              const BackStep& st) {
+  if (!reg.zone_h && !reg.zone_c) return;
+  for (int n = 0; n < run.N; ++n) {
+    if (!st.valid[n]) continue;
+    const int64_t o = static_cast<int64_t>(n) * run.H;
+    for (int j = u.k0; j < u.k1; ++j) {
+      if (reg.zone_h) s.dh[o + j] += s.keep_h[o + j];
+      if (reg.zone_c) s.dc[o + j] += s.keep_c[o + j];
+    }
+  }
 }
 
 // dh += dy; the probe's sums of squares; then through h = o * tanh(c~): the gradient of o's
@@ -228,6 +270,7 @@ void Engine<T>::output_gradient(const BackwardRun& run, const UnitBlock& u, Back
       for (int j = k0; j < k1; ++j) q2 += static_cast<double>(dh[j]) * dh[j];
       probe.sq[(static_cast<size_t>(st.t) * u.P + u.p) * N + n] = q2;
     }
+    zoneout_split(run, u, s, st, n);  // dh, dc -> the shares of h~, c~ and of the previous state
     T* g = st.gates + static_cast<int64_t>(n) * G;
     if (spec.gru()) continue;  // all in gate_gradients
     if (!spec.lstm()) {

@@ -1,6 +1,7 @@
 // Cell names, configuration defaults and validation (SPEC section 2).
 #include <array>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 #include "rbn/rbn.hpp"
@@ -93,6 +94,17 @@ void StackConfig::validate() const {
   if (!std::isfinite(gamma_x)) bad("gamma_x", "must be finite");
   if (!std::isfinite(gamma_h)) bad("gamma_h", "must be finite");
   if (!std::isfinite(gamma_c)) bad("gamma_c", "must be finite");
+  auto probability = [&](const char* field, double v) {
+    std::ostringstream got;
+    got << v;
+    if (!(v >= 0 && v < 1)) bad(field, "must be in [0, 1), got " + got.str());
+  };
+  probability("dropout", dropout);
+  probability("zoneout_h", zoneout_h);
+  probability("zoneout_c", zoneout_c);
+  if (zoneout_c > 0 && cell_gates(cell) != 4)
+    bad("zoneout_c", std::string("cell ") + cell_name(cell) +
+                         " has no cell state to zone out (zoneout of h applies)");
   // Sizes whose gate block would overflow int indexing in BLAS calls.
   if (static_cast<int64_t>(hidden_size) * 4 > (int64_t{1} << 28)) bad("hidden_size", "too large");
 }

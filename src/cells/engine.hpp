@@ -30,12 +30,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "cells/kernels.hpp"
 #include "rbn/rbn.hpp"
+#include "util/rng.hpp"
 
 namespace rbn::cells {
 
@@ -156,6 +158,8 @@ struct LayerCache {
   std::vector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
   std::vector<T> Hs;     // [T+1,N,H]
   std::vector<T> Cs;     // [T+1,N,H]
+  std::vector<T> Ct;     // [T,N,H] zoneout_c: each step's un-zoned c~ (Cs holds the zoned, carried c)
+  std::vector<T> Xd;     // [T,N,C] layer k > 0 under dropout: its input, the layer below's h dropped
   NormStats<T> x, h, c;  // statistics of W x, R h and c
   // Few input features (inline_x): W x is formed per step inside the time loop and recomputed in
   // backward instead of stored; Ax then holds one step per thread and Wt = W^T [C,G].
@@ -217,12 +221,54 @@ struct StatsPass {
   std::vector<double> count;  // sized like buffers: rows behind each element's sum
 };
 
+// A bidirectional layer k (docs/cells.md, "Bidirectional layers"): what its two directions share.
+// Its forward direction is unit 2k of Engine::layers/caches, its reverse unit 2k+1; the reverse
+// runs the one-directional layer on each row's valid prefix reversed (left-aligned again, so the
+// validity mask, the row counts and step s's statistics are the forward's).
+template <class T>
+struct BidirLayer {
+  std::vector<T> Xr;  // [T,N,C] the layer's input, each row's valid prefix reversed (0 past it)
+  std::vector<T> Y;   // [T,N,2H] forward h ‖ reverse h at each position, 0 at padding: the next
+                      //   layer's input (the top layer's goes to y, if asked for)
+};
+// Backward scratch of the bidirectional driver.
+template <class T>
+struct BidirWorkspace {
+  std::vector<T> dY;     // [T,N,2H] gradient of a layer's output (written by the layer above)
+  std::vector<T> dYf;    // [T,N,H] its forward half
+  std::vector<T> dYr;    // [T,N,H] its reverse half, reversed like the reverse direction's steps
+  std::vector<T> dXr;    // [T,N,C] the reverse direction's input gradient, reversed
+};
+
+// The regularizers of the last forward (docs/cells.md, "Dropout and zoneout"): whether it drew
+// masks (train mode with ForwardOptions::regularize) and the fields of the mask hash besides
+// layer, row, step and feature. Backward recomputes the masks from these.
+struct Regularizers {
+  bool masks = false;    // train-mode draws; else no dropout and zoneout by its expectation
+  bool dropout = false;  // layers k > 0 read their input dropped (LayerCache::Xd; bidirectional:
+                         //   BidirLayer::Y dropped in place)
+  bool zone_h = false;   // zoneout of h (either mode)
+  bool zone_c = false;   // zoneout of c (LSTMs; either mode)
+  uint64_t seed = 0, update = 0;
+  int64_t row0 = 0;      // global row of row 0
+  int64_t t0 = 0;        // global step of x[0]
+  int dirs = 1;          // D: unit u is layer u / D, direction u % D
+  int twin_layer = -1;   // a reverse twin engine (its one unit is layer twin_layer, direction 1)
+  // The hash fields of unit u's zoneout masks (direction 1 for a reverse pass, whose steps are
+  // its own step count s).
+  mask::Stream stream(int u, mask::Kind kind) const {
+    if (twin_layer >= 0) return {seed, update, twin_layer, 1, kind};
+    return {seed, update, u / dirs, u % dirs, kind};
+  }
+};
+
 // Scratch that outlives one layer call (sized on first use, reused).
 template <class T>
 struct Workspace {
   std::vector<T> dY;                     // [T,N,H] gradient handed to the layer below
   std::vector<T> dh_carry, dc_carry;     // [N,H] dL/dh_t, dL/dc_t between layers' loops
-  std::vector<T> bwd_rows;               // [P][4][N,H] each thread's dh, dc, dc~ and new dh rows
+  std::vector<T> bwd_rows;               // [P][6][N,H] each thread's dh, dc, dc~, new dh rows and
+                                         //   zoneout's kept parts of dh, dc
   std::vector<double> col_sum, col_dot;  // [G] sequence BN backward: sum dy, sum dy*x-hat
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
@@ -241,7 +287,16 @@ struct Engine {
   int gates = 4;  // = spec.gates
   std::vector<TensorInfo> pinfo, binfo;
   std::vector<T> params, grads, buffers;
+  // Per unit: a layer's direction, u = k*D + d (D = cfg.directions(); one-directional: u = k).
+  // layers, caches and every per-layer call below are indexed by u.
   std::vector<LayerLayout> layers;
+  std::vector<BidirLayer<T>> bidir;  // [L] bidirectional stacks only
+  BidirWorkspace<T> bws;
+  // [L] (made on first use) the reverse direction of layer k as a one-layer, one-directional
+  // engine of its own, with its own caches and workspaces: it runs beside the forward direction
+  // on another core (docs/cells.md, "Bidirectional layers").
+  std::vector<std::unique_ptr<Engine>> twins;
+  bool side_by_side = false;  // the last bidirectional forward ran each layer's directions at once
 
   // the last forward's cache
   std::vector<LayerCache<T>> caches;
@@ -256,6 +311,7 @@ struct Engine {
   GroupSync sync;
   StatsPass pass;
   GradProbe probe;
+  Regularizers reg;
   Workspace<T> ws;
   mutable std::vector<T> xhat_view;  // cached_normalized's result
   struct ForwardScratch;
@@ -274,7 +330,8 @@ struct Engine {
   // step (the step API's short calls use R in place).
   static constexpr int kPackMinSteps = 4;
 
-  explicit Engine(const StackConfig& c);
+  // initialize = false: the tensors stay 0 (a twin that receives them from its engine)
+  explicit Engine(const StackConfig& c, bool initialize = true);
   void reset_parameters();
   void reset_population_stats();
 
@@ -326,6 +383,7 @@ struct Engine {
   void cell_output_tanh(const T* c, int k0, int k1, const CellNormRow<T>& norm, T mean, T rstd,
                         T* out) const;
 
+  int dirs() const { return cfg.directions(); }
   // the driver (stack.cpp)
   void forward(const ForwardOptions& opt, int steps, int N, const StackInput<T>& in,
                const StackOutput<T>& out);
@@ -333,6 +391,38 @@ struct Engine {
   void allocate_cache(int k, int Tc, int N, bool copy_input, bool inline_x, bool train);
   void init_state(int k, int N, const T* h0, const T* c0, const ForwardOptions& opt, bool train);
   void set_valid_rows(int steps, int N, const int32_t* lengths, bool train);
+  void learned_state_grads(int u);  // after unit u's backward: its learned h0/c0 (if not given)
+  void add_h0_noise(int index, int N, T* h, const ForwardOptions& opt) const;
+
+  // bidirectional stacks (bidirectional.cpp): whole sequences, layer by layer
+  void forward_bidir(const ForwardOptions& opt, int nT, int N, const StackInput<T>& in,
+                     const StackOutput<T>& out);
+  void backward_bidir(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0);
+  void reverse_rows(int nT, int N, const T* src, int width, T* dst, bool accumulate) const;
+  void join_directions(int k, int nT, int N, T* Y) const;
+  void split_output_grad(int nT, int N, const T* dY, T* dYf, T* dYr) const;
+  bool directions_side_by_side(bool train) const;
+  const LayerCache<T>& reverse_cache(int k) const;
+  Engine& reverse_twin(int k);
+  void run_unit_forward(int u, const ForwardOptions& opt, int nT, int N, const StackInput<T>& in,
+                        const T* X);
+  void twin_forward(int k, const ForwardOptions& opt, int nT, int N, const StackInput<T>& in);
+  void run_unit_backward(int u, const T* dYd, T* dXd, const T* dhT, const T* dcT, T* dh0, T* dc0);
+  void twin_backward(int k, const T* dYd, T* dXd, const T* dhT, const T* dcT, T* dh0, T* dc0);
+  void set_regularizers(const ForwardOptions& opt, bool train);
+  const T* dropout_input(int k, int Tc, int N, int64_t step0, const T* below);
+  void dropout_backward(int k, T* dX) const;
+  void drop_rows(const mask::Stream& ms, int Tc, int N, int C, int64_t step0, const T* src,
+                 T* dst) const;
+  void dropout_bidir(int k, int nT, int N, T* Y) const;  // bidirectional layer k's output Y
+  // zoneout's keep-previous weight d of feature j: a Bernoulli(z) draw (key: mask::row_key) in
+  // train mode, z itself at inference
+  T zone_weight(uint64_t key, int j, double z) const {
+    return reg.masks ? T(mask::bernoulli(key, j, z) ? 1 : 0) : static_cast<T>(z);
+  }
+  uint64_t zone_key(int k, mask::Kind kind, int64_t row, int64_t step) const {
+    return reg.masks ? mask::row_key(reg.stream(k, kind), reg.row0 + row, step) : 0;
+  }
 
   // one layer (forward_step.cpp, backward_step.cpp)
   struct ForwardRun;
@@ -362,6 +452,7 @@ struct Engine {
                        const StepRows& st);
   void hidden_output(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                      const StepRows& st);
+  void zoneout_forward(const ForwardRun& run, const UnitBlock& u, const StepRows& st);
 
   struct BackwardRun;
   struct BackwardScratch;
@@ -370,6 +461,10 @@ struct Engine {
   void backward_step(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s, int t);
   void output_gradient(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                        const BackStep& st);
+  void zoneout_split(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                     const BackStep& st, int n);
+  void zoneout_merge(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                     const BackStep& st);
   void cell_norm_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                           const BackStep& st);
   void gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,

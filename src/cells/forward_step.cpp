@@ -161,6 +161,7 @@ void Engine<T>::forward_step(const ForwardRun& run, const UnitBlock& u, ForwardS
   pointwise_forward(run, u, s, st);   // pre-activations, gates, c (tanh RNN: h)
   cell_norm_stats(run, u, s, st);     // statistics of c for its normalization
   hidden_output(run, u, s, st);       // h = o * tanh(c~)
+  zoneout_forward(run, u, st);        // keep some units' previous h, c (or their expectation)
 #pragma omp barrier
 }
 
@@ -530,6 +531,41 @@ void Engine<T>::hidden_output(const ForwardRun& run, const UnitBlock& u, Forward
                      lnc ? s.ln_mean_c[n] : T(0), lnc ? s.ln_rstd_c[n] : T(1), hn);
 #pragma omp simd
     for (int j = k0; j < k1; ++j) hn[j] *= o[j];
+  }
+}
+
+// Zoneout (Krueger et al. 2016; SPEC 2b) of the owned units of the valid rows, after the cell's
+// ordinary update (h~, c~ in h_next, c_next, c~'s normalization already taken from c~):
+// c = d_c c_prev + (1 - d_c) c~, h = d_h h_prev + (1 - d_h) h~, d a Bernoulli(z) draw per
+// (row, step, unit) in train mode and z at inference. Under zoneout_c, c~ is kept in Ct for
+// backward (its output path reads c~, the next step the zoned c). Padded rows carry their state.
+template <class T>
+void Engine<T>::zoneout_forward(const ForwardRun& run, const UnitBlock& u, const StepRows& st) {
+  if (!reg.zone_h && !reg.zone_c) return;
+  const int H = run.H, k0 = u.k0, k1 = u.k1;
+  const int64_t step = run.t0 + st.t;
+  for (int n = 0; n < run.N; ++n) {
+    if (!st.valid[n]) continue;
+    const int64_t o = static_cast<int64_t>(n) * H;
+    if (reg.zone_c) {
+      T* cn = st.c_next + o;
+      const T* cp = st.c_prev + o;
+      std::copy(cn + k0, cn + k1, run.cache->Ct.data() + static_cast<int64_t>(st.t) * run.N * H + o + k0);
+      const uint64_t key = zone_key(run.k, mask::Kind::zoneout_c, n, step);
+      for (int j = k0; j < k1; ++j) {
+        const T d = zone_weight(key, j, cfg.zoneout_c);
+        cn[j] = d * cp[j] + (T(1) - d) * cn[j];
+      }
+    }
+    if (reg.zone_h) {
+      T* hn = st.h_next + o;
+      const T* hp = st.h_prev + o;
+      const uint64_t key = zone_key(run.k, mask::Kind::zoneout_h, n, step);
+      for (int j = k0; j < k1; ++j) {
+        const T d = zone_weight(key, j, cfg.zoneout_h);
+        hn[j] = d * hp[j] + (T(1) - d) * hn[j];
+      }
+    }
   }
 }
 

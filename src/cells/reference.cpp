@@ -4,11 +4,33 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/rng.hpp"
+
 namespace rbn::ref {
 
 namespace {
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+// The draws of one mask at (layer k, direction d, row n, step tg): Bernoulli(p) of feature j.
+struct MaskDraws {
+  uint64_t key;
+  MaskDraws(const StackConfig& cfg, const Inputs& in, int k, int d, mask::Kind kind, int n, int tg)
+      : key(mask::row_key({cfg.seed, in.update, k, d, kind}, in.row0 + n, tg)) {}
+  bool operator()(int j, double p) const { return mask::bernoulli(key, j, p); }
+};
+
+// Zoneout of one row's new state: prev with weight d, new with 1 - d; d ~ Bernoulli(z) per unit
+// in train mode, z at inference (the expectation).
+void zone_row(const StackConfig& cfg, const Inputs& in, bool masks, int k, int d, mask::Kind kind,
+              double z, int n, int tg, const std::vector<double>& prev, std::vector<double>& now) {
+  if (z <= 0) return;
+  const MaskDraws draw(cfg, in, k, d, kind, n, tg);
+  for (size_t j = 0; j < now.size(); ++j) {
+    const double d = masks ? (draw(static_cast<int>(j), z) ? 1.0 : 0.0) : z;
+    now[j] = d * prev[j] + (1 - d) * now[j];
+  }
+}
 
 using Rows = std::vector<std::vector<double>>;  // [N][F]
 
@@ -85,13 +107,20 @@ struct RefLayer {
   const Tensors& buffers;
   bool train;
   Result& res;
-  std::string p;  // "rnn.k."
+  const Inputs& in;
+  int k, d;    // layer, direction
+  bool masks;  // train-mode regularizers: masks drawn
+  std::string p;  // "rnn.k." or "rnn.k.reverse."
   int H, G;
   Cell cell;
   bool gru, ln, ln_x, bn_x, bn_h, bn_c;
 
-  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r, int k)
-      : cfg(c), params(pr), buffers(bu), train(tr), res(r), p("rnn." + std::to_string(k) + "."),
+  // direction d = 1: the reverse direction's tensors, "rnn.k.reverse."
+  RefLayer(const StackConfig& c, const Tensors& pr, const Tensors& bu, bool tr, Result& r,
+           const Inputs& inputs, int layer, int dir)
+      : cfg(c), params(pr), buffers(bu), train(tr), res(r), in(inputs), k(layer), d(dir),
+        masks(tr && inputs.regularize),
+        p("rnn." + std::to_string(layer) + (dir == 1 ? ".reverse." : ".")),
         H(c.hidden_size), G(cell_gates(c.cell) * c.hidden_size), cell(c.cell) {
     gru = cell_is_gru(cell);
     ln = cell == Cell::lnlstm || cell == Cell::lngru;
@@ -220,13 +249,26 @@ struct RefLayer {
         ogate[n][j] = o;
       }
     }
-    const Rows ct = cell_output_norm(cnew, valid, tg);
+    const Rows ct = cell_output_norm(cnew, valid, tg);  // of the un-zoned c~ (Krueger et al.)
     for (size_t n = 0; n < h.size(); ++n) {
       if (!valid[n]) continue;
       for (int j = 0; j < H; ++j) {
         h[n][j] = ogate[n][j] * std::tanh(ct[n][j]);
         c[n][j] = cnew[n][j];
       }
+    }
+  }
+  // Zoneout of the valid rows' new h and c (c: the LSTMs only) after the cell's ordinary update
+  // (whose h~ used the un-zoned c~).
+  void zone(const std::vector<bool>& valid, int tg, const Rows& h_prev, const Rows& c_prev,
+            Rows& h, Rows& c) const {
+    for (size_t n = 0; n < h.size(); ++n) {
+      if (!valid[n]) continue;
+      zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_h, cfg.zoneout_h, static_cast<int>(n), tg,
+               h_prev[n], h[n]);
+      if (cell_gates(cell) == 4)
+        zone_row(cfg, in, masks, k, d, mask::Kind::zoneout_c, cfg.zoneout_c, static_cast<int>(n),
+                 tg, c_prev[n], c[n]);
     }
   }
   // One GRU step for the valid rows: r, z = sigmoid(x~ + h~), n = tanh(x~_n + r h~_n),
@@ -250,55 +292,85 @@ struct RefLayer {
   }
 };
 
+// One direction d of layer k over the whole batch: the forward direction reads step t at
+// position t; the reverse direction's step s reads each row's position len_n - 1 - s (its own
+// valid steps backwards, SPEC section 2b) and uses statistics row s. Writes h into columns
+// [d*H, (d+1)*H) of out [T,N,D*H] at the positions read, the final state at index u = k*D + d.
+void run_direction(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
+                   const Inputs& in, int k, int d, const std::vector<double>& input, int C,
+                   std::vector<double>& out, Result& res) {
+  const int H = cfg.hidden_size, T = in.T, N = in.N, D = cfg.directions(), u = k * D + d;
+  const std::vector<int>& lengths = in.lengths;
+  RefLayer layer(cfg, params, buffers, in.mode == Mode::train, res, in, k, d);
+  // initial state: given, learned, or zero
+  Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      const size_t i = (static_cast<size_t>(u) * N + n) * H + j;
+      if (!in.h0.empty()) h[n][j] = in.h0[i];
+      else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
+      if (!in.c0.empty()) c[n][j] = in.c0[i];
+      else if (cfg.learn_init_state && !layer.gru) c[n][j] = layer.param("c0")[j];
+    }
+  const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
+  for (int t = 0; t < T; ++t) {  // t: the direction's own step
+    std::vector<bool> valid(N);
+    std::vector<int> pos(N, 0);  // the position each row reads at this step
+    Rows wxt(N, std::vector<double>(layer.G, 0.0));
+    for (int n = 0; n < N; ++n) {
+      valid[n] = t < lengths[n];
+      pos[n] = d == 0 ? t : lengths[n] - 1 - t;
+      if (valid[n]) wxt[n] = wx[pos[n]][n];
+    }
+    const int tg = in.t0 + t;
+    const Rows ax = layer.input_term(wxt, valid, tg);
+    const Rows ah = layer.recurrent_term(h, valid, tg);
+    const Rows h_prev = h, c_prev = c;
+    if (layer.gru)
+      layer.gru_step(ax, ah, valid, h);
+    else if (cell_gates(cfg.cell) == 1)
+      layer.rnn_step(ax, ah, valid, h);
+    else
+      layer.lstm_step(ax, ah, valid, tg, h, c);
+    layer.zone(valid, tg, h_prev, c_prev, h, c);  // tg: the direction's own step (SPEC 2b)
+    for (int n = 0; n < N; ++n)
+      if (valid[n])
+        std::copy_n(h[n].begin(), H,
+                    out.begin() + (static_cast<size_t>(pos[n]) * N + n) * D * H + d * H);
+  }
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < H; ++j) {
+      res.hT[(static_cast<size_t>(u) * N + n) * H + j] = h[n][j];
+      res.cT[(static_cast<size_t>(u) * N + n) * H + j] = c[n][j];
+    }
+}
+
 }  // namespace
 
 Result forward(const StackConfig& cfg, const Tensors& params, const Tensors& buffers,
                const Inputs& in) {
-  const int H = cfg.hidden_size, L = cfg.num_layers, T = in.T, N = in.N, t0 = in.t0;
-  const Mode mode = in.mode;
-  const std::vector<int>& lengths = in.lengths;
-  const std::vector<double>&x = in.x, &h0 = in.h0, &c0 = in.c0;
+  const int H = cfg.hidden_size, L = cfg.num_layers, D = cfg.directions(), T = in.T, N = in.N;
   Result res;
-  res.hT.assign(static_cast<size_t>(L) * N * H, 0.0);
-  res.cT.assign(static_cast<size_t>(L) * N * H, 0.0);
-  std::vector<double> input = x;  // [T,N,C_k]
+  res.hT.assign(static_cast<size_t>(L) * D * N * H, 0.0);
+  res.cT.assign(static_cast<size_t>(L) * D * N * H, 0.0);
+  std::vector<double> input = in.x;  // [T,N,C_k]
   int C = cfg.input_size;
   for (int k = 0; k < L; ++k) {
-    RefLayer layer(cfg, params, buffers, mode == Mode::train, res, k);
-    // initial state: given, learned, or zero
-    Rows h(N, std::vector<double>(H, 0.0)), c(N, std::vector<double>(H, 0.0));
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < H; ++j) {
-        const size_t i = (static_cast<size_t>(k) * N + n) * H + j;
-        if (!h0.empty()) h[n][j] = h0[i];
-        else if (cfg.learn_init_state) h[n][j] = layer.param("h0")[j];
-        if (!c0.empty()) c[n][j] = c0[i];
-        else if (cfg.learn_init_state && !layer.gru) c[n][j] = layer.param("c0")[j];
-      }
-    const std::vector<Rows> wx = layer.input_projection(T, N, C, input, lengths);
-    std::vector<double> out(static_cast<size_t>(T) * N * H, 0.0);
-    for (int t = 0; t < T; ++t) {
-      std::vector<bool> valid(N);
-      for (int n = 0; n < N; ++n) valid[n] = t < lengths[n];
-      const int tg = t0 + t;
-      const Rows ax = layer.input_term(wx[t], valid, tg);
-      const Rows ah = layer.recurrent_term(h, valid, tg);
-      if (layer.gru)
-        layer.gru_step(ax, ah, valid, h);
-      else if (cell_gates(cfg.cell) == 1)
-        layer.rnn_step(ax, ah, valid, h);
-      else
-        layer.lstm_step(ax, ah, valid, tg, h, c);
-      for (int n = 0; n < N; ++n)
-        if (valid[n]) std::copy_n(h[n].begin(), H, out.begin() + (static_cast<size_t>(t) * N + n) * H);
-    }
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < H; ++j) {
-        res.hT[(static_cast<size_t>(k) * N + n) * H + j] = h[n][j];
-        res.cT[(static_cast<size_t>(k) * N + n) * H + j] = c[n][j];
-      }
+    std::vector<double> out(static_cast<size_t>(T) * N * D * H, 0.0);
+    for (int d = 0; d < D; ++d) run_direction(cfg, params, buffers, in, k, d, input, C, out, res);
     input = out;
-    C = H;
+    C = D * H;
+    // dropout on this layer's output (both directions' 2H joined: mask direction 0), as the next
+    // layer's input (nn.LSTM's: not the top layer's)
+    if (k + 1 < L && in.mode == Mode::train && in.regularize && cfg.dropout > 0)
+      for (int t = 0; t < T; ++t)
+        for (int n = 0; n < N; ++n) {
+          const MaskDraws drop(cfg, in, k, 0, mask::Kind::dropout, n, in.t0 + t);
+          for (int j = 0; j < C; ++j) {
+            double& v = input[(static_cast<size_t>(t) * N + n) * C + j];
+            v = drop(j, cfg.dropout) ? 0.0 : v / (1 - cfg.dropout);
+          }
+        }
   }
   res.y = input;
   return res;

@@ -49,13 +49,14 @@ size_t total_numel(const std::vector<TensorInfo>& v) {
   return v.empty() ? size_t{0} : v.back().offset + v.back().numel;
 }
 
-// Layer k's tensors (SPEC section 5 names) appended to the parameter and buffer lists.
-LayerLayout lay_out_layer(const StackConfig& cfg, const CellSpec& spec, int k,
+// Layer k's tensors (SPEC section 5 names) appended to the parameter and buffer lists; direction
+// d = 1 (reverse) under "rnn.k.reverse.".
+LayerLayout lay_out_layer(const StackConfig& cfg, const CellSpec& spec, int k, int d,
                           std::vector<TensorInfo>& pinfo, std::vector<TensorInfo>& binfo) {
   const int64_t H = cfg.hidden_size, G = spec.gates * H;
   LayerLayout L;
-  L.C = k == 0 ? cfg.input_size : cfg.hidden_size;
-  const std::string p = "rnn." + std::to_string(k) + ".";
+  L.C = k == 0 ? cfg.input_size : cfg.directions() * cfg.hidden_size;
+  const std::string p = "rnn." + std::to_string(k) + (d == 1 ? ".reverse." : ".");
   L.W = add_tensor(pinfo, p + "weight_ih", {G, L.C});
   L.R = add_tensor(pinfo, p + "weight_hh", {G, H});
   if (spec.gru()) {  // nn.GRU's two biases: b_hn sits inside the reset product
@@ -94,16 +95,18 @@ LayerLayout lay_out_layer(const StackConfig& cfg, const CellSpec& spec, int k,
 }  // namespace
 
 template <class T>
-Engine<T>::Engine(const StackConfig& c) : cfg(c) {
+Engine<T>::Engine(const StackConfig& c, bool initialize) : cfg(c) {
   cfg.validate();
   spec = cell_spec(cfg);
   gates = spec.gates;
-  for (int k = 0; k < cfg.num_layers; ++k) layers.push_back(lay_out_layer(cfg, spec, k, pinfo, binfo));
+  for (int k = 0; k < cfg.num_layers; ++k)
+    for (int d = 0; d < dirs(); ++d) layers.push_back(lay_out_layer(cfg, spec, k, d, pinfo, binfo));
   params.assign(total_numel(pinfo), T(0));
   grads.assign(total_numel(pinfo), T(0));
   buffers.assign(total_numel(binfo), T(0));
-  caches.resize(cfg.num_layers);
-  reset_parameters();
+  caches.resize(layers.size());
+  if (cfg.bidirectional) bidir.resize(cfg.num_layers);
+  if (initialize) reset_parameters();
 }
 
 template <class T>
@@ -157,8 +160,14 @@ void Engine<T>::reset_population_stats() {
 
 template <class T>
 const T* Engine<T>::layer_input(int k) const {
-  return k == 0 ? caches[0].X.data()
-                : caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
+  if (cfg.bidirectional) {  // unit k = 2*layer + direction (dropout: Y dropped in place)
+    const int layer = k / 2;
+    if (k % 2 == 1) return bidir[layer].Xr.data();
+    return layer == 0 ? caches[0].X.data() : bidir[layer - 1].Y.data();
+  }
+  if (k == 0) return caches[0].X.data();
+  if (reg.dropout) return caches[k].Xd.data();
+  return caches[k - 1].Hs.data() + static_cast<size_t>(N_) * cfg.hidden_size;
 }
 
 // ---- forward ------------------------------------------------------------------------------------
@@ -179,6 +188,8 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   if (spec.keeps_hh()) ensure_size(cc.Hh, TN * G);
   ensure_size(cc.Hs, (Tc + 1) * N * H);
   ensure_size(cc.Cs, (Tc + 1) * N * H);
+  if (reg.zone_c) ensure_size(cc.Ct, TN * H);
+  if (reg.dropout && k > 0 && !cfg.bidirectional) ensure_size(cc.Xd, TN * C);
   auto stat = [&](Norm n, size_t F, NormStats<T>& ns) {
     size_t sz = 0;
     if (n == Norm::bn_step) sz = Tc * F;
@@ -192,7 +203,8 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   stat(spec.c, H, cc.c);
 }
 
-// Initial state of layer k for N rows: given [N,H], learned (broadcast) or zero; plus noise.
+// Initial state of unit k for N rows: given [N,H], learned (broadcast) or zero; plus noise (drawn
+// by the state's index k in [L*D,N,H]).
 template <class T>
 void Engine<T>::init_state(int k, int N, const T* h0, const T* c0, const ForwardOptions& opt,
                            bool train) {
@@ -211,12 +223,72 @@ void Engine<T>::init_state(int k, int N, const T* h0, const T* c0, const Forward
       std::fill_n(dst, NH, T(0));
     }
   }
-  if (train && opt.h0_noise > 0)
-    for (int n = 0; n < N; ++n) {
-      Rng rng((opt.noise_seed * 1000003ULL + static_cast<uint64_t>(k)) * 0x9E3779B97F4A7C15ULL +
-              static_cast<uint64_t>(opt.row0 + n));
-      for (size_t j = 0; j < H; ++j) cc.Hs[n * H + j] += static_cast<T>(opt.h0_noise * rng.normal());
-    }
+  if (train && opt.h0_noise > 0) add_h0_noise(k, N, cc.Hs.data(), opt);
+}
+
+// h [N,H] += N(0, h0_noise^2), drawn by (noise_seed, the state's index in [L*D,N,H], global row).
+template <class T>
+void Engine<T>::add_h0_noise(int index, int N, T* h, const ForwardOptions& opt) const {
+  const size_t H = cfg.hidden_size;
+  for (int n = 0; n < N; ++n) {
+    Rng rng((opt.noise_seed * 1000003ULL + static_cast<uint64_t>(index)) * 0x9E3779B97F4A7C15ULL +
+            static_cast<uint64_t>(opt.row0 + n));
+    for (size_t j = 0; j < H; ++j) h[n * H + j] += static_cast<T>(opt.h0_noise * rng.normal());
+  }
+}
+
+// The regularizers of this forward: masks only in train mode with opt.regularize; zoneout acts in
+// both modes (by its expectation at inference), dropout only with masks and between layers.
+template <class T>
+void Engine<T>::set_regularizers(const ForwardOptions& opt, bool train) {
+  reg.masks = train && opt.regularize;
+  reg.dropout = reg.masks && cfg.dropout > 0 && cfg.num_layers > 1;
+  reg.zone_h = cfg.zoneout_h > 0;
+  reg.zone_c = cfg.zoneout_c > 0 && spec.lstm();
+  reg.seed = cfg.seed;
+  reg.update = opt.update;
+  reg.row0 = opt.row0;
+  reg.t0 = opt.t0;
+  reg.dirs = cfg.directions();
+}
+
+// Dropout between layers (nn.LSTM's): layer k > 0 reads the layer below's h with each element
+// (t, n, j) dropped with probability p and the others scaled by 1/(1-p), the masks drawn for the
+// layer below's output (layer k - 1). below [Tc,N,C] that output for the chunk whose step 0 is
+// global step step0. Returns the layer's input: below itself, or its dropped copy in caches[k].Xd
+// (which backward reads, as the input the layer saw).
+template <class T>
+const T* Engine<T>::dropout_input(int k, int Tc, int N, int64_t step0, const T* below) {
+  if (!reg.dropout || k == 0) return below;
+  T* out = caches[k].Xd.data();
+  drop_rows(reg.stream(k - 1, mask::Kind::dropout), Tc, N, layers[k].C, step0, below, out);
+  return out;
+}
+
+// dst = src with each element (t, n, j) of [Tc,N,C] dropped by the mask stream ms (global row
+// row0 + n, global step step0 + t, feature j) and the kept ones scaled by 1/(1-p); dst may be src.
+// Forward and backward alike (the gradient goes through the same mask and scale).
+template <class T>
+void Engine<T>::drop_rows(const mask::Stream& ms, int Tc, int N, int C, int64_t step0,
+                          const T* src, T* dst) const {
+  const double p = cfg.dropout;
+  const T scale = static_cast<T>(1.0 / (1.0 - p));
+  const int64_t rows = static_cast<int64_t>(Tc) * N;
+#pragma omp parallel for schedule(static) if (rows * C > kern::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t key = mask::row_key(ms, reg.row0 + r % N, step0 + r / N);
+    const T* s = src + r * C;
+    T* d = dst + r * C;
+    for (int j = 0; j < C; ++j) d[j] = mask::bernoulli(key, j, p) ? T(0) : s[j] * scale;
+  }
+}
+
+// Through dropout_input: dX [T,N,C], the gradient w.r.t. layer k's (dropped) input, becomes the
+// gradient w.r.t. the layer below's output (the same masks, drawn again).
+template <class T>
+void Engine<T>::dropout_backward(int k, T* dX) const {
+  if (!reg.dropout || k == 0) return;
+  drop_rows(reg.stream(k - 1, mask::Kind::dropout), T_, N_, layers[k].C, reg.t0, dX, dX);
 }
 
 // lengths (checked), the validity mask [T,N], the valid rows per step, and (synchronized
@@ -251,11 +323,13 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
                         const StackOutput<T>& out) {
   if (nT < 0 || N < 0) throw UsageError("forward: negative T or N");
   if (opt.t0 < 0) throw UsageError("forward: negative t0");
+  if (cfg.bidirectional) return forward_bidir(opt, nT, N, in, out);
   const bool train = opt.mode == Mode::train;
   const bool keep = opt.need_backward;
   const int L = cfg.num_layers, H = cfg.hidden_size;
   const size_t NH = static_cast<size_t>(N) * H;
   set_valid_rows(nT, N, in.lengths, train);
+  set_regularizers(opt, train);
   // A forward without a backward to come runs in chunks of time: memory O(N*H*chunk), not O(T).
   // Training mode too (per-step statistics need only their step), except sequence-wise BN in
   // training, whose statistics span every step before the first one is normalized.
@@ -286,7 +360,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
           X = cc.X.data();
         }
       } else {
-        X = caches[k - 1].Hs.data() + NH;
+        X = dropout_input(k, Tc, N, opt.t0 + s, caches[k - 1].Hs.data() + NH);
       }
       layer_forward(k, Tc, N, X, vm, opt.t0 + s, train, train && opt.update_running);
     }
@@ -324,8 +398,9 @@ template <class T>
 void Engine<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0, T* dc0) {
   if (!have_cache)
     throw UsageError("backward: the last forward kept no activations (need_backward was false)");
-  const int L = cfg.num_layers, H = cfg.hidden_size, N = N_;
-  const size_t NH = static_cast<size_t>(N) * H;
+  if (cfg.bidirectional) return backward_bidir(dy, dhT, dcT, dx, dh0, dc0);
+  const int L = cfg.num_layers, N = N_;
+  const size_t NH = static_cast<size_t>(N) * cfg.hidden_size;
   ensure_size(ws.dY, static_cast<size_t>(T_) * NH);
   ws.dh_carry.assign(NH, T(0));
   ws.dc_carry.assign(NH, T(0));
@@ -343,16 +418,25 @@ void Engine<T>::backward(const T* dy, const T* dhT, const T* dcT, T* dx, T* dh0,
     // dY is both this layer's input gradient (from above) and the output for the layer below:
     // the output is written by the final GEMM, after the time loop has read the input.
     layer_backward(k, layer_input(k), dYin, dX);
-    const LayerLayout& Ly = layers[k];
+    if (k > 0) dropout_backward(k, ws.dY.data());
     if (dh0) std::copy_n(ws.dh_carry.data(), NH, dh0 + k * NH);
     if (dc0) std::copy_n(ws.dc_carry.data(), NH, dc0 + k * NH);
-    if (!h0_given && Ly.h0 != npos)
-      for (int n = 0; n < N; ++n)
-        for (int j = 0; j < H; ++j) grads[Ly.h0 + j] += ws.dh_carry[n * H + j];
-    if (!c0_given && Ly.c0 != npos)
-      for (int n = 0; n < N; ++n)
-        for (int j = 0; j < H; ++j) grads[Ly.c0 + j] += ws.dc_carry[n * H + j];
+    learned_state_grads(k);
   }
+}
+
+// A learned initial state receives the sum over rows of dL/dh_0, dL/dc_0 (in ws's carries after
+// unit u's backward), unless the forward was given the state.
+template <class T>
+void Engine<T>::learned_state_grads(int u) {
+  const LayerLayout& Ly = layers[u];
+  const int H = cfg.hidden_size;
+  if (!h0_given && Ly.h0 != npos)
+    for (int n = 0; n < N_; ++n)
+      for (int j = 0; j < H; ++j) grads[Ly.h0 + j] += ws.dh_carry[n * H + j];
+  if (!c0_given && Ly.c0 != npos)
+    for (int n = 0; n < N_; ++n)
+      for (int j = 0; j < H; ++j) grads[Ly.c0 + j] += ws.dc_carry[n * H + j];
 }
 
 template struct Engine<float>;
@@ -454,6 +538,7 @@ void Stack<T>::popstats_feed(int steps, int N, const T* x, const int32_t* length
   ForwardOptions opt;
   opt.mode = Mode::train;
   opt.update_running = false;
+  opt.regularize = false;  // the inference-mode regularizers (SPEC 2b)
   impl_->forward(opt, steps, N, {x, lengths, h0, c0}, {});
   impl_->have_cache = false;  // a statistics pass is not a training step
 }
@@ -472,6 +557,7 @@ template <class T>
 std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which) const {
   const auto& I = *impl_;
   if (layer < 0 || layer >= I.cfg.num_layers || !I.have_cache) return {};
+  layer *= I.dirs();  // the unit of the layer's forward direction
   const auto& cc = I.caches[layer];
   const int N = I.N_, H = I.cfg.hidden_size, G = I.gates * H;
   const size_t TN = static_cast<size_t>(I.T_) * N;
@@ -505,8 +591,9 @@ std::span<const T> Stack<T>::cached_normalized(int layer, std::string_view which
       }
       z = zx.data();
     }
-  } else if (which == "c") {
-    norm = I.spec.c, z = cc.Cs.data() + static_cast<size_t>(N) * H, mean = cc.c.mean.data(),
+  } else if (which == "c") {  // the un-zoned c~ under zoneout_c
+    norm = I.spec.c, z = I.reg.zone_c ? cc.Ct.data() : cc.Cs.data() + static_cast<size_t>(N) * H,
+    mean = cc.c.mean.data(),
     rstd = cc.c.rstd.data(), F = H;
   }
   if (norm == Norm::none) return {};
@@ -533,19 +620,30 @@ void Stack<T>::set_stat_allreduce(Allreduce allreduce) {
 
 template <class T>
 void Stack<T>::set_grad_probe(int layer, std::vector<double>* norms) {
-  impl_->probe.layer = layer;
+  impl_->probe.layer = layer * impl_->dirs();  // the unit of the layer's forward direction
   impl_->probe.out = norms;
 }
 
+namespace {
+// Elements of an engine's caches (and its twins', which hold the reverse directions' when they
+// ran side by side).
 template <class T>
-size_t Stack<T>::cache_bytes() const {
-  const auto& I = *impl_;
+size_t cache_elements(const cells::Engine<T>& I) {
   size_t n = 0;
   for (const auto& cc : I.caches)
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.x.mean,
-                          &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd,
+                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
-  return n * sizeof(T);
+  for (const auto& b : I.bidir) n += b.Xr.size() + b.Y.size();
+  for (const auto& tw : I.twins)
+    if (tw) n += cache_elements(*tw);
+  return n;
+}
+}  // namespace
+
+template <class T>
+size_t Stack<T>::cache_bytes() const {
+  return cache_elements<T>(*impl_) * sizeof(T);
 }
 
 template <class T>
@@ -554,7 +652,8 @@ size_t Stack<T>::workspace_bytes() const {
   size_t n = 0;
   const auto& ws = I.ws;
   for (const auto* v : {&ws.dY, &ws.dh_carry, &ws.dc_carry, &ws.bwd_rows, &ws.dx_part,
-                        &ws.r_packed, &ws.rh_step, &ws.drec_step})
+                        &ws.r_packed, &ws.rh_step, &ws.drec_step, &I.bws.dY, &I.bws.dYf,
+                        &I.bws.dYr, &I.bws.dXr})
     n += v->size();
   return n * sizeof(T);
 }

@@ -41,7 +41,12 @@ std::map<std::string, std::string> model_metadata(const Model& m) {
   md["embed_dim"] = std::to_string(mc.embed_dim);
   md["ln_input"] = mc.rnn.ln_input ? "true" : "false";
   md["learn_init_state"] = mc.rnn.learn_init_state ? "true" : "false";
+  md["bidirectional"] = mc.rnn.bidirectional ? "true" : "false";
   md["bn_momentum"] = num(mc.rnn.momentum);
+  // the regularizers: zoneout acts at inference too (its expectation)
+  md["dropout"] = num(mc.rnn.dropout);
+  md["zoneout_h"] = num(mc.rnn.zoneout_h);
+  md["zoneout_c"] = num(mc.rnn.zoneout_c);
   return md;
 }
 
@@ -154,6 +159,13 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer
     if (want.count(k) && meta(st, path, k) != want.at(k))
       throw DataError(path + ": metadata '" + k + "' = '" + meta(st, path, k) + "', the config says '" +
                       want.at(k) + "'");
+  {  // files from before bidirectional stacks have no key: one-directional
+    auto it = st.metadata.find("bidirectional");
+    const std::string have = it == st.metadata.end() ? "false" : it->second;
+    if (have != want.at("bidirectional"))
+      throw DataError(path + ": metadata 'bidirectional' = '" + have + "', the config says '" +
+                      want.at("bidirectional") + "'");
+  }
   load_model_tensors(st, path, model);
   if (opt) {
     auto it = st.metadata.find("optim");
@@ -223,12 +235,16 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   mc.rnn.eps = meta_double(st, path, "eps", 1e-5);
   if (!(mc.rnn.eps > 0)) throw DataError(path + ": metadata 'eps' must be positive");
   mc.rnn.momentum = meta_double(st, path, "bn_momentum", 0.1);
+  mc.rnn.dropout = meta_double(st, path, "dropout", 0.0);
+  mc.rnn.zoneout_h = meta_double(st, path, "zoneout_h", 0.0);
+  mc.rnn.zoneout_c = meta_double(st, path, "zoneout_c", 0.0);
   auto flag = [&](const char* key, bool d) {
     auto it = st.metadata.find(key);
     return it == st.metadata.end() ? d : it->second == "true";
   };
   mc.rnn.ln_input = flag("ln_input", true);
   mc.rnn.learn_init_state = flag("learn_init_state", false) || st.has("rnn.0.h0");
+  mc.rnn.bidirectional = flag("bidirectional", false) || st.has("rnn.0.reverse.weight_ih");
   if ((mc.rnn.cell == Cell::lnlstm || mc.rnn.cell == Cell::lngru) && !st.has("rnn.0.ln_x.weight"))
     mc.rnn.ln_input = false;
   try {

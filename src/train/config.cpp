@@ -15,7 +15,8 @@ namespace rbn {
   X(task) X(data) X(permutation) X(permutation_seed) X(mnist_split_train) X(mnist_split_valid)  \
   X(valid_fraction) X(test_fraction)                                                            \
   X(cell) X(hidden) X(layers) X(embed) X(eps) X(gamma_x) X(gamma_h) X(gamma_c) X(forget_bias)   \
-  X(ln_input) X(learn_init_state) X(init_recurrent) X(bn_momentum) X(h0_noise) X(popstats)      \
+  X(ln_input) X(learn_init_state) X(bidirectional) X(init_recurrent) X(bn_momentum) X(h0_noise) \
+  X(dropout) X(zoneout_h) X(zoneout_c) X(popstats)                                              \
   X(popstats_batches) X(popstats_batch_size) X(optimizer) X(lr) X(momentum) X(alpha) X(beta1)   \
   X(dampening) X(nesterov) X(centered) X(lr_threshold) X(lr_min) X(sync_bn)                  \
   X(beta2) X(opt_eps) X(weight_decay) X(decay) X(clip) X(lr_schedule) X(lr_gamma) X(lr_step)    \
@@ -206,6 +207,8 @@ void TrainConfig::validate() const {
   if (momentum < 0 || momentum >= 1) bad("--momentum", "must be in [0, 1)");
   if (!(bn_momentum > 0 && bn_momentum <= 1)) bad("--bn-momentum", "must be in (0, 1]");
   if (h0_noise < 0) bad("--h0-noise", "must be >= 0");
+  if (dropout > 0 && layers == 1)  // nn.LSTM only warns; a flag that does nothing is refused here
+    bad("--dropout", "acts between stacked layers (not on the top layer's output): needs --layers >= 2");
   if (weight_decay < 0) bad("--weight-decay", "must be >= 0");
   if (clip < 0) bad("--clip", "must be >= 0 (0 = off)");
   if (batch_size <= 0) bad("--batch-size", "must be positive, got " + std::to_string(batch_size));
@@ -233,12 +236,16 @@ void TrainConfig::validate() const {
                                     {"--out", &out}, {"--permutation", &permutation}})
     if (!valid_utf8(*value)) bad(flag, "the path is not valid UTF-8 (rbn stores it in JSON)");
   if (!is_lm() && task != "seqmnist" && task != "pmnist" && task != "seq") bad("--task", "unknown");
+  if (bidirectional && is_lm())
+    bad("--bidirectional", "task " + task + " is a left-to-right language model: a reverse "
+                           "direction would read the symbol it is asked to predict");
   // The stack's own checks (gains, forget bias, sizes) name its fields: here, the flags.
   static const std::pair<const char*, const char*> kFlagOfField[] = {
       {"hidden_size", "--hidden"},   {"num_layers", "--layers"},       {"eps", "--eps"},
       {"momentum", "--bn-momentum"}, {"forget_bias", "--forget-bias"}, {"gamma_x", "--gamma-x"},
       {"gamma_h", "--gamma-h"},      {"gamma_c", "--gamma-c"},         {"t_max", "--seq-len"},
-      {"input_size", "--embed"}};
+      {"input_size", "--embed"},     {"dropout", "--dropout"},         {"zoneout_h", "--zoneout-h"},
+      {"zoneout_c", "--zoneout-c"}};
   try {
     stack_config(1).validate();
   } catch (const UsageError& e) {
@@ -264,8 +271,12 @@ StackConfig TrainConfig::stack_config(int input_size) const {
   s.momentum = bn_momentum;
   s.ln_input = ln_input;
   s.learn_init_state = learn_init_state;
+  s.bidirectional = bidirectional;
   s.recurrent_init = init_recurrent == "identity" ? RecurrentInit::identity : RecurrentInit::orthogonal;
   s.seed = seed;
+  s.dropout = dropout;
+  s.zoneout_h = zoneout_h;
+  s.zoneout_c = zoneout_c;
   return s;
 }
 

@@ -36,9 +36,14 @@ struct TrainConfig {
   std::optional<double> forget_bias;
   bool ln_input = true;
   bool learn_init_state = false;
+  bool bidirectional = false;  // classification and per-sequence tasks; not a language model
   std::string init_recurrent = "orthogonal";  // orthogonal | identity
   double bn_momentum = 0.1;
   double h0_noise = 0.0;
+  // regularizers (SPEC 2b): dropout between layers, zoneout of h and (LSTMs) c
+  double dropout = 0.0;
+  double zoneout_h = 0.0;
+  double zoneout_c = 0.0;
 
   // population statistics for evaluation
   std::string popstats = "pass";  // pass | running

@@ -24,12 +24,13 @@ std::vector<blas::GemmShape> training_step_gemms(const ModelConfig& mc, int T, i
   const StackConfig& r = mc.rnn;
   const int H = r.hidden_size, G = cell_gates(r.cell) * H, TN = T * N, w = std::min(H, thread_units(H));
   std::vector<blas::GemmShape> s;
-  for (int l = 0; l < r.num_layers; ++l) {
-    const int C = l == 0 ? r.input_size : H;
+  // bidirectional: each layer's products twice (one per direction), layers above read 2H
+  for (int l = 0; l < r.num_layers * r.directions(); ++l) {
+    const int C = l < r.directions() ? r.input_size : r.directions() * H;
     if (C > kInlineInput || r.cell == Cell::bnx_seq) {
       s.push_back({false, true, TN, G, C, 1, false});  // W x, hoisted out of the time loop
       s.push_back({true, false, G, C, TN, 1, false});  // dW
-      if (l > 0 || mc.embed_dim > 0) s.push_back({false, false, TN, C, G, 1, false});  // dx
+      if (l >= r.directions() || mc.embed_dim > 0) s.push_back({false, false, TN, C, G, 1, false});  // dx
     }
     s.push_back({false, true, N, cell_gates(r.cell) * w, H, double(T), true});  // R h per step
     s.push_back({false, false, N, w, G, double(T), true});                      // dh per step
@@ -37,10 +38,10 @@ std::vector<blas::GemmShape> training_step_gemms(const ModelConfig& mc, int T, i
   }
   if (mc.head != Head::none) {
     const bool per_seq = mc.head == Head::classify || (mc.head == Head::regress && !mc.per_step);
-    const int rows = per_seq ? N : TN, K = mc.num_classes;
-    s.push_back({false, true, rows, K, H, 1, false});   // logits
-    s.push_back({true, false, K, H, rows, 1, false});   // head dW
-    s.push_back({false, false, rows, H, K, 1, false});  // dh of the top layer
+    const int rows = per_seq ? N : TN, K = mc.num_classes, F = r.directions() * H;
+    s.push_back({false, true, rows, K, F, 1, false});   // logits
+    s.push_back({true, false, K, F, rows, 1, false});   // head dW
+    s.push_back({false, false, rows, F, K, 1, false});  // dh of the top layer
   }
   return s;
 }

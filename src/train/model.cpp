@@ -42,6 +42,9 @@ ModelConfig normalized(ModelConfig c) {
   if (c.head != Head::none && c.head != Head::regress && c.num_classes < 2)
     throw UsageError("--classes: need at least 2 classes, got " + std::to_string(c.num_classes));
   if (c.embed_dim < 0) throw UsageError("--embed: must be >= 0");
+  if (c.head == Head::lm && c.rnn.bidirectional)
+    throw UsageError("--bidirectional: a language model predicts each symbol from the ones before "
+                     "it, and a reverse direction would read the symbol it is asked to predict");
   return c;
 }
 
@@ -89,7 +92,7 @@ StepResult softmax_xent(const float* logits, int64_t rows, int K, const int32_t*
 }  // namespace
 
 Model::Model(const ModelConfig& cfg) : cfg_(normalized(cfg)), rnn_(cfg_.rnn) {
-  const size_t H = cfg_.rnn.hidden_size, K = cfg_.num_classes;
+  const size_t H = features(), K = cfg_.num_classes;  // the head reads D*H features
   if (cfg_.head != Head::none) {
     head_w_.assign(K * H, 0.0f);
     head_b_.assign(K, 0.0f);
@@ -107,7 +110,7 @@ void Model::reset_parameters(uint64_t seed) {
   rnn_.reset_parameters();
   // Head: orthogonal W_y, b_y = 0 (the authors' code); embedding N(0,1) as torch.nn.Embedding.
   Rng rng(seed ^ 0x5eedf00dULL);
-  const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes;
+  const int H = features(), K = cfg_.num_classes;
   if (!head_w_.empty()) {
     std::vector<double> w(static_cast<size_t>(K) * H);
     orthogonal_init(w.data(), K, H, rng);
@@ -126,7 +129,7 @@ std::vector<NamedTensor> Model::parameters() {
     out.push_back({ti.name, ti.shape, rnn_.params().data() + ti.offset,
                    rnn_.grads().data() + ti.offset, ti.numel});
   if (!head_w_.empty()) {
-    out.push_back({"head.weight", {cfg_.num_classes, cfg_.rnn.hidden_size}, head_w_.data(),
+    out.push_back({"head.weight", {cfg_.num_classes, features()}, head_w_.data(),
                    dhead_w_.data(), head_w_.size()});
     out.push_back({"head.bias", {cfg_.num_classes}, head_b_.data(), dhead_b_.data(),
                    head_b_.size()});
@@ -161,23 +164,58 @@ void Model::embed(int T, int N, const int32_t* ids, float* x) const {
 }
 
 void Model::head_forward(int rows, const float* h, float* logits) const {
-  const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes;
+  const int H = features(), K = cfg_.num_classes;
   for (int r = 0; r < rows; ++r) std::copy(head_b_.begin(), head_b_.end(), logits + static_cast<size_t>(r) * K);
   blas::gemm(false, true, rows, K, H, 1.0f, h, H, head_w_.data(), H, 1.0f, logits, K);
+}
+
+// The features a per-sequence head reads [N,F]: the top layer's h after each row's last valid step
+// and, bidirectional, beside it the reverse direction's h after reading x[0] (both from hT_
+// [L*D,N,H], SPEC section 2b).
+const float* Model::last_features(int N) {
+  const int H = cfg_.rnn.hidden_size, L = cfg_.rnn.num_layers;
+  const size_t NH = static_cast<size_t>(N) * H;
+  if (!cfg_.rnn.bidirectional) return hT_.data() + (L - 1) * NH;
+  ensure(feat_, 2 * NH);
+  for (int n = 0; n < N; ++n)
+    for (int d = 0; d < 2; ++d)
+      std::copy_n(hT_.data() + (2 * L - 2 + d) * NH + static_cast<size_t>(n) * H, H,
+                  feat_.data() + (2 * static_cast<size_t>(n) + d) * H);
+  return feat_.data();
+}
+
+// dL/dhT [L*D,N,H] into dhT_ from the head's dlogits [N,K]: dlog W_y at the rows last_features
+// read, 0 elsewhere.
+void Model::last_features_grad(const float* dlog, int N) {
+  const int H = cfg_.rnn.hidden_size, L = cfg_.rnn.num_layers, K = cfg_.num_classes, F = features();
+  const size_t NH = static_cast<size_t>(N) * H, LD = static_cast<size_t>(L) * cfg_.rnn.directions();
+  ensure(dhT_, LD * NH);
+  std::fill_n(dhT_.data(), LD * NH, 0.0f);
+  if (!cfg_.rnn.bidirectional) {
+    blas::gemm(false, false, N, H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f,
+               dhT_.data() + (L - 1) * NH, H);
+    return;
+  }
+  ensure(dfeat_, static_cast<size_t>(N) * F);
+  blas::gemm(false, false, N, F, K, 1.0f, dlog, K, head_w_.data(), F, 0.0f, dfeat_.data(), F);
+  for (int n = 0; n < N; ++n)
+    for (int d = 0; d < 2; ++d)
+      std::copy_n(dfeat_.data() + (2 * static_cast<size_t>(n) + d) * H, H,
+                  dhT_.data() + (2 * L - 2 + d) * NH + static_cast<size_t>(n) * H);
 }
 
 StepResult Model::classify_step(const ForwardOptions& opt, int T, int N, const float* x,
                                 const int32_t* lengths, const int32_t* labels, bool backward) {
   if (cfg_.head != Head::classify) throw UsageError("classify_step: the model has no classify head");
-  const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes, L = cfg_.rnn.num_layers;
-  const size_t NH = static_cast<size_t>(N) * H;
+  const int H = features(), K = cfg_.num_classes, L = cfg_.rnn.num_layers * cfg_.rnn.directions();
+  const size_t NH = static_cast<size_t>(N) * cfg_.rnn.hidden_size;
   for (int n = 0; n < N; ++n)
     if (labels[n] < 0 || labels[n] >= K)
       throw DataError("label " + std::to_string(labels[n]) + " outside [0, " + std::to_string(K) + ")");
   ensure(hT_, L * NH);
   ensure(logits_, static_cast<size_t>(N) * K);
   rnn_.forward(opt, T, N, {.x = x, .lengths = lengths}, {.hT = hT_.data()});
-  const float* top = hT_.data() + (L - 1) * NH;  // the last valid step of each row
+  const float* top = last_features(N);  // [N,H]: the last valid step of each row (H = D*hidden)
   head_forward(N, top, logits_.data());
   ensure(dy_, static_cast<size_t>(N) * K);
   StepResult res = softmax_xent(logits_.data(), N, K, labels, backward ? dy_.data() : nullptr,
@@ -187,10 +225,7 @@ StepResult Model::classify_step(const ForwardOptions& opt, int T, int N, const f
     blas::gemm(true, false, K, H, N, 1.0f, dlog, K, top, H, 1.0f, dhead_w_.data(), H);
     for (int n = 0; n < N; ++n)
       for (int k = 0; k < K; ++k) dhead_b_[k] += dlog[static_cast<size_t>(n) * K + k];
-    ensure(dhT_, L * NH);
-    std::fill_n(dhT_.data(), L * NH, 0.0f);
-    blas::gemm(false, false, N, H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f,
-               dhT_.data() + (L - 1) * NH, H);
+    last_features_grad(dlog, N);
     rnn_.backward(nullptr, dhT_.data(), nullptr, nullptr, nullptr, nullptr);
   }
   return res;
@@ -273,10 +308,10 @@ StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float*
                            const int32_t* labels, const float* values, bool backward) {
   if (cfg_.head != Head::tag && cfg_.head != Head::regress)
     throw UsageError("seq_step: the model's head is not tag or regress");
-  const int H = cfg_.rnn.hidden_size, K = cfg_.num_classes, L = cfg_.rnn.num_layers;
+  const int H = features(), K = cfg_.num_classes, L = cfg_.rnn.num_layers * cfg_.rnn.directions();
   const bool per_step = cfg_.head == Head::tag || cfg_.per_step;
   const int64_t rows = per_step ? static_cast<int64_t>(T) * N : N;
-  const size_t NH = static_cast<size_t>(N) * H;
+  const size_t NH = static_cast<size_t>(N) * cfg_.rnn.hidden_size;
   ensure(logits_, rows * K);
   ensure(dy_, rows * K);
   const float* h = nullptr;  // [rows,H]: every step's top h, or each row's last valid one
@@ -287,7 +322,7 @@ StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float*
   } else {
     ensure(hT_, L * NH);
     rnn_.forward(opt, T, N, {.x = x, .lengths = lengths}, {.hT = hT_.data()});
-    h = hT_.data() + (L - 1) * NH;
+    h = last_features(N);
   }
   head_forward(static_cast<int>(rows), h, logits_.data());
   // the steps inside each row's length
@@ -322,9 +357,7 @@ StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float*
     blas::gemm(false, false, static_cast<int>(rows), H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f, dyh_.data(), H);
     rnn_.backward(dyh_.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
   } else {
-    ensure(dhT_, L * NH);
-    std::fill_n(dhT_.data(), L * NH, 0.0f);
-    blas::gemm(false, false, N, H, K, 1.0f, dlog, K, head_w_.data(), H, 0.0f, dhT_.data() + (L - 1) * NH, H);
+    last_features_grad(dlog, N);
     rnn_.backward(nullptr, dhT_.data(), nullptr, nullptr, nullptr, nullptr);
   }
   return res;
@@ -333,9 +366,10 @@ StepResult Model::seq_step(const ForwardOptions& opt, int T, int N, const float*
 void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, const int32_t* ids,
                    const int32_t* lengths, const float* h0, const float* c0, float* out, float* hT,
                    float* cT) {
-  const int H = cfg_.rnn.hidden_size, L = cfg_.rnn.num_layers, C = cfg_.rnn.input_size;
+  const int H = features(), L = cfg_.rnn.num_layers * cfg_.rnn.directions(),
+            C = cfg_.rnn.input_size;
   const int64_t TN = static_cast<int64_t>(T) * N;
-  const size_t NH = static_cast<size_t>(N) * H;
+  const size_t NH = static_cast<size_t>(N) * cfg_.rnn.hidden_size;
   if (cfg_.head == Head::lm) {
     ensure(x_, TN * C);
     ensure(y_, TN * H);
@@ -353,7 +387,7 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
     rnn_.forward(opt, T, N, {.x = x, .lengths = lengths, .h0 = h0, .c0 = c0},
                  {.hT = hT_.data(), .cT = cT});
     if (hT) std::copy_n(hT_.data(), L * NH, hT);
-    head_forward(N, hT_.data() + (L - 1) * NH, out);
+    head_forward(N, last_features(N), out);
   } else {
     rnn_.forward(opt, T, N, {.x = x, .lengths = lengths, .h0 = h0, .c0 = c0},
                  {.y = out, .hT = hT, .cT = cT});
@@ -362,7 +396,8 @@ void Model::logits(const ForwardOptions& opt, int T, int N, const float* x, cons
 
 size_t Model::workspace_bytes() const {
   size_t n = 0;
-  for (const auto* v : {&x_, &y_, &logits_, &dy_, &dx_, &hT_, &cT_, &dhT_, &dyh_}) n += v->size();
+  for (const auto* v : {&x_, &y_, &logits_, &dy_, &dx_, &hT_, &cT_, &dhT_, &dyh_, &feat_, &dfeat_})
+    n += v->size();
   return n * sizeof(float) + rnn_.workspace_bytes();
 }
 

@@ -43,7 +43,7 @@ struct StepResult {
 };
 
 // A language-model batch: ids [T,N] inputs, targets [T,N] (-1 = not counted), lengths [N]
-// (nullable); h0/c0 [L,N,H] nullable, hT/cT written if non-null (state carried across chunks).
+// (nullable); h0/c0 [L,N,H] nullable (a language model is never bidirectional), hT/cT written if non-null (state carried across chunks).
 struct LmBatch {
   const int32_t* ids = nullptr;
   const int32_t* targets = nullptr;
@@ -91,6 +91,8 @@ class Model {
   // Input features of a language model for ids [T,N] -> [T,N,C] (one-hot or embedding).
   void embed(int T, int N, const int32_t* ids, float* x) const;
   int input_size() const { return cfg_.rnn.input_size; }
+  // Width F of what the head reads: D*H (bidirectional: forward ‖ reverse).
+  int features() const { return cfg_.rnn.directions() * cfg_.rnn.hidden_size; }
 
   // Data-parallel training: the loss is the mean over the items of the whole group's batch, so
   // the gradients of every rank's shard add up to the gradient of that mean. `count` maps this
@@ -102,13 +104,16 @@ class Model {
   size_t workspace_bytes() const;
 
  private:
-  void head_forward(int rows, const float* h, float* logits) const;
+  void head_forward(int rows, const float* h, float* logits) const;  // h [rows,F]
+  const float* last_features(int N);
+  void last_features_grad(const float* dlog, int N);
   ModelConfig cfg_;
   Stack<float> rnn_;
-  std::vector<float> head_w_, head_b_, embed_w_;     // [K,H], [K], [V,E]
+  std::vector<float> head_w_, head_b_, embed_w_;     // [K,F], [K], [V,E]
   std::vector<float> dhead_w_, dhead_b_, dembed_w_;  // gradients
   // scratch
   std::vector<float> x_, y_, logits_, dy_, dx_, hT_, cT_, dhT_, dyh_;
+  std::vector<float> feat_, dfeat_;  // [N,2H] bidirectional head input and its gradient
   std::vector<int32_t> tgt_;
   std::function<int64_t(int64_t)> group_count_;
   // The loss's denominator: items counted here, or over the group when training data-parallel.

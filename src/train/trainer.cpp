@@ -423,6 +423,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
     opt.h0_noise = cfg.h0_noise;
     opt.noise_seed = cfg.seed * 0x100000001b3ULL + static_cast<uint64_t>(step);
     opt.row0 = row0;  // a row's noise is the same on whichever rank it lands
+    opt.update = static_cast<uint64_t>(step);  // dropout and zoneout masks: new each update
     StepResult r = run_batch(model, opt, b, true);
     if (group.distributed()) {
       // The gradients of the shards' losses (each over the group's count) add up to the

@@ -97,4 +97,49 @@ class Rng {
   double spare_ = 0.0;
 };
 
+// Counter-based masks for dropout and zoneout (docs/cells.md, "Dropout and zoneout"): a pure
+// function of (seed, update index, layer, direction, which mask, global row, global time step,
+// feature), so that chunked calls, a recomputed forward, a resumed run and data-parallel shards
+// (each row by its index in the global batch) draw the same masks, in any order and on any
+// thread. Each field enters through the splitmix64 finalizer (a bijection with full avalanche).
+namespace mask {
+
+enum class Kind : uint32_t { dropout = 1, zoneout_h = 2, zoneout_c = 3 };
+
+inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// The fields shared by one mask's draws of one run (all but row, step and feature).
+struct Stream {
+  uint64_t seed = 0;
+  uint64_t update = 0;  // the training update's index
+  int layer = 0;
+  int direction = 0;    // 0 forward, 1 reverse (bidirectional layers)
+  Kind kind = Kind::dropout;
+};
+
+// Key of one (row, step): the features' draws follow from it with one mix each.
+inline uint64_t row_key(const Stream& s, int64_t row, int64_t step) {
+  uint64_t k = mix64(s.seed ^ 0x6a09e667f3bcc909ULL);
+  k = mix64(k + s.update * 0x9e3779b97f4a7c15ULL);
+  k = mix64(k + ((static_cast<uint64_t>(s.layer) << 32) | (static_cast<uint64_t>(s.direction) << 8) |
+                 static_cast<uint64_t>(s.kind)));
+  k = mix64(k + static_cast<uint64_t>(row));
+  return mix64(k + static_cast<uint64_t>(step));
+}
+
+// Uniform in [0, 1) with 53 bits, for feature j of the row key.
+inline double uniform(uint64_t key, int64_t j) {
+  const uint64_t z = mix64(key + (static_cast<uint64_t>(j) + 1) * 0xd1b54a32d192ed03ULL);
+  return static_cast<double>(z >> 11) * 0x1.0p-53;
+}
+
+// Bernoulli(p): true with probability p.
+inline bool bernoulli(uint64_t key, int64_t j, double p) { return uniform(key, j) < p; }
+
+}  // namespace mask
+
 }  // namespace rbn

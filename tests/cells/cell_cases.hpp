@@ -2,6 +2,7 @@
 // the reference check, the finite-difference gradient check, the padding and step-API checks.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -20,6 +21,8 @@ struct CellCase {
   bool ln_input = true;
   bool learn_init_state = false;
   bool given_state = true;  // pass random h0/c0
+  bool bidirectional = false;  // y [T,N,2H], states [2L,N,H]
+  int D() const { return bidirectional ? 2 : 1; }
 
   std::string name() const {
     std::string s = std::string(cell_name(cell)) + "_T" + std::to_string(T) + "_N" +
@@ -27,6 +30,7 @@ struct CellCase {
                     "_L" + std::to_string(L);
     if (!lengths.empty()) s += "_ragged";
     if (!ln_input) s += "_nolnx";
+    if (bidirectional) s += "_bidir";
     for (auto& ch : s)
       if (ch == '-') ch = '_';
     return s;
@@ -40,6 +44,7 @@ struct CellCase {
     c.t_max = t_max;
     c.ln_input = ln_input;
     c.learn_init_state = learn_init_state;
+    c.bidirectional = bidirectional;
     c.seed = 7;
     return c;
   }
@@ -86,6 +91,26 @@ template <class T>
 std::vector<double> to_double(const std::vector<T>& v) {
   return std::vector<double>(v.begin(), v.end());
 }
+
+// Analytic against finite-difference gradients: the largest relative error, and where.
+struct GradCheck {
+  double max_rel = 0, max_abs = 0;
+  std::string worst;
+  void add(const std::string& what, double analytic, double numeric) {
+    const double a = std::abs(analytic - numeric);
+    const double denom = std::abs(analytic) + std::abs(numeric);
+    max_abs = std::max(max_abs, a);
+    // Relative to the gradient's size, floored: below 1e-3 the finite difference's own rounding
+    // (about 1e-10 here) would dominate.
+    {
+      const double r = a / std::max(denom, 1e-3);
+      if (r > max_rel) {
+        max_rel = r;
+        worst = what;
+      }
+    }
+  }
+};
 
 inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double m = a.size() == b.size() ? 0.0 : INFINITY;

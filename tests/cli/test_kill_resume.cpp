@@ -90,6 +90,37 @@ TEST(KillResume, SigkillAtRandomMomentsThenResume) {
   fs::remove_all(base);
 }
 
+// Dropout and zoneout masks are a hash of (seed, update index, layer, row, step, feature): a run
+// stopped and resumed draws what the uninterrupted run draws, so it ends on the same bytes; and
+// the checkpoint says which regularizers it was trained with.
+TEST(KillResume, ResumeWithDropoutAndZoneoutIsBitExact) {
+  const fs::path base = fs::temp_directory_path() / ("rbn-reg-resume-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  auto args = [&](const fs::path& out, const char* steps) {
+    auto a = train_args(out);
+    a[std::find(a.begin(), a.end(), "--steps") - a.begin() + 1] = steps;
+    a[std::find(a.begin(), a.end(), "--eval-every") - a.begin() + 1] = "10";
+    for (const char* extra : {"--dropout", "0.3", "--zoneout-h", "0.05", "--zoneout-c", "0.5"}) a.push_back(extra);
+    return a;
+  };
+  ASSERT_EQ(wait_exit(spawn(args(base / "ref", "30"), false)), 0);
+  ASSERT_EQ(wait_exit(spawn(args(base / "split", "20"), false)), 0);
+  ASSERT_EQ(wait_exit(spawn(args(base / "split", "30"), true)), 0);
+  EXPECT_EQ(model_bytes(base / "ref/last.safetensors"), model_bytes(base / "split/last.safetensors"));
+  EXPECT_EQ(model_bytes(base / "ref/best.safetensors"), model_bytes(base / "split/best.safetensors"));
+  const rbn::SafeTensors st = rbn::read_safetensors((base / "ref/last.safetensors").string());
+  EXPECT_EQ(st.metadata.at("dropout"), "0.29999999999999999");
+  EXPECT_EQ(st.metadata.at("zoneout_h"), "0.050000000000000003");
+  EXPECT_EQ(st.metadata.at("zoneout_c"), "0.5");
+  // and without the regularizers the run is another one (the masks did something)
+  auto plain = train_args(base / "plain");
+  plain[std::find(plain.begin(), plain.end(), "--steps") - plain.begin() + 1] = "30";
+  plain[std::find(plain.begin(), plain.end(), "--eval-every") - plain.begin() + 1] = "10";
+  ASSERT_EQ(wait_exit(spawn(plain, false)), 0);
+  EXPECT_NE(model_bytes(base / "ref/last.safetensors"), model_bytes(base / "plain/last.safetensors"));
+  fs::remove_all(base);
+}
+
 TEST(KillResume, SigtermWritesACheckpointAndStops) {
   const fs::path base = fs::temp_directory_path() / ("rbn-term-" + std::to_string(getpid()));
   fs::remove_all(base);

@@ -68,10 +68,11 @@ std::string seq_data_dir() {
 }
 
 std::string train_command(const std::string& cell, const fs::path& out, const std::string& extra) {
-  if (cell == "seq")
+  if (cell == "seq" || cell == "seq-bidir")  // seq-bidir: each direction's statistics over the group
     return std::string(RBN_CLI_PATH) + " train --task seq --data " + seq_data_dir() +
            " --cell bnlstm --hidden 16 --batch-size 12 --popstats-batches 2 --eval-batches 2 --steps 50 "
-           "--eval-every 25 --log-every 10 --checkpoint-every 50 --threads 1 --seed 3 --out " + out.string() + " " + extra;
+           "--eval-every 25 --log-every 10 --checkpoint-every 50 --threads 1 --seed 3 --out " + out.string() + " " +
+           (cell == "seq-bidir" ? "--bidirectional " : "") + extra;
   std::string task = cell == "pmnist"
                          ? "--task pmnist --data " + std::string(RBN_SOURCE_DIR) +
                                "/data/mnist --mnist-split-train 8000 --mnist-split-valid 1000 --cell lstm "
@@ -144,7 +145,7 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   std::printf("[ mpi ] %s: 2 ranks vs 1 process after 50 steps: largest relative difference %.1e\n",
               cell.c_str(), d);
   EXPECT_LE(d, kTol);
-  const char* key = cell == "pmnist" ? "accuracy" : cell == "seq" ? "mse" : "bpc";
+  const char* key = cell == "pmnist" ? "accuracy" : cell.starts_with("seq") ? "mse" : "bpc";
   EXPECT_NEAR(last_valid(base_ / "two" / "metrics.jsonl", key), last_valid(base_ / "one" / "metrics.jsonl", key),
               1e-3);
   // rank 0 alone writes: one metrics line per event, not two
@@ -157,13 +158,57 @@ TEST_P(Mpi, TwoRanksMatchOneProcess) {
   EXPECT_EQ(lines(two), lines(one));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru", "pmnist", "seq"),
+INSTANTIATE_TEST_SUITE_P(Cells, Mpi, ::testing::Values("lstm", "bnlstm", "bnx", "bnx-seq", "lnlstm", "gru", "bngru", "lngru", "pmnist", "seq",
+                                           "seq-bidir"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& ch : s)
                              if (ch == '-') ch = '_';
                            return s;
                          });
+
+// Dropout and zoneout masks are drawn by each row's index in the global batch: 2 ranks draw what
+// one process draws.
+TEST(MpiRegularizers, TwoRanksDrawWhatOneProcessDraws) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-reg-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string reg = "--dropout 0.3 --zoneout-h 0.1 --zoneout-c 0.5";
+  ASSERT_EQ(run(train_command("bnlstm", base / "one", reg), base / "one.log"), 0);
+  ASSERT_EQ(run(mpirun(2) + train_command("bnlstm", base / "two", reg), base / "two.log"), 0)
+      << std::ifstream(base / "two.log").rdbuf();
+  ASSERT_EQ(run(train_command("bnlstm", base / "plain", ""), base / "plain.log"), 0);
+  const double d = checkpoint_diff(base / "two" / "last.safetensors", base / "one" / "last.safetensors");
+  const double off = checkpoint_diff(base / "plain" / "last.safetensors", base / "one" / "last.safetensors");
+  std::printf("[ mpi ] bnlstm with dropout and zoneout: 2 ranks vs 1 process %.1e (without them: %.1e)\n",
+              d, off);
+  EXPECT_LE(d, kTol);
+  EXPECT_GT(off, 10 * kTol) << "the regularizers should change the run";
+  fs::remove_all(base);
+}
+
+// The same with a bidirectional 2-layer stack: dropout on layer 0's 2H output and zoneout in both
+// directions (the reverse's masks by direction 1), each direction's statistics over the group.
+TEST(MpiRegularizers, BidirectionalTwoRanksDrawWhatOneProcessDraws) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-bireg-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string reg = "--layers 2 --dropout 0.3 --zoneout-h 0.1 --zoneout-c 0.5";
+  ASSERT_EQ(run(train_command("seq-bidir", base / "one", reg), base / "one.log"), 0)
+      << std::ifstream(base / "one.log").rdbuf();
+  ASSERT_EQ(run(mpirun(2) + train_command("seq-bidir", base / "two", reg), base / "two.log"), 0)
+      << std::ifstream(base / "two.log").rdbuf();
+  ASSERT_EQ(run(train_command("seq-bidir", base / "plain", "--layers 2"), base / "plain.log"), 0);
+  const double d = checkpoint_diff(base / "two" / "last.safetensors", base / "one" / "last.safetensors");
+  const double off = checkpoint_diff(base / "plain" / "last.safetensors", base / "one" / "last.safetensors");
+  std::printf("[ mpi ] bidirectional bnlstm with dropout and zoneout: 2 ranks vs 1 process %.1e "
+              "(without them: %.1e)\n", d, off);
+  EXPECT_LE(d, kTol);
+  EXPECT_GT(off, 10 * kTol) << "the regularizers should change the run";
+  fs::remove_all(base);
+}
 
 // Why the feature exists: each rank normalizing by its own 4 rows trains another model.
 TEST(MpiUnsynchronized, BatchNormWithoutSynchronizationDiffers) {

@@ -2,7 +2,9 @@
 // SPEC formulas in tools/torch_cells.py): outputs, every gradient, running statistics, inference
 // with population statistics past T_max, the statistics pass, and three Adam steps. The GRU family's
 // files (no cell state) have no input.c0, train.cT, loss.wcT, grad.c0, infer.cT; `gru`'s come from
-// torch.nn.GRU itself.
+// torch.nn.GRU itself. The bidirectional files (metadata bidirectional = true; SPEC 2b) hold
+// y [T,N,2H] and states [2L,N,H], the reverse direction's tensors under rnn.k.reverse.*; their
+// lstm and gru come from torch.nn.LSTM / torch.nn.GRU with bidirectional=True on packed input.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -54,6 +56,7 @@ TEST_P(Fixture, MatchesPyTorch) {
   c.eps = std::stod(st.metadata.at("eps"));
   c.momentum = std::stod(st.metadata.at("momentum"));
   c.ln_input = st.metadata.at("ln_input") == "true";
+  c.bidirectional = st.metadata.contains("bidirectional") && st.metadata.at("bidirectional") == "true";
   Stack<double> s(c);
   auto load_params = [&](const std::string& prefix) {
     for (const auto& ti : s.param_info()) {
@@ -68,7 +71,8 @@ TEST_P(Fixture, MatchesPyTorch) {
 
   const auto& xs = st.shape_of("input.x");
   const int T = static_cast<int>(xs[0]), N = static_cast<int>(xs[1]);
-  const int L = c.num_layers, H = c.hidden_size;
+  const int D = c.bidirectional ? 2 : 1;
+  const int L = D * c.num_layers, H = c.hidden_size;  // state rows [L,N,H]; y [T,N,D*H]
   auto x = st.get_f64("input.x", {});
   auto len = st.get_i32("input.lengths", {});
   auto h0 = st.get_f64("input.h0", {});
@@ -77,7 +81,7 @@ TEST_P(Fixture, MatchesPyTorch) {
   auto c0 = has_c ? st.get_f64("input.c0", {}) : std::vector<double>();
   // data() of an empty vector may be non-null: say "no cell state" explicitly
   auto c_ptr = [&](std::vector<double>& v) { return has_c ? v.data() : nullptr; };
-  std::vector<double> y(size_t(T) * N * H), hT(size_t(L) * N * H), cT(has_c ? hT.size() : 0);
+  std::vector<double> y(size_t(T) * N * D * H), hT(size_t(L) * N * H), cT(has_c ? hT.size() : 0);
   ForwardOptions opt;
   s.forward(opt, T, N, {.x = x.data(), .lengths = len.data(), .h0 = h0.data(), .c0 = c_ptr(c0)},
             {.y = y.data(), .hT = hT.data(), .cT = c_ptr(cT)});
@@ -119,7 +123,7 @@ TEST_P(Fixture, MatchesPyTorch) {
     const int Ti = static_cast<int>(is[0]), Ni = static_cast<int>(is[1]);
     auto xi = st.get_f64("infer.x", {});
     auto li = st.get_i32("infer.lengths", {});
-    std::vector<double> yi(size_t(Ti) * Ni * H), hi(size_t(L) * Ni * H), ci(has_c ? hi.size() : 0);
+    std::vector<double> yi(size_t(Ti) * Ni * D * H), hi(size_t(L) * Ni * H), ci(has_c ? hi.size() : 0);
     ForwardOptions io;
     io.mode = Mode::infer;
     io.need_backward = false;

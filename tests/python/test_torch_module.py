@@ -238,8 +238,7 @@ def test_constructor_contract():
     assert isinstance(m, rt.BNLSTM) and isinstance(m, nn.Module)
     assert repr(rt.LSTM(C, H, 2, batch_first=True)) == repr(nn.LSTM(C, H, 2, batch_first=True))
     assert repr(m) == f"BNLSTM({C}, {H}, num_layers=2, bias=False, batch_first=True, t_max={T})"
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        rt.LSTM(C, H, bidirectional=True)
+    assert repr(rt.LSTM(C, H, bidirectional=True)) == repr(nn.LSTM(C, H, bidirectional=True))
     with pytest.raises(NotImplementedError, match="proj_size"):
         rt.LSTM(C, H, proj_size=2)
     with pytest.raises(ValueError, match="device"):
@@ -622,8 +621,7 @@ def test_gru_constructor_contract():
     assert m.mode == "GRU" and isinstance(m, nn.Module)
     assert repr(rt.GRU(C, H, 2, batch_first=True)) == repr(nn.GRU(C, H, 2, batch_first=True))
     assert repr(m) == f"BNGRU({C}, {H}, num_layers=2, bias=False, batch_first=True, t_max={T})"
-    with pytest.raises(NotImplementedError, match="bidirectional"):
-        rt.GRU(C, H, bidirectional=True)
+    assert repr(rt.GRU(C, H, bidirectional=True)) == repr(nn.GRU(C, H, bidirectional=True))
     with pytest.raises(TypeError, match="forget_bias"):
         rt.GRU(C, H, forget_bias=1.0)  # nn.GRU has none
     with pytest.raises(TypeError, match="proj_size"):

@@ -269,6 +269,7 @@ std::vector<std::string> split_csv(const std::string& s) {
 struct BenchFlags {
   std::string shapes = "smnist,ptb";
   std::string cells = "lstm,bnlstm,bnx,lnlstm";
+  std::string bidir_cells = "bnlstm";
   std::string threads = "1,2";
   std::string gemm = "openblas,onednn";
   int repeats = 5, warmup = 1, torch_repeats = 3;
@@ -436,6 +437,7 @@ void bench_allreduce(int repeats) {
 struct BenchPlan {
   std::vector<Shape> shapes;
   std::vector<Cell> cells;
+  std::vector<Cell> bidir_cells;
   std::vector<int> threads;
   std::vector<blas::Backend> backends;
 };
@@ -451,6 +453,11 @@ BenchPlan parse_plan(const BenchFlags& f) {
     auto c = parse_cell(n);
     if (!c) throw UsageError("--cells: unknown cell '" + n + "'");
     p.cells.push_back(*c);
+  }
+  for (const auto& n : split_csv(f.bidir_cells)) {
+    auto c = parse_cell(n);
+    if (!c) throw UsageError("--bidir-cells: unknown cell '" + n + "'");
+    p.bidir_cells.push_back(*c);
   }
   for (const auto& n : split_csv(f.threads)) {
     try {
@@ -784,6 +791,96 @@ void run_stream_bench(const BenchFlags& f, const BenchPlan& p, const std::string
     }
   std::printf("\nms per step; ratio = rbn median / PyTorch median (every cell against nn.LSTM, "
               "PyTorch's fused LSTM; lower is faster).\n");
+// Bidirectional rows: each cell of --bidir-cells built one-directional and bidirectional on the
+// same shape, head and backend, timed in interleaved rounds at each thread count; the ratio is
+// the target (<= 2.1x on 2 threads). A bidirectional stack cannot be a left-to-right
+// language model, so on the language-model shapes (ptb, text8) both models tag every step instead
+// (a class per step, the same K: the LM head's cost) from one-hot symbols.
+void run_bidir_bench(const BenchFlags& f, const BenchPlan& p, nlohmann::json& out) {
+  if (p.bidir_cells.empty()) return;
+  std::printf("\nbidirectional: medians of %d runs after %d warm-up, one- and bidirectional "
+              "interleaved; ptb/text8 shapes with a per-step (tag) head\n", f.repeats, f.warmup);
+  std::printf("%-7s %-7s %-8s %3s %-5s %10s %10s %7s\n", "shape", "cell", "gemm", "thr", "mode",
+              "1-dir ms", "bidir ms", "ratio");
+  for (const auto& s : p.shapes) {
+    Rng rng(11);
+    std::vector<int32_t> ids(size_t(s.T) * s.N), labels(size_t(s.lm ? s.T : 1) * s.N);
+    for (auto& v : ids) v = static_cast<int32_t>(rng.below(s.K));
+    for (auto& v : labels) v = static_cast<int32_t>(rng.below(s.K));
+    std::vector<float> x(size_t(s.T) * s.N * s.C, 0.0f);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (s.lm) x[i * s.C + ids[i] % s.C] = 1.0f;  // one-hot symbols
+      else x[i] = static_cast<float>(rng.uniform());  // pixels (C = 1)
+    }
+    std::vector<float> logits(size_t(s.lm ? s.T : 1) * s.N * s.K);
+    for (blas::Backend be : p.backends)
+      for (Cell cell : p.bidir_cells) {
+        struct Case {
+          std::unique_ptr<Model> model;
+          std::vector<ParamRef> params;
+          std::unique_ptr<Optimizer> opt;
+        } cases[2];
+        for (int d = 0; d < 2; ++d) {
+          ModelConfig mc;
+          mc.rnn.cell = cell;
+          mc.rnn.input_size = s.C;
+          mc.rnn.hidden_size = s.H;
+          mc.rnn.t_max = s.T;
+          mc.rnn.bidirectional = d == 1;
+          mc.head = s.lm ? Head::tag : Head::classify;
+          mc.num_classes = s.K;
+          cases[d].model = std::make_unique<Model>(mc);
+          for (auto& q : cases[d].model->parameters())
+            cases[d].params.push_back({q.name, q.value, q.grad, q.numel});
+          OptimConfig oc;
+          oc.name = "adam";
+          oc.lr = 1e-3;
+          cases[d].opt = make_optimizer(oc);
+        }
+        auto train_step = [&](Case& c) {
+          c.model->zero_grad();
+          ForwardOptions fo;
+          if (s.lm)
+            c.model->seq_step(fo, s.T, s.N, x.data(), nullptr, labels.data(), nullptr, true);
+          else
+            c.model->classify_step(fo, s.T, s.N, x.data(), nullptr, labels.data(), true);
+          clip_grad_norm(c.params, 1.0f);
+          c.opt->step(c.params, 1e-3f);
+        };
+        auto infer_step = [&](Case& c) {
+          ForwardOptions fo;
+          fo.mode = Mode::infer;
+          fo.need_backward = false;
+          c.model->logits(fo, s.T, s.N, x.data(), nullptr, nullptr, nullptr, nullptr, logits.data(),
+                          nullptr, nullptr);
+        };
+        blas::set_backend(be);
+        for (int th : p.threads) {
+          set_threads(th);
+          for (const char* mode : {"train", "infer"}) {
+            const bool tr = std::string(mode) == "train";
+            std::vector<double> ms[2];
+            for (int r = 0; r < f.warmup + f.repeats; ++r)
+              for (int d = 0; d < 2; ++d) {
+                const double t0 = now_ms();
+                tr ? train_step(cases[d]) : infer_step(cases[d]);
+                if (r >= f.warmup) ms[d].push_back(now_ms() - t0);
+              }
+            const double one = median(ms[0]), two = median(ms[1]);
+            std::printf("%-7s %-7s %-8s %3d %-5s %10.1f %10.1f %6.2fx\n", s.name.c_str(),
+                        cell_name(cell), blas::backend_name(be), th, mode, one, two, two / one);
+            std::fflush(stdout);
+            out["bidirectional"].push_back({{"shape", s.name}, {"cell", cell_name(cell)},
+                                            {"gemm", blas::backend_name(be)}, {"threads", th},
+                                            {"mode", mode}, {"head", s.lm ? "tag" : "classify"},
+                                            {"one_directional_ms", one}, {"bidirectional_ms", two},
+                                            {"ratio", two / one}});
+          }
+        }
+      }
+  }
+  std::printf("ratio = bidirectional / one-directional step (the same cell, shape, head, backend "
+              "and threads); target <= 2.1x on 2 threads\n");
 }
 
 }  // namespace
@@ -793,6 +890,9 @@ void register_bench(CLI::App& app, int& exit_code) {
   auto f = std::make_shared<BenchFlags>();
   sub->add_option("--shapes", f->shapes, "smnist,ptb,text8")->capture_default_str();
   sub->add_option("--cells", f->cells, "cells to time")->capture_default_str();
+  sub->add_option("--bidir-cells", f->bidir_cells,
+                  "cells timed bidirectional beside one-directional ('' for none)")
+      ->capture_default_str();
   sub->add_option("--threads", f->threads, "rbn thread counts to try (best is reported)")
       ->capture_default_str();
   sub->add_option("--gemm", f->gemm, "float GEMM backends to time rbn with (openblas,onednn)")
@@ -856,10 +956,10 @@ void register_bench(CLI::App& app, int& exit_code) {
     for (auto be : plan.backends) out["gemm"][blas::backend_name(be)] = blas::backend_description(be);
     out["cpu_threads"] = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     out["precision"] = blas::precision_name(blas::precision());
-    out["command"] = "rbn bench --shapes " + f->shapes + " --cells " + f->cells + " --threads " +
-                     f->threads + " --gemm " + f->gemm + " --precision " + f->precision + " --repeats " +
-                     std::to_string(f->repeats) +
-                     (f->sgemm_table ? " --sgemm" : "") +
+    out["command"] = "rbn bench --shapes " + f->shapes + " --cells " + f->cells +
+                     " --bidir-cells " + f->bidir_cells + " --threads " + f->threads + " --gemm " +
+                     f->gemm + " --precision " + f->precision + " --repeats " +
+                     std::to_string(f->repeats) + (f->sgemm_table ? " --sgemm" : "") +
                      (f->stream ? " --stream --stream-batch " + f->stream_batch + " --stream-steps " +
                                       std::to_string(f->stream_steps)
                                 : "");
@@ -867,8 +967,10 @@ void register_bench(CLI::App& app, int& exit_code) {
       run_stream_bench(*f, plan, script, torch, out);
     else if (f->sgemm_table)
       run_sgemm_table(plan.backends, *std::max_element(plan.threads.begin(), plan.threads.end()), f->repeats, out);
-    else
+    else {
       run_step_bench(*f, plan, script, torch, out);
+      run_bidir_bench(*f, plan, out);
+    }
     out["peak_rss_mb"] = peak_rss_kb() / 1e3;
     std::printf("peak RSS %.0f MB\n", peak_rss_kb() / 1e3);
     if (!f->json.empty()) {

@@ -257,6 +257,9 @@ void register_sample(CLI::App& app, int& exit_code) {
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
     use_recorded_gemm(ck);
     Model& m = *ck.model;
+    if (m.config().rnn.bidirectional)
+      throw UsageError(f->checkpoint + ": a bidirectional model cannot sample: sampling steps left "
+                       "to right (the step API), and its reverse direction needs the whole sequence");
     if (m.config().head != Head::lm || ck.vocab.is_null())
       throw UsageError(f->checkpoint + ": not a language model (head '" +
                        std::string(head_name(m.config().head)) + "')");
@@ -328,7 +331,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   auto f = std::make_shared<Flags>();
   sub->add_option("--checkpoint", f->checkpoint, "a .safetensors checkpoint")->required();
   sub->add_option("--input", f->input, "X.npy: features [T,N,C] (float32/64) or token ids [T,N] (int32/64)")->required();
-  sub->add_option("--output", f->output, "Y.npy: h [T,N,H] (no head), logits [N,K] (classify) / [T,N,K] (lm, tag), values [N,D] / [T,N,D] (regress)")->required();
+  sub->add_option("--output", f->output, "Y.npy: h [T,N,H] (no head; bidirectional [T,N,2H]), logits [N,K] (classify) / [T,N,K] (lm, tag), values [N,D] / [T,N,D] (regress)")->required();
   sub->add_option("--lengths", f->lengths, "L.npy: valid steps per row [N] (int32/64)");
   sub->add_flag("--train-mode", f->train_mode, "batch statistics instead of population statistics");
   sub->add_option("--threads", f->threads, "threads (0: default)");
@@ -378,13 +381,14 @@ void register_forward(CLI::App& app, int& exit_code) {
     opt.mode = f->train_mode ? Mode::train : Mode::infer;
     opt.update_running = false;
     opt.need_backward = false;
+    opt.regularize = false;  // batch statistics, but no dropout and zoneout's expectation (SPEC 2b)
     const int32_t* len = lengths.empty() ? nullptr : lengths.data();
     std::vector<float> out;
     std::vector<int64_t> shape;
-    if (mc.head == Head::none) {
-      out.resize(size_t(T) * N * mc.rnn.hidden_size);
+    if (mc.head == Head::none) {  // the top layer's h (bidirectional: forward ‖ reverse)
+      out.resize(size_t(T) * N * m.features());
       m.logits(opt, T, N, x.data(), nullptr, len, nullptr, nullptr, out.data(), nullptr, nullptr);
-      shape = {T, N, mc.rnn.hidden_size};
+      shape = {T, N, m.features()};
     } else if (lm) {
       out.resize(size_t(T) * N * mc.num_classes);
       m.logits(opt, T, N, nullptr, ids.data(), len, nullptr, nullptr, out.data(), nullptr, nullptr);
@@ -449,9 +453,14 @@ void register_info(CLI::App& app, int& exit_code) {
       std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       std::printf("%s (%zu bytes)\n", f->checkpoint.c_str(), ck.file_bytes);
-      std::printf("  cell %s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s%s\n",
-                  cell_name(mc.rnn.cell), mc.rnn.input_size, mc.rnn.hidden_size, mc.rnn.num_layers,
-                  mc.rnn.t_max, mc.rnn.eps, head_name(mc.head), head_size(mc).c_str());
+      std::printf("  cell %s%s, input %d, hidden %d, layers %d, t_max %d, eps %g, head %s%s\n",
+                  cell_name(mc.rnn.cell), mc.rnn.bidirectional ? " (bidirectional)" : "",
+                  mc.rnn.input_size, mc.rnn.hidden_size, mc.rnn.num_layers, mc.rnn.t_max,
+                  mc.rnn.eps, head_name(mc.head), head_size(mc).c_str());
+      if (mc.rnn.dropout > 0 || mc.rnn.zoneout_h > 0 || mc.rnn.zoneout_c > 0)
+        std::printf("  regularizers: dropout %g, zoneout_h %g, zoneout_c %g (inference: no dropout, "
+                    "zoneout's expectation)\n",
+                    mc.rnn.dropout, mc.rnn.zoneout_h, mc.rnn.zoneout_c);
       std::printf("  %zu parameters; step %lld; population statistics: %s\n", nparams,
                   static_cast<long long>(ck.state.step),
                   has_pop ? ck.state.popstats.c_str()

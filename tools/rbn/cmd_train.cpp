@@ -54,10 +54,19 @@ void add_train_options(CLI::App* sub, TrainFlags& f) {
                                            "LSTMs: initial forget-gate bias (1 unless given; an error with a GRU)");
   flag("ln_input", "--ln-input", c.ln_input, "lnlstm, lngru: normalize W x (false: only W h, and c)");
   flag("learn_init_state", "--learn-init-state", c.learn_init_state, "learn h0 and c0 (GRUs: h0)");
+  f.given["bidirectional"] = sub->add_flag(
+      "--bidirectional", c.bidirectional,
+      "a forward and a reverse direction per layer (classification tasks; the head reads both)");
   opt("init_recurrent", "--init-recurrent", c.init_recurrent,
       "orthogonal | identity (I on the g block; GRUs: on the n block)");
   opt("bn_momentum", "--bn-momentum", c.bn_momentum, "running-average rate m of the population statistics");
   opt("h0_noise", "--h0-noise", c.h0_noise, "std of Gaussian noise added to h0 in training");
+  opt("dropout", "--dropout", c.dropout,
+      "dropout probability on every layer's output but the top one's, training only (nn.LSTM's)");
+  opt("zoneout_h", "--zoneout-h", c.zoneout_h,
+      "zoneout probability of h: keep a unit's previous h in training (Krueger et al.)");
+  opt("zoneout_c", "--zoneout-c", c.zoneout_c,
+      "LSTMs: zoneout probability of the cell state c (a GRU or tanh RNN has none)");
   opt("popstats", "--popstats", c.popstats, "statistics for validation: pass | running");
   opt("popstats_batches", "--popstats-batches", c.popstats_batches, "batches in the statistics pass");
   opt("popstats_batch_size", "--popstats-batch-size", c.popstats_batch_size,
