@@ -791,6 +791,8 @@ void run_stream_bench(const BenchFlags& f, const BenchPlan& p, const std::string
     }
   std::printf("\nms per step; ratio = rbn median / PyTorch median (every cell against nn.LSTM, "
               "PyTorch's fused LSTM; lower is faster).\n");
+}
+
 // Bidirectional rows: each cell of --bidir-cells built one-directional and bidirectional on the
 // same shape, head and backend, timed in interleaved rounds at each thread count; the ratio is
 // the target (<= 2.1x on 2 threads). A bidirectional stack cannot be a left-to-right
