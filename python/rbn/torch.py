@@ -358,6 +358,15 @@ class _RbnLSTMBase(nn.Module):
                 if _is_lstm_param(n):
                     getattr(self, n).uniform_(-stdv, stdv)
 
+    def _copy_torch_params(self, module):
+        """Copies the weights and biases that `module` (a torch.nn recurrent module or an rbn.torch
+        one of the same kind) shares with this module under nn's names; the rest keep their init."""
+        src = dict(module.named_parameters())
+        with torch.no_grad():
+            for n in self._param_names:
+                if _is_lstm_param(n):
+                    getattr(self, n).copy_(src[n])
+
     @classmethod
     def from_lstm(cls, lstm, **kwargs):
         """A module of this class with the weights and biases of `lstm` (a torch.nn.LSTM or an
@@ -367,11 +376,7 @@ class _RbnLSTMBase(nn.Module):
         m = cls(lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.bias, lstm.batch_first,
                 lstm.dropout, lstm.bidirectional, getattr(lstm, "proj_size", 0),
                 dtype=ref.dtype, **kwargs)
-        src = dict(lstm.named_parameters())
-        with torch.no_grad():
-            for n in m._param_names:
-                if _is_lstm_param(n):
-                    getattr(m, n).copy_(src[n])
+        m._copy_torch_params(lstm)
         return m
 
     def extra_repr(self):
@@ -941,11 +946,7 @@ class _RbnGRUBase(_RbnLSTMBase):
         ref = next(gru.parameters())
         m = cls(gru.input_size, gru.hidden_size, gru.num_layers, gru.bias, gru.batch_first,
                 gru.dropout, gru.bidirectional, dtype=ref.dtype, **kwargs)
-        src = dict(gru.named_parameters())
-        with torch.no_grad():
-            for n in m._param_names:
-                if _is_lstm_param(n):
-                    getattr(m, n).copy_(src[n])
+        m._copy_torch_params(gru)
         return m
 
     @classmethod
@@ -1017,11 +1018,7 @@ class _RbnRNNBase(_RbnLSTMBase):
         ref = next(rnn.parameters())
         m = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.nonlinearity, rnn.bias,
                 rnn.batch_first, rnn.dropout, rnn.bidirectional, dtype=ref.dtype, **kwargs)
-        src = dict(rnn.named_parameters())
-        with torch.no_grad():
-            for n in m._param_names:
-                if _is_lstm_param(n):
-                    getattr(m, n).copy_(src[n])
+        m._copy_torch_params(rnn)
         return m
 
     @classmethod
