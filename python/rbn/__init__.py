@@ -47,11 +47,12 @@ def Stack(cell, input_size, hidden_size, num_layers=1, t_max=1, dtype="float32",
     return cls(cell, input_size, hidden_size, num_layers, t_max, **kwargs)
 
 
-def load(path):
+def load(path, gemm=None):
     """An rbn checkpoint -> rbn.Model (the rbn.torch stack, its head and embedding as torch
-    modules, vocabulary, permutation, metadata). docs/python.md, rbn.checkpoint.load."""
+    modules, vocabulary, permutation, metadata); gemm="recorded" switches the process to the GEMM
+    backend the run used. docs/python.md, rbn.checkpoint.load."""
     from .checkpoint import load as _load
-    return _load(path)
+    return _load(path, gemm)
 
 
 def save(path, module, head=None, **kwargs):

@@ -106,11 +106,18 @@ def _meta_int(md, key, path):
         raise CheckpointError(f"{path}: metadata '{key}' = '{md[key]}' is not an integer") from None
 
 
-def load(path):
+def load(path, gemm=None):
     """Open an rbn checkpoint (`rbn train`'s best/last.safetensors, `rbn popstats`' output, or
     rbn.save's) -> rbn.Model (float32, eval mode). The population statistics are the file's;
-    `model.rnn.popstats_kind` says which ('running' or 'pass', metadata 'popstats')."""
+    `model.rnn.popstats_kind` says which ('running' or 'pass', metadata 'popstats').
+
+    gemm: None keeps the process's GEMM backend (rbn.gemm_backend()) and warns when the run that
+    wrote the file used another one (metadata 'gemm_backend'; the outputs then agree with the
+    run's to float rounding, not bit for bit); "recorded" switches the process to the run's
+    backend (process-wide, as rbn.set_gemm_backend), as `rbn eval` does."""
     path = os.fspath(path)
+    if gemm not in (None, "recorded"):
+        raise ValueError(f"rbn.load: gemm must be None or 'recorded', got {gemm!r}")
     try:
         tensors, md = safetensors.read(path)
     except safetensors.SafetensorsError as e:
@@ -176,8 +183,25 @@ def load(path):
         except ValueError:
             raise CheckpointError(f"{path}: metadata 'vocab' is not JSON") from None
     perm = tensors.get("data.permutation")
+    _use_recorded_gemm(md.get("gemm_backend"), gemm, path)
     return Model(rnn, head, embed, head_kind, vocab, perm, md,
                  per_step=md.get("per_step") == "true").eval()
+
+
+def _use_recorded_gemm(recorded, gemm, path):
+    """rbn.load's gemm= (see there) for a file whose run used `recorded` (None: not recorded)."""
+    from . import _rbn
+    if recorded is None or recorded == _rbn.gemm_backend():
+        return
+    if gemm == "recorded":
+        if recorded not in ("openblas", "onednn"):
+            raise CheckpointError(f"{path}: metadata 'gemm_backend' = '{recorded}' is not a GEMM "
+                                  "backend (openblas, onednn)")
+        _rbn.set_gemm_backend(recorded)
+    else:
+        warnings.warn(f"rbn.load: {path} was trained with GEMM backend {recorded}, this process "
+                      f"uses {_rbn.gemm_backend()}: outputs agree to float rounding; "
+                      "rbn.load(path, gemm='recorded') repeats the run's numbers", stacklevel=3)
 
 
 def _buffers_key(rnn):

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -295,6 +296,14 @@ void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
   for (const auto& [k, v] : model_metadata(*ck.model)) st.metadata[k] = v;
   add_state_metadata(st.metadata, s);
   write_safetensors(path, st);
+}
+
+void use_recorded_gemm_backend(const LoadedCheckpoint& ck) {
+  const char* env = std::getenv("RBN_GEMM");
+  if (env && *env && std::string(env) != "auto") return;
+  auto it = ck.metadata.find("gemm_backend");
+  if (it == ck.metadata.end()) return;
+  if (auto b = blas::parse_backend(it->second)) blas::set_backend(*b);
 }
 
 }  // namespace rbn

@@ -305,20 +305,23 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
   if (root)
     std::fprintf(stderr, "GEMM backend %s: %s (%s)\n", cfg.gemm.c_str(), gemm.how.c_str(),
                  blas::backend_description(gemm.backend).c_str());
-  if (root)
-    std::fprintf(stderr, "rbn train: %s, cell %s, H=%d, L=%d, %zu parameters, BLAS %s, %d threads%s\n",
-               data->describe().c_str(), cfg.cell.c_str(), cfg.hidden, cfg.layers,
-               [&] {
-                 size_t n = 0;
-                 for (auto& p : params) n += p.numel;
-                 return n;
-               }(),
-               blas_description().c_str(), num_threads(),
-               group.distributed()
-                   ? fmt::format(" per rank; {}, {} rows per rank, statistics {}", group.describe(),
-                                 cfg.batch_size / group.size(), cfg.sync_bn ? "synchronized" : "per rank")
-                         .c_str()
-                   : "");
+  if (root) {
+    size_t n_params = 0;
+    for (auto& p : params) n_params += p.numel;
+    std::string shape = fmt::format("H={}, L={}", cfg.hidden, cfg.layers);
+    if (cfg.bidirectional) shape += ", bidirectional";
+    if (cfg.dropout > 0) shape += fmt::format(", dropout {:g}", cfg.dropout);
+    if (cfg.zoneout_h > 0 || cfg.zoneout_c > 0)
+      shape += fmt::format(", zoneout h {:g} c {:g}", cfg.zoneout_h, cfg.zoneout_c);
+    const std::string ranks =
+        group.distributed()
+            ? fmt::format(" per rank; {}, {} rows per rank, statistics {}", group.describe(),
+                          cfg.batch_size / group.size(), cfg.sync_bn ? "synchronized" : "per rank")
+            : "";
+    std::fprintf(stderr, "rbn train: %s, cell %s, %s, %zu parameters, BLAS %s, %d threads%s\n",
+                 data->describe().c_str(), cfg.cell.c_str(), shape.c_str(), n_params,
+                 blas_description().c_str(), num_threads(), ranks.c_str());
+  }
 
   const int pop_n = cfg.popstats_batch_size > 0 ? cfg.popstats_batch_size : N;
   const bool has_pop = cell_has_population_stats(mc.rnn.cell);

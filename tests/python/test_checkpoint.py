@@ -232,3 +232,30 @@ def test_cli_python_cli_seq_heads(tmp_path, target, ids):
     np.testing.assert_array_equal(tool(tmp_path / "back.safetensors"), want)
     again = rbn.load(tmp_path / "back.safetensors")
     assert (again.head_kind, again.per_step, again.input_ids) == (m.head_kind, m.per_step, ids)
+
+
+@needs_cli
+def test_load_names_or_takes_the_runs_gemm_backend(tmp_path):
+    """A checkpoint trained on the other GEMM backend: rbn.load warns (the process's backend is
+    kept), gemm="recorded" switches the process to the run's, anything else is refused."""
+    mine = rbn.gemm_backend()
+    other = "onednn" if mine == "openblas" else "openblas"
+    out = tmp_path / "run"
+    cli("train", "--task", "ptb", "--data", os.path.join(ROOT, "data", "ptb"), "--seq-len", "12",
+        "--batch-size", "4", "--cell", "lstm", "--hidden", "6", "--steps", "2", "--eval-every", "2",
+        "--eval-batches", "1", "--threads", "1", "--gemm", other, "--out", out)
+    ck = out / "best.safetensors"
+    try:
+        with pytest.warns(UserWarning, match=f"trained with GEMM backend {other}"):
+            rbn.load(ck)
+        assert rbn.gemm_backend() == mine
+        with pytest.raises(ValueError, match="gemm must be None or 'recorded'"):
+            rbn.load(ck, gemm="fast")
+        rbn.load(ck, gemm="recorded")
+        assert rbn.gemm_backend() == other
+        tensors, md = safetensors.read(ck)
+        safetensors.write(tmp_path / "odd.safetensors", tensors, dict(md, gemm_backend="mkl"))
+        with pytest.raises(rbn.CheckpointError, match="'gemm_backend' = 'mkl' is not a GEMM"):
+            rbn.load(tmp_path / "odd.safetensors", gemm="recorded")
+    finally:
+        rbn.set_gemm_backend(mine)

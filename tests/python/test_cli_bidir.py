@@ -54,9 +54,12 @@ def seq_data(tmp_path, tag):
 @pytest.mark.parametrize("cell,tag", [("bnlstm", False), ("gru", True)])
 def test_train_info_eval_forward(tmp_path, cell, tag):
     run = tmp_path / "run"
-    cli("train", "--task", "seq", "--data", seq_data(tmp_path, tag), "--batch-size", "8",
-        "--cell", cell, "--hidden", "5", "--layers", "2", "--bidirectional", "--steps", "3",
-        "--eval-every", "3", "--popstats-batches", "1", "--threads", "1", "--out", run)
+    r = cli("train", "--task", "seq", "--data", seq_data(tmp_path, tag), "--batch-size", "8",
+            "--cell", cell, "--hidden", "5", "--layers", "2", "--bidirectional", "--steps", "3",
+            "--eval-every", "3", "--popstats-batches", "1", "--threads", "1", "--dropout", "0.2",
+            "--zoneout-h", "0.1", "--out", run)
+    # the start line says what is trained
+    assert "H=5, L=2, bidirectional, dropout 0.2, zoneout h 0.1 c 0," in r.stderr, r.stderr
     ck = run / "best.safetensors"
     shapes, md = header(ck)
     G = 20 if cell == "bnlstm" else 15

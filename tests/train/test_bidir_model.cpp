@@ -155,12 +155,12 @@ std::vector<uint8_t> tensor_bytes(const std::string& path) {
   return all;
 }
 
-TEST(BidirectionalModel, TrainsCheckpointsAndResumesBitForBit) {
-  const fs::path base = fs::temp_directory_path() / ("rbn-bidir-" + std::to_string(getpid()));
-  fs::remove_all(base);
-  TrainConfig full = tiny_bidir_mnist((base / "full").string());
-  ASSERT_EQ(run_training(full, false).exit_code, 0);
-  TrainConfig half = tiny_bidir_mnist((base / "half").string());
+// Trains config(base/"full") for its 8 steps, and config(base/"half") for 4 steps then resumed to
+// 8; both runs' last and best checkpoints must hold the same bytes.
+template <class MakeConfig>
+void expect_resume_bit_for_bit(const fs::path& base, MakeConfig config) {
+  ASSERT_EQ(run_training(config(base / "full"), false).exit_code, 0);
+  TrainConfig half = config(base / "half");
   half.steps = 4;
   ASSERT_EQ(run_training(half, false).exit_code, 0);
   half.steps = 8;
@@ -168,6 +168,13 @@ TEST(BidirectionalModel, TrainsCheckpointsAndResumesBitForBit) {
   for (const char* f : {"last.safetensors", "best.safetensors"})
     EXPECT_EQ(tensor_bytes((base / "full" / f).string()), tensor_bytes((base / "half" / f).string()))
         << f;
+}
+
+TEST(BidirectionalModel, TrainsCheckpointsAndResumesBitForBit) {
+  const fs::path base = fs::temp_directory_path() / ("rbn-bidir-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  ASSERT_NO_FATAL_FAILURE(
+      expect_resume_bit_for_bit(base, [](const fs::path& out) { return tiny_bidir_mnist(out.string()); }));
   const SafeTensors st = read_safetensors((base / "full/best.safetensors").string());
   EXPECT_EQ(st.metadata.at("bidirectional"), "true");
   for (const char* name : {"rnn.0.reverse.weight_ih", "rnn.0.reverse.bn_c.bias",
@@ -178,6 +185,29 @@ TEST(BidirectionalModel, TrainsCheckpointsAndResumesBitForBit) {
   LoadedCheckpoint ck = load_model_checkpoint((base / "full/best.safetensors").string());
   EXPECT_TRUE(ck.model->config().rnn.bidirectional);
   EXPECT_EQ(ck.model->features(), 16);
+  fs::remove_all(base);
+}
+
+// The same with two bidirectional layers under dropout and zoneout: each direction's masks come
+// from the counter-based hash (direction, update, row, step), so the resumed run draws what the
+// uninterrupted one draws; without the regularizers the run ends elsewhere (the masks acted).
+TEST(BidirectionalModel, ResumesBitForBitUnderDropoutAndZoneout) {
+  const fs::path base = fs::temp_directory_path() / ("rbn-bidir-reg-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  auto config = [](const fs::path& out, bool regularized) {
+    TrainConfig c = tiny_bidir_mnist(out.string());
+    c.layers = 2;
+    if (regularized) c.dropout = 0.3, c.zoneout_h = 0.1, c.zoneout_c = 0.5;
+    return c;
+  };
+  ASSERT_NO_FATAL_FAILURE(
+      expect_resume_bit_for_bit(base, [&](const fs::path& out) { return config(out, true); }));
+  ASSERT_EQ(run_training(config(base / "plain", false), false).exit_code, 0);
+  EXPECT_NE(tensor_bytes((base / "full/last.safetensors").string()),
+            tensor_bytes((base / "plain/last.safetensors").string()));
+  const SafeTensors st = read_safetensors((base / "full/last.safetensors").string());
+  EXPECT_EQ(st.metadata.at("zoneout_c"), "0.5");
+  EXPECT_TRUE(st.has("rnn.1.reverse.weight_ih"));
   fs::remove_all(base);
 }
 

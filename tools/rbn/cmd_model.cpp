@@ -25,16 +25,6 @@ namespace rbn::cli {
 
 namespace {
 
-// Matrix products on the backend the checkpoint's run used (its gemm_backend), so evaluations
-// repeat the run's numbers bit for bit; RBN_GEMM, when set to a backend, wins.
-void use_recorded_gemm(const LoadedCheckpoint& ck) {
-  const char* env = std::getenv("RBN_GEMM");
-  if (env && *env && std::string(env) != "auto") return;
-  auto it = ck.metadata.find("gemm_backend");
-  if (it == ck.metadata.end()) return;  // a model file from before the backends, or from Python
-  if (auto b = blas::parse_backend(it->second)) blas::set_backend(*b);
-}
-
 // The training config a checkpoint was made with, with the data path (and batch sizes) that the
 // command line may override.
 TrainConfig data_config(const LoadedCheckpoint& ck, const std::string& path, const std::string& data) {
@@ -159,7 +149,7 @@ void register_eval(CLI::App& app, int& exit_code) {
     set_threads(f->threads);
     set_precision_flag(f->precision);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm(ck);
+    use_recorded_gemm_backend(ck);
     TrainConfig cfg = data_config(ck, f->checkpoint, f->data);
     if (f->batch_size > 0) cfg.batch_size = f->batch_size;
     auto data = load_task(cfg);
@@ -217,7 +207,7 @@ void register_popstats(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm(ck);
+    use_recorded_gemm_backend(ck);
     if (!cell_has_population_stats(ck.model->config().rnn.cell))
       throw UsageError(f->checkpoint + ": cell '" + cell_name(ck.model->config().rnn.cell) +
                        "' has no population statistics");
@@ -255,7 +245,7 @@ void register_sample(CLI::App& app, int& exit_code) {
     if (f->length <= 0) throw UsageError("--length: must be positive, got " + std::to_string(f->length));
     if (!(f->temperature > 0)) throw UsageError("--temperature: must be positive");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm(ck);
+    use_recorded_gemm_backend(ck);
     Model& m = *ck.model;
     if (m.config().rnn.bidirectional)
       throw UsageError(f->checkpoint + ": a bidirectional model cannot sample: sampling steps left "
@@ -338,7 +328,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm(ck);
+    use_recorded_gemm_backend(ck);
     Model& m = *ck.model;
     const auto& mc = m.config();
     NpyArray in = read_npy(f->input);
