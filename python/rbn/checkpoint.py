@@ -194,10 +194,10 @@ def _use_recorded_gemm(recorded, gemm, path):
     if recorded is None or recorded == _rbn.gemm_backend():
         return
     if gemm == "recorded":
-        if recorded not in ("openblas", "onednn"):
-            raise CheckpointError(f"{path}: metadata 'gemm_backend' = '{recorded}' is not a GEMM "
-                                  "backend (openblas, onednn)")
-        _rbn.set_gemm_backend(recorded)
+        try:  # the binding knows the backends and names them when it refuses one
+            _rbn.set_gemm_backend(recorded)
+        except _rbn.RbnError as e:
+            raise CheckpointError(f"{path}: metadata 'gemm_backend' = '{recorded}': {e}") from None
     else:
         warnings.warn(f"rbn.load: {path} was trained with GEMM backend {recorded}, this process "
                       f"uses {_rbn.gemm_backend()}: outputs agree to float rounding; "
