@@ -273,7 +273,7 @@ struct Workspace {
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
-  std::vector<T> r_packed;               // [G,H] forward: R's rows by thread
+  std::vector<T> r_packed;               // [G,H] forward: each thread's rows of R, transposed
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
@@ -433,6 +433,7 @@ struct Engine {
   void forward_step(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s, int t);
   void input_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                         const StepRows& st);
+  void pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols) const;
   void recurrent_product(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                          const StepRows& st);
   void synced_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
@@ -501,7 +502,7 @@ struct Engine<T>::ForwardScratch {
   std::vector<T> shift_h;                  // [G] GRU: the recurrent term's own, h~ = sh*Rh + shift_h
   std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
   std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
-  T* r_rows = nullptr;  // [gates*w, H] this thread's rows of R (gate q's units at rows q*w..)
+  T* r_cols = nullptr;  // [H, gates*w] this thread's rows of R, transposed (gate q's units at q*w)
   T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
   int ld_rh = 0;
   // Sizes for a call (gw = gates * w); grows only, so that repeated calls reuse the memory. Every

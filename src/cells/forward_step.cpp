@@ -22,7 +22,7 @@ struct Engine<T>::ForwardRun {
   bool batch = true;               // batch statistics (train mode); else population
   bool update_running = false;     // record batch statistics into the running averages
   bool inline_x = false;           // W x formed per step (LayerCache::inline_x)
-  bool pack = false;               // R's rows packed per thread (Tc >= kPackMinSteps)
+  bool pack = false;               // R's rows packed per thread, transposed (Tc >= kPackMinSteps)
   bool sync_terms = false;         // W x / R h statistics summed over the group
   LayerTensors<const T*> prm{};
   const LayerLayout* layout = nullptr;
@@ -90,14 +90,29 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     // Slices of the layer's workspaces (thread p's at gates*k0 rows of R, columns of R h).
     // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
-    s.r_rows = ws.r_packed.data() + static_cast<size_t>(gates) * u.k0 * H;
+    s.r_cols = ws.r_packed.data() + static_cast<size_t>(gates) * u.k0 * H;
     s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
-    if (run.pack)
-      for (int q = 0; q < gates; ++q)
-        std::copy_n(run.prm.R + static_cast<size_t>(q * H + u.k0) * H, static_cast<size_t>(u.w) * H,
-                    s.r_rows + static_cast<size_t>(q) * u.w * H);
+    if (run.pack) pack_recurrent_columns(run.prm.R, H, u, s.r_cols);
     for (int t = 0; t < Tc; ++t) forward_step(run, u, s, t);
   }
+}
+
+// This thread's rows of R [G,H] (gate q's units k0..k1), transposed once per call into
+// r_cols [H, gates*w]: the step's product h R^T then reads its right operand untransposed, which
+// both GEMM backends pack faster on every call than the rows of R (measured: docs/performance.md,
+// "The forward product's operand"). Tiles of 32 x 32 keep the transpose's reads and writes in cache.
+template <class T>
+void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols) const {
+  const int gw = gates * u.w;
+  constexpr int B = 32;
+  for (int q = 0; q < gates; ++q)
+    for (int j0 = 0; j0 < u.w; j0 += B)
+      for (int k0 = 0; k0 < H; k0 += B)
+        for (int j = j0; j < std::min(j0 + B, u.w); ++j) {
+          const T* r = R + static_cast<size_t>(q * H + u.k0 + j) * H;
+          T* col = r_cols + q * u.w + j;
+          for (int k = k0; k < std::min(k0 + B, H); ++k) col[static_cast<size_t>(k) * gw] = r[k];
+        }
 }
 
 // The input projection of all steps at once and its normalization when it spans the sequence
@@ -206,8 +221,8 @@ void Engine<T>::recurrent_product(const ForwardRun& run, const UnitBlock& u, For
   if (u.w <= 0) return;
   const int N = run.N, H = run.H;
   if (run.pack) {
-    blas::gemm(false, true, N, gates * u.w, H, T(1), st.h_prev, H, s.r_rows, H, T(0), s.rh_step,
-               s.ld_rh);
+    blas::gemm(false, false, N, gates * u.w, H, T(1), st.h_prev, H, s.r_cols, gates * u.w, T(0),
+               s.rh_step, s.ld_rh);
     return;
   }
   for (int q = 0; q < gates; ++q)

@@ -27,7 +27,8 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// In-place tanh and logistic sigmoid over an array: SLEEF's vector tanh (3.5 ulp) for float,
+// In-place tanh and logistic sigmoid over an array: SLEEF's vector tanh (3.5 ulp) for float, the
+// tail too (masked), so that a value's result never depends on where the threads split the columns;
 // std:: for double (the double build serves the reference checks, not speed).
 inline void tanh_inplace(double* p, int n) {
   for (int i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
@@ -46,6 +47,12 @@ inline void tanh_inplace(float* p, int n) {
   }
 #elif defined(__AVX2__) && defined(__FMA__)
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, Sleef_tanhf8_u35(_mm256_loadu_ps(p + i)));
+  if (i < n) {  // the tail masked, not scalar: std::tanh costs more than a vector call per value
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(p + i, m, Sleef_tanhf8_u35(_mm256_maskload_ps(p + i, m)));
+    i = n;
+  }
 #endif
   for (; i < n; ++i) p[i] = std::tanh(p[i]);
 }
