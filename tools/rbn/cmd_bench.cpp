@@ -186,13 +186,16 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     c.model->logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
                     nullptr, nullptr, logits.data(), nullptr, nullptr);
   };
-  // medians over rounds of every case (one run of each per round)
+  // medians over rounds of every case (one run of each per round); each round starts one case
+  // later, so that a slow stretch of the machine that begins or ends inside a round does not
+  // always fall on the same cases
   auto time_all = [&](auto&& fn) {
     for (int i = 0; i < warmup; ++i)
       for (auto& c : cases) fn(c);
     std::vector<std::vector<double>> ms(cases.size());
     for (int i = 0; i < repeats; ++i)
-      for (size_t k = 0; k < cases.size(); ++k) {
+      for (size_t j = 0; j < cases.size(); ++j) {
+        const size_t k = (j + static_cast<size_t>(i)) % cases.size();
         const double t0 = now_ms();
         fn(cases[k]);
         ms[k].push_back(now_ms() - t0);
@@ -863,7 +866,8 @@ void run_bidir_bench(const BenchFlags& f, const BenchPlan& p, nlohmann::json& ou
             const bool tr = std::string(mode) == "train";
             std::vector<double> ms[2];
             for (int r = 0; r < f.warmup + f.repeats; ++r)
-              for (int d = 0; d < 2; ++d) {
+              for (int i = 0; i < 2; ++i) {
+                const int d = (i + r) % 2;  // the first of each round alternates
                 const double t0 = now_ms();
                 tr ? train_step(cases[d]) : infer_step(cases[d]);
                 if (r >= f.warmup) ms[d].push_back(now_ms() - t0);
