@@ -298,12 +298,17 @@ void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
   write_safetensors(path, st);
 }
 
-void use_recorded_gemm_backend(const LoadedCheckpoint& ck) {
+void use_recorded_gemm_backend(const LoadedCheckpoint& ck, const std::string& path) {
   const char* env = std::getenv("RBN_GEMM");
   if (env && *env && std::string(env) != "auto") return;
   auto it = ck.metadata.find("gemm_backend");
   if (it == ck.metadata.end()) return;
-  if (auto b = blas::parse_backend(it->second)) blas::set_backend(*b);
+  const auto b = blas::parse_backend(it->second);
+  if (!b)
+    throw DataError(path + ": metadata 'gemm_backend' = '" + it->second +
+                    "': unknown GEMM backend (openblas, onednn); RBN_GEMM=openblas or onednn "
+                    "evaluates the file on that one");
+  blas::set_backend(*b);
 }
 
 }  // namespace rbn

@@ -59,8 +59,9 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path);
 
 // Matrix products on the backend the checkpoint's run used (its gemm_backend metadata), so an
 // evaluation repeats the run's numbers bit for bit; RBN_GEMM, when set to a backend, wins. A file
-// without the key (from before the backends, or from Python) leaves the process's backend as is.
-void use_recorded_gemm_backend(const LoadedCheckpoint& ck);
+// without the key (from before the backends, or from Python) leaves the process's backend as is;
+// a value that names no backend of this build is a DataError naming `path`.
+void use_recorded_gemm_backend(const LoadedCheckpoint& ck, const std::string& path);
 
 // Rewrite a loaded checkpoint's model (e.g. after a statistics pass), keeping its metadata.
 void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,

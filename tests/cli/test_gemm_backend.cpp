@@ -118,6 +118,24 @@ TEST(GemmBackend, UnknownNamesRefused) {
   o = run("", train(tmp("x"), 2) + " --gemm mkl");
   EXPECT_EQ(o.code, 2);
   EXPECT_NE(o.err.find("--gemm"), std::string::npos) << o.err;
+  // a checkpoint whose recorded backend this build does not have: refused by the commands that
+  // evaluate on the recorded backend, unless RBN_GEMM names one
+  const fs::path run_dir = tmp("odd");
+  fs::remove_all(run_dir);
+  o = run("", train(run_dir, 2));
+  ASSERT_EQ(o.code, 0) << o.err;
+  rbn::SafeTensors st = rbn::read_safetensors((run_dir / "last.safetensors").string());
+  st.metadata["gemm_backend"] = "mkl";
+  const fs::path odd = run_dir / "odd.safetensors";
+  rbn::write_safetensors(odd.string(), st);
+  const std::string eval = "eval --checkpoint " + odd.string() + " --split valid --popstats running";
+  o = run("", eval);
+  EXPECT_NE(o.code, 0);
+  EXPECT_NE(o.err.find(odd.string() + ": metadata 'gemm_backend' = 'mkl': unknown GEMM backend"),
+            std::string::npos) << o.err;
+  o = run("RBN_GEMM=openblas", eval);
+  EXPECT_EQ(o.code, 0) << o.err;
+  fs::remove_all(run_dir);
 }
 
 }  // namespace

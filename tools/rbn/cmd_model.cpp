@@ -149,7 +149,7 @@ void register_eval(CLI::App& app, int& exit_code) {
     set_threads(f->threads);
     set_precision_flag(f->precision);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm_backend(ck);
+    use_recorded_gemm_backend(ck, f->checkpoint);
     TrainConfig cfg = data_config(ck, f->checkpoint, f->data);
     if (f->batch_size > 0) cfg.batch_size = f->batch_size;
     auto data = load_task(cfg);
@@ -207,7 +207,7 @@ void register_popstats(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm_backend(ck);
+    use_recorded_gemm_backend(ck, f->checkpoint);
     if (!cell_has_population_stats(ck.model->config().rnn.cell))
       throw UsageError(f->checkpoint + ": cell '" + cell_name(ck.model->config().rnn.cell) +
                        "' has no population statistics");
@@ -245,7 +245,7 @@ void register_sample(CLI::App& app, int& exit_code) {
     if (f->length <= 0) throw UsageError("--length: must be positive, got " + std::to_string(f->length));
     if (!(f->temperature > 0)) throw UsageError("--temperature: must be positive");
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm_backend(ck);
+    use_recorded_gemm_backend(ck, f->checkpoint);
     Model& m = *ck.model;
     if (m.config().rnn.bidirectional)
       throw UsageError(f->checkpoint + ": a bidirectional model cannot sample: sampling steps left "
@@ -328,7 +328,7 @@ void register_forward(CLI::App& app, int& exit_code) {
   sub->callback([f, &exit_code]() {
     set_threads(f->threads);
     LoadedCheckpoint ck = load_model_checkpoint(f->checkpoint);
-    use_recorded_gemm_backend(ck);
+    use_recorded_gemm_backend(ck, f->checkpoint);
     Model& m = *ck.model;
     const auto& mc = m.config();
     NpyArray in = read_npy(f->input);

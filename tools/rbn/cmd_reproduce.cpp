@@ -130,7 +130,7 @@ void longer(const ReproFlags& f) {
     LoadedCheckpoint ck = load_model_checkpoint(path);
     if (!ck.train_config || ck.model->config().head != Head::lm)
       throw UsageError(path + ": not a language model trained by rbn");
-    use_recorded_gemm_backend(ck);
+    use_recorded_gemm_backend(ck, path);
     TrainConfig cfg = *ck.train_config;
     auto data = load_task(cfg);
     if (cell_has_population_stats(ck.model->config().rnn.cell) && ck.state.popstats != "pass")
