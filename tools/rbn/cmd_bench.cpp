@@ -64,6 +64,29 @@ double median(std::vector<double> v) {
   return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
 }
 
+// The q-quantile of v (nearest rank).
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, i > 0 ? i - 1 : 0)];
+}
+
+// Same-round ratios a[i] / b[i]: their median and quartiles over the rounds. Two cases timed in
+// the same round saw the same machine; a ratio of their medians mixes moments of different speed
+// (docs/performance.md, "Issue 17: the GRU rows after both changes").
+struct PairedRatio {
+  double median = 0, q1 = 0, q3 = 0;
+};
+
+PairedRatio paired_ratio(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> r;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    if (b[i] > 0) r.push_back(a[i] / b[i]);
+  if (r.empty()) return {};
+  return {median(r), quantile(r, 0.25), quantile(r, 0.75)};
+}
+
 long peak_rss_kb() {
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
@@ -122,6 +145,8 @@ double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) 
 struct RbnResult {
   double train_ms = 0, infer_ms = 0;
   int train_threads = 0, infer_threads = 0;
+  // every round's sample at the best thread count, in round order (same-round ratios)
+  std::vector<double> train_rounds, infer_rounds;
   double backward_reads_mb = 0, allocated_mb = 0, infer_state_mb = 0;
 };
 
@@ -186,35 +211,41 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     c.model->logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
                     nullptr, nullptr, logits.data(), nullptr, nullptr);
   };
-  // medians over rounds of every case (one run of each per round); each round starts one case
-  // later, so that a slow stretch of the machine that begins or ends inside a round does not
-  // always fall on the same cases
+  // Every (thread count, case) pair runs once per round; each round starts one pair later, so
+  // that a slow stretch of the machine that begins or ends inside a round does not always fall
+  // on the same cases. Returns the samples [thread count][case][round].
+  const size_t K = cases.size(), J = thread_counts.size() * K;
   auto time_all = [&](auto&& fn) {
+    auto run = [&](size_t j) {
+      set_threads(thread_counts[j / K]);
+      const double t0 = now_ms();
+      fn(cases[j % K]);
+      return now_ms() - t0;
+    };
     for (int i = 0; i < warmup; ++i)
-      for (auto& c : cases) fn(c);
-    std::vector<std::vector<double>> ms(cases.size());
+      for (size_t j = 0; j < J; ++j) run(j);
+    std::vector<std::vector<std::vector<double>>> ms(thread_counts.size(), std::vector<std::vector<double>>(K));
     for (int i = 0; i < repeats; ++i)
-      for (size_t j = 0; j < cases.size(); ++j) {
-        const size_t k = (j + static_cast<size_t>(i)) % cases.size();
-        const double t0 = now_ms();
-        fn(cases[k]);
-        ms[k].push_back(now_ms() - t0);
+      for (size_t jj = 0; jj < J; ++jj) {
+        const size_t j = (jj + static_cast<size_t>(i)) % J;
+        ms[j / K][j % K].push_back(run(j));
       }
-    std::vector<double> med;
-    for (auto& v : ms) med.push_back(median(v));
-    return med;
+    return ms;
   };
-  std::vector<RbnResult> res(cases.size());
+  std::vector<RbnResult> res(K);
   for (auto& r : res) r.train_ms = r.infer_ms = 1e300;
-  for (int th : thread_counts) {
-    set_threads(th);
-    const auto tr = time_all(train_step);
-    const auto in = time_all(infer_step);
-    for (size_t k = 0; k < cases.size(); ++k) {
-      if (tr[k] < res[k].train_ms) res[k].train_ms = tr[k], res[k].train_threads = th;
-      if (in[k] < res[k].infer_ms) res[k].infer_ms = in[k], res[k].infer_threads = th;
+  const auto tr = time_all(train_step);
+  const auto in = time_all(infer_step);
+  for (size_t ti = 0; ti < thread_counts.size(); ++ti)
+    for (size_t k = 0; k < K; ++k) {
+      RbnResult& r = res[k];
+      const int th = thread_counts[ti];
+      if (const double m = median(tr[ti][k]); m < r.train_ms)
+        r.train_ms = m, r.train_threads = th, r.train_rounds = tr[ti][k];
+      if (const double m = median(in[ti][k]); m < r.infer_ms)
+        r.infer_ms = m, r.infer_threads = th, r.infer_rounds = in[ti][k];
     }
-  }
+  set_threads(*std::max_element(thread_counts.begin(), thread_counts.end()));
   // Memory: what backward reads (the stack's cache) beside everything the step allocated.
   for (size_t k = 0; k < cases.size(); ++k) {
     train_step(cases[k]);
@@ -563,8 +594,17 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
                            {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
                            {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
         const std::string vs = std::string("_vs_rbn_") + cell_name(base_cell);
-        if (base) row["train" + vs] = r.train_ms / base->train_ms;
-        if (base) row["infer" + vs] = r.infer_ms / base->infer_ms;
+        PairedRatio vs_base[2];  // train, infer
+        if (base) {
+          vs_base[0] = paired_ratio(r.train_rounds, base->train_rounds);
+          vs_base[1] = paired_ratio(r.infer_rounds, base->infer_rounds);
+          for (int m = 0; m < 2; ++m) {
+            const std::string key = (m == 0 ? "train" : "infer") + vs;
+            row[key] = vs_base[m].median;
+            row[key + "_quartiles"] = {vs_base[m].q1, vs_base[m].q3};
+            row[key + "_of_medians"] = m == 0 ? r.train_ms / base->train_ms : r.infer_ms / base->infer_ms;
+          }
+        }
         const auto kind = onednn_anchor(cell);
         const Anchor* anchor = kind && anchors.count(*kind) ? &anchors.at(*kind) : nullptr;
         if (anchor) row["onednn_rnn"] = onednn_rnn_name(*kind);
@@ -596,14 +636,14 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
             row[std::string("vs_onednn_") + mode] = ms / dms;
           }
           const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
-          const double base_ms = base ? (tr ? base->train_ms : base->infer_ms) : 0;
+          const double x_base = vs_base[tr ? 0 : 1].median;
           std::printf("%-7s %-7s %-8s %-5s %9.1f %3d %9s %3s %6s %9s %3s %6s %6s %8.1f %8.1f %5.0f%% %7.1fM %7.1fM\n",
                       s.name.c_str(), cell_name(cell), blas::backend_name(be), mode, ms,
                       tr ? r.train_threads : r.infer_threads, fmt_or_dash(tms, "{:.1f}").c_str(),
                       tth > 0 ? std::to_string(tth).c_str() : "-", fmt_or_dash(tms > 0 ? ms / tms : 0, "{:.3f}").c_str(),
                       fmt_or_dash(dms, "{:.1f}").c_str(), dth > 0 ? std::to_string(dth).c_str() : "-",
                       fmt_or_dash(dms > 0 ? ms / dms : 0, "{:.3f}").c_str(),
-                      fmt_or_dash(base_ms > 0 ? ms / base_ms : 0, "{:.2f}").c_str(), gf, sg,
+                      fmt_or_dash(x_base, "{:.2f}").c_str(), gf, sg,
                       100.0 * gf / sg, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
                       tr ? r.allocated_mb : row["infer_state_mb_8T"].get<double>());
           std::fflush(stdout);
@@ -615,21 +655,15 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
   std::printf("\nratio = rbn / PyTorch (the GRUs against torch.nn.GRU), x dnnl = rbn / oneDNN's own RNN primitive "
               "(one layer: forward_training, weights reordered for the backward, backward; no head, no optimizer; "
               "lbr_gru for the GRUs), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
-              "faster), each at its best thread count; the cells and backends "
-              "timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
+              "faster), each at its best thread count, the median over rounds of the ratio of the two samples "
+              "of the same round (quartiles in --json); the cells, backends and thread counts timed in "
+              "interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
               "backend's sgemm on the same products, run alone; bwd-read = bytes backward reads, alloc = all "
               "the step allocates (train rows); for infer rows: state at T and at 8T (chunked inference).\n");
 }
 
 // ---- streaming inference: latency per step -------------------------------------------------
 
-// The q-quantile of v (nearest rank).
-double quantile(std::vector<double> v, double q) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
-  return v[std::min(v.size() - 1, i > 0 ? i - 1 : 0)];
-}
 
 // One stream of N rows of a language model as `rbn sample` runs it: one step per call of the step
 // API (Model::logits with T = 1, the state carried, t0 = the stream's step count), the symbols fed

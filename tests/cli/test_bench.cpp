@@ -1,0 +1,52 @@
+// `rbn bench --json`: every cell's `x base` is the median of same-round ratios against its
+// family's base cell, with its quartiles beside it and the ratio of the medians; each row's thread
+// count is one of --threads. (The timings themselves are not checked: machines are noisy.)
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(BenchCli, PairedRatioAgainstBaseCell) {
+  const fs::path json = fs::temp_directory_path() / ("rbn-bench-cli-" + std::to_string(getpid()) + ".json");
+  const std::string cmd = "env -u RBN_GEMM timeout 300 " + std::string(RBN_CLI_PATH) +
+                          " bench --shapes smnist --cells gru,lngru --gemm openblas --threads 1,2 "
+                          "--repeats 3 --warmup 0 --no-torch --no-onednn-rnn --bidir-cells '' --json " +
+                          json.string() + " >/dev/null 2>&1";
+  const int st = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << cmd;
+  nlohmann::json j;
+  std::ifstream(json) >> j;
+  fs::remove(json);
+  ASSERT_EQ(j["results"].size(), 2u);
+  for (const auto& row : j["results"]) {
+    for (const char* mode : {"train", "infer"}) {
+      const std::string key = std::string(mode) + "_vs_rbn_gru";
+      ASSERT_TRUE(row.contains(key)) << row.dump();
+      const double x = row[key], q1 = row[key + "_quartiles"][0], q3 = row[key + "_quartiles"][1];
+      const double of_medians = row[key + "_of_medians"];
+      const int th = row[std::string("rbn_") + mode + "_threads"];
+      EXPECT_TRUE(th == 1 || th == 2);
+      EXPECT_GT(x, 0);
+      EXPECT_LE(q1, x);
+      EXPECT_LE(x, q3);
+      EXPECT_GT(of_medians, 0);
+      if (row["cell"] == "gru") {  // against itself: every round's ratio is 1
+        EXPECT_EQ(x, 1.0);
+        EXPECT_EQ(q1, 1.0);
+        EXPECT_EQ(q3, 1.0);
+      }
+    }
+  }
+}
+
+}  // namespace
