@@ -24,6 +24,7 @@ struct Engine<T>::BackwardRun {
   bool inline_x = false;  // W x recomputed per step (LayerCache::inline_x)
   bool input_grad_in_loop = false;  // d(W x) formed inside the loop (Engine::input_grad_in_loop)
   bool probe = false;     // the gradient probe watches this layer
+  bool pack = false;      // each thread's columns of R copied contiguous (nT >= kPackMinSteps)
   LayerTensors<const T*> prm{};
   LayerTensors<T*> grd{};
   LayerCache<T>* cache = nullptr;
@@ -54,6 +55,8 @@ struct Engine<T>::BackwardScratch {
   // [gates][w], and one row of d(W x) (never stored)
   std::vector<T> x_a, x_m1, x_m2, x_mean, x_rstd, d_wx_row;
   std::vector<T> scale_c, shift_c;  // [H] BN of c folded: gamma_c * c-hat + beta_c
+  const T* r_cols = nullptr;         // [G, w] the owned columns of R, contiguous (run.pack)
+  std::vector<T> ln_row_means;       // [4][N] LN backward: a_h, b_h, a_x, b_x of one part
   BackwardScratch(int H, int C, int gw, bool inline_x)
       : sum_d(gw + 1), sum_d_xh_h(gw + 1), sum_d_xh_x(gw + 1), sum_d_h(gw + 1), acc_d(gw),
         acc_d_xh_h(gw), acc_d_xh_x(gw), acc_d_h(gw), db(gw, 0.0), db_h(gw, 0.0), dgamma_x(gw, 0.0),
@@ -78,7 +81,7 @@ struct Engine<T>::BackStep {
   // The gradients the two terms' normalizations read, [N,G]: for the LSTM and the tanh RNN both
   // are dpre in Gates (pre = input term + recurrent term); a GRU's recurrent term has its own
   // (its n block is dn_pre * r; docs/cells.md, "Adding a cell"): written over the raw R h in Hh
-  // for the plain gru (whose R h is read only for h~_n, first), else in ws.drec_step.
+  // for the plain gru (whose R h is read only for h~_n, first), else in the thread's ws.drec_step.
   T* d_input_term = nullptr;
   T* d_recurrent_term = nullptr;
   // statistics: BN per column [G] (c: [H]), LN per row [N]; nullptr without the normalization
@@ -101,6 +104,7 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   run.batch = cache_batch_stats, run.inline_x = cc.inline_x;
   run.input_grad_in_loop = input_grad_in_loop(run.batch, run.inline_x);
   run.probe = probe.out && probe.layer == k;
+  run.pack = T_ >= kPackMinSteps;
   run.prm = layer_params(k);
   run.grd = layer_grads(k);
   run.cache = &cc;
@@ -116,12 +120,13 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   if (run.probe) probe.sq.assign(static_cast<size_t>(nT) * P * N, 0.0);
   for (auto* part : {&ws.ln_part_h, &ws.ln_part_c, &ws.ln_part_x})
     ensure_size(*part, static_cast<size_t>(ln_parts(spec)) * P * N * 2);
-  if (spec.gru() && spec.h != Norm::none) ensure_size(ws.drec_step, static_cast<size_t>(N) * G);
+  if (spec.gru() && spec.h != Norm::none) ensure_size(ws.drec_step, static_cast<size_t>(P) * N * G);
   if (run.batch && sync.active) {
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
     ensure_size(sync.sums_c, 2 * static_cast<size_t>(H));
   }
   if (run.inline_x && dX) ensure_size(ws.dx_part, static_cast<size_t>(P) * TN * run.C);
+  if (run.pack) ensure_size(ws.r_packed, static_cast<size_t>(G) * H);  // the forward's, reused
   // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
   // before each thread computes its columns of dh_{t-1} = dRh R.
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -134,6 +139,13 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     s.dh_new = s.dc_out + NH;
     s.keep_h = s.dh_new + NH;
     s.keep_c = s.keep_h + NH;
+    if (spec.h == Norm::ln || spec.c == Norm::ln) s.ln_row_means.resize(4 * static_cast<size_t>(N));
+    if (run.pack) {  // the step's dRh R then reads its right operand contiguous
+      T* r_cols = ws.r_packed.data() + static_cast<size_t>(G) * u.k0;
+      for (int j = 0; j < G; ++j)
+        std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w, r_cols + static_cast<size_t>(j) * u.w);
+      s.r_cols = r_cols;
+    }
     for (int n = 0; n < N; ++n) {
       const int64_t o = static_cast<int64_t>(n) * H + u.k0;
       std::copy_n(ws.dh_carry.data() + o, u.w, s.dh + o);
@@ -167,7 +179,8 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
   st.dY = run.dY ? run.dY + t * NH : nullptr;
   st.d_input_term = st.d_recurrent_term = st.gates;
-  if (spec.gru()) st.d_recurrent_term = spec.h == Norm::none ? st.hh : ws.drec_step.data();
+  if (spec.gru())  // (one [N,G] per thread: the threads' columns share cache lines in a row)
+    st.d_recurrent_term = spec.h == Norm::none ? st.hh : ws.drec_step.data() + u.p * NG;
   auto stats = [&](Norm norm, const NormStats<T>& ns, int F, const T*& mean, const T*& rstd) {
     if (norm == Norm::none || norm == Norm::bn_seq) return;  // bnx-seq: after the loop
     // LN: [T,parts,N] (c: one part); BN: [T,F]
@@ -202,7 +215,8 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   // dh_{t-1} = dRh R for the owned columns (GRU: added to dh * z, in dh_new from the gate pass);
   // padded rows pass their gradient through.
   if (u.w > 0) {
-    blas::gemm(false, false, N, u.w, G, T(1), dRh, G, run.prm.R + u.k0, H,
+    const T* R_cols = s.r_cols ? s.r_cols : run.prm.R + u.k0;
+    blas::gemm(false, false, N, u.w, G, T(1), dRh, G, R_cols, s.r_cols ? u.w : H,
                spec.gru() ? T(1) : T(0), s.dh_new + u.k0, H);
     for (int n = 0; n < N; ++n)
       if (st.valid[n])
@@ -349,9 +363,10 @@ void Engine<T>::cell_norm_backward(const BackwardRun& run, const UnitBlock& u, B
     if (u.P > 1) {
 #pragma omp barrier
     }
-    const LnTerm<T> c_term{st.c_next, false, gc, st.mean_c, st.rstd_c, part};
-    ln_backward<T>(s.dc_out, {H, {k0, w, 1, H}, st.valid, u.P}, c_term, s.dc_out, nullptr,
-                   nullptr);
+    T* a = s.ln_row_means.data();
+    ln_grad_row_means(part, u.P, H, st.valid, a, a + N);
+    const LnTerm<T> c_term{s.dc_out, st.c_next, false, gc, st.mean_c, st.rstd_c, a, a + N};
+    ln_backward<T>({N, H, {k0, w, 1, H}, st.valid}, c_term, s.dc_out, nullptr, nullptr);
   }
 }
 
@@ -650,37 +665,36 @@ T* Engine<T>::recurrent_term_backward(const BackwardRun& run, const UnitBlock& u
     if (u.P > 1) {
 #pragma omp barrier
     }
-    layer_norm_terms_backward(run, u, st, dRh);
+    layer_norm_terms_backward(run, u, s, st, dRh);
   }
   return dRh;
 }
 
 // LN backward of both terms over the owned columns, per LN part: d(W x) over W x in Ax and d(R h)
-// into dRh. The LSTM's terms share one gradient (dpre), so one pass serves both, each element read
-// before it is written; a GRU's input term first (reading dpre in Gates, which dRh may overwrite
-// next), then its recurrent term from its own gradient.
+// into dRh, in one pass over the rows (each element of a term's gradient is read before dRh,
+// which may lie over dpre in Gates, is written). The row means of the threads' sums first.
 template <class T>
 void Engine<T>::layer_norm_terms_backward(const BackwardRun& run, const UnitBlock& u,
-                                          const BackStep& st, T* dRh) {
+                                          BackwardScratch& s, const BackStep& st, T* dRh) {
   const int N = run.N, H = run.H, G = run.G;
   const size_t part_stride = static_cast<size_t>(u.P) * N * 2;
   const bool ln_x = spec.x == Norm::ln;
-  for (int pass = 0; pass < (spec.gru() ? 2 : 1); ++pass)
-    for (int i = 0; i < ln_parts(spec); ++i) {
-      const LnPart pt = ln_part(spec, i);
-      const LnRows rows{G, {pt.q0 * H + u.k0, u.w, pt.nq, H}, st.valid, u.P};
-      const LnTerm<T> h_term{st.hh, run.cache->hh_blocked, run.prm.gamma_h, st.mean_h + i * N,
-                             st.rstd_h + i * N, {ws.ln_part_h.data() + i * part_stride, N}};
-      const LnTerm<T> x_term{st.wx, false, run.prm.gamma_x, ln_x ? st.mean_x + i * N : nullptr,
-                             ln_x ? st.rstd_x + i * N : nullptr,
-                             {ws.ln_part_x.data() + i * part_stride, N}};
-      if (!spec.gru())
-        ln_backward<T>(st.d_recurrent_term, rows, h_term, dRh, ln_x ? &x_term : nullptr, st.wx);
-      else if (pass == 0 && ln_x)
-        ln_backward<T>(st.d_input_term, rows, x_term, st.wx, nullptr, nullptr);
-      else if (pass == 1)
-        ln_backward<T>(st.d_recurrent_term, rows, h_term, dRh, nullptr, nullptr);
-    }
+  for (int i = 0; i < ln_parts(spec); ++i) {
+    const LnPart pt = ln_part(spec, i);
+    const double F = static_cast<double>(pt.nq) * H;
+    T* m = s.ln_row_means.data();  // a_h, b_h, a_x, b_x [N] each
+    ln_grad_row_means({ws.ln_part_h.data() + i * part_stride, N}, u.P, F, st.valid, m, m + N);
+    if (ln_x)
+      ln_grad_row_means({ws.ln_part_x.data() + i * part_stride, N}, u.P, F, st.valid, m + 2 * N,
+                        m + 3 * N);
+    const LnTerm<T> h_term{st.d_recurrent_term, st.hh, run.cache->hh_blocked, run.prm.gamma_h,
+                           st.mean_h + i * N, st.rstd_h + i * N, m, m + N};
+    const LnTerm<T> x_term{st.d_input_term, st.wx, false, run.prm.gamma_x,
+                           ln_x ? st.mean_x + i * N : nullptr, ln_x ? st.rstd_x + i * N : nullptr,
+                           m + 2 * N, m + 3 * N};
+    ln_backward<T>({N, G, {pt.q0 * H + u.k0, u.w, pt.nq, H}, st.valid}, h_term, dRh,
+                   ln_x ? &x_term : nullptr, st.wx);
+  }
 }
 
 // Inline input: dW += d(W x)_t^T x_t and this thread's part of dx_t, from d(W x) [N,G] (dAx);

@@ -273,9 +273,9 @@ struct Workspace {
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
-  std::vector<T> r_packed;               // [G,H] forward: each thread's rows of R, transposed
+  std::vector<T> r_packed;               // [G,H] each thread's rows of R transposed (forward), its columns of R (backward)
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
-  std::vector<T> drec_step;              // [N,G] backward, bngru/lngru: d(recurrent term) of the step
+  std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
   std::vector<double> ln_w_moments[2];   // [C + C*C] per LN part: moments of an inline W's rows
 };
@@ -482,8 +482,8 @@ struct Engine {
                            const BackStep& st);
   T* recurrent_term_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                              const BackStep& st);
-  void layer_norm_terms_backward(const BackwardRun& run, const UnitBlock& u, const BackStep& st,
-                                 T* dRh);
+  void layer_norm_terms_backward(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                                 const BackStep& st, T* dRh);
   void inline_input_grads(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                           const BackStep& st, const T* dAx, const T* z);
   void flush_thread_sums(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s);

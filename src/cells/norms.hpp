@@ -107,42 +107,49 @@ void ln_row_stats(int F, const uint8_t* valid, RowPartials part, int P, double e
   }
 }
 
-// One LN-normalized term of a step, as its backward reads it: the raw values, the gain, each row's
-// statistics and the threads' partial sums of dy*gamma and dy*gamma*x-hat.
+// Each row's means over all F features of dy*gamma and dy*gamma*x-hat (the LN backward's two
+// row terms) from every thread's partial sums, after the barrier that follows them: a, b [N]
+// (padded rows: 0). One tight pass, so that the other threads' lines are fetched together and not
+// one by one between the rows' elementwise work.
+template <class T>
+void ln_grad_row_means(RowPartials part, int P, double F, const uint8_t* valid, T* a, T* b) {
+  for (int n = 0; n < part.N; ++n) {
+    double s1 = 0, s2 = 0;
+    if (valid[n]) part.total(P, n, s1, s2);
+    a[n] = static_cast<T>(s1 / F);
+    b[n] = static_cast<T>(s2 / F);
+  }
+}
+
+// One LN-normalized term of a step, as its backward reads it: its gradient, the raw values, the
+// gain, each row's statistics and the row means of ln_grad_row_means.
 template <class T>
 struct LnTerm {
+  const T* dy;           // d(normalized term) [N, ld]
   const T* z;            // raw values [N, ld]; with `blocked`, in Hh's thread-blocked layout
   bool blocked;          // gate q of the owned units at blocks*k0 + q*w (LayerCache::hh_blocked)
   const T* gamma;        // [F] in gate order
   const T* mean;         // [N]
   const T* rstd;         // [N]
-  RowPartials part;
+  const T* a;            // [N] row means of dy*gamma
+  const T* b;            // [N] row means of dy*gamma*x-hat
 };
 
-// The rows of a step as the LN backward walks them: stride, owned columns, validity, threads.
+// The rows of a step as the LN backward walks them: count, stride, owned columns, validity.
 struct LnRows {
-  int ld;
+  int N, ld;
   OwnedColumns cols;
   const uint8_t* valid;
-  int P;
 };
 
-// LN backward over the rows for the owned columns: dz = rstd*(dy*g - mean(dy*g) - x-hat *
-// mean(dy*g*x-hat)), the means over all F = blocks*stride features from every thread's partial
-// sums. One pass serves the recurrent term h and, when x is given, the input term from the same
-// dy (the LSTM adds them: both read dpre). dzh, dzx [N, ld] in gate order; may alias dy or z.
+// LN backward over the rows for the owned columns: dz = rstd*(dy*g - a - x-hat * b). One pass
+// serves the recurrent term h and, when x is given, the input term (the LSTM's two terms share
+// dpre; a GRU's have their own). dzh, dzx [N, ld] in gate order; each may alias its own term's dy
+// or z, and dzh may alias x's dy (each element is read before it is written).
 template <class T>
-void ln_backward(const T* dy, const LnRows& rows, const LnTerm<T>& h, T* dzh, const LnTerm<T>* x,
-                 T* dzx) {
+void ln_backward(const LnRows& rows, const LnTerm<T>& h, T* dzh, const LnTerm<T>* x, T* dzx) {
   const OwnedColumns c = rows.cols;
-  const double F = static_cast<double>(c.blocks) * c.stride;
-  auto row_means = [&](const RowPartials& part, int n, T& a, T& b) {
-    double s1, s2;
-    part.total(rows.P, n, s1, s2);
-    a = static_cast<T>(s1 / F);
-    b = static_cast<T>(s2 / F);
-  };
-  for (int n = 0; n < h.part.N; ++n) {
+  for (int n = 0; n < rows.N; ++n) {
     const int64_t ro = static_cast<int64_t>(n) * rows.ld;
     if (!rows.valid[n]) {
       for (int q = 0; q < c.blocks; ++q) {
@@ -151,29 +158,30 @@ void ln_backward(const T* dy, const LnRows& rows, const LnTerm<T>& h, T* dzh, co
       }
       continue;
     }
-    T ah, bh, ax = 0, bx = 0;
-    row_means(h.part, n, ah, bh);
-    if (x) row_means(x->part, n, ax, bx);
-    const T hm = h.mean[n], hr = h.rstd[n], xm = x ? x->mean[n] : T(0), xr = x ? x->rstd[n] : T(1);
+    const T ah = h.a[n], bh = h.b[n], hm = h.mean[n], hr = h.rstd[n];
+    const T ax = x ? x->a[n] : T(0), bx = x ? x->b[n] : T(0);
+    const T xm = x ? x->mean[n] : T(0), xr = x ? x->rstd[n] : T(1);
     for (int q = 0; q < c.blocks; ++q) {
       const int64_t o = ro + q * c.stride + c.k0;
-      const T* d = dy + o;
+      const T* dh = h.dy + o;
       const T* zh = h.z + ro + (h.blocked ? c.blocks * c.k0 + q * c.w : q * c.stride + c.k0);
       const T* ghq = h.gamma + q * c.stride + c.k0;
       T* oh = dzh + o;
       if (x) {
+        const T* dx = x->dy + o;
         const T* zx = x->z + o;
         const T* gxq = x->gamma + q * c.stride + c.k0;
         T* ox = dzx + o;
 #pragma omp simd
         for (int j = 0; j < c.w; ++j) {
-          const T dj = d[j];
-          ox[j] = kern::ln_grad(dj, gxq[j], zx[j], xm, xr, ax, bx);
-          oh[j] = kern::ln_grad(dj, ghq[j], zh[j], hm, hr, ah, bh);
+          const T vx = kern::ln_grad(dx[j], gxq[j], zx[j], xm, xr, ax, bx);
+          const T vh = kern::ln_grad(dh[j], ghq[j], zh[j], hm, hr, ah, bh);
+          ox[j] = vx;
+          oh[j] = vh;
         }
       } else {
 #pragma omp simd
-        for (int j = 0; j < c.w; ++j) oh[j] = kern::ln_grad(d[j], ghq[j], zh[j], hm, hr, ah, bh);
+        for (int j = 0; j < c.w; ++j) oh[j] = kern::ln_grad(dh[j], ghq[j], zh[j], hm, hr, ah, bh);
       }
     }
   }

@@ -119,6 +119,13 @@ namespace {
 
 float f32(double x) { return static_cast<float>(x); }
 
+// The updates are elementwise: each value's result is the same whichever thread computes it, so
+// large parameters are split over the threads (a PTB step's Adam update is memory-bound: 4.3M
+// values, 28 bytes each). Small ones stay on one thread (a parallel region costs microseconds).
+// (optim.cpp is compiled with -fno-math-errno so that std::sqrt vectorizes; the results are
+// the same, only errno is not set.)
+constexpr size_t kParallelMin = size_t{1} << 15;
+
 // torch.optim.SGD: d = g + wd·p; with momentum, buf = d on the first update, then
 // buf = momentum·buf + (1 − dampening)·d; d = nesterov ? d + momentum·buf : buf; p += (−lr)·d.
 class Sgd final : public Optimizer {
@@ -131,6 +138,7 @@ class Sgd final : public Optimizer {
     const float wd = f32(cfg_.weight_decay), mom = f32(cfg_.momentum), one_m_damp = f32(1 - cfg_.dampening);
     const bool use_wd = cfg_.weight_decay != 0, use_mom = cfg_.momentum != 0, nesterov = cfg_.nesterov;
     float* buf = use_mom ? s[0] : nullptr;
+#pragma omp parallel for simd schedule(static) if (p.numel >= kParallelMin)
     for (size_t i = 0; i < p.numel; ++i) {
       float d = p.grad[i];
       if (use_wd) d = d + wd * p.value[i];
@@ -162,6 +170,7 @@ class RmsProp final : public Optimizer {
     float* sq = s[0];
     float* buf = cfg_.momentum > 0 ? s[1] : nullptr;
     float* ga = cfg_.centered ? s.back() : nullptr;
+#pragma omp parallel for simd schedule(static) if (p.numel >= kParallelMin)
     for (size_t i = 0; i < p.numel; ++i) {
       float g = p.grad[i];
       if (use_wd) g = g + wd * p.value[i];
@@ -199,6 +208,7 @@ class Adam final : public Optimizer {
     const float bc2_sqrt = f32(std::sqrt(bc2));
     float* m = s[0];
     float* v = s[1];
+#pragma omp parallel for simd schedule(static) if (p.numel >= kParallelMin)
     for (size_t i = 0; i < p.numel; ++i) {
       float g = p.grad[i];
       if (use_wd) g = g + wd * p.value[i];
@@ -221,6 +231,7 @@ class RmsPropAuthors final : public Optimizer {
     const float d = f32(cfg_.decay), one_m_d = 1.0f - d, wd = f32(cfg_.weight_decay);
     const bool use_wd = cfg_.weight_decay != 0;
     float* ms = s[0];
+#pragma omp parallel for simd schedule(static) if (p.numel >= kParallelMin)
     for (size_t i = 0; i < p.numel; ++i) {
       float g = p.grad[i];
       if (use_wd) g = g + wd * p.value[i];
@@ -240,18 +251,43 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& cfg) {
   return std::make_unique<RmsPropAuthors>(cfg);
 }
 
+namespace {
+
+// The sum of squares of g [n] in double, in fixed chunks summed in order: the same value whatever
+// the number of threads (the chunks run in parallel when there are many).
+double sum_of_squares(const float* g, size_t n) {
+  constexpr size_t kChunk = size_t{1} << 14;
+  const size_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part(chunks);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (size_t c = 0; c < chunks; ++c) {
+    const float* x = g + c * kChunk;
+    const size_t m = std::min(kChunk, n - c * kChunk);
+    double sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (size_t i = 0; i < m; ++i) sq += static_cast<double>(x[i]) * x[i];
+    part[c] = sq;
+  }
+  double sq = 0;
+  for (double v : part) sq += v;
+  return sq;
+}
+
+}  // namespace
+
 float clip_grad_norm(std::span<const ParamRef> params, float max_norm) {
   if (!(max_norm > 0)) throw UsageError(fmt::format("--clip: must be positive, got {}", max_norm));
   double sq = 0;
-  for (const auto& p : params)
-    for (size_t i = 0; i < p.numel; ++i) sq += static_cast<double>(p.grad[i]) * p.grad[i];
+  for (const auto& p : params) sq += sum_of_squares(p.grad, p.numel);
   const float norm = static_cast<float>(std::sqrt(sq));
   if (!std::isfinite(norm) || std::isinf(max_norm)) return norm;
   // torch: clip_coef = max_norm / (total_norm + 1e-6) on a float tensor, clamped to 1.
   const float coef = max_norm / (norm + 1e-6f);
   if (coef < 1.0f)
-    for (const auto& p : params)
+    for (const auto& p : params) {
+#pragma omp parallel for simd schedule(static) if (p.numel >= kParallelMin)
       for (size_t i = 0; i < p.numel; ++i) p.grad[i] *= coef;
+    }
   return norm;
 }
 

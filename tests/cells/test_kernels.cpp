@@ -339,12 +339,14 @@ TYPED_TEST(Kernels, GruPointwiseSteps) {
 }
 
 // LN over rows from two threads' partial sums, forward statistics and backward (with an input
-// term sharing dy, and a recurrent term in the thread-blocked layout), against plain loops.
+// term of its own gradient, as a GRU's, and a recurrent term in the thread-blocked layout),
+// against plain loops.
 TYPED_TEST(Kernels, LayerNormRows) {
   using T = TypeParam;
   const int N = 6, H = 20, gates = 4, G = gates * H, P = 2;
   const int k0s[P] = {0, 16}, ws[P] = {16, 4};
   auto z = randn<T>(N * G, 20, 1.3, 0.4), zx = randn<T>(N * G, 21), dy = randn<T>(N * G, 22);
+  auto dyx = randn<T>(N * G, 25);
   auto gh = randn<T>(G, 23, 0.3, 1.0), gx = randn<T>(G, 24, 0.3, 1.0);
   auto valid = mask(N);
   std::vector<double> part(P * N * 2), part_x(P * N * 2);
@@ -386,30 +388,34 @@ TYPED_TEST(Kernels, LayerNormRows) {
           const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
           a += double(dy[n * G + j]) * gh[j];
           b += double(dy[n * G + j]) * gh[j] * xh;
-          ax += double(dy[n * G + j]) * gx[j];
-          bx += double(dy[n * G + j]) * gx[j] * xx;
+          ax += double(dyx[n * G + j]) * gx[j];
+          bx += double(dyx[n * G + j]) * gx[j] * xx;
         }
       rp.at(p, n)[0] = a, rp.at(p, n)[1] = b, rpx.at(p, n)[0] = ax, rpx.at(p, n)[1] = bx;
     }
   std::vector<T> dzh(N * G), dzx(N * G);
-  const cells::LnTerm<T> h_term{zb.data(), true, gh.data(), mean.data(), rstd.data(), rp};
-  const cells::LnTerm<T> x_term{zx.data(), false, gx.data(), mean_x.data(), rstd_x.data(), rpx};
+  std::vector<T> a_h(N), b_h(N), a_x(N), b_x(N);
+  cells::ln_grad_row_means(rp, P, G, valid.data(), a_h.data(), b_h.data());
+  cells::ln_grad_row_means(rpx, P, G, valid.data(), a_x.data(), b_x.data());
+  const cells::LnTerm<T> h_term{dy.data(), zb.data(), true, gh.data(), mean.data(), rstd.data(), a_h.data(), b_h.data()};
+  const cells::LnTerm<T> x_term{dyx.data(), zx.data(), false, gx.data(), mean_x.data(), rstd_x.data(), a_x.data(),
+                                b_x.data()};
   for (int p = 0; p < P; ++p)
-    cells::ln_backward<T>(dy.data(), {G, {k0s[p], ws[p], gates, H}, valid.data(), P}, h_term,
-                          dzh.data(), &x_term, dzx.data());
+    cells::ln_backward<T>({N, G, {k0s[p], ws[p], gates, H}, valid.data()}, h_term, dzh.data(), &x_term,
+                          dzx.data());
   for (int n = 0; n < N; ++n) {
     double a = 0, b = 0, ax = 0, bx = 0;
     for (int j = 0; j < G; ++j) {
       const double xh = (z[n * G + j] - double(mean[n])) * rstd[n];
       const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
       a += double(dy[n * G + j]) * gh[j] / G, b += double(dy[n * G + j]) * gh[j] * xh / G;
-      ax += double(dy[n * G + j]) * gx[j] / G, bx += double(dy[n * G + j]) * gx[j] * xx / G;
+      ax += double(dyx[n * G + j]) * gx[j] / G, bx += double(dyx[n * G + j]) * gx[j] * xx / G;
     }
     for (int j = 0; j < G; ++j) {
       const double xh = (z[n * G + j] - double(mean[n])) * rstd[n];
       const double xx = (zx[n * G + j] - double(mean_x[n])) * rstd_x[n];
       const double want_h = valid[n] ? rstd[n] * (dy[n * G + j] * gh[j] - a - xh * b) : 0.0;
-      const double want_x = valid[n] ? rstd_x[n] * (dy[n * G + j] * gx[j] - ax - xx * bx) : 0.0;
+      const double want_x = valid[n] ? rstd_x[n] * (dyx[n * G + j] * gx[j] - ax - xx * bx) : 0.0;
       EXPECT_NEAR(dzh[n * G + j], want_h, 100 * tol<T>()) << n << " " << j;
       EXPECT_NEAR(dzx[n * G + j], want_x, 100 * tol<T>()) << n << " " << j;
     }

@@ -9,6 +9,7 @@
 #include <map>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "train/optim.hpp"
 #include "train/schedule.hpp"
@@ -243,6 +244,43 @@ TEST(Optim, SavedStateContinuesBitIdentically) {
     e->load_state(d->state());
     run(3, *e, pd);
     EXPECT_EQ(pa, pd) << name;
+  }
+}
+
+// A parameter large enough to be updated by several threads gets, value for value, what one
+// thread computes; the gradient norm is the same sum whatever the thread count.
+TEST(Optim, ThreadCountDoesNotChangeResults) {
+  const size_t n = 100003;  // above the parallel threshold, not a multiple of the vector width
+  std::vector<float> g0(n);
+  for (size_t i = 0; i < n; ++i) g0[i] = std::sin(float(i) * 0.37f) * (i % 7 == 0 ? 30.0f : 1.0f);
+  const int threads_before = omp_get_max_threads();
+  for (const char* name : {"sgd", "rmsprop", "adam", "rmsprop-authors"}) {
+    OptimConfig oc;
+    oc.name = name;
+    oc.lr = 0.01;
+    oc.weight_decay = 1e-3;
+    oc.momentum = std::string(name) == "sgd" || std::string(name) == "rmsprop" ? 0.9 : 0.0;
+    oc.centered = std::string(name) == "rmsprop";
+    std::vector<float> result[2];
+    float norm[2];
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      auto o = make_optimizer(oc);
+      std::vector<float> p(n, 0.5f), g = g0;
+      std::vector<ParamRef> refs{{"w", p.data(), g.data(), n}};
+      for (int s = 0; s < 3; ++s) {
+        g = g0;
+        norm[threads - 1] = clip_grad_norm(refs, 10.0f);
+        o->step(refs, 0.01f);
+      }
+      result[threads - 1] = p;
+    }
+    omp_set_num_threads(threads_before);
+    EXPECT_EQ(result[0], result[1]) << name;
+    EXPECT_EQ(norm[0], norm[1]) << name;
+    long double sq = 0;
+    for (float v : g0) sq += static_cast<long double>(v) * v;
+    EXPECT_NEAR(norm[0], std::sqrt(static_cast<double>(sq)), 1e-6 * std::sqrt(static_cast<double>(sq)));
   }
 }
 
