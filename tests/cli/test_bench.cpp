@@ -1,6 +1,7 @@
-// `rbn bench --json`: every cell's `x base` is the median of same-round ratios against its
-// family's base cell, with its quartiles beside it and the ratio of the medians; each row's thread
-// count is one of --threads. (The timings themselves are not checked: machines are noisy.)
+// `rbn bench --json`: every cell's `x base` and `x dnnl` are medians of same-round ratios against
+// its family's base cell and oneDNN's RNN (lbr_gru for the GRUs), with their quartiles beside them
+// and the ratio of the medians; each row's thread counts are among --threads. (The timings
+// themselves are not checked: machines are noisy.)
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,7 +21,7 @@ TEST(BenchCli, PairedRatioAgainstBaseCell) {
   const fs::path json = fs::temp_directory_path() / ("rbn-bench-cli-" + std::to_string(getpid()) + ".json");
   const std::string cmd = "env -u RBN_GEMM timeout 300 " + std::string(RBN_CLI_PATH) +
                           " bench --shapes smnist --cells gru,lngru --gemm openblas --threads 1,2 "
-                          "--repeats 3 --warmup 0 --no-torch --no-onednn-rnn --bidir-cells '' --json " +
+                          "--repeats 3 --warmup 0 --no-torch --bidir-cells '' --json " +
                           json.string() + " >/dev/null 2>&1";
   const int st = std::system(cmd.c_str());
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << cmd;
@@ -29,7 +30,14 @@ TEST(BenchCli, PairedRatioAgainstBaseCell) {
   fs::remove(json);
   ASSERT_EQ(j["results"].size(), 2u);
   for (const auto& row : j["results"]) {
+    EXPECT_EQ(row["onednn_rnn"], "lbr_gru");
     for (const char* mode : {"train", "infer"}) {
+      const std::string dkey = std::string("vs_onednn_") + mode;
+      ASSERT_TRUE(row.contains(dkey)) << row.dump();
+      EXPECT_LE(row[dkey + "_quartiles"][0].get<double>(), row[dkey].get<double>());
+      EXPECT_LE(row[dkey].get<double>(), row[dkey + "_quartiles"][1].get<double>());
+      const int dth = row[std::string("onednn_") + mode + "_threads"];
+      EXPECT_TRUE(dth == 1 || dth == 2);
       const std::string key = std::string(mode) + "_vs_rbn_gru";
       ASSERT_TRUE(row.contains(key)) << row.dump();
       const double x = row[key], q1 = row[key + "_quartiles"][0], q3 = row[key + "_quartiles"][1];

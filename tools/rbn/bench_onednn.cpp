@@ -2,11 +2,9 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
-#include <vector>
+#include <memory>
 
 namespace rbn::cli {
 
@@ -73,85 +71,84 @@ memory weights_for(const dnnl::engine& eng, dnnl::stream& s, memory& user, const
   return m;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : (v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]));
-}
-
-template <class F>
-double median_ms(F&& f, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<double> ms;
-  for (int i = 0; i < repeats; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return median(ms);
-}
-
+// One layer of primitive Fwd/Bwd with its memories, created at the current OpenMP thread count.
 template <class Fwd, class Bwd>
-OnednnTimes time_rnn(const Layer& l, int warmup, int repeats) {
-  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  dnnl::stream s(eng);
-  typename Fwd::primitive_desc ftrain(fwd_desc<Fwd>(prop_kind::forward_training, l), eng);
-  typename Fwd::primitive_desc finfer(fwd_desc<Fwd>(prop_kind::forward_inference, l), eng);
-  typename Bwd::primitive_desc bpd(bwd_desc<Bwd>(l), eng, ftrain);
-  memory wl_user({l.wl_dims, dt::f32, tag::ldigo}, eng), wi_user({l.wi_dims, dt::f32, tag::ldigo}, eng);
-  fill(wl_user, 0.05f);
-  fill(wi_user, 0.02f);
-  memory wl_f = weights_for(eng, s, wl_user, ftrain.weights_layer_desc());
-  memory wi_f = weights_for(eng, s, wi_user, ftrain.weights_iter_desc());
-  memory wl_i = weights_for(eng, s, wl_user, finfer.weights_layer_desc());
-  memory wi_i = weights_for(eng, s, wi_user, finfer.weights_iter_desc());
-  memory wl_b(bpd.weights_layer_desc(), eng), wi_b(bpd.weights_iter_desc(), eng);
-  dnnl::reorder to_bwd_l(wl_f, wl_b), to_bwd_i(wi_f, wi_b);
-  memory src(l.src, eng), dst(l.dst, eng), bias(l.bias, eng), ws(ftrain.workspace_desc(), eng);
-  memory dsrc(bpd.diff_src_layer_desc(), eng), ddst(bpd.diff_dst_layer_desc(), eng);
-  memory dwl(bpd.diff_weights_layer_desc(), eng), dwi(bpd.diff_weights_iter_desc(), eng),
-      db(bpd.diff_bias_desc(), eng);
-  fill(src, 1.0f);
-  fill(bias, 0.1f);
-  fill(ddst, 0.01f);
-  Fwd fwd_train(ftrain), fwd_infer(finfer);
-  Bwd bwd(bpd);
-  auto train = [&] {
-    fwd_train.execute(s, {{DNNL_ARG_SRC_LAYER, src}, {DNNL_ARG_WEIGHTS_LAYER, wl_f},
-                          {DNNL_ARG_WEIGHTS_ITER, wi_f}, {DNNL_ARG_BIAS, bias},
-                          {DNNL_ARG_DST_LAYER, dst}, {DNNL_ARG_WORKSPACE, ws}});
+class RnnSteps final : public OnednnRnnCase::Steps {
+ public:
+  explicit RnnSteps(const Layer& l)
+      : s_(eng_),
+        ftrain_(fwd_desc<Fwd>(prop_kind::forward_training, l), eng_),
+        finfer_(fwd_desc<Fwd>(prop_kind::forward_inference, l), eng_),
+        bpd_(bwd_desc<Bwd>(l), eng_, ftrain_),
+        wl_user_({l.wl_dims, dt::f32, tag::ldigo}, eng_),
+        wi_user_({l.wi_dims, dt::f32, tag::ldigo}, eng_) {
+    fill(wl_user_, 0.05f);
+    fill(wi_user_, 0.02f);
+    wl_f_ = weights_for(eng_, s_, wl_user_, ftrain_.weights_layer_desc());
+    wi_f_ = weights_for(eng_, s_, wi_user_, ftrain_.weights_iter_desc());
+    wl_i_ = weights_for(eng_, s_, wl_user_, finfer_.weights_layer_desc());
+    wi_i_ = weights_for(eng_, s_, wi_user_, finfer_.weights_iter_desc());
+    wl_b_ = memory(bpd_.weights_layer_desc(), eng_);
+    wi_b_ = memory(bpd_.weights_iter_desc(), eng_);
+    to_bwd_l_ = dnnl::reorder(wl_f_, wl_b_);
+    to_bwd_i_ = dnnl::reorder(wi_f_, wi_b_);
+    src_ = memory(l.src, eng_), dst_ = memory(l.dst, eng_), bias_ = memory(l.bias, eng_);
+    ws_ = memory(ftrain_.workspace_desc(), eng_);
+    dsrc_ = memory(bpd_.diff_src_layer_desc(), eng_), ddst_ = memory(bpd_.diff_dst_layer_desc(), eng_);
+    dwl_ = memory(bpd_.diff_weights_layer_desc(), eng_), dwi_ = memory(bpd_.diff_weights_iter_desc(), eng_);
+    db_ = memory(bpd_.diff_bias_desc(), eng_);
+    fill(src_, 1.0f);
+    fill(bias_, 0.1f);
+    fill(ddst_, 0.01f);
+    fwd_train_ = Fwd(ftrain_), fwd_infer_ = Fwd(finfer_), bwd_ = Bwd(bpd_);
+  }
+  void train() override {
+    fwd_train_.execute(s_, {{DNNL_ARG_SRC_LAYER, src_}, {DNNL_ARG_WEIGHTS_LAYER, wl_f_},
+                            {DNNL_ARG_WEIGHTS_ITER, wi_f_}, {DNNL_ARG_BIAS, bias_},
+                            {DNNL_ARG_DST_LAYER, dst_}, {DNNL_ARG_WORKSPACE, ws_}});
     // a trainer's weights change every step: the backward's layout is made again each time
-    to_bwd_l.execute(s, wl_f, wl_b);
-    to_bwd_i.execute(s, wi_f, wi_b);
-    zero(dwl);  // the backward accumulates into its weight gradients
-    zero(dwi);
-    zero(db);
-    bwd.execute(s, {{DNNL_ARG_SRC_LAYER, src}, {DNNL_ARG_WEIGHTS_LAYER, wl_b},
-                    {DNNL_ARG_WEIGHTS_ITER, wi_b}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST_LAYER, dst},
-                    {DNNL_ARG_DIFF_DST_LAYER, ddst}, {DNNL_ARG_WORKSPACE, ws},
-                    {DNNL_ARG_DIFF_SRC_LAYER, dsrc}, {DNNL_ARG_DIFF_WEIGHTS_LAYER, dwl},
-                    {DNNL_ARG_DIFF_WEIGHTS_ITER, dwi}, {DNNL_ARG_DIFF_BIAS, db}});
-    s.wait();
-  };
-  auto infer = [&] {
-    fwd_infer.execute(s, {{DNNL_ARG_SRC_LAYER, src}, {DNNL_ARG_WEIGHTS_LAYER, wl_i},
-                          {DNNL_ARG_WEIGHTS_ITER, wi_i}, {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST_LAYER, dst}});
-    s.wait();
-  };
-  OnednnTimes t;
-  t.train_ms = median_ms(train, warmup, repeats);
-  t.infer_ms = median_ms(infer, warmup, repeats);
-  return t;
-}
+    to_bwd_l_.execute(s_, wl_f_, wl_b_);
+    to_bwd_i_.execute(s_, wi_f_, wi_b_);
+    zero(dwl_);  // the backward accumulates into its weight gradients
+    zero(dwi_);
+    zero(db_);
+    bwd_.execute(s_, {{DNNL_ARG_SRC_LAYER, src_}, {DNNL_ARG_WEIGHTS_LAYER, wl_b_},
+                      {DNNL_ARG_WEIGHTS_ITER, wi_b_}, {DNNL_ARG_BIAS, bias_}, {DNNL_ARG_DST_LAYER, dst_},
+                      {DNNL_ARG_DIFF_DST_LAYER, ddst_}, {DNNL_ARG_WORKSPACE, ws_},
+                      {DNNL_ARG_DIFF_SRC_LAYER, dsrc_}, {DNNL_ARG_DIFF_WEIGHTS_LAYER, dwl_},
+                      {DNNL_ARG_DIFF_WEIGHTS_ITER, dwi_}, {DNNL_ARG_DIFF_BIAS, db_}});
+    s_.wait();
+  }
+  void infer() override {
+    fwd_infer_.execute(s_, {{DNNL_ARG_SRC_LAYER, src_}, {DNNL_ARG_WEIGHTS_LAYER, wl_i_},
+                            {DNNL_ARG_WEIGHTS_ITER, wi_i_}, {DNNL_ARG_BIAS, bias_},
+                            {DNNL_ARG_DST_LAYER, dst_}});
+    s_.wait();
+  }
+
+ private:
+  dnnl::engine eng_{dnnl::engine::kind::cpu, 0};
+  dnnl::stream s_;
+  typename Fwd::primitive_desc ftrain_, finfer_;
+  typename Bwd::primitive_desc bpd_;
+  memory wl_user_, wi_user_, wl_f_, wi_f_, wl_i_, wi_i_, wl_b_, wi_b_;
+  dnnl::reorder to_bwd_l_, to_bwd_i_;
+  memory src_, dst_, bias_, ws_, dsrc_, ddst_, dwl_, dwi_, db_;
+  Fwd fwd_train_, fwd_infer_;
+  Bwd bwd_;
+};
 
 }  // namespace
 
 const char* onednn_rnn_name(OnednnRnn kind) { return kind == OnednnRnn::lstm ? "lstm" : "lbr_gru"; }
 
-OnednnTimes bench_onednn_rnn(OnednnRnn kind, int T, int N, int C, int H, int warmup, int repeats) {
+OnednnRnnCase::OnednnRnnCase(OnednnRnn kind, int T, int N, int C, int H) {
   if (kind == OnednnRnn::lstm)
-    return time_rnn<dnnl::lstm_forward, dnnl::lstm_backward>(Layer(T, N, C, H, 4, 4), warmup, repeats);
-  // lbr_gru: 3 gate blocks (u, r, n) and 4 biases (the n gate's recurrent bias apart: nn.GRU's b_hn)
-  return time_rnn<dnnl::lbr_gru_forward, dnnl::lbr_gru_backward>(Layer(T, N, C, H, 3, 4), warmup, repeats);
+    steps_ = std::make_unique<RnnSteps<dnnl::lstm_forward, dnnl::lstm_backward>>(Layer(T, N, C, H, 4, 4));
+  else  // lbr_gru: 3 gate blocks (u, r, n) and 4 biases (the n gate's recurrent bias apart: nn.GRU's b_hn)
+    steps_ = std::make_unique<RnnSteps<dnnl::lbr_gru_forward, dnnl::lbr_gru_backward>>(Layer(T, N, C, H, 3, 4));
 }
+
+OnednnRnnCase::~OnednnRnnCase() = default;
 
 }  // namespace rbn::cli

@@ -2,19 +2,33 @@
 // for GRU cells, its lbr_gru, which is nn.GRU's formula), one layer, timed like rbn's cells.
 #pragma once
 
+#include <memory>
+
 namespace rbn::cli {
 
 enum class OnednnRnn { lstm, lbr_gru };
 const char* onednn_rnn_name(OnednnRnn kind);
 
-struct OnednnTimes {
-  double train_ms = 0;  // forward_training + the weights' reorder to the backward's layout + backward
-  double infer_ms = 0;  // forward_inference
-};
+// One layer of the primitive on T steps of N rows, C inputs, H hidden units, set up once at the
+// current OpenMP thread count (oneDNN sizes its primitives for it: time it at that count), to be
+// stepped by the caller's timing loop. A training step is forward_training, the reorder of the
+// weights into the backward's layout (a trainer's weights change every step) and backward; no
+// head, no loss, no optimizer. Throws dnnl::error where oneDNN has no implementation.
+class OnednnRnnCase {
+ public:
+  OnednnRnnCase(OnednnRnn kind, int T, int N, int C, int H);
+  ~OnednnRnnCase();
+  void train_step() { steps_->train(); }
+  void infer_step() { steps_->infer(); }
 
-// Medians of `repeats` runs after `warmup`, at the current OpenMP thread count (the primitives are
-// created at that count), on T steps of N rows, C inputs, H hidden units. Throws dnnl::error
-// where oneDNN has no implementation.
-OnednnTimes bench_onednn_rnn(OnednnRnn kind, int T, int N, int C, int H, int warmup, int repeats);
+  struct Steps {
+    virtual ~Steps() = default;
+    virtual void train() = 0;
+    virtual void infer() = 0;
+  };
+
+ private:
+  std::unique_ptr<Steps> steps_;
+};
 
 }  // namespace rbn::cli

@@ -142,20 +142,33 @@ double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) 
   return step_flops(s, gates).train / (median(ms) * 1e-3) / 1e9;
 }
 
+// A case's time at its best thread count: the median over the rounds, and every round's sample
+// at that count, in round order (for same-round ratios).
+struct Best {
+  double ms = 1e300;
+  int threads = 0;
+  std::vector<double> rounds;
+  void take(const std::vector<double>& samples, int th) {
+    if (const double m = median(samples); m < ms) ms = m, threads = th, rounds = samples;
+  }
+};
+
 struct RbnResult {
-  double train_ms = 0, infer_ms = 0;
-  int train_threads = 0, infer_threads = 0;
-  // every round's sample at the best thread count, in round order (same-round ratios)
-  std::vector<double> train_rounds, infer_rounds;
+  Best train, infer;
   double backward_reads_mb = 0, allocated_mb = 0, infer_state_mb = 0;
 };
 
-// One model per cell, all timed in the same rounds (cell after cell, repeated): the machines are
-// shared and their speed drifts, and interleaving keeps the ratios between cells fair.
-// Cases: every backend x every cell (backend-major); results in that order.
-std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
-                                 const std::vector<blas::Backend>& backends,
-                                 const std::vector<int>& thread_counts, int warmup, int repeats) {
+struct StepBench {
+  std::vector<RbnResult> rbn;                  // every backend x every cell (backend-major)
+  std::map<OnednnRnn, RbnResult> anchors;      // oneDNN's own RNN of each kind asked for
+};
+
+// One model per cell and backend, and oneDNN's RNN primitive of each kind in `anchor_kinds`, all
+// timed in the same rounds at every thread count: the machines are shared and their speed drifts,
+// and interleaving keeps the ratios between the cases fair.
+StepBench bench_steps(const Shape& s, const std::vector<Cell>& cells,
+                      const std::vector<blas::Backend>& backends, const std::vector<OnednnRnn>& anchor_kinds,
+                      const std::vector<int>& thread_counts, int warmup, int repeats) {
   Rng rng(7);
   std::vector<float> x(size_t(s.T) * s.N * s.C);
   std::vector<int32_t> ids(size_t(s.T) * s.N), tgt(size_t(s.T) * s.N), labels(s.N);
@@ -211,41 +224,63 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     c.model->logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
                     nullptr, nullptr, logits.data(), nullptr, nullptr);
   };
-  // Every (thread count, case) pair runs once per round; each round starts one pair later, so
-  // that a slow stretch of the machine that begins or ends inside a round does not always fall
-  // on the same cases. Returns the samples [thread count][case][round].
-  const size_t K = cases.size(), J = thread_counts.size() * K;
-  auto time_all = [&](auto&& fn) {
-    auto run = [&](size_t j) {
-      set_threads(thread_counts[j / K]);
+  // What one round runs: every rbn case and every oneDNN primitive at every thread count (the
+  // primitives are made at their count).
+  struct Unit {
+    int threads;
+    size_t rbn_case;                    // cases[rbn_case], or
+    std::optional<OnednnRnn> kind;      // oneDNN's primitive of this kind
+    std::unique_ptr<OnednnRnnCase> dnnl;
+  };
+  std::vector<Unit> units;
+  for (int th : thread_counts)
+    for (size_t k = 0; k < cases.size(); ++k) units.push_back({th, k, std::nullopt, nullptr});
+  for (OnednnRnn kind : anchor_kinds)
+    try {
+      for (int th : thread_counts) {
+        set_threads(th);
+        units.push_back({th, 0, kind, std::make_unique<OnednnRnnCase>(kind, s.T, s.N, s.C, s.H)});
+      }
+    } catch (const dnnl::error& e) {
+      std::fprintf(stderr, "note: oneDNN %s on %s: %s (column left empty)\n", onednn_rnn_name(kind),
+                   s.name.c_str(), e.what());
+      std::erase_if(units, [&](const Unit& u) { return u.kind == kind; });
+    }
+  // Each round starts one unit later than the round before, so that a slow stretch of the machine
+  // that begins or ends inside a round does not always fall on the same cases. Returns every
+  // unit's samples, one per round.
+  auto time_all = [&](bool train) {
+    auto run = [&](Unit& u) {
+      set_threads(u.threads);
       const double t0 = now_ms();
-      fn(cases[j % K]);
+      if (u.dnnl)
+        train ? u.dnnl->train_step() : u.dnnl->infer_step();
+      else
+        train ? train_step(cases[u.rbn_case]) : infer_step(cases[u.rbn_case]);
       return now_ms() - t0;
     };
+    const size_t J = units.size();
     for (int i = 0; i < warmup; ++i)
-      for (size_t j = 0; j < J; ++j) run(j);
-    std::vector<std::vector<std::vector<double>>> ms(thread_counts.size(), std::vector<std::vector<double>>(K));
+      for (auto& u : units) run(u);
+    std::vector<std::vector<double>> ms(J);
     for (int i = 0; i < repeats; ++i)
       for (size_t jj = 0; jj < J; ++jj) {
         const size_t j = (jj + static_cast<size_t>(i)) % J;
-        ms[j / K][j % K].push_back(run(j));
+        ms[j].push_back(run(units[j]));
       }
     return ms;
   };
-  std::vector<RbnResult> res(K);
-  for (auto& r : res) r.train_ms = r.infer_ms = 1e300;
-  const auto tr = time_all(train_step);
-  const auto in = time_all(infer_step);
-  for (size_t ti = 0; ti < thread_counts.size(); ++ti)
-    for (size_t k = 0; k < K; ++k) {
-      RbnResult& r = res[k];
-      const int th = thread_counts[ti];
-      if (const double m = median(tr[ti][k]); m < r.train_ms)
-        r.train_ms = m, r.train_threads = th, r.train_rounds = tr[ti][k];
-      if (const double m = median(in[ti][k]); m < r.infer_ms)
-        r.infer_ms = m, r.infer_threads = th, r.infer_rounds = in[ti][k];
-    }
+  const auto tr = time_all(true);
+  const auto in = time_all(false);
+  StepBench out;
+  out.rbn.resize(cases.size());
+  for (size_t j = 0; j < units.size(); ++j) {
+    RbnResult& r = units[j].kind ? out.anchors[*units[j].kind] : out.rbn[units[j].rbn_case];
+    r.train.take(tr[j], units[j].threads);
+    r.infer.take(in[j], units[j].threads);
+  }
   set_threads(*std::max_element(thread_counts.begin(), thread_counts.end()));
+  std::vector<RbnResult>& res = out.rbn;
   // Memory: what backward reads (the stack's cache) beside everything the step allocated.
   for (size_t k = 0; k < cases.size(); ++k) {
     train_step(cases[k]);
@@ -253,7 +288,7 @@ std::vector<RbnResult> bench_rbn(const Shape& s, const std::vector<Cell>& cells,
     res[k].backward_reads_mb = m.rnn().cache_bytes() / 1e6;
     res[k].allocated_mb = (m.rnn().cache_bytes() + m.workspace_bytes()) / 1e6;
   }
-  return res;
+  return out;
 }
 
 // Inference state memory at T and 8T: chunked inference keeps O(N*H) state.
@@ -511,36 +546,6 @@ BenchPlan parse_plan(const BenchFlags& f) {
   return p;
 }
 
-// oneDNN's recurrent primitive for each kind the cells need, at its best of the thread counts.
-struct Anchor {
-  OnednnTimes t;
-  int train_threads = 0, infer_threads = 0;
-};
-std::map<OnednnRnn, Anchor> bench_anchors(const Shape& s, const std::vector<Cell>& cells,
-                                          const std::vector<int>& threads, int warmup, int repeats) {
-  std::map<OnednnRnn, Anchor> out;
-  for (Cell c : cells) {
-    auto kind = onednn_anchor(c);
-    if (!kind || out.count(*kind)) continue;
-    Anchor a;
-    a.t.train_ms = a.t.infer_ms = 1e300;
-    try {
-      for (int th : threads) {
-        set_threads(th);
-        const OnednnTimes t = bench_onednn_rnn(*kind, s.T, s.N, s.C, s.H, warmup, repeats);
-        if (t.train_ms < a.t.train_ms) a.t.train_ms = t.train_ms, a.train_threads = th;
-        if (t.infer_ms < a.t.infer_ms) a.t.infer_ms = t.infer_ms, a.infer_threads = th;
-      }
-    } catch (const dnnl::error& e) {
-      std::fprintf(stderr, "note: oneDNN %s on %s: %s (column left empty)\n", onednn_rnn_name(*kind),
-                   s.name.c_str(), e.what());
-      continue;
-    }
-    out[*kind] = a;
-  }
-  return out;
-}
-
 std::string fmt_or_dash(double v, const char* spec) { return v > 0 ? fmt::format(fmt::runtime(spec), v) : "-"; }
 
 void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& script, bool torch,
@@ -563,9 +568,12 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
       for (Cell c : p.cells)
         if (!sgemm[bi].count(cell_gates(c)))
           sgemm[bi][cell_gates(c)] = sgemm_rate_gflops(s, cell_gates(c), 3, p.backends[bi]);
-    const auto anchors = f.no_onednn_rnn ? std::map<OnednnRnn, Anchor>{}
-                                         : bench_anchors(s, p.cells, p.threads, f.warmup, f.repeats);
-    const std::vector<RbnResult> results = bench_rbn(s, p.cells, p.backends, p.threads, f.warmup, f.repeats);
+    std::vector<OnednnRnn> kinds;  // oneDNN's RNN primitive for each kind the cells need
+    for (Cell c : p.cells)
+      if (auto kind = onednn_anchor(c); kind && !f.no_onednn_rnn && std::ranges::find(kinds, *kind) == kinds.end())
+        kinds.push_back(*kind);
+    const StepBench bench = bench_steps(s, p.cells, p.backends, kinds, p.threads, f.warmup, f.repeats);
+    const std::vector<RbnResult>& results = bench.rbn;
     torch_cache.clear();
     for (size_t bi = 0; bi < p.backends.size(); ++bi) {
       const blas::Backend be = p.backends[bi];
@@ -585,32 +593,39 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
         const Cell torch_cell = cell_is_gru(cell) ? Cell::gru : cell;
         nlohmann::json row{{"shape", s.name}, {"cell", cell_name(cell)}, {"gemm", blas::backend_name(be)},
                            {"T", s.T}, {"N", s.N}, {"C", s.C}, {"H", s.H}, {"K", s.K},
-                           {"rbn_train_ms", r.train_ms}, {"rbn_train_threads", r.train_threads},
-                           {"rbn_infer_ms", r.infer_ms}, {"rbn_infer_threads", r.infer_threads},
-                           {"train_gflops", fl.train / (r.train_ms * 1e-3) / 1e9},
-                           {"infer_gflops", fl.infer / (r.infer_ms * 1e-3) / 1e9},
+                           {"rbn_train_ms", r.train.ms}, {"rbn_train_threads", r.train.threads},
+                           {"rbn_infer_ms", r.infer.ms}, {"rbn_infer_threads", r.infer.threads},
+                           {"train_gflops", fl.train / (r.train.ms * 1e-3) / 1e9},
+                           {"infer_gflops", fl.infer / (r.infer.ms * 1e-3) / 1e9},
                            {"sgemm_gflops_same_shapes", sg},
                            {"backward_reads_mb", r.backward_reads_mb}, {"allocated_mb", r.allocated_mb},
                            {"infer_state_mb_T", infer_cache_mb(s, cell, s.T)},
                            {"infer_state_mb_8T", infer_cache_mb(s, cell, 8 * s.T)}};
         const std::string vs = std::string("_vs_rbn_") + cell_name(base_cell);
-        PairedRatio vs_base[2];  // train, infer
-        if (base) {
-          vs_base[0] = paired_ratio(r.train_rounds, base->train_rounds);
-          vs_base[1] = paired_ratio(r.infer_rounds, base->infer_rounds);
-          for (int m = 0; m < 2; ++m) {
-            const std::string key = (m == 0 ? "train" : "infer") + vs;
-            row[key] = vs_base[m].median;
-            row[key + "_quartiles"] = {vs_base[m].q1, vs_base[m].q3};
-            row[key + "_of_medians"] = m == 0 ? r.train_ms / base->train_ms : r.infer_ms / base->infer_ms;
-          }
-        }
+        // same-round ratios against rbn's base cell and oneDNN's RNN: [train, infer]
+        PairedRatio vs_base[2], vs_dnnl[2];
         const auto kind = onednn_anchor(cell);
-        const Anchor* anchor = kind && anchors.count(*kind) ? &anchors.at(*kind) : nullptr;
-        if (anchor) row["onednn_rnn"] = onednn_rnn_name(*kind);
+        const RbnResult* anchor = kind && bench.anchors.count(*kind) ? &bench.anchors.at(*kind) : nullptr;
+        // key(mode) names the ratio in the JSON row; its quartiles and the ratio of the medians beside
+        auto record = [&](PairedRatio* out, const RbnResult& other, auto&& key) {
+          for (int m = 0; m < 2; ++m) {
+            const Best& a = m == 0 ? r.train : r.infer;
+            const Best& b = m == 0 ? other.train : other.infer;
+            out[m] = paired_ratio(a.rounds, b.rounds);
+            const std::string k = key(m == 0 ? "train" : "infer");
+            row[k] = out[m].median;
+            row[k + "_quartiles"] = {out[m].q1, out[m].q3};
+            row[k + "_of_medians"] = a.ms / b.ms;
+          }
+        };
+        if (base) record(vs_base, *base, [&](const char* mode) { return mode + vs; });
+        if (anchor) {
+          row["onednn_rnn"] = onednn_rnn_name(*kind);
+          record(vs_dnnl, *anchor, [](const char* mode) { return std::string("vs_onednn_") + mode; });
+        }
         for (const char* mode : {"train", "infer"}) {
           const bool tr = std::string(mode) == "train";
-          const double ms = tr ? r.train_ms : r.infer_ms;
+          const double ms = tr ? r.train.ms : r.infer.ms;
           const std::string key = std::string(cell_name(torch_cell)) + "/" + mode;
           if (torch && !torch_cache.count(key))
             torch_cache[key] = run_torch(script, s, torch_cell, mode, f.torch_repeats, 1);
@@ -629,20 +644,19 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
           double dms = 0;
           int dth = 0;
           if (anchor) {
-            dms = tr ? anchor->t.train_ms : anchor->t.infer_ms;
-            dth = tr ? anchor->train_threads : anchor->infer_threads;
+            dms = tr ? anchor->train.ms : anchor->infer.ms;
+            dth = tr ? anchor->train.threads : anchor->infer.threads;
             row[std::string("onednn_") + mode + "_ms"] = dms;
             row[std::string("onednn_") + mode + "_threads"] = dth;
-            row[std::string("vs_onednn_") + mode] = ms / dms;
           }
           const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
           const double x_base = vs_base[tr ? 0 : 1].median;
           std::printf("%-7s %-7s %-8s %-5s %9.1f %3d %9s %3s %6s %9s %3s %6s %6s %8.1f %8.1f %5.0f%% %7.1fM %7.1fM\n",
                       s.name.c_str(), cell_name(cell), blas::backend_name(be), mode, ms,
-                      tr ? r.train_threads : r.infer_threads, fmt_or_dash(tms, "{:.1f}").c_str(),
+                      tr ? r.train.threads : r.infer.threads, fmt_or_dash(tms, "{:.1f}").c_str(),
                       tth > 0 ? std::to_string(tth).c_str() : "-", fmt_or_dash(tms > 0 ? ms / tms : 0, "{:.3f}").c_str(),
                       fmt_or_dash(dms, "{:.1f}").c_str(), dth > 0 ? std::to_string(dth).c_str() : "-",
-                      fmt_or_dash(dms > 0 ? ms / dms : 0, "{:.3f}").c_str(),
+                      fmt_or_dash(dms > 0 ? vs_dnnl[tr ? 0 : 1].median : 0, "{:.3f}").c_str(),
                       fmt_or_dash(x_base, "{:.2f}").c_str(), gf, sg,
                       100.0 * gf / sg, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
                       tr ? r.allocated_mb : row["infer_state_mb_8T"].get<double>());
@@ -655,9 +669,9 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
   std::printf("\nratio = rbn / PyTorch (the GRUs against torch.nn.GRU), x dnnl = rbn / oneDNN's own RNN primitive "
               "(one layer: forward_training, weights reordered for the backward, backward; no head, no optimizer; "
               "lbr_gru for the GRUs), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
-              "faster), each at its best thread count, the median over rounds of the ratio of the two samples "
-              "of the same round (quartiles in --json); the cells, backends and thread counts timed in "
-              "interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
+              "faster); both each at its best thread count, the median over rounds of the ratio of the two "
+              "samples of the same round (quartiles in --json): rbn's cells and backends and oneDNN's RNN, at "
+              "every thread count, are timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
               "backend's sgemm on the same products, run alone; bwd-read = bytes backward reads, alloc = all "
               "the step allocates (train rows); for infer rows: state at T and at 8T (chunked inference).\n");
 }
