@@ -175,7 +175,7 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   st.c_prev = cc.Cs.data() + t * NH;
   st.c_next = reg.zone_c ? cc.Ct.data() + t * NH : cc.Cs.data() + (t + 1) * NH;
   st.h_prev = cc.Hs.data() + t * NH;
-  st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
+  st.wx = cc.wx() + (run.inline_x ? u.p * NG : t * NG);
   st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
   st.dY = run.dY ? run.dY + t * NH : nullptr;
   st.d_input_term = st.d_recurrent_term = st.gates;

@@ -153,7 +153,7 @@ struct NormStats {
 template <class T>
 struct LayerCache {
   std::vector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
-  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G], a slice per thread)
+  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G], a slice per thread; wx_in_gates: unused)
   std::vector<T> Gates;  // [T,N,G]
   std::vector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
   std::vector<T> Hs;     // [T+1,N,H]
@@ -165,6 +165,11 @@ struct LayerCache {
   // backward instead of stored; Ax then holds one step per thread and Wt = W^T [C,G].
   bool inline_x = false;
   std::vector<T> Wt;
+  // W x unnormalized and hoisted (spec.x none, not inline): the hoisted product is written into
+  // Gates and each step's gate pass turns its row into the gates in place, so that the pass reads
+  // and writes the same lines (no separate [T,N,G] Ax; backward never reads the raw W x).
+  bool wx_in_gates = false;
+  T* wx() { return wx_in_gates ? Gates.data() : Ax.data(); }
   // Hh's columns by thread (hh_blocked): each time-loop thread's gate blocks side by side, gate q
   // of the units [k0, k1) at gates*k0 + q*w, so that no cache line holds two threads' values; else
   // in gate order (q*H + k), where backward's dRh over Hh feeds the per-step product with R.

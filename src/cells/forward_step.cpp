@@ -137,7 +137,7 @@ void Engine<T>::prepare_input(ForwardRun& run) {
     return;
   }
   const int64_t rows = static_cast<int64_t>(run.Tc) * run.N;
-  blas::gemm(false, true, run.Tc * run.N, G, C, T(1), run.X, C, W, C, T(0), cc.Ax.data(), G);
+  blas::gemm(false, true, run.Tc * run.N, G, C, T(1), run.X, C, W, C, T(0), cc.wx(), G);
   // BN_t and LN of W x run per step inside the time loop, while Ax[t] is in cache.
   if (spec.x == Norm::bn_seq) {
     bn_table_stats(cc.Ax.data(), rows, run.valid, run.layout->stats_x,
@@ -164,7 +164,7 @@ void Engine<T>::forward_step(const ForwardRun& run, const UnitBlock& u, ForwardS
   st.c_next = cc.Cs.data() + (t + 1) * NH;
   st.gates = cc.Gates.data() + t * NG;
   st.hh = spec.keeps_hh() ? cc.Hh.data() + t * NG : nullptr;
-  st.wx = cc.Ax.data() + (run.inline_x ? u.p * NG : t * NG);
+  st.wx = cc.wx() + (run.inline_x ? u.p * NG : t * NG);
 
   input_term_stats(run, u, s, st);    // (inline: W x first) BN_t statistics of W x
   recurrent_product(run, u, s, st);   // R h for the owned columns
@@ -394,7 +394,7 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
       for (int q = 0; q < gates; ++q)
         std::copy_n(hrow + q * w, w, st.hh + static_cast<int64_t>(n) * G + hh_offset(cc, q, k0, w));
     if (st.t + 1 < run.Tc) {  // the next step's rows (from memory) while this row computes
-      const T* nx = run.inline_x ? nullptr : xrow + NG;
+      const T* nx = run.inline_x || cc.wx_in_gates ? nullptr : xrow + NG;
       const T* ngt = g + NG;
       const T* nh = st.hh ? st.hh + static_cast<int64_t>(n) * G + NG : nullptr;
       for (int q = 0; q < gates; ++q)

@@ -183,7 +183,11 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   cc.hh_blocked = spec.h != Norm::none && input_grad_in_loop(train, inline_x) &&
                   !(spec.gru() && spec.h == Norm::ln);
   cc.P = time_loop_threads(static_cast<int>(H));
-  ensure_size(cc.Ax, inline_x ? static_cast<size_t>(cc.P) * N * G : TN * G);
+  cc.wx_in_gates = spec.x == Norm::none && !inline_x;
+  if (cc.wx_in_gates)
+    std::vector<T>().swap(cc.Ax);
+  else
+    ensure_size(cc.Ax, inline_x ? static_cast<size_t>(cc.P) * N * G : TN * G);
   ensure_size(cc.Gates, TN * G);
   if (spec.keeps_hh()) ensure_size(cc.Hh, TN * G);
   ensure_size(cc.Hs, (Tc + 1) * N * H);
