@@ -143,7 +143,8 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     if (run.pack) {  // the step's dRh R then reads its right operand contiguous
       T* r_cols = ws.r_packed.data() + static_cast<size_t>(G) * u.k0;
       for (int j = 0; j < G; ++j)
-        std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w, r_cols + static_cast<size_t>(j) * u.w);
+        std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w,
+                    r_cols + static_cast<size_t>(j) * u.w);
       s.r_cols = r_cols;
     }
     for (int n = 0; n < N; ++n) {

@@ -153,7 +153,7 @@ struct NormStats {
 template <class T>
 struct LayerCache {
   std::vector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
-  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G], a slice per thread; wx_in_gates: unused)
+  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G] by thread; wx_in_gates: empty)
   std::vector<T> Gates;  // [T,N,G]
   std::vector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
   std::vector<T> Hs;     // [T+1,N,H]
@@ -278,7 +278,7 @@ struct Workspace {
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
-  std::vector<T> r_packed;               // [G,H] each thread's rows of R transposed (forward), its columns of R (backward)
+  std::vector<T> r_packed;               // [G,H] by thread: R's rows transposed (fwd), columns (bwd)
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
