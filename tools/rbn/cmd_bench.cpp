@@ -678,7 +678,6 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
 
 // ---- streaming inference: latency per step -------------------------------------------------
 
-
 // One stream of N rows of a language model as `rbn sample` runs it: one step per call of the step
 // API (Model::logits with T = 1, the state carried, t0 = the stream's step count), the symbols fed
 // drawn at random outside the timing.
