@@ -190,6 +190,12 @@ class Stack {
   using Allreduce = std::function<void(double* buf, size_t n)>;
   void set_stat_allreduce(Allreduce allreduce);
 
+  // How the last forward formed layer `layer`'s input projection W x (bidirectional: the forward
+  // direction's), for tests and tools: "hoisted" (one product over all steps before the time
+  // loop), "inline" (per step from few input features) or "sparse" (gathered per step from input
+  // rows of at most a few nonzeros each, such as one-hot symbols); empty before any forward.
+  std::string_view input_projection(int layer) const;
+
   // Bytes of activations that backward reads (for memory reporting).
   size_t cache_bytes() const;
   size_t workspace_bytes() const;

@@ -854,7 +854,13 @@ void Engine<T>::deferred_input_backward(const BackwardRun& run) {
     return;
   }
   const T* dAx = run.input_grad_in_loop ? cc.Ax.data() : cc.Gates.data();  // d(W x) [T,N,G]
-  blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), dAx, G, run.X, C, T(1), run.grd.W, C);
+  if (cc.sparse_x) {  // dW from X's nonzeros (one-hot rows: a column's rows added up)
+    ensure_size(ws.dwt, static_cast<size_t>(C) * G);
+    sparse_weight_grad(cc.xs, dAx, TN, G, C, ws.dwt.data(), run.grd.W);
+  } else {
+    blas::gemm(true, false, G, C, static_cast<int>(TN), T(1), dAx, G, run.X, C, T(1), run.grd.W,
+               C);
+  }
   if (run.dX)
     blas::gemm(false, false, static_cast<int>(TN), C, G, T(1), dAx, G, run.prm.W, C, T(0), run.dX,
                C);

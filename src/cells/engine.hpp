@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "cells/input_projection.hpp"
 #include "cells/kernels.hpp"
 #include "rbn/rbn.hpp"
 #include "util/rng.hpp"
@@ -170,6 +171,11 @@ struct LayerCache {
   // and writes the same lines (no separate [T,N,G] Ax; backward never reads the raw W x).
   bool wx_in_gates = false;
   T* wx() { return wx_in_gates ? Gates.data() : Ax.data(); }
+  // Sparse input rows (sparse_x; one-hot symbols): X's nonzeros by row, W x gathered per step in
+  // the time loop from Wt = W^T [C,G] into wx()'s step t (no hoisted product), dW scattered from
+  // d(W x) after backward's loop (input_projection.hpp).
+  bool sparse_x = false;
+  SparseRows<T> xs;
   // Hh's columns by thread (hh_blocked): each time-loop thread's gate blocks side by side, gate q
   // of the units [k0, k1) at gates*k0 + q*w, so that no cache line holds two threads' values; else
   // in gate order (q*H + k), where backward's dRh over Hh feeds the per-step product with R.
@@ -278,6 +284,7 @@ struct Workspace {
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
+  std::vector<T> dwt;                    // [C,G] sparse input: dW transposed (sparse_weight_grad)
   std::vector<T> r_packed;               // [G,H] by thread: R's rows transposed (fwd), columns (bwd)
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
@@ -334,6 +341,11 @@ struct Engine {
   // Forward calls of at least this many steps pack each thread's rows of R for one product per
   // step (the step API's short calls use R in place).
   static constexpr int kPackMinSteps = 4;
+  // Calls of at least kPackMinSteps steps whose input rows have at most this many nonzeros each,
+  // among at least kSparseMinInput features, gather W x per step instead of the hoisted product
+  // (LayerCache::sparse_x). Not for bnx-seq (its statistics need every step's W x first).
+  static constexpr int kSparseRowNnz = 4;
+  static constexpr int kSparseMinInput = 16;
 
   // initialize = false: the tensors stay 0 (a twin that receives them from its engine)
   explicit Engine(const StackConfig& c, bool initialize = true);

@@ -22,6 +22,7 @@ struct Engine<T>::ForwardRun {
   bool batch = true;               // batch statistics (train mode); else population
   bool update_running = false;     // record batch statistics into the running averages
   bool inline_x = false;           // W x formed per step (LayerCache::inline_x)
+  bool sparse_x = false;           // W x gathered per step (LayerCache::sparse_x)
   bool pack = false;               // R's rows packed per thread, transposed (Tc >= kPackMinSteps)
   bool sync_terms = false;         // W x / R h statistics summed over the group
   LayerTensors<const T*> prm{};
@@ -116,19 +117,23 @@ void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T*
 }
 
 // The input projection of all steps at once and its normalization when it spans the sequence
-// (outside the recurrence); or, with few input features, W^T and W's moments for the per-step
-// projection in the loop.
+// (outside the recurrence); or, with few input features (inline_x) or sparse input rows
+// (sparse_x: X's nonzeros by row), W^T and W's moments for the per-step projection in the loop.
 template <class T>
 void Engine<T>::prepare_input(ForwardRun& run) {
   LayerCache<T>& cc = *run.cache;
   const int G = run.G, C = run.C;
   const T* W = run.prm.W;
-  if (run.inline_x) {
+  const int64_t rows = static_cast<int64_t>(run.Tc) * run.N;
+  cc.sparse_x = !run.inline_x && run.pack && spec.x != Norm::bn_seq && C >= kSparseMinInput &&
+                sparse_rows(run.X, rows, C, kSparseRowNnz, cc.xs);
+  run.sparse_x = cc.sparse_x;
+  if (run.inline_x || run.sparse_x) {
     cc.Wt.resize(static_cast<size_t>(C) * G);
     for (int j = 0; j < G; ++j)
       for (int c = 0; c < C; ++c)
         cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
-    if (spec.x == Norm::ln)
+    if (run.inline_x && spec.x == Norm::ln)
       for (int i = 0; i < ln_parts(spec); ++i) {
         const LnPart pt = ln_part(spec, i);
         weight_row_moments(W + static_cast<size_t>(pt.q0) * run.H * C, pt.nq * run.H, C,
@@ -136,7 +141,6 @@ void Engine<T>::prepare_input(ForwardRun& run) {
       }
     return;
   }
-  const int64_t rows = static_cast<int64_t>(run.Tc) * run.N;
   blas::gemm(false, true, run.Tc * run.N, G, C, T(1), run.X, C, W, C, T(0), cc.wx(), G);
   // BN_t and LN of W x run per step inside the time loop, while Ax[t] is in cache.
   if (spec.x == Norm::bn_seq) {
@@ -180,9 +184,9 @@ void Engine<T>::forward_step(const ForwardRun& run, const UnitBlock& u, ForwardS
 #pragma omp barrier
 }
 
-// W x of the step for the owned columns (inline input), and BN_t's statistics of W x: from the
-// step's input moments (inline: z is linear in the few inputs, so no pass over z), from the rows,
-// or from the population; synchronized statistics wait for R h (synced_term_stats).
+// W x of the step for the owned columns (inline or sparse input), and BN_t's statistics of W x:
+// from the step's input moments (inline: z is linear in the few inputs, so no pass over z), from
+// the rows, or from the population; synchronized statistics wait for R h (synced_term_stats).
 template <class T>
 void Engine<T>::input_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                                  const StepRows& st) {
@@ -191,6 +195,10 @@ void Engine<T>::input_term_stats(const ForwardRun& run, const UnitBlock& u, Forw
   if (run.inline_x)
     for (int q = 0; q < gates; ++q)
       input_projection(Xt, run.cache->Wt.data(), N, C, G, q * H + u.k0, u.w, st.wx);
+  if (run.sparse_x)
+    for (int q = 0; q < gates; ++q)
+      sparse_projection(run.cache->xs, static_cast<int64_t>(st.t) * N, N, run.cache->Wt.data(), G,
+                        q * H + u.k0, u.w, st.wx);
   if (spec.x != Norm::bn_step) return;
   T* m = run.cache->x.mean.data() + static_cast<size_t>(st.t) * G;
   T* r = run.cache->x.rstd.data() + static_cast<size_t>(st.t) * G;

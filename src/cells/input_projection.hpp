@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <omp.h>
+
 namespace rbn::cells {
 
 // W x of one step for the columns [j0, j0 + w) of every row: out [N,G] (stride G), Xt [N,C],
@@ -92,6 +94,92 @@ void linear_row_moments(const T* x, int C, const std::vector<double>& wmom, doub
   }
   mean = m;
   var = v;
+}
+
+// ---- sparse input rows (one-hot symbols) -----------------------------------------------------
+// A language model's one-hot characters make X [T*N, C] all zeros but one value per row: W x is
+// then a column of W, and the hoisted product over all steps writes [T,N,G] to memory only for the
+// gate pass to read it back. Such inputs are kept as their nonzeros by row, W x is gathered per
+// step inside the time loop (from W^T, in cache), and dW is scattered from d(W x) after it.
+
+// The nonzeros of X by row (compressed rows): row r's are col/val[ptr[r] .. ptr[r+1]).
+template <class T>
+struct SparseRows {
+  std::vector<int64_t> ptr;
+  std::vector<int32_t> col;
+  std::vector<T> val;
+};
+
+// Fills `out` with X's nonzeros [rows, C] and returns true when no row has more than max_nnz;
+// returns false (out unspecified) at the first row that has more, so a dense input costs one row.
+template <class T>
+bool sparse_rows(const T* X, int64_t rows, int C, int max_nnz, SparseRows<T>& out) {
+  out.ptr.assign(1, 0);
+  out.col.clear();
+  out.val.clear();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = X + r * C;
+    int nnz = 0;
+    for (int c = 0; c < C; ++c)
+      if (x[c] != T(0)) {
+        if (++nnz > max_nnz) return false;
+        out.col.push_back(c);
+        out.val.push_back(x[c]);
+      }
+    out.ptr.push_back(static_cast<int64_t>(out.col.size()));
+  }
+  return true;
+}
+
+// W x of rows [r0, r0 + N) for the columns [j0, j0 + w): out [N,G] (stride G), Wt = W^T [C,G].
+// A row without nonzeros gets 0.
+template <class T>
+void sparse_projection(const SparseRows<T>& xs, int64_t r0, int N, const T* Wt, int G, int j0,
+                       int w, T* out) {
+  for (int n = 0; n < N; ++n) {
+    T* o = out + static_cast<int64_t>(n) * G + j0;
+    const int64_t e0 = xs.ptr[r0 + n], e1 = xs.ptr[r0 + n + 1];
+    if (e0 == e1) {
+      std::fill_n(o, w, T(0));
+      continue;
+    }
+    const T v0 = xs.val[e0];
+    const T* w0 = Wt + static_cast<int64_t>(xs.col[e0]) * G + j0;
+#pragma omp simd
+    for (int j = 0; j < w; ++j) o[j] = v0 * w0[j];
+    for (int64_t e = e0 + 1; e < e1; ++e) {
+      const T v = xs.val[e];
+      const T* wc = Wt + static_cast<int64_t>(xs.col[e]) * G + j0;
+#pragma omp simd
+      for (int j = 0; j < w; ++j) o[j] += v * wc[j];
+    }
+  }
+}
+
+// dW [G,C] += d(W x)^T X over `rows` rows, X given by its nonzeros: dZ [rows,G]. Threads split
+// the G rows of dW; each sum runs over the rows in order whatever the thread count. dWt: scratch
+// of C*G values (dW transposed, so that a row's nonzero adds a contiguous run).
+template <class T>
+void sparse_weight_grad(const SparseRows<T>& xs, const T* dZ, int64_t rows, int G, int C, T* dWt,
+                        T* dW) {
+#pragma omp parallel if (rows * G > (int64_t{1} << 18))
+  {
+    const int P = omp_get_num_threads(), p = omp_get_thread_num();
+    const int j0 = static_cast<int>(static_cast<int64_t>(G) * p / P);
+    const int j1 = static_cast<int>(static_cast<int64_t>(G) * (p + 1) / P), w = j1 - j0;
+    for (int c = 0; c < C; ++c) std::fill_n(dWt + static_cast<int64_t>(c) * G + j0, w, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* d = dZ + r * G + j0;
+      for (int64_t e = xs.ptr[r]; e < xs.ptr[r + 1]; ++e) {
+        const T v = xs.val[e];
+        T* acc = dWt + static_cast<int64_t>(xs.col[e]) * G + j0;
+#pragma omp simd
+        for (int j = 0; j < w; ++j) acc[j] += v * d[j];
+      }
+    }
+    for (int j = j0; j < j1; ++j)
+      for (int c = 0; c < C; ++c) dW[static_cast<int64_t>(j) * C + c] += dWt[static_cast<int64_t>(c) * G + j];
+  }
 }
 
 }  // namespace rbn::cells

@@ -632,22 +632,34 @@ namespace {
 // Elements of an engine's caches (and its twins', which hold the reverse directions' when they
 // ran side by side).
 template <class T>
-size_t cache_elements(const cells::Engine<T>& I) {
-  size_t n = 0;
-  for (const auto& cc : I.caches)
+size_t cache_bytes_of(const cells::Engine<T>& I) {
+  size_t n = 0, index_bytes = 0;
+  for (const auto& cc : I.caches) {
     for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd,
-                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
+                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd,
+                          &cc.Wt, &cc.xs.val})
       n += v->size();
+    index_bytes += cc.xs.ptr.size() * sizeof(int64_t) + cc.xs.col.size() * sizeof(int32_t);
+  }
   for (const auto& b : I.bidir) n += b.Xr.size() + b.Y.size();
+  size_t bytes = n * sizeof(T) + index_bytes;
   for (const auto& tw : I.twins)
-    if (tw) n += cache_elements(*tw);
-  return n;
+    if (tw) bytes += cache_bytes_of(*tw);
+  return bytes;
 }
 }  // namespace
 
 template <class T>
 size_t Stack<T>::cache_bytes() const {
-  return cache_elements<T>(*impl_) * sizeof(T);
+  return cache_bytes_of<T>(*impl_);
+}
+
+template <class T>
+std::string_view Stack<T>::input_projection(int layer) const {
+  const auto& I = *impl_;
+  if (layer < 0 || layer >= I.cfg.num_layers || I.caches.empty()) return {};
+  const auto& cc = I.caches[static_cast<size_t>(layer) * I.dirs()];
+  return cc.sparse_x ? "sparse" : cc.inline_x ? "inline" : "hoisted";
 }
 
 template <class T>
@@ -655,7 +667,7 @@ size_t Stack<T>::workspace_bytes() const {
   const auto& I = *impl_;
   size_t n = 0;
   const auto& ws = I.ws;
-  for (const auto* v : {&ws.dY, &ws.dh_carry, &ws.dc_carry, &ws.bwd_rows, &ws.dx_part,
+  for (const auto* v : {&ws.dY, &ws.dh_carry, &ws.dc_carry, &ws.bwd_rows, &ws.dx_part, &ws.dwt,
                         &ws.r_packed, &ws.rh_step, &ws.drec_step, &I.bws.dY, &I.bws.dYf,
                         &I.bws.dYr, &I.bws.dXr})
     n += v->size();

@@ -22,6 +22,7 @@ struct CellCase {
   bool learn_init_state = false;
   bool given_state = true;  // pass random h0/c0
   bool bidirectional = false;  // y [T,N,2H], states [2L,N,H]
+  bool one_hot = false;        // sparse input rows (input_rows): layer 0 gathers W x per step
   int D() const { return bidirectional ? 2 : 1; }
 
   std::string name() const {
@@ -31,6 +32,7 @@ struct CellCase {
     if (!lengths.empty()) s += "_ragged";
     if (!ln_input) s += "_nolnx";
     if (bidirectional) s += "_bidir";
+    if (one_hot) s += "_onehot";
     for (auto& ch : s)
       if (ch == '-') ch = '_';
     return s;
@@ -77,6 +79,32 @@ std::vector<T> random_vec(size_t n, uint64_t seed, double scale = 1.0) {
   std::vector<T> v(n);
   for (auto& e : v) e = static_cast<T>(scale * rng.normal());
   return v;
+}
+
+// The case's input x [steps,N,C]: normal values, or with one_hot sparse rows as a language
+// model's symbols: one 1 per row, and also rows of two random nonzeros (every third) and of none
+// (every seventh), so that the gathered W x meets values other than 1 and empty rows. (No empty
+// rows under LN of W x: a zero row has zero variance, and its 1/sqrt(eps) puts finite
+// differences out of their linear range.)
+template <class T>
+std::vector<T> input_rows(const CellCase& cc, int steps, uint64_t seed) {
+  const size_t rows = static_cast<size_t>(steps) * cc.N;
+  if (!cc.one_hot) return random_vec<T>(rows * cc.C, seed);
+  Rng rng(seed);
+  std::vector<T> x(rows * cc.C, T(0));
+  for (size_t r = 0; r < rows; ++r) {
+    T* xr = x.data() + r * cc.C;
+    auto symbol = [&] { return std::min(cc.C - 1, static_cast<int>(rng.uniform() * cc.C)); };
+    const bool ln_x = (cc.cell == Cell::lnlstm && cc.ln_input) || cc.cell == Cell::lngru;
+    if (r % 7 == 6 && !ln_x) continue;
+    if (r % 3 == 2) {
+      xr[symbol()] += static_cast<T>(rng.normal());
+      xr[symbol()] += static_cast<T>(rng.normal());
+    } else {
+      xr[symbol()] = T(1);
+    }
+  }
+  return x;
 }
 
 template <class T>

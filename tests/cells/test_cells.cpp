@@ -118,6 +118,19 @@ std::vector<CellCase> reference_cases() {
     out.push_back(e);
   }
   for (const CellCase& b : bidirectional_reference_cases()) out.push_back(b);
+  for (Cell cell : every_cell())
+    for (bool bidir : {false, true}) {
+      CellCase o;  // one-hot input rows (W x gathered per step), units split over threads
+      o.cell = cell;
+      o.one_hot = true;
+      o.bidirectional = bidir;
+      o.T = o.t_max = 6;
+      o.N = 8;
+      o.C = 20;
+      o.H = 40;
+      o.lengths = {6, 2, 5, 6, 6, 3, 6, 4};
+      out.push_back(o);
+    }
   return out;
 }
 
@@ -158,7 +171,7 @@ void check_against_reference(const CellCase& cc, Mode mode, double tol) {
   Stack<T> s(cfg);
   randomize(s, 11);
   const size_t NH = static_cast<size_t>(cc.N) * cc.H;
-  auto x = random_vec<T>(static_cast<size_t>(steps) * cc.N * cc.C, 3);
+  auto x = input_rows<T>(cc, steps, 3);
   std::vector<int> lens = cc.lens();
   if (mode == Mode::infer)
     for (auto& l : lens) l = std::min(l + 2, steps);
@@ -176,6 +189,9 @@ void check_against_reference(const CellCase& cc, Mode mode, double tol) {
   EXPECT_LE(max_abs_diff(to_double(fast.y), want.y), tol) << "y";
   EXPECT_LE(max_abs_diff(to_double(fast.hT), want.hT), tol) << "hT";
   EXPECT_LE(max_abs_diff(to_double(fast.cT), want.cT), tol) << "cT";
+  if (cc.one_hot) {  // the path under test (bnx-seq's statistics need the hoisted product)
+    EXPECT_EQ(s.input_projection(0), cfg.cell == Cell::bnx_seq ? "hoisted" : "sparse");
+  }
 }
 
 TEST_P(CellReference, TrainFloat) { check_against_reference<float>(GetParam(), Mode::train, 2e-4); }
@@ -196,7 +212,7 @@ TEST_P(CellGradient, FiniteDifferences) {
     Stack<double> s(cc.config());
     randomize(s, 21);
     const size_t NH = static_cast<size_t>(cc.N) * cc.H, LDNH = cc.L * cc.D() * NH;
-    auto x = random_vec<double>(static_cast<size_t>(cc.T) * cc.N * cc.C, 31);
+    auto x = input_rows<double>(cc, cc.T, 31);
     const std::vector<int> lens_int = cc.lens();
     std::vector<int32_t> lens(lens_int.begin(), lens_int.end());
     auto h0 = random_vec<double>(LDNH, 32, 0.5);
@@ -327,6 +343,19 @@ std::vector<CellCase> gradient_cases() {
     b.given_state = false;
     out.push_back(b);
   }
+  for (Cell cell : every_cell())
+    for (bool bidir : {false, true}) {
+      CellCase o;  // one-hot input rows (W x gathered per step, dW scattered), 2 layers, ragged
+      o.cell = cell;
+      o.one_hot = true;
+      o.bidirectional = bidir;
+      o.T = o.t_max = 4;
+      o.N = 8;
+      o.C = 16;
+      o.H = 3;
+      o.lengths = {4, 2, 3, 4, 4, 3, 4, 1};
+      out.push_back(o);
+    }
   return out;
 }
 
