@@ -130,9 +130,12 @@ void Engine<T>::prepare_input(ForwardRun& run) {
   run.sparse_x = cc.sparse_x;
   if (run.inline_x || run.sparse_x) {
     cc.Wt.resize(static_cast<size_t>(C) * G);
-    for (int j = 0; j < G; ++j)
-      for (int c = 0; c < C; ++c)
-        cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
+    constexpr int B = 32;  // tiles: W^T's rows are G apart, so one value per line untiled
+    for (int j0 = 0; j0 < G; j0 += B)
+      for (int c0 = 0; c0 < C; c0 += B)
+        for (int j = j0; j < std::min(j0 + B, G); ++j)
+          for (int c = c0; c < std::min(c0 + B, C); ++c)
+            cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
     if (run.inline_x && spec.x == Norm::ln)
       for (int i = 0; i < ln_parts(spec); ++i) {
         const LnPart pt = ln_part(spec, i);

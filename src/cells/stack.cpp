@@ -636,10 +636,13 @@ size_t cache_bytes_of(const cells::Engine<T>& I) {
   size_t n = 0, index_bytes = 0;
   for (const auto& cc : I.caches) {
     for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd,
-                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd,
-                          &cc.Wt, &cc.xs.val})
+                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
-    index_bytes += cc.xs.ptr.size() * sizeof(int64_t) + cc.xs.col.size() * sizeof(int32_t);
+    if (cc.inline_x || cc.sparse_x) n += cc.Wt.size();
+    if (cc.sparse_x) {
+      n += cc.xs.val.size();
+      index_bytes += cc.xs.ptr.size() * sizeof(int64_t) + cc.xs.col.size() * sizeof(int32_t);
+    }
   }
   for (const auto& b : I.bidir) n += b.Xr.size() + b.Y.size();
   size_t bytes = n * sizeof(T) + index_bytes;

@@ -94,13 +94,15 @@ long peak_rss_kb() {
 }
 
 // Matrix-product FLOPs of one training step (forward + backward) and of one inference forward,
-// for a cell with `gates` gate blocks (G = gates * H: 4 LSTM, 3 GRU).
+// for a cell with `gates` gate blocks (G = gates * H: 4 LSTM, 3 GRU). A language model's one-hot
+// input makes W x a gathered column of W and dW a scatter (sparse input rows, docs/cells.md): no
+// product, so no FLOPs counted for them.
 struct Flops {
   double train = 0, infer = 0;
 };
 Flops step_flops(const Shape& s, int gates) {
   const double TN = double(s.T) * s.N, G = double(gates) * s.H;
-  const double in = 2 * TN * s.C * G, rec = 2 * TN * s.H * G;
+  const double in = s.lm ? 0.0 : 2 * TN * s.C * G, rec = 2 * TN * s.H * G;
   const double head = s.lm ? 2 * TN * s.H * s.K : 2.0 * s.N * s.H * s.K;
   Flops f;
   f.infer = in + rec + head;
@@ -119,7 +121,8 @@ double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) 
       Wy(size_t(K) * H, 0.1f), Y(size_t(TN) * K), dW(size_t(G) * C);
   const int head_rows = s.lm ? TN : N;
   auto run = [&] {
-    blas::sgemm(be, false, true, TN, G, C, 1.f, X.data(), C, W.data(), C, 0.f, A.data(), G);
+    if (!s.lm)  // (one-hot input: gathered, not multiplied; step_flops)
+      blas::sgemm(be, false, true, TN, G, C, 1.f, X.data(), C, W.data(), C, 0.f, A.data(), G);
     for (int t = 0; t < T; ++t)
       blas::sgemm(be, false, true, N, G, H, 1.f, Hs.data() + size_t(t) * N * H, H, R.data(), H, 0.f,
                  A.data() + size_t(t) * N * G, G);
@@ -130,7 +133,7 @@ double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) 
       blas::sgemm(be, false, false, N, H, G, 1.f, A.data() + size_t(t) * N * G, G, R.data(), H, 0.f,
                  dh.data(), H);
     blas::sgemm(be, true, false, G, H, TN, 1.f, A.data(), G, Hs.data(), H, 0.f, dR.data(), H);
-    blas::sgemm(be, true, false, G, C, TN, 1.f, A.data(), G, X.data(), C, 0.f, dW.data(), C);
+    if (!s.lm) blas::sgemm(be, true, false, G, C, TN, 1.f, A.data(), G, X.data(), C, 0.f, dW.data(), C);
   };
   run();
   std::vector<double> ms;
@@ -671,7 +674,8 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
               "lbr_gru for the GRUs), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
               "faster); both each at its best thread count, the median over rounds of the ratio of the two "
               "samples of the same round (quartiles in --json): rbn's cells and backends and oneDNN's RNN, at "
-              "every thread count, are timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs / its time; sgemm = that "
+              "every thread count, are timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs "
+              "(one-hot input: W x gathered, not counted) / its time; sgemm = that "
               "backend's sgemm on the same products, run alone; bwd-read = bytes backward reads, alloc = all "
               "the step allocates (train rows); for infer rows: state at T and at 8T (chunked inference).\n");
 }
