@@ -61,6 +61,26 @@ std::vector<CellCase> bidirectional_reference_cases() {
   return out;
 }
 
+// Every cell, one- and bidirectional, with one-hot input rows (input_rows: W x gathered per step,
+// dW scattered), two layers, N = 8 ragged rows of T steps.
+std::vector<CellCase> one_hot_cases(int T, int C, int H, const std::vector<int>& lengths) {
+  std::vector<CellCase> out;
+  for (Cell cell : every_cell())
+    for (bool bidir : {false, true}) {
+      CellCase o;
+      o.cell = cell;
+      o.one_hot = true;
+      o.bidirectional = bidir;
+      o.T = o.t_max = T;
+      o.N = static_cast<int>(lengths.size());
+      o.C = C;
+      o.H = H;
+      o.lengths = lengths;
+      out.push_back(o);
+    }
+  return out;
+}
+
 std::vector<CellCase> reference_cases() {
   std::vector<CellCase> out;
   for (Cell cell : every_cell()) {
@@ -118,19 +138,8 @@ std::vector<CellCase> reference_cases() {
     out.push_back(e);
   }
   for (const CellCase& b : bidirectional_reference_cases()) out.push_back(b);
-  for (Cell cell : every_cell())
-    for (bool bidir : {false, true}) {
-      CellCase o;  // one-hot input rows (W x gathered per step), units split over threads
-      o.cell = cell;
-      o.one_hot = true;
-      o.bidirectional = bidir;
-      o.T = o.t_max = 6;
-      o.N = 8;
-      o.C = 20;
-      o.H = 40;
-      o.lengths = {6, 2, 5, 6, 6, 3, 6, 4};
-      out.push_back(o);
-    }
+  // units split over threads
+  for (const CellCase& o : one_hot_cases(6, 20, 40, {6, 2, 5, 6, 6, 3, 6, 4})) out.push_back(o);
   return out;
 }
 
@@ -343,19 +352,7 @@ std::vector<CellCase> gradient_cases() {
     b.given_state = false;
     out.push_back(b);
   }
-  for (Cell cell : every_cell())
-    for (bool bidir : {false, true}) {
-      CellCase o;  // one-hot input rows (W x gathered per step, dW scattered), 2 layers, ragged
-      o.cell = cell;
-      o.one_hot = true;
-      o.bidirectional = bidir;
-      o.T = o.t_max = 4;
-      o.N = 8;
-      o.C = 16;
-      o.H = 3;
-      o.lengths = {4, 2, 3, 4, 4, 3, 4, 1};
-      out.push_back(o);
-    }
+  for (const CellCase& o : one_hot_cases(4, 16, 3, {4, 2, 3, 4, 4, 3, 4, 1})) out.push_back(o);
   return out;
 }
 
