@@ -178,7 +178,8 @@ void sparse_weight_grad(const SparseRows<T>& xs, const T* dZ, int64_t rows, int 
       }
     }
     for (int j = j0; j < j1; ++j)
-      for (int c = 0; c < C; ++c) dW[static_cast<int64_t>(j) * C + c] += dWt[static_cast<int64_t>(c) * G + j];
+      for (int c = 0; c < C; ++c)
+        dW[static_cast<int64_t>(j) * C + c] += dWt[static_cast<int64_t>(c) * G + j];
   }
 }
 

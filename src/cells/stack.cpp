@@ -629,8 +629,8 @@ void Stack<T>::set_grad_probe(int layer, std::vector<double>* norms) {
 }
 
 namespace {
-// Elements of an engine's caches (and its twins', which hold the reverse directions' when they
-// ran side by side).
+// Bytes of an engine's caches (and its twins', which hold the reverse directions' when they ran
+// side by side).
 template <class T>
 size_t cache_bytes_of(const cells::Engine<T>& I) {
   size_t n = 0, index_bytes = 0;
