@@ -101,19 +101,12 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
 // This thread's rows of R [G,H] (gate q's units k0..k1), transposed once per call into
 // r_cols [H, gates*w]: the step's product h R^T then reads its right operand untransposed, which
 // both GEMM backends pack faster on every call than the rows of R (measured: docs/performance.md,
-// "The forward product's operand"). Tiles of 32 x 32 keep the transpose's reads and writes in cache.
+// "The forward product's operand").
 template <class T>
 void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols) const {
-  const int gw = gates * u.w;
-  constexpr int B = 32;
   for (int q = 0; q < gates; ++q)
-    for (int j0 = 0; j0 < u.w; j0 += B)
-      for (int k0 = 0; k0 < H; k0 += B)
-        for (int j = j0; j < std::min(j0 + B, u.w); ++j) {
-          const T* r = R + static_cast<size_t>(q * H + u.k0 + j) * H;
-          T* col = r_cols + q * u.w + j;
-          for (int k = k0; k < std::min(k0 + B, H); ++k) col[static_cast<size_t>(k) * gw] = r[k];
-        }
+    kern::transpose_tiled(R + static_cast<size_t>(q * H + u.k0) * H, u.w, H, H, r_cols + q * u.w,
+                          gates * u.w);
 }
 
 // The input projection of all steps at once and its normalization when it spans the sequence
@@ -130,12 +123,7 @@ void Engine<T>::prepare_input(ForwardRun& run) {
   run.sparse_x = cc.sparse_x;
   if (run.inline_x || run.sparse_x) {
     cc.Wt.resize(static_cast<size_t>(C) * G);
-    constexpr int B = 32;  // tiles: W^T's rows are G apart, so one value per line untiled
-    for (int j0 = 0; j0 < G; j0 += B)
-      for (int c0 = 0; c0 < C; c0 += B)
-        for (int j = j0; j < std::min(j0 + B, G); ++j)
-          for (int c = c0; c < std::min(c0 + B, C); ++c)
-            cc.Wt[static_cast<size_t>(c) * G + j] = W[static_cast<size_t>(j) * C + c];
+    kern::transpose_tiled(W, G, C, C, cc.Wt.data(), G);
     if (run.inline_x && spec.x == Norm::ln)
       for (int i = 0; i < ln_parts(spec); ++i) {
         const LnPart pt = ln_part(spec, i);

@@ -22,6 +22,17 @@ namespace rbn::kern {
 // Parallelize a loop only when it has enough work to pay for the fork/join.
 constexpr int64_t kParallelWork = 1 << 14;
 
+// out[c * ldo + r] = A[r * lda + c] for A [rows, cols]: a transpose in tiles of 32 x 32, whose
+// reads and writes stay in cache (untiled, each write of a row of A lands on a different line).
+template <class T>
+void transpose_tiled(const T* A, int rows, int cols, int64_t lda, T* out, int64_t ldo) {
+  constexpr int B = 32;
+  for (int r0 = 0; r0 < rows; r0 += B)
+    for (int c0 = 0; c0 < cols; c0 += B)
+      for (int r = r0; r < std::min(r0 + B, rows); ++r)
+        for (int c = c0; c < std::min(c0 + B, cols); ++c) out[c * ldo + r] = A[r * lda + c];
+}
+
 template <class T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));

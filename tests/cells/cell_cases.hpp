@@ -92,10 +92,10 @@ std::vector<T> input_rows(const CellCase& cc, int steps, uint64_t seed) {
   if (!cc.one_hot) return random_vec<T>(rows * cc.C, seed);
   Rng rng(seed);
   std::vector<T> x(rows * cc.C, T(0));
+  auto symbol = [&] { return std::min(cc.C - 1, static_cast<int>(rng.uniform() * cc.C)); };
+  const bool ln_x = (cc.cell == Cell::lnlstm && cc.ln_input) || cc.cell == Cell::lngru;
   for (size_t r = 0; r < rows; ++r) {
     T* xr = x.data() + r * cc.C;
-    auto symbol = [&] { return std::min(cc.C - 1, static_cast<int>(rng.uniform() * cc.C)); };
-    const bool ln_x = (cc.cell == Cell::lnlstm && cc.ln_input) || cc.cell == Cell::lngru;
     if (r % 7 == 6 && !ln_x) continue;
     if (r % 3 == 2) {
       xr[symbol()] += static_cast<T>(rng.normal());

@@ -68,6 +68,21 @@ PlainStats plain_stats(const std::vector<T>& z, int64_t rows, int ld, int w,
   return p;
 }
 
+TYPED_TEST(Kernels, TransposeTiledMatchesPlainLoop) {
+  using T = TypeParam;
+  // sizes across and off the 32 x 32 tiles, padded leading dimensions
+  for (auto [rows, cols] : {std::pair{1, 1}, {3, 70}, {33, 31}, {64, 64}, {100, 17}}) {
+    const int64_t lda = cols + 3, ldo = rows + 5;
+    std::vector<T> A(static_cast<size_t>(rows) * lda);
+    std::iota(A.begin(), A.end(), T(1));
+    std::vector<T> out(static_cast<size_t>(cols) * ldo, T(-1)), want = out;
+    kern::transpose_tiled(A.data(), rows, cols, lda, out.data(), ldo);
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) want[c * ldo + r] = A[r * lda + c];
+    EXPECT_EQ(out, want) << rows << " x " << cols;
+  }
+}
+
 TYPED_TEST(Kernels, Activations) {
   using T = TypeParam;
   for (int n : {1, 7, 16, 37}) {
