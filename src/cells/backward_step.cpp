@@ -56,6 +56,7 @@ struct Engine<T>::BackwardScratch {
   std::vector<T> x_a, x_m1, x_m2, x_mean, x_rstd, d_wx_row;
   std::vector<T> scale_c, shift_c;  // [H] BN of c folded: gamma_c * c-hat + beta_c
   const T* r_cols = nullptr;         // [G, w] the owned columns of R, contiguous (run.pack)
+  blas::FixedRightOperand<T> r_op;   // r_cols as the step's product reads it (bf16: converted once)
   std::vector<T> ln_row_means;       // [4][N] LN backward: a_h, b_h, a_x, b_x of one part
   BackwardScratch(int H, int C, int gw, bool inline_x)
       : sum_d(gw + 1), sum_d_xh_h(gw + 1), sum_d_xh_x(gw + 1), sum_d_h(gw + 1), acc_d(gw),
@@ -146,6 +147,7 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
         std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w,
                     r_cols + static_cast<size_t>(j) * u.w);
       s.r_cols = r_cols;
+      if (u.w > 0) s.r_op.prepare(r_cols, G, u.w, u.w, N);
     }
     for (int n = 0; n < N; ++n) {
       const int64_t o = static_cast<int64_t>(n) * H + u.k0;
@@ -216,9 +218,11 @@ void Engine<T>::backward_step(const BackwardRun& run, const UnitBlock& u, Backwa
   // dh_{t-1} = dRh R for the owned columns (GRU: added to dh * z, in dh_new from the gate pass);
   // padded rows pass their gradient through.
   if (u.w > 0) {
-    const T* R_cols = s.r_cols ? s.r_cols : run.prm.R + u.k0;
-    blas::gemm(false, false, N, u.w, G, T(1), dRh, G, R_cols, s.r_cols ? u.w : H,
-               spec.gru() ? T(1) : T(0), s.dh_new + u.k0, H);
+    const T beta = spec.gru() ? T(1) : T(0);
+    if (s.r_cols)
+      s.r_op.multiply(dRh, G, beta, s.dh_new + u.k0, H);
+    else
+      blas::gemm(false, false, N, u.w, G, T(1), dRh, G, run.prm.R + u.k0, H, beta, s.dh_new + u.k0, H);
     for (int n = 0; n < N; ++n)
       if (st.valid[n])
         std::copy_n(s.dh_new + static_cast<int64_t>(n) * H + u.k0, u.w,

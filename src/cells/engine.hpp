@@ -38,6 +38,7 @@
 #include "cells/input_projection.hpp"
 #include "cells/kernels.hpp"
 #include "rbn/rbn.hpp"
+#include "util/blas.hpp"
 #include "util/rng.hpp"
 
 namespace rbn::cells {
@@ -520,6 +521,7 @@ struct Engine<T>::ForwardScratch {
   std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
   std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
   T* r_cols = nullptr;  // [H, gates*w] this thread's rows of R, transposed (gate q's units at q*w)
+  blas::FixedRightOperand<T> r_op;  // r_cols as the step's product reads it (bf16: converted once)
   T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
   int ld_rh = 0;
   // Sizes for a call (gw = gates * w); grows only, so that repeated calls reuse the memory. Every

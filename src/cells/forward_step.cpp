@@ -93,7 +93,10 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
     s.r_cols = ws.r_packed.data() + static_cast<size_t>(gates) * u.k0 * H;
     s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
-    if (run.pack) pack_recurrent_columns(run.prm.R, H, u, s.r_cols);
+    if (run.pack && u.w > 0) {
+      pack_recurrent_columns(run.prm.R, H, u, s.r_cols);
+      s.r_op.prepare(s.r_cols, H, gates * u.w, gates * u.w, run.N);
+    }
     for (int t = 0; t < Tc; ++t) forward_step(run, u, s, t);
   }
 }
@@ -220,8 +223,7 @@ void Engine<T>::recurrent_product(const ForwardRun& run, const UnitBlock& u, For
   if (u.w <= 0) return;
   const int N = run.N, H = run.H;
   if (run.pack) {
-    blas::gemm(false, false, N, gates * u.w, H, T(1), st.h_prev, H, s.r_cols, gates * u.w, T(0),
-               s.rh_step, s.ld_rh);
+    s.r_op.multiply(st.h_prev, H, T(0), s.rh_step, s.ld_rh);
     return;
   }
   for (int q = 0; q < gates; ++q)

@@ -72,21 +72,27 @@ const dnnl::engine& cpu_engine() {
   return eng;
 }
 
-// A bf16 matmul of one shape, alpha and beta: src [M,K] row-major (dense), weights [K,N] dense in
-// B's stored orientation (tb: strides {1, K}), dst fp32 [M,N] with ldc.
-struct Matmul {
-  dnnl::matmul prim;
-  dnnl::memory src, wei, dst;
-};
-using MatmulKey = std::tuple<bool, int, int, int, int, float, float>;  // tb, M, N, K, ldc, alpha, beta
+using dt = dnnl::memory::data_type;
+using dims = dnnl::memory::dims;
 
-Matmul make_matmul(const MatmulKey& key) {
-  using dt = dnnl::memory::data_type;
-  using dims = dnnl::memory::dims;
-  const auto [tb, M, N, K, ldc, alpha, beta] = key;
-  const dnnl::memory::desc src({M, K}, dt::bf16, dims{K, 1});
-  const dnnl::memory::desc wei({K, N}, dt::bf16, tb ? dims{1, K} : dims{N, 1});
-  const dnnl::memory::desc dst({M, N}, dt::f32, dims{ldc, 1});
+// op(X) [rows, cols] of an fp32 matrix stored row-major with leading dimension ld.
+dnnl::memory::desc f32_desc(int rows, int cols, int ld, bool transposed) {
+  return {{rows, cols}, dt::f32, transposed ? dims{1, ld} : dims{ld, 1}};
+}
+
+dnnl::memory unbound(const dnnl::memory::desc& d) {
+  return dnnl::memory(d, cpu_engine(), DNNL_MEMORY_NONE);
+}
+
+dnnl::reorder make_reorder(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
+  return dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), from, cpu_engine(), to));
+}
+
+// A matmul C[M,N] = alpha A B + beta C: src `src` [M,K], weights `wei` [K,N] (format any: the
+// layout the matmul reads fastest, which the caller then reorders into), dst fp32 [M,N] with ldc.
+// alpha is its output scale, beta a sum post-op.
+dnnl::matmul::primitive_desc matmul_desc(const dnnl::memory::desc& src, const dnnl::memory::desc& wei,
+                                         int M, int N, int ldc, float alpha, float beta) {
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
@@ -94,23 +100,60 @@ Matmul make_matmul(const MatmulKey& key) {
     po.append_sum(beta);
     attr.set_post_ops(po);
   }
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wei, dst), attr, cpu_engine());
-  Matmul m{dnnl::matmul(pd), dnnl::memory(src, cpu_engine(), DNNL_MEMORY_NONE),
-           dnnl::memory(wei, cpu_engine(), DNNL_MEMORY_NONE),
-           dnnl::memory(dst, cpu_engine(), DNNL_MEMORY_NONE)};
-  return m;
+  const dnnl::memory::desc dst({M, N}, dt::f32, dims{ldc, 1});
+  return {dnnl::matmul::desc(src, wei, dst), attr, cpu_engine()};
 }
 
-// rows x cols of X (leading dimension ld) to bf16, dense; transposed (cols x rows) if `transpose`.
-void convert(const float* X, int rows, int cols, int ld, bool transpose, std::vector<uint16_t>& out) {
-  out.resize(static_cast<size_t>(rows) * cols);
-  for (int r = 0; r < rows; ++r) {
-    const float* x = X + static_cast<size_t>(r) * ld;
-    if (transpose)
-      for (int c = 0; c < cols; ++c) out[static_cast<size_t>(c) * rows + r] = to_bf16(x[c]);
-    else
-      for (int c = 0; c < cols; ++c) out[static_cast<size_t>(r) * cols + c] = to_bf16(x[c]);
+dnnl::memory::desc bf16_rows(int M, int K) { return {{M, K}, dt::bf16, dims{K, 1}}; }
+
+dnnl::memory::desc any_weights(int K, int N, dt type) {
+  return {{K, N}, type, dnnl::memory::format_tag::any};
+}
+
+// A 64-byte aligned byte buffer that only grows (the bf16 copies of the factors).
+class Buffer {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      p_.reset(static_cast<char*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
+      if (!p_) throw std::bad_alloc();
+      size_ = bytes;
+    }
+    return p_.get();
   }
+
+ private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> p_;
+  size_t size_ = 0;
+};
+
+[[noreturn]] void matmul_failed(const char* what, int M, int N, int K, const dnnl::error& e) {
+  // set_precision created one first: a failure here is a defect of rbn, not of the input
+  std::fprintf(stderr, "rbn: error: oneDNN %s (%d, %d, %d) failed: %s (a defect of rbn: please "
+               "report the command)\n", what, M, N, K, e.what());
+  std::abort();
+}
+
+// One product shape of sgemm_bf16: both fp32 factors reordered into bf16 (A dense, B in the
+// matmul's layout; the reorders read any strides, so op() is a stride), then the matmul.
+struct Product {
+  dnnl::matmul prim;
+  dnnl::reorder to_a, to_b;
+  dnnl::memory a32, b32, a16, b16, c;
+};
+// ta, tb, M, N, K, lda, ldb, ldc, alpha, beta
+using ProductKey = std::tuple<bool, bool, int, int, int, int, int, int, float, float>;
+
+Product make_product(const ProductKey& key) {
+  const auto [ta, tb, M, N, K, lda, ldb, ldc, alpha, beta] = key;
+  const auto pd = matmul_desc(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, ldc, alpha, beta);
+  const auto a32 = f32_desc(M, K, lda, ta), b32 = f32_desc(K, N, ldb, tb);
+  return {dnnl::matmul(pd),      make_reorder(a32, pd.src_desc()), make_reorder(b32, pd.weights_desc()),
+          unbound(a32),          unbound(b32),                     unbound(pd.src_desc()),
+          unbound(pd.weights_desc()), unbound(pd.dst_desc())};
 }
 
 // The test override's product: the factors rounded to bf16 and back, the fp32 GEMM.
@@ -131,7 +174,7 @@ void emulated(bool ta, bool tb, int M, int N, int K, float alpha, const float* A
 // Whether oneDNN creates a bf16 matmul on this machine (a small probe).
 bool onednn_runs_bf16() {
   try {
-    (void)make_matmul({false, 4, 4, 4, 4, 1.0f, 0.0f});
+    (void)make_product({false, false, 4, 4, 4, 4, 4, 4, 1.0f, 0.0f});
     return true;
   } catch (const dnnl::error&) {
     return false;
@@ -161,27 +204,129 @@ void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float*
     return sgemm(Backend::openblas, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   if (g_emulate.load(std::memory_order_relaxed))
     return emulated(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  thread_local std::map<MatmulKey, Matmul> prims;
-  thread_local std::vector<uint16_t> a, b;
+  thread_local std::map<ProductKey, Product> products;
+  thread_local Buffer a16, b16;
   thread_local dnnl::stream stream(cpu_engine());
-  const MatmulKey key{tb, M, N, K, ldc, alpha, beta};
+  const ProductKey key{ta, tb, M, N, K, lda, ldb, ldc, alpha, beta};
   try {
-    auto it = prims.find(key);
-    if (it == prims.end()) it = prims.emplace(key, make_matmul(key)).first;
-    Matmul& m = it->second;
-    convert(A, ta ? K : M, ta ? M : K, lda, ta, a);  // src dense [M,K]
-    convert(B, tb ? N : K, tb ? K : N, ldb, false, b);  // weights as stored, dense
-    m.src.set_data_handle(a.data());
-    m.wei.set_data_handle(b.data());
-    m.dst.set_data_handle(C);
-    m.prim.execute(stream, {{DNNL_ARG_SRC, m.src}, {DNNL_ARG_WEIGHTS, m.wei}, {DNNL_ARG_DST, m.dst}});
+    auto it = products.find(key);
+    if (it == products.end()) it = products.emplace(key, make_product(key)).first;
+    Product& p = it->second;
+    p.a32.set_data_handle(const_cast<float*>(A));
+    p.b32.set_data_handle(const_cast<float*>(B));
+    p.a16.set_data_handle(a16.get(p.a16.get_desc().get_size()));
+    p.b16.set_data_handle(b16.get(p.b16.get_desc().get_size()));
+    p.c.set_data_handle(C);
+    p.to_a.execute(stream, p.a32, p.a16);
+    p.to_b.execute(stream, p.b32, p.b16);
+    p.prim.execute(stream, {{DNNL_ARG_SRC, p.a16}, {DNNL_ARG_WEIGHTS, p.b16}, {DNNL_ARG_DST, p.c}});
     stream.wait();
   } catch (const dnnl::error& e) {
-    // set_precision created one first: a failure here is a defect of rbn, not of the input
-    std::fprintf(stderr, "rbn: error: bf16 matmul (%c%c, %d, %d, %d, ldc %d) failed: %s (a defect "
-                 "of rbn: please report the command)\n", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K,
-                 ldc, e.what());
-    std::abort();
+    matmul_failed("matmul", M, N, K, e);
+  }
+}
+
+// ---- FixedRightOperand<float> -----------------------------------------------------------------
+
+// B in the layout oneDNN's matmul reads fastest (bf16: rounded; f32: blocked as its brgemm kernels
+// want it), and the matmuls that read it: one per lda, ldc and beta.
+struct FixedRightOperand<float>::Blocked {
+  struct Step {
+    dnnl::matmul prim;
+    dnnl::reorder to_a;  // bf16: A rounded into a16 (f32: A read in place)
+    dnnl::memory a32, a16, c;
+  };
+  dt type = dt::bf16;
+  int M = 0, N = 0, K = 0, ldb = 0;
+  bool usable = false;  // f32: oneDNN picked a brgemm kernel for the shape (else plain gemm)
+  dnnl::memory::desc b32_desc, wei_desc;
+  dnnl::reorder to_wei;
+  dnnl::memory wei;  // owned: B in the matmul's layout
+  std::map<std::tuple<int, int, float>, Step> steps;  // lda, ldc, beta
+  Buffer a16;
+  dnnl::stream stream{cpu_engine()};
+
+  dnnl::memory::desc src_desc(int lda) const {
+    return type == dt::bf16 ? bf16_rows(M, K) : f32_desc(M, K, lda, false);
+  }
+
+  // Whether B is now in `wei` (false: the f32 matmul has no brgemm kernel for this shape).
+  bool prepare(dt type_, const float* B, int K_, int N_, int ldb_, int M_) {
+    if (type_ != type || M_ != M || N_ != N || K_ != K || ldb_ != ldb) {
+      type = type_, M = M_, N = N_, K = K_, ldb = ldb_;
+      const auto pd = matmul_desc(src_desc(K), any_weights(K, N, type), M, N, N, 1.0f, 0.0f);
+      const std::string impl = pd.impl_info_str();
+      usable = type == dt::bf16 || impl.rfind("brg", 0) == 0;
+      steps.clear();
+      if (pd.weights_desc() != wei_desc) {
+        wei_desc = pd.weights_desc();
+        wei = dnnl::memory(wei_desc, cpu_engine());
+      }
+      b32_desc = f32_desc(K, N, ldb, false);
+      to_wei = make_reorder(b32_desc, wei_desc);
+    }
+    if (!usable) return false;
+    dnnl::memory b32(b32_desc, cpu_engine(), const_cast<float*>(B));
+    to_wei.execute(stream, b32, wei);
+    stream.wait();
+    return true;
+  }
+
+  void multiply(const float* A, int lda, float beta, float* C, int ldc) {
+    auto it = steps.find({lda, ldc, beta});
+    if (it == steps.end()) {
+      const auto pd = matmul_desc(src_desc(lda), wei_desc, M, N, ldc, 1.0f, beta);
+      const auto a32 = f32_desc(M, K, lda, false);
+      Step step{dnnl::matmul(pd), {}, unbound(a32), unbound(pd.src_desc()), unbound(pd.dst_desc())};
+      if (type == dt::bf16) step.to_a = make_reorder(a32, pd.src_desc());
+      it = steps.emplace(std::tuple{lda, ldc, beta}, std::move(step)).first;
+    }
+    Step& s = it->second;
+    s.a32.set_data_handle(const_cast<float*>(A));
+    s.c.set_data_handle(C);
+    dnnl::memory* src = &s.a32;
+    if (type == dt::bf16) {
+      s.a16.set_data_handle(a16.get(s.a16.get_desc().get_size()));
+      s.to_a.execute(stream, s.a32, s.a16);
+      src = &s.a16;
+    }
+    s.prim.execute(stream, {{DNNL_ARG_SRC, *src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, s.c}});
+    stream.wait();
+  }
+};
+
+FixedRightOperand<float>::FixedRightOperand() = default;
+FixedRightOperand<float>::FixedRightOperand(FixedRightOperand&&) noexcept = default;
+FixedRightOperand<float>& FixedRightOperand<float>::operator=(FixedRightOperand&&) noexcept = default;
+FixedRightOperand<float>::~FixedRightOperand() = default;
+
+void FixedRightOperand<float>::prepare(const float* B, int K, int N, int ldb, int M) {
+  B_ = B, K_ = K, N_ = N, ldb_ = ldb, M_ = M;
+  blocked_on_ = false;
+  if (M <= 0 || N <= 0 || K <= 0) return;
+  dt type;
+  if (precision() == Precision::bf16) {
+    if (g_emulate.load(std::memory_order_relaxed)) return;  // rounds both factors per product
+    type = dt::bf16;
+  } else if (backend() == Backend::onednn) {
+    type = dt::f32;
+  } else {
+    return;
+  }
+  if (!blocked_) blocked_ = std::make_unique<Blocked>();
+  try {
+    blocked_on_ = blocked_->prepare(type, B, K, N, ldb, M);
+  } catch (const dnnl::error& e) {
+    matmul_failed("weights reorder", M, N, K, e);
+  }
+}
+
+void FixedRightOperand<float>::multiply(const float* A, int lda, float beta, float* C, int ldc) {
+  if (!blocked_on_) return gemm(false, false, M_, N_, K_, 1.0f, A, lda, B_, ldb_, beta, C, ldc);
+  try {
+    blocked_->multiply(A, lda, beta, C, ldc);
+  } catch (const dnnl::error& e) {
+    matmul_failed("matmul", M_, N_, K_, e);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -96,5 +97,53 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+
+// ---- a right operand fixed across many products ------------------------------------------------
+
+// B [K,N] (row-major, leading dimension ldb), the right operand of many products of M rows in one
+// call (a time loop's slice of R, unchanged while the loop runs):
+//   multiply(A, lda, beta, C, ldc):  C[M,N] = A[M,K] B + beta C
+// which is gemm(false, false, M, N, K, 1, A, lda, B, ldb, beta, C, ldc) on the process's backend and
+// precision as they were at prepare(). prepare() puts B once into the layout oneDNN's matmul reads
+// fastest, where that pays: under bf16 precision, rounded to bf16 (per product, that conversion
+// cost as much as PTB's product itself); on the oneDNN backend in fp32, blocked for its brgemm
+// kernels where it has them for the shape (AVX-512 and up), which multiply faster than dnnl_sgemm's
+// per-call packing (docs/performance.md). Otherwise (OpenBLAS, double, the test emulation) B is
+// used in place: the caller keeps it alive and unchanged until the last product. One per thread:
+// the products run single-threaded inside the time loop's parallel region, concurrently across
+// objects.
+template <class T>
+class FixedRightOperand {
+ public:
+  void prepare(const T* B, int K, int N, int ldb, int M) { B_ = B, K_ = K, N_ = N, ldb_ = ldb, M_ = M; }
+  void multiply(const T* A, int lda, T beta, T* C, int ldc) {
+    gemm(false, false, M_, N_, K_, T(1), A, lda, B_, ldb_, beta, C, ldc);
+  }
+
+ private:
+  const T* B_ = nullptr;
+  int K_ = 0, N_ = 0, ldb_ = 0, M_ = 0;
+};
+
+template <>
+class FixedRightOperand<float> {
+ public:
+  FixedRightOperand();
+  FixedRightOperand(FixedRightOperand&&) noexcept;
+  FixedRightOperand& operator=(FixedRightOperand&&) noexcept;
+  ~FixedRightOperand();
+  void prepare(const float* B, int K, int N, int ldb, int M);
+  void multiply(const float* A, int lda, float beta, float* C, int ldc);
+  // Whether the last prepare() put B into oneDNN's layout (else products read B in place).
+  bool blocked() const { return blocked_on_; }
+
+ private:
+  struct Blocked;  // B in the layout of oneDNN's matmul and the matmuls that read it (bf16_gemm.cpp)
+  std::unique_ptr<Blocked> blocked_;
+  bool blocked_on_ = false;  // prepare() put B there: bf16 on a CPU with it, or fp32 on oneDNN
+  const float* B_ = nullptr;
+  int K_ = 0, N_ = 0, ldb_ = 0, M_ = 0;
+};
 
 }  // namespace rbn::blas

@@ -148,5 +148,55 @@ TEST(Bf16, ProductsWithinToleranceOfFp32) {
   }
 }
 
+// The time loop's fixed right operand (a thread's slice of R, multiplied by every step's rows):
+// under bf16, prepared once and multiplied many times, each product within the fp32
+// accumulation's error of the bf16-rounded factors multiplied in double (beta 0 and 1, padded
+// leading dimensions); preparing it again with new values of B gives their product (nothing is
+// kept from the B before). (fp32: tests/io/test_gemm.cpp.)
+TEST(Bf16, FixedRightOperandMatchesTheRoundedProduct) {
+  PrecisionGuard guard(true);
+  struct Case {
+    int M, N, K, pad;
+  };
+  for (const Case& c : {Case{8, 96, 48, 0}, Case{64, 40, 100, 3}, Case{1, 32, 17, 1}}) {
+    const int lda = c.K + c.pad, ldb = c.N + c.pad, ldc = c.N + 2 * c.pad;
+    Rng rng(static_cast<uint64_t>(c.M * 7 + c.N));
+    auto fill = [&](size_t n) {
+      std::vector<float> v(n);
+      for (auto& x : v) x = static_cast<float>(rng.normal());
+      return v;
+    };
+    std::vector<float> B = fill(static_cast<size_t>(c.K) * ldb);
+    blas::set_precision(Precision::bf16, "--precision");
+    blas::FixedRightOperand<float> op;
+    for (int version = 0; version < 2; ++version) {
+      if (version == 1) B = fill(B.size());  // the weights after an update
+      op.prepare(B.data(), c.K, c.N, ldb, c.M);
+      for (float beta : {0.0f, 1.0f}) {
+        const std::vector<float> A = fill(static_cast<size_t>(c.M) * lda), C0 = fill(static_cast<size_t>(c.M) * ldc);
+        std::vector<float> C = C0;
+        op.multiply(A.data(), lda, beta, C.data(), ldc);
+        double worst = 0;
+        for (int i = 0; i < c.M; ++i)
+          for (int j = 0; j < c.N; ++j) {
+            double exact = 0, mag = 0;
+            for (int k = 0; k < c.K; ++k) {
+              const float a = A[static_cast<size_t>(i) * lda + k], b = B[static_cast<size_t>(k) * ldb + j];
+              exact += static_cast<double>(blas::from_bf16(blas::to_bf16(a))) * blas::from_bf16(blas::to_bf16(b));
+              mag += std::fabs(static_cast<double>(a) * b);
+            }
+            const size_t o = static_cast<size_t>(i) * ldc + j;
+            worst = std::max(worst, std::fabs(C[o] - (exact + beta * static_cast<double>(C0[o]))) /
+                                        (mag + std::fabs(beta * C0[o]) + 1e-30));
+          }
+        EXPECT_LE(worst, 1e-5) << c.M << "x" << c.N << "x" << c.K << " version " << version << " beta " << beta;
+        for (int i = 0; i < c.M; ++i)  // the padding between rows is untouched
+          for (int j = c.N; j < ldc; ++j)
+            EXPECT_EQ(C[static_cast<size_t>(i) * ldc + j], C0[static_cast<size_t>(i) * ldc + j]);
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace rbn

@@ -59,6 +59,61 @@ TEST(Gemm, EveryBackendMatchesTheDefinition) {
         }
 }
 
+// The time loop's fixed right operand on every backend, fp32: prepared once, several products
+// (beta 0, 1, -0.5; padded leading dimensions; shapes of the PTB step's slices, scaled down, and
+// odd ones) against the definition; prepared again with new values of B, their product. On
+// OpenBLAS it is blas::gemm exactly; on oneDNN it may run a blocked matmul (brgemm) instead.
+TEST(Gemm, FixedRightOperandMatchesTheDefinition) {
+  struct Case {
+    int M, N, K, pad;
+  };
+  const Backend before = backend();
+  for (Backend be : all_backends()) {
+    set_backend(be);
+    for (const Case& c : {Case{64, 200, 100, 0}, Case{64, 100, 400, 5}, Case{8, 48, 48, 1}, Case{3, 17, 29, 2}}) {
+      const int lda = c.K + c.pad, ldb = c.N + c.pad, ldc = c.N + 2 * c.pad;
+      std::vector<float> B(size_t(c.K) * ldb);
+      FixedRightOperand<float> op;
+      for (int version = 0; version < 2; ++version) {
+        for (size_t i = 0; i < B.size(); ++i) B[i] = std::cos(0.11f * float(i) + float(version));
+        op.prepare(B.data(), c.K, c.N, ldb, c.M);
+        // oneDNN has brgemm kernels from AVX-512 on (a CPU with AVX512_BF16 has them): then the
+        // PTB-like shapes must take the blocked path, or this test would not test it
+        if (be == Backend::onednn && cpu_has_bf16() && c.M == 64) {
+          EXPECT_TRUE(op.blocked()) << c.N;
+        }
+        if (be == Backend::openblas) {
+          EXPECT_FALSE(op.blocked());
+        }
+        for (float beta : {0.f, 1.f, -0.5f}) {
+          std::vector<float> A(size_t(c.M) * lda), C(size_t(c.M) * ldc);
+          for (size_t i = 0; i < A.size(); ++i) A[i] = std::sin(0.37f * float(i) + beta);
+          for (size_t i = 0; i < C.size(); ++i) C[i] = 0.25f * std::sin(float(i));
+          std::vector<float> want = C, plain = C;
+          naive(false, false, c.M, c.N, c.K, 1.f, A, lda, B, ldb, beta, want, ldc);
+          op.multiply(A.data(), lda, beta, C.data(), ldc);
+          const std::string what = std::string(backend_name(be)) + " " + std::to_string(c.M) + "x" +
+                                   std::to_string(c.N) + "x" + std::to_string(c.K) + " version " +
+                                   std::to_string(version) + " beta " + std::to_string(beta);
+          for (int i = 0; i < c.M; ++i)
+            for (int j = 0; j < ldc; ++j) {
+              const size_t at = size_t(i) * ldc + j;
+              if (j >= c.N)  // padding untouched
+                EXPECT_EQ(C[at], 0.25f * std::sin(float(at))) << what;
+              else
+                ASSERT_NEAR(C[at], want[at], 2e-5f * std::sqrt(float(c.K)) * (1 + std::fabs(want[at]))) << what;
+            }
+          if (be == Backend::openblas) {
+            sgemm(be, false, false, c.M, c.N, c.K, 1.f, A.data(), lda, B.data(), ldb, beta, plain.data(), ldc);
+            EXPECT_EQ(C, plain) << what;
+          }
+        }
+      }
+    }
+  }
+  set_backend(before);
+}
+
 TEST(Gemm, EmptyProductsScaleC) {  // K = 0: C = beta C; M or N = 0: nothing
   for (Backend be : all_backends()) {
     std::vector<float> C{1.f, 2.f, 3.f, 4.f};
