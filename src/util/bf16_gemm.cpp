@@ -1,14 +1,18 @@
-// The bf16 precision of the float products (blas.hpp): both factors rounded to bfloat16, the
-// product accumulated in fp32 by oneDNN's matmul primitive. Each thread keeps its primitives (one
-// per shape, alpha and beta) and its conversion buffers, so that a repeated product creates
-// nothing; the primitives come from oneDNN's own cache when another thread made them first.
+// oneDNN's matmul primitive behind blas.hpp: the bf16 precision of the float products (both
+// factors rounded to bfloat16 by oneDNN's reorders, the product accumulated in fp32), and
+// FixedRightOperand, the time loop's right operand put once per call into the matmul's own weight
+// layout (bf16, or fp32 for oneDNN's brgemm kernels). Each thread keeps its primitives (one per
+// shape, alpha and beta) and its conversion buffers, so that a repeated product creates nothing;
+// the primitives come from oneDNN's own cache when another thread made them first.
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -137,23 +141,69 @@ class Buffer {
   std::abort();
 }
 
+// A matmul and where it writes: straight into C (leading dimension ldc, beta as a sum post-op),
+// or, where oneDNN has no fast kernel for the strided destination (its brgemm matmul wants
+// ldc == N; 2.6 then picks a reference loop, measured 100x slower on PTB's dh), into a dense
+// scratch [M,N] that is then added to C row by row.
+struct Matmul {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul prim;
+  dnnl::memory c;
+  bool via_scratch = false;
+  float beta = 0;
+  int M = 0, N = 0, ldc = 0;
+};
+
+bool reference_impl(const dnnl::matmul::primitive_desc& pd) {
+  return std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+Matmul make_matmul(const dnnl::memory::desc& src, const dnnl::memory::desc& wei, int M, int N,
+                   int ldc, float alpha, float beta) {
+  Matmul m{matmul_desc(src, wei, M, N, ldc, alpha, beta), {}, {}, false, beta, M, N, ldc};
+  if (ldc != N && reference_impl(m.pd)) {
+    m.pd = matmul_desc(src, wei, M, N, N, alpha, 0.0f);
+    m.via_scratch = true;
+  }
+  m.prim = dnnl::matmul(m.pd);
+  m.c = unbound(m.pd.dst_desc());
+  return m;
+}
+
+void run_matmul(Matmul& m, dnnl::stream& stream, const dnnl::memory& src, const dnnl::memory& wei,
+                float* C, Buffer& scratch) {
+  float* out = m.via_scratch ? static_cast<float*>(scratch.get(sizeof(float) * m.M * m.N)) : C;
+  m.c.set_data_handle(out);
+  m.prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, m.c}});
+  stream.wait();
+  if (!m.via_scratch) return;
+  for (int i = 0; i < m.M; ++i) {
+    const float* o = out + static_cast<size_t>(i) * m.N;
+    float* c = C + static_cast<size_t>(i) * m.ldc;
+    if (m.beta == 0.0f)  // C is not read (cblas's beta = 0)
+      std::copy_n(o, m.N, c);
+    else
+      for (int j = 0; j < m.N; ++j) c[j] = o[j] + m.beta * c[j];
+  }
+}
+
 // One product shape of sgemm_bf16: both fp32 factors reordered into bf16 (A dense, B in the
 // matmul's layout; the reorders read any strides, so op() is a stride), then the matmul.
 struct Product {
-  dnnl::matmul prim;
+  Matmul mm;
   dnnl::reorder to_a, to_b;
-  dnnl::memory a32, b32, a16, b16, c;
+  dnnl::memory a32, b32, a16, b16;
 };
 // ta, tb, M, N, K, lda, ldb, ldc, alpha, beta
 using ProductKey = std::tuple<bool, bool, int, int, int, int, int, int, float, float>;
 
 Product make_product(const ProductKey& key) {
   const auto [ta, tb, M, N, K, lda, ldb, ldc, alpha, beta] = key;
-  const auto pd = matmul_desc(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, ldc, alpha, beta);
+  Matmul mm = make_matmul(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, ldc, alpha, beta);
   const auto a32 = f32_desc(M, K, lda, ta), b32 = f32_desc(K, N, ldb, tb);
-  return {dnnl::matmul(pd),      make_reorder(a32, pd.src_desc()), make_reorder(b32, pd.weights_desc()),
-          unbound(a32),          unbound(b32),                     unbound(pd.src_desc()),
-          unbound(pd.weights_desc()), unbound(pd.dst_desc())};
+  const auto a16 = mm.pd.src_desc(), b16 = mm.pd.weights_desc();
+  return {std::move(mm), make_reorder(a32, a16), make_reorder(b32, b16),
+          unbound(a32),  unbound(b32),           unbound(a16), unbound(b16)};
 }
 
 // The test override's product: the factors rounded to bf16 and back, the fp32 GEMM.
@@ -205,7 +255,7 @@ void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float*
   if (g_emulate.load(std::memory_order_relaxed))
     return emulated(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   thread_local std::map<ProductKey, Product> products;
-  thread_local Buffer a16, b16;
+  thread_local Buffer a16, b16, out;
   thread_local dnnl::stream stream(cpu_engine());
   const ProductKey key{ta, tb, M, N, K, lda, ldb, ldc, alpha, beta};
   try {
@@ -216,11 +266,9 @@ void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float*
     p.b32.set_data_handle(const_cast<float*>(B));
     p.a16.set_data_handle(a16.get(p.a16.get_desc().get_size()));
     p.b16.set_data_handle(b16.get(p.b16.get_desc().get_size()));
-    p.c.set_data_handle(C);
     p.to_a.execute(stream, p.a32, p.a16);
     p.to_b.execute(stream, p.b32, p.b16);
-    p.prim.execute(stream, {{DNNL_ARG_SRC, p.a16}, {DNNL_ARG_WEIGHTS, p.b16}, {DNNL_ARG_DST, p.c}});
-    stream.wait();
+    run_matmul(p.mm, stream, p.a16, p.b16, C, out);
   } catch (const dnnl::error& e) {
     matmul_failed("matmul", M, N, K, e);
   }
@@ -232,9 +280,10 @@ void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float*
 // want it), and the matmuls that read it: one per lda, ldc and beta.
 struct FixedRightOperand<float>::Blocked {
   struct Step {
-    dnnl::matmul prim;
+    Matmul mm;
     dnnl::reorder to_a;  // bf16: A rounded into a16 (f32: A read in place)
-    dnnl::memory a32, a16, c;
+    dnnl::memory a32, a16;
+    bool plain = false;  // f32 without a brgemm kernel for this lda/ldc: blas::gemm instead
   };
   dt type = dt::bf16;
   int M = 0, N = 0, K = 0, ldb = 0;
@@ -243,7 +292,7 @@ struct FixedRightOperand<float>::Blocked {
   dnnl::reorder to_wei;
   dnnl::memory wei;  // owned: B in the matmul's layout
   std::map<std::tuple<int, int, float>, Step> steps;  // lda, ldc, beta
-  Buffer a16;
+  Buffer a16, out;
   dnnl::stream stream{cpu_engine()};
 
   dnnl::memory::desc src_desc(int lda) const {
@@ -272,26 +321,28 @@ struct FixedRightOperand<float>::Blocked {
     return true;
   }
 
-  void multiply(const float* A, int lda, float beta, float* C, int ldc) {
+  // false: no fast kernel for this lda and ldc (f32), the caller multiplies with blas::gemm
+  bool multiply(const float* A, int lda, float beta, float* C, int ldc) {
     auto it = steps.find({lda, ldc, beta});
     if (it == steps.end()) {
-      const auto pd = matmul_desc(src_desc(lda), wei_desc, M, N, ldc, 1.0f, beta);
       const auto a32 = f32_desc(M, K, lda, false);
-      Step step{dnnl::matmul(pd), {}, unbound(a32), unbound(pd.src_desc()), unbound(pd.dst_desc())};
-      if (type == dt::bf16) step.to_a = make_reorder(a32, pd.src_desc());
+      Step step{make_matmul(src_desc(lda), wei_desc, M, N, ldc, 1.0f, beta), {}, unbound(a32), {}};
+      step.a16 = unbound(step.mm.pd.src_desc());
+      if (type == dt::bf16) step.to_a = make_reorder(a32, step.mm.pd.src_desc());
+      step.plain = type == dt::f32 && std::string(step.mm.pd.impl_info_str()).rfind("brg", 0) != 0;
       it = steps.emplace(std::tuple{lda, ldc, beta}, std::move(step)).first;
     }
     Step& s = it->second;
+    if (s.plain) return false;
     s.a32.set_data_handle(const_cast<float*>(A));
-    s.c.set_data_handle(C);
     dnnl::memory* src = &s.a32;
     if (type == dt::bf16) {
       s.a16.set_data_handle(a16.get(s.a16.get_desc().get_size()));
       s.to_a.execute(stream, s.a32, s.a16);
       src = &s.a16;
     }
-    s.prim.execute(stream, {{DNNL_ARG_SRC, *src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, s.c}});
-    stream.wait();
+    run_matmul(s.mm, stream, *src, wei, C, out);
+    return true;
   }
 };
 
@@ -322,12 +373,12 @@ void FixedRightOperand<float>::prepare(const float* B, int K, int N, int ldb, in
 }
 
 void FixedRightOperand<float>::multiply(const float* A, int lda, float beta, float* C, int ldc) {
-  if (!blocked_on_) return gemm(false, false, M_, N_, K_, 1.0f, A, lda, B_, ldb_, beta, C, ldc);
   try {
-    blocked_->multiply(A, lda, beta, C, ldc);
+    if (blocked_on_ && blocked_->multiply(A, lda, beta, C, ldc)) return;
   } catch (const dnnl::error& e) {
     matmul_failed("matmul", M_, N_, K_, e);
   }
+  gemm(false, false, M_, N_, K_, 1.0f, A, lda, B_, ldb_, beta, C, ldc);
 }
 
 }  // namespace rbn::blas
