@@ -1,7 +1,7 @@
 // oneDNN's matmul primitive behind blas.hpp: the bf16 precision of the float products (both
 // factors rounded to bfloat16 by oneDNN's reorders, the product accumulated in fp32), and
-// FixedRightOperand, the time loop's right operand put once per call into the matmul's own weight
-// layout (bf16, or fp32 for oneDNN's brgemm kernels). Each thread keeps its primitives (one per
+// FixedRightOperand, the time loop's right operand rounded once per call into the matmul's own
+// weight layout. Each thread keeps its primitives (one per
 // shape, alpha and beta) and its conversion buffers, so that a repeated product creates nothing;
 // the primitives come from oneDNN's own cache when another thread made them first.
 #include <oneapi/dnnl/dnnl.hpp>
@@ -276,18 +276,15 @@ void sgemm_bf16(bool ta, bool tb, int M, int N, int K, float alpha, const float*
 
 // ---- FixedRightOperand<float> -----------------------------------------------------------------
 
-// B in the layout oneDNN's matmul reads fastest (bf16: rounded; f32: blocked as its brgemm kernels
-// want it), and the matmuls that read it: one per lda, ldc and beta.
+// B rounded to bf16 in the layout oneDNN's matmul reads fastest, and the matmuls that read it: one
+// per lda, ldc and beta.
 struct FixedRightOperand<float>::Blocked {
   struct Step {
     Matmul mm;
-    dnnl::reorder to_a;  // bf16: A rounded into a16 (f32: A read in place)
+    dnnl::reorder to_a;  // A rounded into a16
     dnnl::memory a32, a16;
-    bool plain = false;  // f32 without a brgemm kernel for this lda/ldc: blas::gemm instead
   };
-  dt type = dt::bf16;
   int M = 0, N = 0, K = 0, ldb = 0;
-  bool usable = false;  // f32: oneDNN picked a brgemm kernel for the shape (else plain gemm)
   dnnl::memory::desc b32_desc, wei_desc;
   dnnl::reorder to_wei;
   dnnl::memory wei;  // owned: B in the matmul's layout
@@ -295,17 +292,10 @@ struct FixedRightOperand<float>::Blocked {
   Buffer a16, out;
   dnnl::stream stream{cpu_engine()};
 
-  dnnl::memory::desc src_desc(int lda) const {
-    return type == dt::bf16 ? bf16_rows(M, K) : f32_desc(M, K, lda, false);
-  }
-
-  // Whether B is now in `wei` (false: the f32 matmul has no brgemm kernel for this shape).
-  bool prepare(dt type_, const float* B, int K_, int N_, int ldb_, int M_) {
-    if (type_ != type || M_ != M || N_ != N || K_ != K || ldb_ != ldb) {
-      type = type_, M = M_, N = N_, K = K_, ldb = ldb_;
-      const auto pd = matmul_desc(src_desc(K), any_weights(K, N, type), M, N, N, 1.0f, 0.0f);
-      const std::string impl = pd.impl_info_str();
-      usable = type == dt::bf16 || impl.rfind("brg", 0) == 0;
+  void prepare(const float* B, int K_, int N_, int ldb_, int M_) {
+    if (M_ != M || N_ != N || K_ != K || ldb_ != ldb) {
+      M = M_, N = N_, K = K_, ldb = ldb_;
+      const auto pd = matmul_desc(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, N, 1.0f, 0.0f);
       steps.clear();
       if (pd.weights_desc() != wei_desc) {
         wei_desc = pd.weights_desc();
@@ -314,35 +304,25 @@ struct FixedRightOperand<float>::Blocked {
       b32_desc = f32_desc(K, N, ldb, false);
       to_wei = make_reorder(b32_desc, wei_desc);
     }
-    if (!usable) return false;
     dnnl::memory b32(b32_desc, cpu_engine(), const_cast<float*>(B));
     to_wei.execute(stream, b32, wei);
     stream.wait();
-    return true;
   }
 
-  // false: no fast kernel for this lda and ldc (f32), the caller multiplies with blas::gemm
-  bool multiply(const float* A, int lda, float beta, float* C, int ldc) {
+  void multiply(const float* A, int lda, float beta, float* C, int ldc) {
     auto it = steps.find({lda, ldc, beta});
     if (it == steps.end()) {
-      const auto a32 = f32_desc(M, K, lda, false);
-      Step step{make_matmul(src_desc(lda), wei_desc, M, N, ldc, 1.0f, beta), {}, unbound(a32), {}};
-      step.a16 = unbound(step.mm.pd.src_desc());
-      if (type == dt::bf16) step.to_a = make_reorder(a32, step.mm.pd.src_desc());
-      step.plain = type == dt::f32 && std::string(step.mm.pd.impl_info_str()).rfind("brg", 0) != 0;
-      it = steps.emplace(std::tuple{lda, ldc, beta}, std::move(step)).first;
+      Matmul mm = make_matmul(bf16_rows(M, K), wei_desc, M, N, ldc, 1.0f, beta);
+      const auto a32 = f32_desc(M, K, lda, false), a16_desc = mm.pd.src_desc();
+      it = steps.emplace(std::tuple{lda, ldc, beta},
+                         Step{std::move(mm), make_reorder(a32, a16_desc), unbound(a32), unbound(a16_desc)})
+               .first;
     }
     Step& s = it->second;
-    if (s.plain) return false;
     s.a32.set_data_handle(const_cast<float*>(A));
-    dnnl::memory* src = &s.a32;
-    if (type == dt::bf16) {
-      s.a16.set_data_handle(a16.get(s.a16.get_desc().get_size()));
-      s.to_a.execute(stream, s.a32, s.a16);
-      src = &s.a16;
-    }
-    run_matmul(s.mm, stream, *src, wei, C, out);
-    return true;
+    s.a16.set_data_handle(a16.get(s.a16.get_desc().get_size()));
+    s.to_a.execute(stream, s.a32, s.a16);
+    run_matmul(s.mm, stream, s.a16, wei, C, out);
   }
 };
 
@@ -353,32 +333,25 @@ FixedRightOperand<float>::~FixedRightOperand() = default;
 
 void FixedRightOperand<float>::prepare(const float* B, int K, int N, int ldb, int M) {
   B_ = B, K_ = K, N_ = N, ldb_ = ldb, M_ = M;
-  blocked_on_ = false;
-  if (M <= 0 || N <= 0 || K <= 0) return;
-  dt type;
-  if (precision() == Precision::bf16) {
-    if (g_emulate.load(std::memory_order_relaxed)) return;  // rounds both factors per product
-    type = dt::bf16;
-  } else if (backend() == Backend::onednn) {
-    type = dt::f32;
-  } else {
-    return;
-  }
+  // (the test emulation rounds both factors at each product, through gemm)
+  blocked_on_ = precision() == Precision::bf16 && !g_emulate.load(std::memory_order_relaxed) &&
+                M > 0 && N > 0 && K > 0;
+  if (!blocked_on_) return;
   if (!blocked_) blocked_ = std::make_unique<Blocked>();
   try {
-    blocked_on_ = blocked_->prepare(type, B, K, N, ldb, M);
+    blocked_->prepare(B, K, N, ldb, M);
   } catch (const dnnl::error& e) {
     matmul_failed("weights reorder", M, N, K, e);
   }
 }
 
 void FixedRightOperand<float>::multiply(const float* A, int lda, float beta, float* C, int ldc) {
+  if (!blocked_on_) return gemm(false, false, M_, N_, K_, 1.0f, A, lda, B_, ldb_, beta, C, ldc);
   try {
-    if (blocked_on_ && blocked_->multiply(A, lda, beta, C, ldc)) return;
+    blocked_->multiply(A, lda, beta, C, ldc);
   } catch (const dnnl::error& e) {
     matmul_failed("matmul", M_, N_, K_, e);
   }
-  gemm(false, false, M_, N_, K_, 1.0f, A, lda, B_, ldb_, beta, C, ldc);
 }
 
 }  // namespace rbn::blas

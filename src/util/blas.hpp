@@ -105,14 +105,13 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
 // call (a time loop's slice of R, unchanged while the loop runs):
 //   multiply(A, lda, beta, C, ldc):  C[M,N] = A[M,K] B + beta C
 // which is gemm(false, false, M, N, K, 1, A, lda, B, ldb, beta, C, ldc) on the process's backend and
-// precision as they were at prepare(). prepare() puts B once into the layout oneDNN's matmul reads
-// fastest, where that pays: under bf16 precision, rounded to bf16 (per product, that conversion
-// cost as much as PTB's product itself); on the oneDNN backend in fp32, blocked for its brgemm
-// kernels where it has them for the shape (AVX-512 and up), which multiply faster than dnnl_sgemm's
-// per-call packing (docs/performance.md). Otherwise (OpenBLAS, double, the test emulation) B is
-// used in place: the caller keeps it alive and unchanged until the last product. One per thread:
-// the products run single-threaded inside the time loop's parallel region, concurrently across
-// objects.
+// precision as they were at prepare(). Under bf16 precision prepare() rounds B to bf16 in the
+// blocked layout of oneDNN's matmul, once, instead of at every product (per product, that
+// conversion cost as much as PTB's product itself). Otherwise (fp32, double, the test emulation)
+// B is used in place: the caller keeps it alive and unchanged until the last product. (fp32 on
+// oneDNN was tried through the same blocked matmul: one thread's product ran at dnnl_sgemm's rate,
+// docs/performance.md.) One per thread: the products run single-threaded inside the time loop's
+// parallel region, concurrently across objects.
 template <class T>
 class FixedRightOperand {
  public:
@@ -135,13 +134,13 @@ class FixedRightOperand<float> {
   ~FixedRightOperand();
   void prepare(const float* B, int K, int N, int ldb, int M);
   void multiply(const float* A, int lda, float beta, float* C, int ldc);
-  // Whether the last prepare() put B into oneDNN's layout (else products read B in place).
+  // Whether the last prepare() rounded B into oneDNN's layout (else products read B in place).
   bool blocked() const { return blocked_on_; }
 
  private:
-  struct Blocked;  // B in the layout of oneDNN's matmul and the matmuls that read it (bf16_gemm.cpp)
+  struct Blocked;  // B in bf16 in the layout of oneDNN's matmul, its matmuls (bf16_gemm.cpp)
   std::unique_ptr<Blocked> blocked_;
-  bool blocked_on_ = false;  // prepare() put B there: bf16 on a CPU with it, or fp32 on oneDNN
+  bool blocked_on_ = false;  // prepare() put B there: bf16 precision on a CPU with bf16
   const float* B_ = nullptr;
   int K_ = 0, N_ = 0, ldb_ = 0, M_ = 0;
 };

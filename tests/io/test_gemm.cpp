@@ -61,8 +61,8 @@ TEST(Gemm, EveryBackendMatchesTheDefinition) {
 
 // The time loop's fixed right operand on every backend, fp32: prepared once, several products
 // (beta 0, 1, -0.5; padded leading dimensions; shapes of the PTB step's slices, scaled down, and
-// odd ones) against the definition; prepared again with new values of B, their product. On
-// OpenBLAS it is blas::gemm exactly; on oneDNN it may run a blocked matmul (brgemm) instead.
+// odd ones) against the definition and exactly blas::gemm; prepared again with new values of B,
+// their product. (bf16: tests/io/test_bf16.cpp.)
 TEST(Gemm, FixedRightOperandMatchesTheDefinition) {
   struct Case {
     int M, N, K, pad;
@@ -77,14 +77,7 @@ TEST(Gemm, FixedRightOperandMatchesTheDefinition) {
       for (int version = 0; version < 2; ++version) {
         for (size_t i = 0; i < B.size(); ++i) B[i] = std::cos(0.11f * float(i) + float(version));
         op.prepare(B.data(), c.K, c.N, ldb, c.M);
-        // oneDNN has brgemm kernels from AVX-512 on (a CPU with AVX512_BF16 has them): then the
-        // PTB-like shapes must take the blocked path, or this test would not test it
-        if (be == Backend::onednn && cpu_has_bf16() && c.M == 64) {
-          EXPECT_TRUE(op.blocked()) << c.N;
-        }
-        if (be == Backend::openblas) {
-          EXPECT_FALSE(op.blocked());
-        }
+        EXPECT_FALSE(op.blocked());  // fp32: B in place
         for (float beta : {0.f, 1.f, -0.5f}) {
           std::vector<float> A(size_t(c.M) * lda), C(size_t(c.M) * ldc);
           for (size_t i = 0; i < A.size(); ++i) A[i] = std::sin(0.37f * float(i) + beta);
@@ -103,10 +96,8 @@ TEST(Gemm, FixedRightOperandMatchesTheDefinition) {
               else
                 ASSERT_NEAR(C[at], want[at], 2e-5f * std::sqrt(float(c.K)) * (1 + std::fabs(want[at]))) << what;
             }
-          if (be == Backend::openblas) {
-            sgemm(be, false, false, c.M, c.N, c.K, 1.f, A.data(), lda, B.data(), ldb, beta, plain.data(), ldc);
-            EXPECT_EQ(C, plain) << what;
-          }
+          sgemm(be, false, false, c.M, c.N, c.K, 1.f, A.data(), lda, B.data(), ldb, beta, plain.data(), ldc);
+          EXPECT_EQ(C, plain) << what;
         }
       }
     }
