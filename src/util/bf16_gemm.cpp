@@ -143,8 +143,8 @@ class Buffer {
 
 // A matmul and where it writes: straight into C (leading dimension ldc, beta as a sum post-op),
 // or, where oneDNN has no fast kernel for the strided destination (its brgemm matmul wants
-// ldc == N; 2.6 then picks a reference loop, measured 100x slower on PTB's dh), into a dense
-// scratch [M,N] that is then added to C row by row.
+// ldc == N; 2.6 then picks its reference loop: a PTB training step through it had not finished
+// after 15 minutes), into a dense scratch [M,N] that is then added to C row by row.
 struct Matmul {
   dnnl::matmul::primitive_desc pd;
   dnnl::matmul prim;
