@@ -98,7 +98,6 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-
 // ---- a right operand fixed across many products ------------------------------------------------
 
 // B [K,N] (row-major, leading dimension ldb), the right operand of many products of M rows in one
