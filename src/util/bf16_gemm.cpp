@@ -92,11 +92,18 @@ dnnl::reorder make_reorder(const dnnl::memory::desc& from, const dnnl::memory::d
   return dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), from, cpu_engine(), to));
 }
 
-// A matmul C[M,N] = alpha A B + beta C: src `src` [M,K], weights `wei` [K,N] (format any: the
-// layout the matmul reads fastest, which the caller then reorders into), dst fp32 [M,N] with ldc.
-// alpha is its output scale, beta a sum post-op.
-dnnl::matmul::primitive_desc matmul_desc(const dnnl::memory::desc& src, const dnnl::memory::desc& wei,
-                                         int M, int N, int ldc, float alpha, float beta) {
+dnnl::memory::desc bf16_rows(int M, int K) { return {{M, K}, dt::bf16, dims{K, 1}}; }
+
+// bf16 [K,N] in the layout the matmul reads fastest (the caller then reorders into it).
+dnnl::memory::desc any_weights(int K, int N) {
+  return {{K, N}, dt::bf16, dnnl::memory::format_tag::any};
+}
+
+// A bf16 matmul C[M,N] = alpha A B + beta C: src [M,K] dense, weights `wei` [K,N] (any_weights,
+// or the layout an earlier one chose), dst fp32 [M,N] with ldc. alpha is its output scale, beta a
+// sum post-op.
+dnnl::matmul::primitive_desc matmul_desc(const dnnl::memory::desc& wei, int M, int N, int K,
+                                         int ldc, float alpha, float beta) {
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
@@ -105,13 +112,7 @@ dnnl::matmul::primitive_desc matmul_desc(const dnnl::memory::desc& src, const dn
     attr.set_post_ops(po);
   }
   const dnnl::memory::desc dst({M, N}, dt::f32, dims{ldc, 1});
-  return {dnnl::matmul::desc(src, wei, dst), attr, cpu_engine()};
-}
-
-dnnl::memory::desc bf16_rows(int M, int K) { return {{M, K}, dt::bf16, dims{K, 1}}; }
-
-dnnl::memory::desc any_weights(int K, int N, dt type) {
-  return {{K, N}, type, dnnl::memory::format_tag::any};
+  return {dnnl::matmul::desc(bf16_rows(M, K), wei, dst), attr, cpu_engine()};
 }
 
 // A 64-byte aligned byte buffer that only grows (the bf16 copies of the factors).
@@ -158,11 +159,11 @@ bool reference_impl(const dnnl::matmul::primitive_desc& pd) {
   return std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
 }
 
-Matmul make_matmul(const dnnl::memory::desc& src, const dnnl::memory::desc& wei, int M, int N,
-                   int ldc, float alpha, float beta) {
-  Matmul m{matmul_desc(src, wei, M, N, ldc, alpha, beta), {}, {}, false, beta, M, N, ldc};
+Matmul make_matmul(const dnnl::memory::desc& wei, int M, int N, int K, int ldc, float alpha,
+                   float beta) {
+  Matmul m{matmul_desc(wei, M, N, K, ldc, alpha, beta), {}, {}, false, beta, M, N, ldc};
   if (ldc != N && reference_impl(m.pd)) {
-    m.pd = matmul_desc(src, wei, M, N, N, alpha, 0.0f);
+    m.pd = matmul_desc(wei, M, N, K, N, alpha, 0.0f);
     m.via_scratch = true;
   }
   m.prim = dnnl::matmul(m.pd);
@@ -199,7 +200,7 @@ using ProductKey = std::tuple<bool, bool, int, int, int, int, int, int, float, f
 
 Product make_product(const ProductKey& key) {
   const auto [ta, tb, M, N, K, lda, ldb, ldc, alpha, beta] = key;
-  Matmul mm = make_matmul(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, ldc, alpha, beta);
+  Matmul mm = make_matmul(any_weights(K, N), M, N, K, ldc, alpha, beta);
   const auto a32 = f32_desc(M, K, lda, ta), b32 = f32_desc(K, N, ldb, tb);
   const auto a16 = mm.pd.src_desc(), b16 = mm.pd.weights_desc();
   return {std::move(mm), make_reorder(a32, a16), make_reorder(b32, b16),
@@ -295,7 +296,7 @@ struct FixedRightOperand<float>::Blocked {
   void prepare(const float* B, int K_, int N_, int ldb_, int M_) {
     if (M_ != M || N_ != N || K_ != K || ldb_ != ldb) {
       M = M_, N = N_, K = K_, ldb = ldb_;
-      const auto pd = matmul_desc(bf16_rows(M, K), any_weights(K, N, dt::bf16), M, N, N, 1.0f, 0.0f);
+      const auto pd = matmul_desc(any_weights(K, N), M, N, K, N, 1.0f, 0.0f);
       steps.clear();
       if (pd.weights_desc() != wei_desc) {
         wei_desc = pd.weights_desc();
@@ -312,7 +313,7 @@ struct FixedRightOperand<float>::Blocked {
   void multiply(const float* A, int lda, float beta, float* C, int ldc) {
     auto it = steps.find({lda, ldc, beta});
     if (it == steps.end()) {
-      Matmul mm = make_matmul(bf16_rows(M, K), wei_desc, M, N, ldc, 1.0f, beta);
+      Matmul mm = make_matmul(wei_desc, M, N, K, ldc, 1.0f, beta);
       const auto a32 = f32_desc(M, K, lda, false), a16_desc = mm.pd.src_desc();
       it = steps.emplace(std::tuple{lda, ldc, beta},
                          Step{std::move(mm), make_reorder(a32, a16_desc), unbound(a32), unbound(a16_desc)})

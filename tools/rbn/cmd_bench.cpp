@@ -374,28 +374,26 @@ double fma_peak_gflops(int threads) {
   constexpr int lanes = 16;
   auto madd = [](V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); };
   auto set1 = [](float x) { return _mm512_set1_ps(x); };
-  auto sum = [](V a) {  // (not _mm512_reduce_add_ps: GCC 12 warns inside it, a false positive)
-    alignas(64) float f[16];
-    _mm512_store_ps(f, a);
-    float s = 0;
-    for (float x : f) s += x;
-    return s;
-  };
+  // (stored and added, not _mm512_reduce_add_ps: GCC 12 warns inside it, a false positive)
+  auto store = [](float* f, V a) { _mm512_store_ps(f, a); };
 #elif defined(__FMA__)
   using V = __m256;
   constexpr int lanes = 8;
   auto madd = [](V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); };
   auto set1 = [](float x) { return _mm256_set1_ps(x); };
-  auto sum = [](V a) {
-    alignas(32) float f[8];
-    _mm256_store_ps(f, a);
-    return f[0] + f[1] + f[2] + f[3] + f[4] + f[5] + f[6] + f[7];
-  };
+  auto store = [](float* f, V a) { _mm256_store_ps(f, a); };
 #else
   (void)threads;
   return 0.0;
 #endif
 #if defined(__AVX512F__) || defined(__FMA__)
+  auto sum = [&](V a) {
+    alignas(64) float f[lanes];
+    store(f, a);
+    float s = 0;
+    for (float x : f) s += x;
+    return s;
+  };
   constexpr long iters = 20000000;
   double best = 0;
   for (int r = 0; r < 3; ++r) {
