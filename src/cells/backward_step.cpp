@@ -296,6 +296,7 @@ void Engine<T>::output_gradient(const BackwardRun& run, const UnitBlock& u, Back
       kern::tanh_rnn_backward(dh, k0, k1, g);
       continue;
     }
+    if (spec.h_with_gates()) continue;  // with the gates (lstm_row_gradients)
     T* dc = s.dc_out + static_cast<int64_t>(n) * H;  // tanh(c~) first, then the gradient
     cell_output_tanh(st.c_next + static_cast<int64_t>(n) * H, k0, k1, norm,
                      lnc ? st.mean_c[n] : T(0), lnc ? st.rstd_c[n] : T(1), dc);
@@ -410,6 +411,10 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
         if (st.dY) __builtin_prefetch(st.dY + prev_h + j, 0, 3);
       }
     }
+    if (spec.lstm() && spec.h != Norm::ln) {
+      lstm_row_gradients(run, u, s, st, n);
+      continue;
+    }
     if (spec.lstm())
       kern::lstm_cell_backward(s.dc_out + static_cast<int64_t>(n) * H,
                                st.c_prev + static_cast<int64_t>(n) * H, H, k0, k1, g,
@@ -423,6 +428,36 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
     s.sum_d_xh_x[j] = s.acc_d_xh_x[j];
     s.sum_d_h[j] = s.acc_d_h[j];
   }
+}
+
+// One valid row n of an LSTM whose terms are BN_t or not normalized: kern::lstm_row_backward,
+// from dh through h = o tanh(c) as well when c is not normalized (output_gradient left it), with
+// the row's share of the step's column sums (row_term_sums' for these cells).
+template <class T>
+void Engine<T>::lstm_row_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                                   const BackStep& st, int n) {
+  const int H = run.H, k0 = u.k0, w = u.w;
+  const int64_t oh = static_cast<int64_t>(n) * H, og = static_cast<int64_t>(n) * run.G;
+  kern::LstmRowBackward<T> r;
+  if (spec.h_with_gates()) {
+    r.dh = s.dh + oh;
+    r.c = st.c_next + oh;
+  } else {
+    r.dc_out = s.dc_out + oh;
+  }
+  r.c_prev = st.c_prev + oh;
+  r.gates = st.gates + og;
+  r.dc = s.dc + oh;
+  r.sum_d = s.acc_d.data();
+  if (spec.h == Norm::bn_step) {
+    const LayerCache<T>& cc = *run.cache;
+    r.rh = st.hh + og + hh_offset(cc, 0, k0, w);
+    r.ld = hh_offset(cc, 1, k0, w) - hh_offset(cc, 0, k0, w);
+    r.mean_h = st.mean_h, r.rstd_h = st.rstd_h, r.sum_dxh_h = s.acc_d_xh_h.data();
+  }
+  if (spec.x == Norm::bn_step)
+    r.x = st.wx + og, r.mean_x = st.mean_x, r.rstd_x = st.rstd_x, r.sum_dxh_x = s.acc_d_xh_x.data();
+  kern::lstm_row_backward(r, H, k0, u.k1);
 }
 
 // A padded row n: no gradient enters a term (dpre 0; a GRU's recurrent term 0 and its dh * z

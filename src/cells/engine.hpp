@@ -65,6 +65,9 @@ struct CellSpec {
   // gradient; R h is kept for backward even without a normalization (h~_n).
   bool gru() const { return gates == 3; }
   bool keeps_hh() const { return h != Norm::none || gru(); }
+  // The LSTM step forms h with the gates (kern::lstm_row_forward) when no statistics of c stand
+  // between them and the terms are not layer-normalized.
+  bool h_with_gates() const { return lstm() && c == Norm::none && h != Norm::ln; }
 };
 CellSpec cell_spec(const StackConfig& cfg);
 
@@ -488,6 +491,8 @@ struct Engine {
                           const BackStep& st);
   void gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                       const BackStep& st);
+  void lstm_row_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
+                          const BackStep& st, int n);
   void padded_row_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                             const BackStep& st, int n);
   void gru_hn_coefficients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,

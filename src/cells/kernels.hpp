@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace rbn::kern {
@@ -72,6 +73,87 @@ inline void sigmoid_inplace(float* p, int n) {
   for (int i = 0; i < n; ++i) p[i] *= 0.5f;
   tanh_inplace(p, n);
   for (int i = 0; i < n; ++i) p[i] = 0.5f + 0.5f * p[i];
+}
+
+// ---- float vectors for the fused row kernels ---------------------------------------------------
+
+// The build's float vector (AVX-512: 16 lanes, AVX2: 8) with the few operations the fused row
+// kernels need. A row's units run in full vectors and one masked tail, so a unit's value never
+// depends on where the threads split the units, and every intermediate stays in a register
+// (separate passes over the row stall on reloading what the previous pass just stored).
+#if defined(__AVX512F__)
+#define RBN_FLOAT_LANES 1
+struct FloatLanes {
+  static constexpr int n = 16;
+  using V = __m512;
+  using M = __mmask16;
+  static M first(int k) { return static_cast<M>(k >= n ? 0xFFFFu : (1u << k) - 1); }
+  template <bool tail>
+  static V load(const float* p, M m) {
+    if constexpr (tail) return _mm512_maskz_loadu_ps(m, p);
+    return _mm512_loadu_ps(p);
+  }
+  template <bool tail>
+  static void store(float* p, V v, M m) {
+    if constexpr (tail) _mm512_mask_storeu_ps(p, m, v);
+    else _mm512_storeu_ps(p, v);
+  }
+  static V set1(float x) { return _mm512_set1_ps(x); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
+  static V tanh(V v) { return Sleef_tanhf16_u35(v); }
+  static float sum(V v) {  // (no _mm512_reduce_add_ps: GCC 12 warns inside it)
+    alignas(64) float l[n];
+    _mm512_store_ps(l, v);
+    float s = 0;
+    for (float x : l) s += x;
+    return s;
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+#define RBN_FLOAT_LANES 1
+struct FloatLanes {
+  static constexpr int n = 8;
+  using V = __m256;
+  using M = __m256i;
+  static M first(int k) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  template <bool tail>
+  static V load(const float* p, M m) {
+    if constexpr (tail) return _mm256_maskload_ps(p, m);
+    return _mm256_loadu_ps(p);
+  }
+  template <bool tail>
+  static void store(float* p, V v, M m) {
+    if constexpr (tail) _mm256_maskstore_ps(p, m, v);
+    else _mm256_storeu_ps(p, v);
+  }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V tanh(V v) { return Sleef_tanhf8_u35(v); }
+  static float sum(V v) {
+    alignas(32) float l[n];
+    _mm256_store_ps(l, v);
+    float s = 0;
+    for (float x : l) s += x;
+    return s;
+  }
+};
+#endif
+
+// A row's units k0..k1 in float vectors: body.template operator()<tail>(k, mask) for each vector
+// of units starting at k, the last one masked.
+template <class L, class Body>
+inline void for_lanes(int k0, int k1, Body&& body) {
+  int k = k0;
+  for (; k + L::n <= k1; k += L::n) body.template operator()<false>(k, L::first(L::n));
+  if (k < k1) body.template operator()<true>(k, L::first(k1 - k));
 }
 
 // ---- shared formulas ------------------------------------------------------------------------
@@ -132,6 +214,67 @@ inline void lstm_gates_forward(T* g, int H, int k0, int k1, const T* c_prev, T* 
   for (int j = k0; j < k1; ++j) c[j] = g[H + j] * c_prev[j] + g[j] * g[2 * H + j];
 }
 
+// The LSTM step of one row over the units k0..k1, in one pass from the step's folded
+// coefficients (BN_t or no normalization of the terms; term_coefficients):
+//   pre_q = kx_q * x_q + kh_q * rh_q + shift_q     (gate q = i, f, g, o; its column q*H + k)
+//   i, f, o = sigmoid(pre), g = tanh(pre)  -> gates (kept for backward)
+//   c = f * c_prev + i * g                 -> c
+//   h = o * tanh(c)                        -> h, when h is given (no normalization of c)
+// The values are lstm_gates_forward's and hidden_output's, formed without storing in between.
+template <class T>
+struct LstmRowForward {
+  const T* x = nullptr;      // [4H] the row's input term W x
+  const T* rh = nullptr;     // [4][ld] the row's R h of units k0.. (gate q's at q*ld)
+  int ld = 0;
+  const T* kx = nullptr;     // [4H] the step's coefficients: scale of W x,
+  const T* kh = nullptr;     //      scale of R h,
+  const T* shift = nullptr;  //      shift (bias and folded means)
+  const T* c_prev = nullptr; // [H]
+  T* gates = nullptr;        // [4H] the activations
+  T* c = nullptr;            // [H]
+  T* h = nullptr;            // [H] or nullptr
+};
+
+template <class T>
+inline void lstm_row_forward(const LstmRowForward<T>& r, int H, int k0, int k1) {
+  auto sig = [](T v) {
+    if constexpr (std::is_same_v<T, float>) return 0.5f + 0.5f * std::tanh(0.5f * v);
+    return sigmoid(v);
+  };
+  for (int k = k0; k < k1; ++k) {
+    T a[4];
+    for (int q = 0; q < 4; ++q) {
+      const int j = q * H + k;
+      a[q] = r.kx[j] * r.x[j] + r.kh[j] * r.rh[q * r.ld + k - k0] + r.shift[j];
+    }
+    const T i = sig(a[0]), f = sig(a[1]), g = std::tanh(a[2]), o = sig(a[3]);
+    r.gates[k] = i, r.gates[H + k] = f, r.gates[2 * H + k] = g, r.gates[3 * H + k] = o;
+    r.c[k] = f * r.c_prev[k] + i * g;
+    if (r.h) r.h[k] = o * std::tanh(r.c[k]);
+  }
+}
+
+#ifdef RBN_FLOAT_LANES
+inline void lstm_row_forward(const LstmRowForward<float>& r, int H, int k0, int k1) {
+  using L = FloatLanes;
+  const L::V half = L::set1(0.5f);
+  for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
+    L::V a[4];
+    for (int q = 0; q < 4; ++q) {
+      const int j = q * H + k;
+      const L::V p = L::mul(L::load<tail>(r.kx + j, m), L::load<tail>(r.x + j, m));
+      a[q] = L::add(L::fmadd(L::load<tail>(r.kh + j, m), L::load<tail>(r.rh + q * r.ld + k - k0, m), p),
+                    L::load<tail>(r.shift + j, m));
+      a[q] = q == 2 ? L::tanh(a[q]) : L::fmadd(L::tanh(L::mul(a[q], half)), half, half);
+      L::store<tail>(r.gates + j, a[q], m);
+    }
+    const L::V c = L::fmadd(a[1], L::load<tail>(r.c_prev + k, m), L::mul(a[0], a[2]));
+    L::store<tail>(r.c + k, c, m);
+    if (r.h) L::store<tail>(r.h + k, L::mul(a[3], L::tanh(c)), m);
+  });
+}
+#endif
+
 // LSTM backward of h = o * tanh(c~): tanh_c holds tanh(c~) on entry and dL/dc~ on exit; o (the
 // gate) becomes dL/d(o's pre-activation).
 template <class T>
@@ -161,6 +304,101 @@ inline void lstm_cell_backward(const T* dc_out, const T* c_prev, int H, int k0, 
     dc_next[j] = dc * f;
   }
 }
+
+// The LSTM backward of one row over the units k0..k1 in one pass, and the row's share of the
+// step's column sums (BN_t or no normalization of the terms):
+//   with c given (no normalization of c; c~ = c): h = o * tanh(c) backward first, as
+//   lstm_output_backward: dL/dc through h and o's gradient from dh; else dc_out holds the
+//   former and gates' o block the latter already;
+//   then c = f c_prev + i g backward, as lstm_cell_backward: dpre over gates, dc carried;
+//   sum_d_q += dpre_q, and for a BN_t term also += dpre_q * x-hat of its raw values.
+template <class T>
+struct LstmRowBackward {
+  const T* dh = nullptr;      // [H] dL/dh_t (dy added), with c
+  const T* c = nullptr;       // [H] c_t, or nullptr: dc_out given
+  const T* dc_out = nullptr;  // [H] dL/dc_t through h_t (without c)
+  const T* c_prev = nullptr;  // [H]
+  T* gates = nullptr;         // [4H] the activations in, dpre out
+  T* dc = nullptr;            // [H] dL/dc_t from step t+1 in, dL/dc_{t-1} out
+  T* sum_d = nullptr;         // [4][w] += dpre (w = k1 - k0)
+  // A BN_t term's raw values z, its step's statistics [4H], its sums [4][w] += dpre * x-hat:
+  // R h's (z [4][ld] at unit k0) and W x's (z [4H]); nullptr where the term is not BN_t.
+  const T *rh = nullptr, *mean_h = nullptr, *rstd_h = nullptr;
+  int ld = 0;
+  T* sum_dxh_h = nullptr;
+  const T *x = nullptr, *mean_x = nullptr, *rstd_x = nullptr;
+  T* sum_dxh_x = nullptr;
+};
+
+template <class T>
+inline void lstm_row_backward(const LstmRowBackward<T>& r, int H, int k0, int k1) {
+  const int w = k1 - k0;
+  for (int k = k0; k < k1; ++k) {
+    T* g = r.gates;
+    T dco;
+    if (r.c) {
+      const T tc = std::tanh(r.c[k]), o = g[3 * H + k];
+      dco = r.dh[k] * o * (T(1) - tc * tc);
+      g[3 * H + k] = r.dh[k] * tc * o * (T(1) - o);
+    } else {
+      dco = r.dc_out[k];
+    }
+    const T dc = r.dc[k] + dco, i = g[k], f = g[H + k], gg = g[2 * H + k];
+    g[k] = dc * gg * i * (T(1) - i);
+    g[H + k] = dc * r.c_prev[k] * f * (T(1) - f);
+    g[2 * H + k] = dc * i * (T(1) - gg * gg);
+    r.dc[k] = dc * f;
+    for (int q = 0; q < 4; ++q) {
+      const int j = q * H + k, s = q * w + k - k0;
+      r.sum_d[s] += g[j];
+      if (r.rh) r.sum_dxh_h[s] += g[j] * ((r.rh[q * r.ld + k - k0] - r.mean_h[j]) * r.rstd_h[j]);
+      if (r.x) r.sum_dxh_x[s] += g[j] * ((r.x[j] - r.mean_x[j]) * r.rstd_x[j]);
+    }
+  }
+}
+
+#ifdef RBN_FLOAT_LANES
+inline void lstm_row_backward(const LstmRowBackward<float>& r, int H, int k0, int k1) {
+  using L = FloatLanes;
+  const int w = k1 - k0;
+  const L::V one = L::set1(1.0f);
+  for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
+    float* g = r.gates;
+    L::V d[4], dco;  // dpre of i, f, g, o; dL/dc_t through h_t
+    if (r.c) {
+      const L::V tc = L::tanh(L::load<tail>(r.c + k, m)), o = L::load<tail>(g + 3 * H + k, m);
+      const L::V dh = L::load<tail>(r.dh + k, m);
+      dco = L::mul(L::mul(dh, o), L::sub(one, L::mul(tc, tc)));
+      d[3] = L::mul(L::mul(L::mul(dh, tc), o), L::sub(one, o));
+    } else {
+      dco = L::load<tail>(r.dc_out + k, m);
+      d[3] = L::load<tail>(g + 3 * H + k, m);
+    }
+    const L::V dc = L::add(L::load<tail>(r.dc + k, m), dco);
+    const L::V i = L::load<tail>(g + k, m), f = L::load<tail>(g + H + k, m),
+               gg = L::load<tail>(g + 2 * H + k, m);
+    d[0] = L::mul(L::mul(L::mul(dc, gg), i), L::sub(one, i));
+    d[1] = L::mul(L::mul(L::mul(dc, L::load<tail>(r.c_prev + k, m)), f), L::sub(one, f));
+    d[2] = L::mul(L::mul(dc, i), L::sub(one, L::mul(gg, gg)));
+    L::store<tail>(r.dc + k, L::mul(dc, f), m);
+    for (int q = 0; q < 4; ++q) {
+      const int j = q * H + k, s = q * w + k - k0;
+      L::store<tail>(g + j, d[q], m);
+      L::store<tail>(r.sum_d + s, L::add(L::load<tail>(r.sum_d + s, m), d[q]), m);
+      if (r.rh) {
+        const L::V xh = L::mul(L::sub(L::load<tail>(r.rh + q * r.ld + k - k0, m), L::load<tail>(r.mean_h + j, m)),
+                               L::load<tail>(r.rstd_h + j, m));
+        L::store<tail>(r.sum_dxh_h + s, L::fmadd(d[q], xh, L::load<tail>(r.sum_dxh_h + s, m)), m);
+      }
+      if (r.x) {
+        const L::V xh = L::mul(L::sub(L::load<tail>(r.x + j, m), L::load<tail>(r.mean_x + j, m)),
+                               L::load<tail>(r.rstd_x + j, m));
+        L::store<tail>(r.sum_dxh_x + s, L::fmadd(d[q], xh, L::load<tail>(r.sum_dxh_x + s, m)), m);
+      }
+    }
+  });
+}
+#endif
 
 // tanh RNN backward: h = tanh(pre) kept in g; g becomes dpre = dh (1 - h^2).
 template <class T>

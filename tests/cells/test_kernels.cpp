@@ -289,6 +289,80 @@ TYPED_TEST(Kernels, PointwiseSteps) {
     EXPECT_NEAR(drnn[j], dh[j] * (1 - double(h[j]) * h[j]), 10 * tol<T>());
 }
 
+// The fused LSTM rows against the separate passes they replace (lstm_gates_forward, tanh and
+// the product with o; lstm_output_backward, lstm_cell_backward and the column sums), over blocks
+// of units off and on the vector width, starting off a vector boundary; outside the block nothing
+// is written.
+TYPED_TEST(Kernels, FusedLstmRowsMatchTheSeparatePasses) {
+  using T = TypeParam;
+  const int H = 41;
+  for (auto [k0, k1] : {std::pair{3, 30}, {0, 16}, {5, 6}, {0, H}, {7, 7}}) {
+    const int w = k1 - k0, ld = w + 2;
+    auto x = randn<T>(4 * H, 20), kx = randn<T>(4 * H, 21, 0.5, 1.0), kh = randn<T>(4 * H, 22),
+         shift = randn<T>(4 * H, 23), rh = randn<T>(4 * ld, 24), c_prev = randn<T>(H, 25);
+    // forward: the separate passes
+    std::vector<T> want_g(4 * H, T(7)), want_c(H, T(7)), want_h(H, T(7));
+    for (int q = 0; q < 4; ++q)
+      for (int k = k0; k < k1; ++k) {
+        const int j = q * H + k;
+        want_g[j] = kx[j] * x[j] + kh[j] * rh[q * ld + k - k0] + shift[j];
+      }
+    kern::lstm_gates_forward(want_g.data(), H, k0, k1, c_prev.data(), want_c.data());
+    for (int k = k0; k < k1; ++k) want_h[k] = want_c[k];
+    kern::tanh_inplace(want_h.data() + k0, w);
+    for (int k = k0; k < k1; ++k) want_h[k] *= want_g[3 * H + k];
+    std::vector<T> g(4 * H, T(7)), c(H, T(7)), h(H, T(7));
+    kern::lstm_row_forward(kern::LstmRowForward<T>{x.data(), rh.data(), ld, kx.data(), kh.data(),
+                                                   shift.data(), c_prev.data(), g.data(), c.data(),
+                                                   h.data()},
+                           H, k0, k1);
+    for (int j = 0; j < 4 * H; ++j) EXPECT_NEAR(g[j], want_g[j], 4 * tol<T>()) << k0 << " " << j;
+    for (int k = 0; k < H; ++k) {
+      EXPECT_NEAR(c[k], want_c[k], 10 * tol<T>()) << k0 << " " << k;
+      EXPECT_NEAR(h[k], want_h[k], 10 * tol<T>()) << k0 << " " << k;
+    }
+    // backward, through h (c given) and from a given dL/dc, with both terms' BN sums
+    auto dh = randn<T>(H, 26), dc_out = randn<T>(H, 27), dc0 = randn<T>(H, 28);
+    auto mean_h = randn<T>(4 * H, 29), rstd_h = randn<T>(4 * H, 30, 0.2, 1.0);
+    auto mean_x = randn<T>(4 * H, 31), rstd_x = randn<T>(4 * H, 32, 0.2, 1.0);
+    for (bool through_h : {true, false}) {
+      auto want_d = g, want_dc = dc0, want_dco = dc_out;
+      if (through_h) {
+        for (int k = k0; k < k1; ++k) want_dco[k] = c[k];
+        kern::tanh_inplace(want_dco.data() + k0, w);
+        kern::lstm_output_backward(dh.data(), k0, k1, want_d.data() + 3 * H, want_dco.data());
+      }
+      kern::lstm_cell_backward(want_dco.data(), c_prev.data(), H, k0, k1, want_d.data(), want_dc.data());
+      std::vector<T> want_s1(4 * w, T(1)), want_s2 = want_s1, want_s3 = want_s1;
+      for (int q = 0; q < 4; ++q)
+        for (int k = k0; k < k1; ++k) {
+          const int j = q * H + k, i = q * w + k - k0;
+          want_s1[i] += want_d[j];
+          want_s2[i] += want_d[j] * ((rh[q * ld + k - k0] - mean_h[j]) * rstd_h[j]);
+          want_s3[i] += want_d[j] * ((x[j] - mean_x[j]) * rstd_x[j]);
+        }
+      auto d = g, dc = dc0;
+      std::vector<T> s1(4 * w, T(1)), s2 = s1, s3 = s1;
+      kern::LstmRowBackward<T> r;
+      if (through_h)
+        r.dh = dh.data(), r.c = c.data();
+      else
+        r.dc_out = dc_out.data();
+      r.c_prev = c_prev.data(), r.gates = d.data(), r.dc = dc.data(), r.sum_d = s1.data();
+      r.rh = rh.data(), r.ld = ld, r.mean_h = mean_h.data(), r.rstd_h = rstd_h.data(), r.sum_dxh_h = s2.data();
+      r.x = x.data(), r.mean_x = mean_x.data(), r.rstd_x = rstd_x.data(), r.sum_dxh_x = s3.data();
+      kern::lstm_row_backward(r, H, k0, k1);
+      for (int j = 0; j < 4 * H; ++j) EXPECT_NEAR(d[j], want_d[j], 10 * tol<T>()) << through_h << " " << j;
+      for (int k = 0; k < H; ++k) EXPECT_NEAR(dc[k], want_dc[k], 10 * tol<T>()) << through_h << " " << k;
+      for (int i = 0; i < 4 * w; ++i) {
+        EXPECT_NEAR(s1[i], want_s1[i], 10 * tol<T>()) << through_h << " " << i;
+        EXPECT_NEAR(s2[i], want_s2[i], 20 * tol<T>()) << through_h << " " << i;
+        EXPECT_NEAR(s3[i], want_s3[i], 20 * tol<T>()) << through_h << " " << i;
+      }
+    }
+  }
+}
+
 // The GRU's pointwise steps on a block of w units inside a row of 3H gates (the input terms in
 // the gates at stride H, the recurrent terms in a thread's [3][hs] scratch), against nn.GRU's
 // formulas; backward against central differences of the forward in double.
