@@ -296,7 +296,7 @@ void Engine<T>::output_gradient(const BackwardRun& run, const UnitBlock& u, Back
       kern::tanh_rnn_backward(dh, k0, k1, g);
       continue;
     }
-    if (spec.h_with_gates()) continue;  // with the gates (lstm_row_gradients)
+    if (h_with_gates(u)) continue;  // with the gates (lstm_row_gradients)
     T* dc = s.dc_out + static_cast<int64_t>(n) * H;  // tanh(c~) first, then the gradient
     cell_output_tanh(st.c_next + static_cast<int64_t>(n) * H, k0, k1, norm,
                      lnc ? st.mean_c[n] : T(0), lnc ? st.rstd_c[n] : T(1), dc);
@@ -411,7 +411,7 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
         if (st.dY) __builtin_prefetch(st.dY + prev_h + j, 0, 3);
       }
     }
-    if (spec.lstm() && spec.h != Norm::ln) {
+    if (fused_rows(u)) {
       lstm_row_gradients(run, u, s, st, n);
       continue;
     }
@@ -439,7 +439,7 @@ void Engine<T>::lstm_row_gradients(const BackwardRun& run, const UnitBlock& u, B
   const int H = run.H, k0 = u.k0, w = u.w;
   const int64_t oh = static_cast<int64_t>(n) * H, og = static_cast<int64_t>(n) * run.G;
   kern::LstmRowBackward<T> r;
-  if (spec.h_with_gates()) {
+  if (h_with_gates(u)) {
     r.dh = s.dh + oh;
     r.c = st.c_next + oh;
   } else {

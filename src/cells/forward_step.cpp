@@ -414,8 +414,8 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
       gru_row_forward(run, u, s, st, n);
       continue;
     }
-    if (spec.lstm() && !ln_terms) {  // BN_t or none: the whole step in one pass
-      T* hn = spec.h_with_gates() ? st.h_next + static_cast<int64_t>(n) * H : nullptr;
+    if (fused_rows(u)) {  // the whole step in one pass
+      T* hn = h_with_gates(u) ? st.h_next + static_cast<int64_t>(n) * H : nullptr;
       kern::lstm_row_forward(kern::LstmRowForward<T>{xrow, hrow, w, s.scale_x.data(), s.scale_h.data(),
                                                      s.shift.data(), cp, g, cn, hn},
                              H, k0, u.k1);
@@ -438,7 +438,7 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
 #pragma omp simd
         for (int j = 0; j < w; ++j)
           gq[j] = xq[j] + gh[j0 + j] * ((hq[j] - mean_h) * rstd_h) + b[j0 + j];
-      } else {  // the tanh RNN's
+      } else {
         const T *kxq = s.scale_x.data() + j0, *khq = s.scale_h.data() + j0,
                 *shq = s.shift.data() + j0;
 #pragma omp simd
@@ -547,7 +547,7 @@ void Engine<T>::hidden_output(const ForwardRun& run, const UnitBlock& u, Forward
       std::copy_n(st.h_prev + static_cast<int64_t>(n) * H + k0, u.w, hn + k0);
       continue;
     }
-    if (!spec.lstm() || spec.h_with_gates()) continue;  // h written with the gates
+    if (!spec.lstm() || h_with_gates(u)) continue;  // h written with the gates
     const T* o = st.gates + static_cast<int64_t>(n) * run.G + 3 * H;
     const bool lnc = spec.c == Norm::ln;
     cell_output_tanh(st.c_next + static_cast<int64_t>(n) * H, k0, k1, norm,

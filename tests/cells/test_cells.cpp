@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <map>
 
+#include "cells/engine.hpp"
 #include "cell_cases.hpp"
 
 namespace rbn::testing {
@@ -943,6 +944,55 @@ TEST(Bidirectional, SideBySideEqualsInTurn) {
     EXPECT_LT(worst, 1e-10) << cell_name(cell);
   }
 }
+
+// An LSTM whose thread owns at most Engine::kFusedRowMaxUnits units runs each row's step in one
+// pass, wider blocks in separate passes: H = 150 on one thread (150 units) against two (80 and 70),
+// through a training step with padded rows, in double (the plain loops) and float (the vectors).
+template <class T>
+void expect_one_pass_rows_equal_separate_passes(double tolerance) {
+  constexpr int most = cells::Engine<float>::kFusedRowMaxUnits;
+  static_assert(80 <= most && most < 150, "the case must put the two threads' blocks on either side");
+  for (Cell cell : {Cell::lstm, Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = cc.t_max = 5;
+    cc.N = 12;  // BN over 8 or more valid rows a step: float's rounding not amplified by few rows
+    cc.H = 150;
+    cc.L = 1;
+    cc.lengths = {5, 2, 5, 4, 5, 3, 5, 5, 5, 5, 5, 5};
+    const size_t NH = static_cast<size_t>(cc.N) * cc.H;
+    auto x = random_vec<T>(static_cast<size_t>(cc.T) * cc.N * cc.C, 181);
+    auto dy = random_vec<T>(static_cast<size_t>(cc.T) * NH, 182);
+    auto dhT = random_vec<T>(NH, 183);
+    std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
+    std::vector<double> out[2];
+    const int threads = omp_get_max_threads();
+    for (int run = 0; run < 2; ++run) {
+      omp_set_num_threads(run == 0 ? 1 : 2);
+      Stack<T> s(cc.config());
+      randomize(s, 184);
+      std::vector<T> y(dy.size()), hT(dhT.size()), dx(x.size()), dh0(dhT.size());
+      s.forward({}, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data(), .hT = hT.data()});
+      s.backward(dy.data(), dhT.data(), nullptr, dx.data(), dh0.data(), nullptr);
+      for (const auto* v : {&y, &hT, &dx, &dh0}) out[run].insert(out[run].end(), v->begin(), v->end());
+      out[run].insert(out[run].end(), s.grads().begin(), s.grads().end());
+    }
+    omp_set_num_threads(threads);
+    ASSERT_EQ(out[0].size(), out[1].size());
+    double worst = 0;
+    for (size_t i = 0; i < out[0].size(); ++i)
+      worst = std::max(worst, std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])));
+    size_t wi = 0;
+    for (size_t i = 0; i < out[0].size(); ++i)
+      if (std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])) == worst) wi = i;
+    EXPECT_LT(worst, tolerance) << cell_name(cell) << " at " << wi << " of " << out[0].size() << ": " << out[0][wi] << " " << out[1][wi];
+  }
+}
+TEST(Cells, OnePassRowsEqualSeparatePassesDouble) { expect_one_pass_rows_equal_separate_passes<double>(1e-12); }
+// (float: the two round differently, and BN's backward over a dozen rows amplifies that to 1e-3
+// in bnlstm's dh0, whose float values are 1e-3 to 1e-2 off the double run's on either path; a wrong
+// lane or offset shows as a difference of order 1)
+TEST(Cells, OnePassRowsEqualSeparatePassesFloat) { expect_one_pass_rows_equal_separate_passes<float>(5e-3); }
 
 TEST(StackConfig, RejectsImpossibleValues) {
   StackConfig c;
