@@ -411,7 +411,7 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
         if (st.dY) __builtin_prefetch(st.dY + prev_h + j, 0, 3);
       }
     }
-    if (fused_rows(u)) {
+    if (spec.lstm() && fused_rows(u)) {
       lstm_row_gradients(run, u, s, st, n);
       continue;
     }

@@ -347,18 +347,20 @@ struct Engine {
   // (LayerCache::sparse_x). Not for bnx-seq (its statistics need every step's W x first).
   static constexpr int kSparseRowNnz = 4;
   static constexpr int kSparseMinInput = 16;
-  // An LSTM whose terms are BN_t or not normalized runs each row's step in one pass
-  // (kern::lstm_row_forward / lstm_row_backward) when a thread owns at most this many units:
-  // separate passes over so short a row stall on reloading what the pass before stored
-  // (sMNIST, 48-52 units a thread: 0.64-0.78x the time), while over long rows they stream and
-  // the one-pass kernel was slower (PTB, 500 units: 1.03-1.06x). Measured at those two widths
-  // only (docs/performance.md, "One pass per row").
+  // An LSTM or GRU whose terms are BN_t or not normalized runs each row's step in one pass
+  // (kern::lstm_row_forward / lstm_row_backward, kern::gru_row_forward) when a thread owns at
+  // most this many units: separate passes over so short a row stall on reloading what the pass
+  // before stored (sMNIST, 48-52 units a thread: lstm 0.64-0.78x the time), while over long rows
+  // they stream and the one-pass kernel was slower (PTB, 500 units: lstm 1.03-1.06x). Measured
+  // at those two widths only (docs/performance.md, "One pass per row").
   static constexpr int kFusedRowMaxUnits = 128;
   bool fused_rows(const UnitBlock& u) const {
-    return spec.lstm() && spec.h != Norm::ln && u.w <= kFusedRowMaxUnits;
+    return (spec.lstm() || spec.gru()) && spec.h != Norm::ln && u.w <= kFusedRowMaxUnits;
   }
-  // ... and then forms h with the gates when no statistics of c stand between them.
-  bool h_with_gates(const UnitBlock& u) const { return fused_rows(u) && spec.c == Norm::none; }
+  // ... and an LSTM then forms h with the gates when no statistics of c stand between them.
+  bool h_with_gates(const UnitBlock& u) const {
+    return spec.lstm() && fused_rows(u) && spec.c == Norm::none;
+  }
 
   // initialize = false: the tensors stay 0 (a twin that receives them from its engine)
   explicit Engine(const StackConfig& c, bool initialize = true);
@@ -478,6 +480,8 @@ struct Engine {
   void pointwise_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                          const StepRows& st);
   void gru_row_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                       const StepRows& st, int n);
+  void gru_row_one_pass(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                        const StepRows& st, int n);
   void cell_norm_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                        const StepRows& st);

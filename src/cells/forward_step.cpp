@@ -411,10 +411,13 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
       continue;
     }
     if (spec.gru()) {
-      gru_row_forward(run, u, s, st, n);
+      if (fused_rows(u))
+        gru_row_one_pass(run, u, s, st, n);
+      else
+        gru_row_forward(run, u, s, st, n);
       continue;
     }
-    if (fused_rows(u)) {  // the whole step in one pass
+    if (spec.lstm() && fused_rows(u)) {  // the whole step in one pass
       T* hn = h_with_gates(u) ? st.h_next + static_cast<int64_t>(n) * H : nullptr;
       kern::lstm_row_forward(kern::LstmRowForward<T>{xrow, hrow, w, s.scale_x.data(), s.scale_h.data(),
                                                      s.shift.data(), cp, g, cn, hn},
@@ -496,6 +499,21 @@ void Engine<T>::gru_row_forward(const ForwardRun& run, const UnitBlock& u, Forwa
   }
   const int64_t o = static_cast<int64_t>(n) * H + k0;
   kern::gru_gates_forward(g + k0, H, hrow, w, w, st.h_prev + o, st.h_next + o);
+  std::copy_n(st.c_prev + o, w, st.c_next + o);
+}
+
+// The same in one pass (kern::gru_row_forward) for a narrow block whose terms are BN_t or not
+// normalized (fused_rows).
+template <class T>
+void Engine<T>::gru_row_one_pass(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
+                                 const StepRows& st, int n) {
+  const int H = run.H, k0 = u.k0, w = u.w;
+  const int64_t o = static_cast<int64_t>(n) * H + k0, og = static_cast<int64_t>(n) * run.G + k0;
+  kern::gru_row_forward(
+      kern::GruRowForward<T>{st.wx + og, s.rh_step + static_cast<int64_t>(n) * s.ld_rh, w,
+                             s.scale_x.data() + k0, s.shift.data() + k0, s.scale_h.data() + k0,
+                             s.shift_h.data() + k0, st.h_prev + o, st.gates + og, st.h_next + o},
+      H, w);
   std::copy_n(st.c_prev + o, w, st.c_next + o);
 }
 

@@ -430,6 +430,63 @@ inline void gru_gates_forward(T* g, int H, const T* ht, int hs, int w, const T* 
   for (int j = 0; j < w; ++j) h[j] = n[j] + z[j] * (h_prev[j] - n[j]);
 }
 
+// The GRU step of one row's w units in one pass from the step's folded coefficients (BN_t or
+// no normalization of the terms; pointers at the row's first unit): the input terms
+// x~_q = kx_q * x_q + sx_q and the recurrent terms h~_q = kh_q * rh_q + sh_q of r, z, n
+// (block q at q*H, R h's at q*ld), then gru_gates_forward's r, z, n (into gates) and h.
+template <class T>
+struct GruRowForward {
+  const T* x = nullptr;   // [3H] W x
+  const T* rh = nullptr;  // [3][ld] R h
+  int ld = 0;
+  const T *kx = nullptr, *sx = nullptr, *kh = nullptr, *sh = nullptr;  // [3H]
+  const T* h_prev = nullptr;                                           // [w]
+  T* gates = nullptr;                                                  // [3H] r, z, n
+  T* h = nullptr;                                                      // [w]
+};
+
+template <class T>
+inline void gru_row_forward(const GruRowForward<T>& r, int H, int w) {
+  auto sig = [](T v) {
+    if constexpr (std::is_same_v<T, float>) return 0.5f + 0.5f * std::tanh(0.5f * v);
+    return sigmoid(v);
+  };
+  for (int k = 0; k < w; ++k) {
+    T xt[3], ht[3];
+    for (int q = 0; q < 3; ++q) {
+      const int j = q * H + k;
+      xt[q] = r.kx[j] * r.x[j] + r.sx[j];
+      ht[q] = r.kh[j] * r.rh[q * r.ld + k] + r.sh[j];
+    }
+    const T rg = sig(xt[0] + ht[0]), z = sig(xt[1] + ht[1]), n = std::tanh(xt[2] + rg * ht[2]);
+    r.gates[k] = rg, r.gates[H + k] = z, r.gates[2 * H + k] = n;
+    r.h[k] = n + z * (r.h_prev[k] - n);
+  }
+}
+
+#ifdef RBN_FLOAT_LANES
+inline void gru_row_forward(const GruRowForward<float>& r, int H, int w) {
+  using L = FloatLanes;
+  const L::V half = L::set1(0.5f);
+  for_lanes<L>(0, w, [&]<bool tail>(int k, L::M m) {
+    L::V xt[3], ht[3];
+    for (int q = 0; q < 3; ++q) {
+      const int j = q * H + k;
+      xt[q] = L::fmadd(L::load<tail>(r.kx + j, m), L::load<tail>(r.x + j, m), L::load<tail>(r.sx + j, m));
+      ht[q] = L::fmadd(L::load<tail>(r.kh + j, m), L::load<tail>(r.rh + q * r.ld + k, m),
+                       L::load<tail>(r.sh + j, m));
+    }
+    const L::V rg = L::fmadd(L::tanh(L::mul(L::add(xt[0], ht[0]), half)), half, half);
+    const L::V z = L::fmadd(L::tanh(L::mul(L::add(xt[1], ht[1]), half)), half, half);
+    const L::V n = L::tanh(L::fmadd(rg, ht[2], xt[2]));
+    L::store<tail>(r.gates + k, rg, m);
+    L::store<tail>(r.gates + H + k, z, m);
+    L::store<tail>(r.gates + 2 * H + k, n, m);
+    L::store<tail>(r.h + k, L::fmadd(z, L::sub(L::load<tail>(r.h_prev + k, m), n), n), m);
+  });
+}
+#endif
+
 // What the GRU backward of one row reads ([w] each, at the first unit): dL/dh_t, h_{t-1}, and
 // h~_n, the n block's recurrent term (normalized, + b_hn) that the reset gate multiplied.
 template <class T>

@@ -945,14 +945,14 @@ TEST(Bidirectional, SideBySideEqualsInTurn) {
   }
 }
 
-// An LSTM whose thread owns at most Engine::kFusedRowMaxUnits units runs each row's step in one
-// pass, wider blocks in separate passes: H = 150 on one thread (150 units) against two (80 and 70),
+// An LSTM or GRU whose thread owns at most Engine::kFusedRowMaxUnits units runs each row's step
+// in one pass, wider blocks in separate passes: H = 150 on one thread (150 units) against two (80 and 70),
 // through a training step with padded rows, in double (the plain loops) and float (the vectors).
 template <class T>
 void expect_one_pass_rows_equal_separate_passes(double tolerance) {
   constexpr int most = cells::Engine<float>::kFusedRowMaxUnits;
   static_assert(80 <= most && most < 150, "the case must put the two threads' blocks on either side");
-  for (Cell cell : {Cell::lstm, Cell::bnlstm, Cell::bnx, Cell::bnx_seq}) {
+  for (Cell cell : {Cell::lstm, Cell::bnlstm, Cell::bnx, Cell::bnx_seq, Cell::gru, Cell::bngru}) {
     CellCase cc;
     cc.cell = cell;
     cc.T = cc.t_max = 5;

@@ -363,6 +363,33 @@ TYPED_TEST(Kernels, FusedLstmRowsMatchTheSeparatePasses) {
   }
 }
 
+// The GRU's one-pass row against the coefficient loops and gru_gates_forward it replaces.
+TYPED_TEST(Kernels, FusedGruRowMatchesTheSeparatePasses) {
+  using T = TypeParam;
+  const int H = 41;
+  for (int w : {27, 16, 1, 0}) {
+    const int k0 = 3, ld = w + 2;
+    auto x = randn<T>(3 * H, 40), kx = randn<T>(3 * H, 41, 0.5, 1.0), sx = randn<T>(3 * H, 42),
+         kh = randn<T>(3 * H, 43, 0.5, 1.0), sh = randn<T>(3 * H, 44), rh = randn<T>(3 * ld, 45),
+         h_prev = randn<T>(H, 46);
+    std::vector<T> want_g(3 * H, T(7)), ht = rh, want_h(H, T(7));
+    for (int q = 0; q < 3; ++q)
+      for (int k = 0; k < w; ++k) {
+        const int j = q * H + k0 + k;
+        want_g[j] = kx[j] * x[j] + sx[j];
+        ht[q * ld + k] = kh[j] * rh[q * ld + k] + sh[j];
+      }
+    kern::gru_gates_forward(want_g.data() + k0, H, ht.data(), ld, w, h_prev.data() + k0, want_h.data() + k0);
+    std::vector<T> g(3 * H, T(7)), h(H, T(7));
+    kern::gru_row_forward(kern::GruRowForward<T>{x.data() + k0, rh.data(), ld, kx.data() + k0, sx.data() + k0,
+                                                 kh.data() + k0, sh.data() + k0, h_prev.data() + k0,
+                                                 g.data() + k0, h.data() + k0},
+                          H, w);
+    for (int j = 0; j < 3 * H; ++j) EXPECT_NEAR(g[j], want_g[j], 4 * tol<T>()) << w << " " << j;
+    for (int k = 0; k < H; ++k) EXPECT_NEAR(h[k], want_h[k], 10 * tol<T>()) << w << " " << k;
+  }
+}
+
 // The GRU's pointwise steps on a block of w units inside a row of 3H gates (the input terms in
 // the gates at stride H, the recurrent terms in a thread's [3][hs] scratch), against nn.GRU's
 // formulas; backward against central differences of the forward in double.
