@@ -298,6 +298,11 @@ void Engine<T>::output_gradient(const BackwardRun& run, const UnitBlock& u, Back
     }
     if (h_with_gates(u)) continue;  // with the gates (lstm_row_gradients)
     T* dc = s.dc_out + static_cast<int64_t>(n) * H;  // tanh(c~) first, then the gradient
+    if (spec.c == Norm::bn_step && fused_rows(u)) {
+      kern::lstm_bn_output_backward(dh, st.c_next + static_cast<int64_t>(n) * H, norm.scale,
+                                    norm.shift, k0, k1, g + 3 * H, dc);
+      continue;
+    }
     cell_output_tanh(st.c_next + static_cast<int64_t>(n) * H, k0, k1, norm,
                      lnc ? st.mean_c[n] : T(0), lnc ? st.rstd_c[n] : T(1), dc);
     kern::lstm_output_backward(dh, k0, k1, g + 3 * H, dc);

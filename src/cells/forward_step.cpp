@@ -567,6 +567,10 @@ void Engine<T>::hidden_output(const ForwardRun& run, const UnitBlock& u, Forward
     }
     if (!spec.lstm() || h_with_gates(u)) continue;  // h written with the gates
     const T* o = st.gates + static_cast<int64_t>(n) * run.G + 3 * H;
+    if (spec.c == Norm::bn_step && fused_rows(u)) {
+      kern::lstm_bn_output(st.c_next + static_cast<int64_t>(n) * H, norm.scale, norm.shift, o, k0, k1, hn);
+      continue;
+    }
     const bool lnc = spec.c == Norm::ln;
     cell_output_tanh(st.c_next + static_cast<int64_t>(n) * H, k0, k1, norm,
                      lnc ? s.ln_mean_c[n] : T(0), lnc ? s.ln_rstd_c[n] : T(1), hn);

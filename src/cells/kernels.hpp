@@ -275,6 +275,50 @@ inline void lstm_row_forward(const LstmRowForward<float>& r, int H, int k0, int 
 }
 #endif
 
+// h = o * tanh(scale * c + shift) over the units k0..k1 of a row in one pass: the LSTM's output
+// through BN of c folded into per-unit coefficients (scale, shift [H]; o the row's gate [H]).
+template <class T>
+inline void lstm_bn_output(const T* c, const T* scale, const T* shift, const T* o, int k0, int k1,
+                           T* h) {
+  for (int k = k0; k < k1; ++k) h[k] = std::tanh(scale[k] * c[k] + shift[k]) * o[k];
+}
+#ifdef RBN_FLOAT_LANES
+inline void lstm_bn_output(const float* c, const float* scale, const float* shift, const float* o,
+                           int k0, int k1, float* h) {
+  using L = FloatLanes;
+  for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
+    const L::V z = L::fmadd(L::load<tail>(scale + k, m), L::load<tail>(c + k, m), L::load<tail>(shift + k, m));
+    L::store<tail>(h + k, L::mul(L::tanh(z), L::load<tail>(o + k, m)), m);
+  });
+}
+#endif
+
+// Its backward in one pass, as cell_output_tanh then lstm_output_backward: dc_out = dL/dc~
+// through h (before c's normalization), o (the gate) becomes dL/d(o's pre-activation).
+template <class T>
+inline void lstm_bn_output_backward(const T* dh, const T* c, const T* scale, const T* shift,
+                                    int k0, int k1, T* o, T* dc_out) {
+  for (int k = k0; k < k1; ++k) {
+    const T tc = std::tanh(scale[k] * c[k] + shift[k]), ov = o[k];
+    dc_out[k] = dh[k] * ov * (T(1) - tc * tc);
+    o[k] = dh[k] * tc * ov * (T(1) - ov);
+  }
+}
+#ifdef RBN_FLOAT_LANES
+inline void lstm_bn_output_backward(const float* dh, const float* c, const float* scale,
+                                    const float* shift, int k0, int k1, float* o, float* dc_out) {
+  using L = FloatLanes;
+  const L::V one = L::set1(1.0f);
+  for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
+    const L::V tc = L::tanh(L::fmadd(L::load<tail>(scale + k, m), L::load<tail>(c + k, m),
+                                     L::load<tail>(shift + k, m)));
+    const L::V d = L::load<tail>(dh + k, m), ov = L::load<tail>(o + k, m);
+    L::store<tail>(dc_out + k, L::mul(L::mul(d, ov), L::sub(one, L::mul(tc, tc))), m);
+    L::store<tail>(o + k, L::mul(L::mul(L::mul(d, tc), ov), L::sub(one, ov)), m);
+  });
+}
+#endif
+
 // LSTM backward of h = o * tanh(c~): tanh_c holds tanh(c~) on entry and dL/dc~ on exit; o (the
 // gate) becomes dL/d(o's pre-activation).
 template <class T>

@@ -363,6 +363,31 @@ TYPED_TEST(Kernels, FusedLstmRowsMatchTheSeparatePasses) {
   }
 }
 
+// The LSTM's output through BN of c in one pass, forward and backward, against
+// cell_output_tanh's formula and lstm_output_backward.
+TYPED_TEST(Kernels, FusedBnOutputMatchesTheSeparatePasses) {
+  using T = TypeParam;
+  const int H = 41;
+  for (auto [k0, k1] : {std::pair{3, 30}, {0, 16}, {0, H}, {7, 7}}) {
+    auto c = randn<T>(H, 50), scale = randn<T>(H, 51, 0.3, 1.0), shift = randn<T>(H, 52),
+         o = randn<T>(H, 53, 0.2, 0.5), dh = randn<T>(H, 54);
+    std::vector<T> tc(H, T(7)), want_h(H, T(7)), h(H, T(7));
+    for (int k = k0; k < k1; ++k) tc[k] = scale[k] * c[k] + shift[k];
+    kern::tanh_inplace(tc.data() + k0, k1 - k0);
+    for (int k = k0; k < k1; ++k) want_h[k] = tc[k] * o[k];
+    kern::lstm_bn_output(c.data(), scale.data(), shift.data(), o.data(), k0, k1, h.data());
+    for (int k = 0; k < H; ++k) EXPECT_NEAR(h[k], want_h[k], 4 * tol<T>()) << k0 << " " << k;
+    auto want_do = o, want_dc = tc, d_o = o;
+    kern::lstm_output_backward(dh.data(), k0, k1, want_do.data(), want_dc.data());
+    std::vector<T> dc(H, T(7));
+    kern::lstm_bn_output_backward(dh.data(), c.data(), scale.data(), shift.data(), k0, k1, d_o.data(), dc.data());
+    for (int k = 0; k < H; ++k) {
+      EXPECT_NEAR(d_o[k], want_do[k], 10 * tol<T>()) << k0 << " " << k;
+      EXPECT_NEAR(dc[k], want_dc[k], 10 * tol<T>()) << k0 << " " << k;
+    }
+  }
+}
+
 // The GRU's one-pass row against the coefficient loops and gru_gates_forward it replaces.
 TYPED_TEST(Kernels, FusedGruRowMatchesTheSeparatePasses) {
   using T = TypeParam;
