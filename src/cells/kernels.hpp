@@ -39,46 +39,10 @@ inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));
 }
 
-// In-place tanh and logistic sigmoid over an array: SLEEF's vector tanh (3.5 ulp) for float, the
-// tail too (masked), so that a value's result never depends on where the threads split the columns;
-// std:: for double (the double build serves the reference checks, not speed).
-inline void tanh_inplace(double* p, int n) {
-  for (int i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
-}
-inline void sigmoid_inplace(double* p, int n) {
-  for (int i = 0; i < n; ++i) p[i] = sigmoid(p[i]);
-}
-inline void tanh_inplace(float* p, int n) {
-  int i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(p + i, Sleef_tanhf16_u35(_mm512_loadu_ps(p + i)));
-  if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(p + i, m, Sleef_tanhf16_u35(_mm512_maskz_loadu_ps(m, p + i)));
-    i = n;
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(p + i, Sleef_tanhf8_u35(_mm256_loadu_ps(p + i)));
-  if (i < n) {  // the tail masked, not scalar: std::tanh costs more than a vector call per value
-    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i),
-                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    _mm256_maskstore_ps(p + i, m, Sleef_tanhf8_u35(_mm256_maskload_ps(p + i, m)));
-    i = n;
-  }
-#endif
-  for (; i < n; ++i) p[i] = std::tanh(p[i]);
-}
-// sigmoid(x) = (1 + tanh(x/2)) / 2: one vector transcendental, no overflow for large |x|.
-inline void sigmoid_inplace(float* p, int n) {
-  for (int i = 0; i < n; ++i) p[i] *= 0.5f;
-  tanh_inplace(p, n);
-  for (int i = 0; i < n; ++i) p[i] = 0.5f + 0.5f * p[i];
-}
+// ---- float vectors: the activations and the fused row kernels -----------------------------------
 
-// ---- float vectors for the fused row kernels ---------------------------------------------------
-
-// The build's float vector (AVX-512: 16 lanes, AVX2: 8) with the few operations the fused row
-// kernels need. A row's units run in full vectors and one masked tail, so a unit's value never
+// The build's float vector (AVX-512: 16 lanes, AVX2: 8) with the few operations the activations
+// and the fused row kernels need. A row's units run in full vectors and one masked tail, so a unit's value never
 // depends on where the threads split the units, and every intermediate stays in a register
 // (separate passes over the row stall on reloading what the previous pass just stored).
 #if defined(__AVX512F__)
@@ -104,13 +68,6 @@ struct FloatLanes {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
   static V tanh(V v) { return Sleef_tanhf16_u35(v); }
-  static float sum(V v) {  // (no _mm512_reduce_add_ps: GCC 12 warns inside it)
-    alignas(64) float l[n];
-    _mm512_store_ps(l, v);
-    float s = 0;
-    for (float x : l) s += x;
-    return s;
-  }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 #define RBN_FLOAT_LANES 1
@@ -137,13 +94,6 @@ struct FloatLanes {
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V tanh(V v) { return Sleef_tanhf8_u35(v); }
-  static float sum(V v) {
-    alignas(32) float l[n];
-    _mm256_store_ps(l, v);
-    float s = 0;
-    for (float x : l) s += x;
-    return s;
-  }
 };
 #endif
 
@@ -154,6 +104,33 @@ inline void for_lanes(int k0, int k1, Body&& body) {
   int k = k0;
   for (; k + L::n <= k1; k += L::n) body.template operator()<false>(k, L::first(L::n));
   if (k < k1) body.template operator()<true>(k, L::first(k1 - k));
+}
+
+// In-place tanh and logistic sigmoid over an array: SLEEF's vector tanh (3.5 ulp) for float, the
+// tail too (masked), so that a value's result never depends on where the threads split the columns;
+// std:: for double (the double build serves the reference checks, not speed).
+inline void tanh_inplace(double* p, int n) {
+  for (int i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
+}
+inline void sigmoid_inplace(double* p, int n) {
+  for (int i = 0; i < n; ++i) p[i] = sigmoid(p[i]);
+}
+inline void tanh_inplace(float* p, int n) {
+#ifdef RBN_FLOAT_LANES
+  // the tail masked, not scalar: std::tanh costs more than a vector call per value
+  using L = FloatLanes;
+  for_lanes<L>(0, n, [&]<bool tail>(int i, L::M m) {
+    L::store<tail>(p + i, L::tanh(L::load<tail>(p + i, m)), m);
+  });
+#else
+  for (int i = 0; i < n; ++i) p[i] = std::tanh(p[i]);
+#endif
+}
+// sigmoid(x) = (1 + tanh(x/2)) / 2: one vector transcendental, no overflow for large |x|.
+inline void sigmoid_inplace(float* p, int n) {
+  for (int i = 0; i < n; ++i) p[i] *= 0.5f;
+  tanh_inplace(p, n);
+  for (int i = 0; i < n; ++i) p[i] = 0.5f + 0.5f * p[i];
 }
 
 // ---- shared formulas ------------------------------------------------------------------------
