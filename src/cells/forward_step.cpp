@@ -419,9 +419,9 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
     }
     if (spec.lstm() && fused_rows(u)) {  // the whole step in one pass
       T* hn = h_with_gates(u) ? st.h_next + static_cast<int64_t>(n) * H : nullptr;
-      kern::lstm_row_forward(kern::LstmRowForward<T>{xrow, hrow, w, s.scale_x.data(), s.scale_h.data(),
-                                                     s.shift.data(), cp, g, cn, hn},
-                             H, k0, u.k1);
+      const kern::LstmRowForward<T> r{xrow, hrow, w, s.scale_x.data(), s.scale_h.data(),
+                                      s.shift.data(), cp, g, cn, hn};
+      kern::lstm_row_forward(r, H, k0, u.k1);
       continue;
     }
     for (int q = 0; q < gates; ++q) {
@@ -568,7 +568,8 @@ void Engine<T>::hidden_output(const ForwardRun& run, const UnitBlock& u, Forward
     if (!spec.lstm() || h_with_gates(u)) continue;  // h written with the gates
     const T* o = st.gates + static_cast<int64_t>(n) * run.G + 3 * H;
     if (spec.c == Norm::bn_step && fused_rows(u)) {
-      kern::lstm_bn_output(st.c_next + static_cast<int64_t>(n) * H, norm.scale, norm.shift, o, k0, k1, hn);
+      kern::lstm_bn_output(st.c_next + static_cast<int64_t>(n) * H, norm.scale, norm.shift, o, k0,
+                           k1, hn);
       continue;
     }
     const bool lnc = spec.c == Norm::ln;

@@ -42,9 +42,9 @@ inline T sigmoid(T x) {
 // ---- float vectors: the activations and the fused row kernels -----------------------------------
 
 // The build's float vector (AVX-512: 16 lanes, AVX2: 8) with the few operations the activations
-// and the fused row kernels need. A row's units run in full vectors and one masked tail, so a unit's value never
-// depends on where the threads split the units, and every intermediate stays in a register
-// (separate passes over the row stall on reloading what the previous pass just stored).
+// and the fused row kernels need. A row's units run in full vectors and one masked tail, so a
+// unit's value never depends on where the threads split the units, and every intermediate stays
+// in a register (separate passes over the row stall on reloading what the previous pass stored).
 #if defined(__AVX512F__)
 #define RBN_FLOAT_LANES 1
 struct FloatLanes {
@@ -240,8 +240,8 @@ inline void lstm_row_forward(const LstmRowForward<float>& r, int H, int k0, int 
     for (int q = 0; q < 4; ++q) {
       const int j = q * H + k;
       const L::V p = L::mul(L::load<tail>(r.kx + j, m), L::load<tail>(r.x + j, m));
-      a[q] = L::add(L::fmadd(L::load<tail>(r.kh + j, m), L::load<tail>(r.rh + q * r.ld + k - k0, m), p),
-                    L::load<tail>(r.shift + j, m));
+      const L::V rh = L::load<tail>(r.rh + q * r.ld + k - k0, m);
+      a[q] = L::add(L::fmadd(L::load<tail>(r.kh + j, m), rh, p), L::load<tail>(r.shift + j, m));
       a[q] = q == 2 ? L::tanh(a[q]) : L::fmadd(L::tanh(L::mul(a[q], half)), half, half);
       L::store<tail>(r.gates + j, a[q], m);
     }
@@ -264,7 +264,8 @@ inline void lstm_bn_output(const float* c, const float* scale, const float* shif
                            int k0, int k1, float* h) {
   using L = FloatLanes;
   for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
-    const L::V z = L::fmadd(L::load<tail>(scale + k, m), L::load<tail>(c + k, m), L::load<tail>(shift + k, m));
+    const L::V z =
+        L::fmadd(L::load<tail>(scale + k, m), L::load<tail>(c + k, m), L::load<tail>(shift + k, m));
     L::store<tail>(h + k, L::mul(L::tanh(z), L::load<tail>(o + k, m)), m);
   });
 }
@@ -407,13 +408,15 @@ inline void lstm_row_backward(const LstmRowBackward<float>& r, int H, int k0, in
       L::store<tail>(g + j, d[q], m);
       L::store<tail>(r.sum_d + s, L::add(L::load<tail>(r.sum_d + s, m), d[q]), m);
       if (r.rh) {
-        const L::V xh = L::mul(L::sub(L::load<tail>(r.rh + q * r.ld + k - k0, m), L::load<tail>(r.mean_h + j, m)),
-                               L::load<tail>(r.rstd_h + j, m));
+        const L::V z = L::load<tail>(r.rh + q * r.ld + k - k0, m);
+        const L::V xh =
+            L::mul(L::sub(z, L::load<tail>(r.mean_h + j, m)), L::load<tail>(r.rstd_h + j, m));
         L::store<tail>(r.sum_dxh_h + s, L::fmadd(d[q], xh, L::load<tail>(r.sum_dxh_h + s, m)), m);
       }
       if (r.x) {
-        const L::V xh = L::mul(L::sub(L::load<tail>(r.x + j, m), L::load<tail>(r.mean_x + j, m)),
-                               L::load<tail>(r.rstd_x + j, m));
+        const L::V z = L::load<tail>(r.x + j, m);
+        const L::V xh =
+            L::mul(L::sub(z, L::load<tail>(r.mean_x + j, m)), L::load<tail>(r.rstd_x + j, m));
         L::store<tail>(r.sum_dxh_x + s, L::fmadd(d[q], xh, L::load<tail>(r.sum_dxh_x + s, m)), m);
       }
     }
@@ -493,7 +496,8 @@ inline void gru_row_forward(const GruRowForward<float>& r, int H, int w) {
     L::V xt[3], ht[3];
     for (int q = 0; q < 3; ++q) {
       const int j = q * H + k;
-      xt[q] = L::fmadd(L::load<tail>(r.kx + j, m), L::load<tail>(r.x + j, m), L::load<tail>(r.sx + j, m));
+      const L::V x = L::load<tail>(r.x + j, m);
+      xt[q] = L::fmadd(L::load<tail>(r.kx + j, m), x, L::load<tail>(r.sx + j, m));
       ht[q] = L::fmadd(L::load<tail>(r.kh + j, m), L::load<tail>(r.rh + q * r.ld + k, m),
                        L::load<tail>(r.sh + j, m));
     }

@@ -946,12 +946,13 @@ TEST(Bidirectional, SideBySideEqualsInTurn) {
 }
 
 // An LSTM or GRU whose thread owns at most Engine::kFusedRowMaxUnits units runs each row's step
-// in one pass, wider blocks in separate passes: H = 150 on one thread (150 units) against two (80 and 70),
-// through a training step with padded rows, in double (the plain loops) and float (the vectors).
+// in one pass, wider blocks in separate passes: H = 150 on one thread (150 units) against two
+// (80 and 70), through a training step with padded rows, in double (the plain loops) and float
+// (the vectors).
 template <class T>
 void expect_one_pass_rows_equal_separate_passes(double tolerance) {
   constexpr int most = cells::Engine<float>::kFusedRowMaxUnits;
-  static_assert(80 <= most && most < 150, "the case must put the two threads' blocks on either side");
+  static_assert(80 <= most && most < 150, "the two threads' blocks on either side of the limit");
   for (Cell cell : {Cell::lstm, Cell::bnlstm, Cell::bnx, Cell::bnx_seq, Cell::gru, Cell::bngru}) {
     CellCase cc;
     cc.cell = cell;
@@ -972,9 +973,11 @@ void expect_one_pass_rows_equal_separate_passes(double tolerance) {
       Stack<T> s(cc.config());
       randomize(s, 184);
       std::vector<T> y(dy.size()), hT(dhT.size()), dx(x.size()), dh0(dhT.size());
-      s.forward({}, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data(), .hT = hT.data()});
+      s.forward({}, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()},
+                {.y = y.data(), .hT = hT.data()});
       s.backward(dy.data(), dhT.data(), nullptr, dx.data(), dh0.data(), nullptr);
-      for (const auto* v : {&y, &hT, &dx, &dh0}) out[run].insert(out[run].end(), v->begin(), v->end());
+      for (const auto* v : {&y, &hT, &dx, &dh0})
+        out[run].insert(out[run].end(), v->begin(), v->end());
       out[run].insert(out[run].end(), s.grads().begin(), s.grads().end());
     }
     omp_set_num_threads(threads);
@@ -985,14 +988,19 @@ void expect_one_pass_rows_equal_separate_passes(double tolerance) {
     size_t wi = 0;
     for (size_t i = 0; i < out[0].size(); ++i)
       if (std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])) == worst) wi = i;
-    EXPECT_LT(worst, tolerance) << cell_name(cell) << " at " << wi << " of " << out[0].size() << ": " << out[0][wi] << " " << out[1][wi];
+    EXPECT_LT(worst, tolerance) << cell_name(cell) << " at " << wi << " of " << out[0].size()
+                                << ": " << out[0][wi] << " against " << out[1][wi];
   }
 }
-TEST(Cells, OnePassRowsEqualSeparatePassesDouble) { expect_one_pass_rows_equal_separate_passes<double>(1e-12); }
+TEST(Cells, OnePassRowsEqualSeparatePassesDouble) {
+  expect_one_pass_rows_equal_separate_passes<double>(1e-12);
+}
 // (float: the two round differently, and BN's backward over a dozen rows amplifies that to 1e-3
 // in bnlstm's dh0, whose float values are 1e-3 to 1e-2 off the double run's on either path; a wrong
 // lane or offset shows as a difference of order 1)
-TEST(Cells, OnePassRowsEqualSeparatePassesFloat) { expect_one_pass_rows_equal_separate_passes<float>(5e-3); }
+TEST(Cells, OnePassRowsEqualSeparatePassesFloat) {
+  expect_one_pass_rows_equal_separate_passes<float>(5e-3);
+}
 
 TEST(StackConfig, RejectsImpossibleValues) {
   StackConfig c;
