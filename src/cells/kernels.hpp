@@ -106,6 +106,19 @@ inline void for_lanes(int k0, int k1, Body&& body) {
   if (k < k1) body.template operator()<true>(k, L::first(k1 - k));
 }
 
+// sigmoid(v) = (1 + tanh(v/2)) / 2 in a vector (sigmoid_inplace's formula, one value at a time:
+// the row kernels' gates), and the same per value for their plain loops (double: sigmoid).
+template <class L>
+inline typename L::V sigmoid_lanes(typename L::V v) {
+  const typename L::V half = L::set1(0.5f);
+  return L::fmadd(L::tanh(L::mul(v, half)), half, half);
+}
+template <class T>
+inline T sigmoid_value(T v) {
+  if constexpr (std::is_same_v<T, float>) return 0.5f + 0.5f * std::tanh(0.5f * v);
+  return sigmoid(v);
+}
+
 // In-place tanh and logistic sigmoid over an array: SLEEF's vector tanh (3.5 ulp) for float, the
 // tail too (masked), so that a value's result never depends on where the threads split the columns;
 // std:: for double (the double build serves the reference checks, not speed).
@@ -214,17 +227,14 @@ struct LstmRowForward {
 
 template <class T>
 inline void lstm_row_forward(const LstmRowForward<T>& r, int H, int k0, int k1) {
-  auto sig = [](T v) {
-    if constexpr (std::is_same_v<T, float>) return 0.5f + 0.5f * std::tanh(0.5f * v);
-    return sigmoid(v);
-  };
   for (int k = k0; k < k1; ++k) {
     T a[4];
     for (int q = 0; q < 4; ++q) {
       const int j = q * H + k;
       a[q] = r.kx[j] * r.x[j] + r.kh[j] * r.rh[q * r.ld + k - k0] + r.shift[j];
     }
-    const T i = sig(a[0]), f = sig(a[1]), g = std::tanh(a[2]), o = sig(a[3]);
+    const T i = sigmoid_value(a[0]), f = sigmoid_value(a[1]), g = std::tanh(a[2]),
+            o = sigmoid_value(a[3]);
     r.gates[k] = i, r.gates[H + k] = f, r.gates[2 * H + k] = g, r.gates[3 * H + k] = o;
     r.c[k] = f * r.c_prev[k] + i * g;
     if (r.h) r.h[k] = o * std::tanh(r.c[k]);
@@ -234,7 +244,6 @@ inline void lstm_row_forward(const LstmRowForward<T>& r, int H, int k0, int k1) 
 #ifdef RBN_FLOAT_LANES
 inline void lstm_row_forward(const LstmRowForward<float>& r, int H, int k0, int k1) {
   using L = FloatLanes;
-  const L::V half = L::set1(0.5f);
   for_lanes<L>(k0, k1, [&]<bool tail>(int k, L::M m) {
     L::V a[4];
     for (int q = 0; q < 4; ++q) {
@@ -242,7 +251,7 @@ inline void lstm_row_forward(const LstmRowForward<float>& r, int H, int k0, int 
       const L::V p = L::mul(L::load<tail>(r.kx + j, m), L::load<tail>(r.x + j, m));
       const L::V rh = L::load<tail>(r.rh + q * r.ld + k - k0, m);
       a[q] = L::add(L::fmadd(L::load<tail>(r.kh + j, m), rh, p), L::load<tail>(r.shift + j, m));
-      a[q] = q == 2 ? L::tanh(a[q]) : L::fmadd(L::tanh(L::mul(a[q], half)), half, half);
+      a[q] = q == 2 ? L::tanh(a[q]) : sigmoid_lanes<L>(a[q]);
       L::store<tail>(r.gates + j, a[q], m);
     }
     const L::V c = L::fmadd(a[1], L::load<tail>(r.c_prev + k, m), L::mul(a[0], a[2]));
@@ -471,10 +480,6 @@ struct GruRowForward {
 
 template <class T>
 inline void gru_row_forward(const GruRowForward<T>& r, int H, int w) {
-  auto sig = [](T v) {
-    if constexpr (std::is_same_v<T, float>) return 0.5f + 0.5f * std::tanh(0.5f * v);
-    return sigmoid(v);
-  };
   for (int k = 0; k < w; ++k) {
     T xt[3], ht[3];
     for (int q = 0; q < 3; ++q) {
@@ -482,7 +487,8 @@ inline void gru_row_forward(const GruRowForward<T>& r, int H, int w) {
       xt[q] = r.kx[j] * r.x[j] + r.sx[j];
       ht[q] = r.kh[j] * r.rh[q * r.ld + k] + r.sh[j];
     }
-    const T rg = sig(xt[0] + ht[0]), z = sig(xt[1] + ht[1]), n = std::tanh(xt[2] + rg * ht[2]);
+    const T rg = sigmoid_value(xt[0] + ht[0]), z = sigmoid_value(xt[1] + ht[1]),
+            n = std::tanh(xt[2] + rg * ht[2]);
     r.gates[k] = rg, r.gates[H + k] = z, r.gates[2 * H + k] = n;
     r.h[k] = n + z * (r.h_prev[k] - n);
   }
@@ -491,7 +497,6 @@ inline void gru_row_forward(const GruRowForward<T>& r, int H, int w) {
 #ifdef RBN_FLOAT_LANES
 inline void gru_row_forward(const GruRowForward<float>& r, int H, int w) {
   using L = FloatLanes;
-  const L::V half = L::set1(0.5f);
   for_lanes<L>(0, w, [&]<bool tail>(int k, L::M m) {
     L::V xt[3], ht[3];
     for (int q = 0; q < 3; ++q) {
@@ -501,8 +506,8 @@ inline void gru_row_forward(const GruRowForward<float>& r, int H, int w) {
       ht[q] = L::fmadd(L::load<tail>(r.kh + j, m), L::load<tail>(r.rh + q * r.ld + k, m),
                        L::load<tail>(r.sh + j, m));
     }
-    const L::V rg = L::fmadd(L::tanh(L::mul(L::add(xt[0], ht[0]), half)), half, half);
-    const L::V z = L::fmadd(L::tanh(L::mul(L::add(xt[1], ht[1]), half)), half, half);
+    const L::V rg = sigmoid_lanes<L>(L::add(xt[0], ht[0]));
+    const L::V z = sigmoid_lanes<L>(L::add(xt[1], ht[1]));
     const L::V n = L::tanh(L::fmadd(rg, ht[2], xt[2]));
     L::store<tail>(r.gates + k, rg, m);
     L::store<tail>(r.gates + H + k, z, m);
