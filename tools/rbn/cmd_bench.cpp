@@ -27,6 +27,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "bench_onednn.hpp"
+#include "cells/kernels.hpp"
 #include "commands.hpp"
 #include "train/group.hpp"
 #include "train/model.hpp"
@@ -367,29 +368,21 @@ std::optional<OnednnRnn> onednn_anchor(Cell cell) {
 
 // GFLOP/s of a register-only FMA loop on `threads` threads: 12 independent accumulators per
 // thread (more than FMA latency x ports), nothing from memory, so this is the cores' peak at
-// whatever clock the (virtual) machine runs. 0 without FMA instructions.
+// whatever clock the (virtual) machine runs, in the cells' vectors (kern::FloatLanes: AVX-512 or
+// AVX2 with FMA). 0 without them.
 double fma_peak_gflops(int threads) {
-#if defined(__AVX512F__)
-  using V = __m512;
-  constexpr int lanes = 16;
-  auto madd = [](V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); };
-  auto set1 = [](float x) { return _mm512_set1_ps(x); };
-  // (stored and added, not _mm512_reduce_add_ps: GCC 12 warns inside it, a false positive)
-  auto store = [](float* f, V a) { _mm512_store_ps(f, a); };
-#elif defined(__FMA__)
-  using V = __m256;
-  constexpr int lanes = 8;
-  auto madd = [](V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); };
-  auto set1 = [](float x) { return _mm256_set1_ps(x); };
-  auto store = [](float* f, V a) { _mm256_store_ps(f, a); };
-#else
+#ifndef RBN_FLOAT_LANES
   (void)threads;
   return 0.0;
-#endif
-#if defined(__AVX512F__) || defined(__FMA__)
-  auto sum = [&](V a) {
-    alignas(64) float f[lanes];
-    store(f, a);
+#else
+  using L = kern::FloatLanes;
+  using V = L::V;
+  constexpr int lanes = L::n;
+  auto madd = [](V a, V b, V c) { return L::fmadd(a, b, c); };
+  auto set1 = [](float x) { return L::set1(x); };
+  auto sum = [](V a) {  // (stored and added, not _mm512_reduce_add_ps: GCC 12 warns inside it)
+    float f[lanes];
+    L::store<false>(f, a, L::first(lanes));
     float s = 0;
     for (float x : f) s += x;
     return s;
