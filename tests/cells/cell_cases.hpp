@@ -2,7 +2,10 @@
 // the reference check, the finite-difference gradient check, the padding and step-API checks.
 #pragma once
 
+#include <omp.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -71,6 +74,35 @@ void randomize(Stack<T>& s, uint64_t seed) {
     for (size_t i = 0; i < ti.numel; ++i)
       p[i] = static_cast<T>(var ? 0.3 + rng.uniform() : 0.5 * rng.normal());
   }
+}
+
+// What run(out) appends to out, on one thread (result[0]) and on two (result[1]); OpenMP's thread
+// count restored after.
+template <class Run>
+std::array<std::vector<double>, 2> on_one_and_two_threads(Run&& run) {
+  std::array<std::vector<double>, 2> out;
+  const int threads = omp_get_max_threads();
+  for (int k = 0; k < 2; ++k) {
+    omp_set_num_threads(k + 1);
+    run(out[k]);
+  }
+  omp_set_num_threads(threads);
+  return out;
+}
+
+// The largest |a - b| / (1 + |a|) over two runs' values, and where it is.
+struct RunDifference {
+  double worst = 0;
+  size_t at = 0;
+};
+inline RunDifference relative_difference(const std::vector<double>& a,
+                                         const std::vector<double>& b) {
+  RunDifference d;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    const double e = std::abs(a[i] - b[i]) / (1 + std::abs(a[i]));
+    if (e > d.worst) d = {e, i};
+  }
+  return d;
 }
 
 template <class T>

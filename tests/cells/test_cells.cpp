@@ -916,10 +916,7 @@ TEST(Bidirectional, SideBySideEqualsInTurn) {
     auto dy = random_vec<double>(static_cast<size_t>(cc.T) * 2 * NH, 172);
     auto dhT = random_vec<double>(2 * cc.L * NH, 173);
     std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
-    std::vector<double> out[2];
-    const int threads = omp_get_max_threads();
-    for (int run = 0; run < 2; ++run) {
-      omp_set_num_threads(run == 0 ? 1 : 2);
+    const auto out = on_one_and_two_threads([&](std::vector<double>& o) {
       Stack<double> s(cc.config());
       randomize(s, 174);
       std::vector<double> y(dy.size()), hT(dhT.size()), dx(x.size()), dh0(dhT.size());
@@ -932,16 +929,12 @@ TEST(Bidirectional, SideBySideEqualsInTurn) {
         s.backward(dy.data(), dhT.data(), nullptr, dx.data(), dh0.data(), nullptr);
         for (size_t i = 0; i < s.params().size(); ++i) s.params()[i] -= 0.01 * s.grads()[i];
       }
-      for (const auto* v : {&y, &hT, &dx, &dh0}) out[run].insert(out[run].end(), v->begin(), v->end());
-      out[run].insert(out[run].end(), s.grads().begin(), s.grads().end());
-      out[run].insert(out[run].end(), s.buffers().begin(), s.buffers().end());
-    }
-    omp_set_num_threads(threads);
+      for (const auto* v : {&y, &hT, &dx, &dh0}) o.insert(o.end(), v->begin(), v->end());
+      o.insert(o.end(), s.grads().begin(), s.grads().end());
+      o.insert(o.end(), s.buffers().begin(), s.buffers().end());
+    });
     ASSERT_EQ(out[0].size(), out[1].size());
-    double worst = 0;
-    for (size_t i = 0; i < out[0].size(); ++i)
-      worst = std::max(worst, std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])));
-    EXPECT_LT(worst, 1e-10) << cell_name(cell);
+    EXPECT_LT(relative_difference(out[0], out[1]).worst, 1e-10) << cell_name(cell);
   }
 }
 
@@ -966,30 +959,20 @@ void expect_one_pass_rows_equal_separate_passes(double tolerance) {
     auto dy = random_vec<T>(static_cast<size_t>(cc.T) * NH, 182);
     auto dhT = random_vec<T>(NH, 183);
     std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
-    std::vector<double> out[2];
-    const int threads = omp_get_max_threads();
-    for (int run = 0; run < 2; ++run) {
-      omp_set_num_threads(run == 0 ? 1 : 2);
+    const auto out = on_one_and_two_threads([&](std::vector<double>& o) {
       Stack<T> s(cc.config());
       randomize(s, 184);
       std::vector<T> y(dy.size()), hT(dhT.size()), dx(x.size()), dh0(dhT.size());
       s.forward({}, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()},
                 {.y = y.data(), .hT = hT.data()});
       s.backward(dy.data(), dhT.data(), nullptr, dx.data(), dh0.data(), nullptr);
-      for (const auto* v : {&y, &hT, &dx, &dh0})
-        out[run].insert(out[run].end(), v->begin(), v->end());
-      out[run].insert(out[run].end(), s.grads().begin(), s.grads().end());
-    }
-    omp_set_num_threads(threads);
+      for (const auto* v : {&y, &hT, &dx, &dh0}) o.insert(o.end(), v->begin(), v->end());
+      o.insert(o.end(), s.grads().begin(), s.grads().end());
+    });
     ASSERT_EQ(out[0].size(), out[1].size());
-    double worst = 0;
-    for (size_t i = 0; i < out[0].size(); ++i)
-      worst = std::max(worst, std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])));
-    size_t wi = 0;
-    for (size_t i = 0; i < out[0].size(); ++i)
-      if (std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])) == worst) wi = i;
-    EXPECT_LT(worst, tolerance) << cell_name(cell) << " at " << wi << " of " << out[0].size()
-                                << ": " << out[0][wi] << " against " << out[1][wi];
+    const RunDifference d = relative_difference(out[0], out[1]);
+    EXPECT_LT(d.worst, tolerance) << cell_name(cell) << " at " << d.at << " of " << out[0].size()
+                                  << ": " << out[0][d.at] << " against " << out[1][d.at];
   }
 }
 TEST(Cells, OnePassRowsEqualSeparatePassesDouble) {

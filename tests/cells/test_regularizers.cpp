@@ -560,10 +560,7 @@ TEST(Regularizers, BidirectionalSideBySideEqualsInTurn) {
     auto dy = random_vec<double>(static_cast<size_t>(cc.T) * 2 * NH, 182);
     auto dhT = random_vec<double>(2 * cc.L * NH, 183), dcT = random_vec<double>(2 * cc.L * NH, 184);
     std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
-    std::vector<double> out[2];
-    const int threads = omp_get_max_threads();
-    for (int run = 0; run < 2; ++run) {
-      omp_set_num_threads(run == 0 ? 1 : 2);
+    const auto out = on_one_and_two_threads([&](std::vector<double>& o) {
       Stack<double> s(reg_config(cc, 0.3, 0.25, 0.35));
       randomize(s, 185);
       std::vector<double> y(dy.size()), hT(dhT.size()), cT(dhT.size()), dx(x.size()),
@@ -586,16 +583,12 @@ TEST(Regularizers, BidirectionalSideBySideEqualsInTurn) {
       s.popstats_feed(cc.T, cc.N, x.data(), l32.data());
       s.popstats_finish();
       for (const auto* v : {&y, &hT, &cT, &dx, &dh0, &dc0, &yi})
-        out[run].insert(out[run].end(), v->begin(), v->end());
-      out[run].insert(out[run].end(), s.grads().begin(), s.grads().end());
-      out[run].insert(out[run].end(), s.buffers().begin(), s.buffers().end());
-    }
-    omp_set_num_threads(threads);
+        o.insert(o.end(), v->begin(), v->end());
+      o.insert(o.end(), s.grads().begin(), s.grads().end());
+      o.insert(o.end(), s.buffers().begin(), s.buffers().end());
+    });
     ASSERT_EQ(out[0].size(), out[1].size());
-    double worst = 0;
-    for (size_t i = 0; i < out[0].size(); ++i)
-      worst = std::max(worst, std::abs(out[0][i] - out[1][i]) / (1 + std::abs(out[0][i])));
-    EXPECT_LT(worst, 1e-10) << cell_name(cell);
+    EXPECT_LT(relative_difference(out[0], out[1]).worst, 1e-10) << cell_name(cell);
   }
 }
 
