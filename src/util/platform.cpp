@@ -6,6 +6,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
+
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
+
+#include "util/error.hpp"
 
 namespace rbn {
 
@@ -44,6 +51,32 @@ void set_threads(int n) {
 }
 
 int num_threads() { return omp_get_max_threads(); }
+
+namespace {
+#if defined(__x86_64__)
+constexpr unsigned kFtzDaz = 0x8040;  // MXCSR: flush to zero (bit 15), denormals are zero (bit 6)
+#endif
+}  // namespace
+
+bool flush_denormals_unless_kept() {
+  const char* v = std::getenv("RBN_DENORMALS");
+  const std::string_view mode = v ? v : "";
+  if (mode == "keep") return denormals_flushed();
+  if (!mode.empty() && mode != "flush")
+    throw UsageError("RBN_DENORMALS=" + std::string(mode) + ": expected flush (the default) or keep");
+#if defined(__x86_64__)
+  _mm_setcsr(_mm_getcsr() | kFtzDaz);
+#endif
+  return denormals_flushed();
+}
+
+bool denormals_flushed() {
+#if defined(__x86_64__)
+  return (_mm_getcsr() & kFtzDaz) == kFtzDaz;
+#else
+  return false;
+#endif
+}
 
 std::string blas_description() {
   const char* core = openblas_get_corename();

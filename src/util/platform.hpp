@@ -1,4 +1,4 @@
-// Process set-up shared by every executable: the OpenBLAS kernel and the thread count.
+// Process set-up shared by every executable: the OpenBLAS kernel, the thread count, subnormals.
 #pragma once
 
 #include <string>
@@ -16,6 +16,19 @@ void select_blas_kernel(char** argv);
 // OpenMP and OpenBLAS threads (one pool: the OpenMP build of OpenBLAS). n <= 0 keeps the default.
 void set_threads(int n);
 int num_threads();
+
+// Subnormal floats and doubles (below 1.2e-38 and 2.2e-308 in magnitude) read and written as
+// zero (MXCSR's DAZ and FTZ bits), as TensorFlow runs on CPUs: on Intel cores every operation on
+// a subnormal takes a microcode assist of about a hundred cycles, and gradients that vanish
+// through hundreds of steps pass through that range (a sequential-MNIST GRU training step ran
+// 4.7x slower without this; docs/performance.md). Sets the calling thread; threads it creates
+// afterwards inherit it (the OpenMP and OpenBLAS pools start at their first use), so the rbn tool
+// calls it first thing. RBN_DENORMALS=keep leaves the processor's default (IEEE subnormals);
+// another value throws UsageError naming the variable. Returns whether they are now flushed.
+// (Library users choose for their own process: rbn.torch leaves it to torch.set_flush_denormal.)
+bool flush_denormals_unless_kept();
+// Whether the calling thread flushes subnormals (both bits set); false off x86-64.
+bool denormals_flushed();
 
 // "SkylakeX (OpenBLAS 0.3.21 ...)": for logs and benchmark reports.
 std::string blas_description();

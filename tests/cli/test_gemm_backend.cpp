@@ -139,3 +139,19 @@ TEST(GemmBackend, UnknownNamesRefused) {
 }
 
 }  // namespace
+
+// RBN_DENORMALS (util/platform.hpp: the tool flushes subnormals unless told to keep them): an
+// unknown value is refused in one line naming the variable, before anything is written.
+TEST(GemmBackend, UnknownDenormalModeIsRefused) {
+  const fs::path out = tmp("denormals");
+  fs::remove_all(out.parent_path());
+  const Outcome o = run("RBN_DENORMALS=fast", train(out, 5));
+  EXPECT_EQ(o.code, 2) << o.err;
+  EXPECT_EQ(o.err, "rbn: error: RBN_DENORMALS=fast: expected flush (the default) or keep\n");
+  EXPECT_FALSE(fs::exists(out));
+  for (const char* mode : {"RBN_DENORMALS=keep", "RBN_DENORMALS=flush"}) {
+    const Outcome ok = run(mode, train(out, 5) + " --overwrite");
+    EXPECT_EQ(ok.code, 0) << mode << ": " << ok.err;
+  }
+  fs::remove_all(out.parent_path());
+}

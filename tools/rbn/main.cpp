@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   rbn::select_blas_kernel(argv);
   std::optional<GroupGuard> group;
   try {
+    rbn::flush_denormals_unless_kept();  // before any thread starts: the pools inherit it
     group.emplace(argc, argv);
     (void)rbn::blas::backend();  // an unknown RBN_GEMM is refused here, before any work
   } catch (const rbn::Error& e) {
