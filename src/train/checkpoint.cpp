@@ -13,6 +13,7 @@
 #include "train/task.hpp"
 #include "util/blas.hpp"
 #include "util/error.hpp"
+#include "util/platform.hpp"
 
 namespace rbn {
 
@@ -142,6 +143,7 @@ void save_checkpoint(const std::string& path, Model& model, const TrainConfig& c
   st.metadata["config"] = cfg.to_json().dump();
   st.metadata["gemm_backend"] = blas::backend_name(blas::backend());  // what the run's floats used
   st.metadata["precision"] = blas::precision_name(blas::precision());  // the products' inputs
+  st.metadata["denormals"] = denormal_mode();  // subnormals flushed or kept (--resume keeps it)
   if (opt) {
     for (const auto& slot : opt->state_tensors())
       st.add_f32(Optimizer::tensor_name(slot.slot, slot.param), {static_cast<int64_t>(slot.numel)}, slot.data);
@@ -296,6 +298,21 @@ void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
   for (const auto& [k, v] : model_metadata(*ck.model)) st.metadata[k] = v;
   add_state_metadata(st.metadata, s);
   write_safetensors(path, st);
+}
+
+void check_resumed_denormal_mode(const std::string& path) {
+  const SafeTensors st = read_safetensors(path);
+  const auto it = st.metadata.find("denormals");
+  if (it == st.metadata.end()) return;  // written before the mode was recorded
+  const std::string now = denormal_mode();
+  if (it->second == now) return;
+  const bool flushed = it->second == "flush";
+  if (!flushed && it->second != "keep")
+    throw DataError(path + ": metadata 'denormals' = '" + it->second + "': expected flush or keep");
+  throw UsageError(std::string("RBN_DENORMALS=") + (flushed ? "keep" : "flush (the default)") +
+                   ": the run was trained with subnormals " + (flushed ? "flushed to zero" : "kept") +
+                   " (" + path + "), and --resume keeps that so that the run stays bit-reproducible (" +
+                   (flushed ? "unset RBN_DENORMALS" : "set RBN_DENORMALS=keep") + ")");
 }
 
 void use_recorded_gemm_backend(const LoadedCheckpoint& ck, const std::string& path) {

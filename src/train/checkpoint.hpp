@@ -63,6 +63,12 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path);
 // a value that names no backend of this build is a DataError naming `path`.
 void use_recorded_gemm_backend(const LoadedCheckpoint& ck, const std::string& path);
 
+// --resume: the process must treat subnormals as the run did (the checkpoint's `denormals`
+// metadata, flush or keep), else a resumed run would part from the uninterrupted one wherever a
+// value falls below the normal range. A mismatch is a UsageError saying which RBN_DENORMALS to
+// use; a file without the key (written before it was recorded) is not checked.
+void check_resumed_denormal_mode(const std::string& path);
+
 // Rewrite a loaded checkpoint's model (e.g. after a statistics pass), keeping its metadata.
 void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
                            const CheckpointState& st);

@@ -140,6 +140,18 @@ void claim_output_dir(const std::string& out, bool overwrite) {
 
 TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_source, int64_t& checkpoint_step);
 
+// Every rank must treat subnormals alike (each process reads its own RBN_DENORMALS): ranks that
+// differ would compute the same sums differently, and the checkpoint records one mode.
+void check_same_denormal_mode(Group& group) {
+  if (!group.distributed()) return;
+  double flushing = denormals_flushed() ? 1 : 0;
+  group.sum(&flushing, 1);
+  if (flushing != 0 && flushing != group.size())
+    throw UsageError(fmt::format("RBN_DENORMALS: {} of the {} ranks flush subnormals and the others keep "
+                                 "them; give every rank the same value (mpirun -x RBN_DENORMALS)",
+                                 static_cast<int>(flushing), group.size()));
+}
+
 }  // namespace
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
@@ -170,6 +182,7 @@ TrainSummary run_training(const TrainRequest& req) {
                                    "--resume keeps it so that the run stays bit-reproducible (unset RBN_GEMM)",
                                    env_gemm, cfg.out, cfg.gemm));
     gemm_source = "the resumed run's";
+    check_resumed_denormal_mode(last_path);
     const int64_t reached = read_checkpoint_state(last_path).step;
     if (cfg.steps <= reached)
       throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
@@ -240,6 +253,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
       check_rows_for_batch_stats(cell, pop_rows, fmt::format("--popstats-batch-size {}", pop_rows));
   }
   set_threads(cfg.threads);
+  check_same_denormal_mode(group);
   if (root) {
     std::error_code ec;
     fs::create_directories(cfg.out, ec);

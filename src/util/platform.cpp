@@ -78,6 +78,8 @@ bool denormals_flushed() {
 #endif
 }
 
+const char* denormal_mode() { return denormals_flushed() ? "flush" : "keep"; }
+
 std::string blas_description() {
   const char* core = openblas_get_corename();
   const char* cfg = openblas_get_config();

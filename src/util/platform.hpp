@@ -26,9 +26,12 @@ int num_threads();
 // calls it first thing. RBN_DENORMALS=keep leaves the processor's default (IEEE subnormals);
 // another value throws UsageError naming the variable. Returns whether they are now flushed.
 // (Library users choose for their own process: rbn.torch leaves it to torch.set_flush_denormal.)
+// Off x86-64 it changes nothing and returns false: the processor's default stays.
 bool flush_denormals_unless_kept();
 // Whether the calling thread flushes subnormals (both bits set); false off x86-64.
 bool denormals_flushed();
+// "flush" or "keep": the calling thread's mode as RBN_DENORMALS names it (checkpoints record it).
+const char* denormal_mode();
 
 // "SkylakeX (OpenBLAS 0.3.21 ...)": for logs and benchmark reports.
 std::string blas_description();

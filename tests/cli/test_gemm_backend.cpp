@@ -155,3 +155,44 @@ TEST(GemmBackend, UnknownDenormalModeIsRefused) {
   }
   fs::remove_all(out.parent_path());
 }
+
+// The subnormal mode is recorded in each checkpoint (`denormals`) and --resume keeps it: a
+// resumed run must treat values below the normal range as the run did, else it parts from the
+// uninterrupted run there. A mismatch is refused in one line saying what to set; nothing is written.
+TEST(GemmBackend, DenormalModeRecordedAndKeptOnResume) {
+  const fs::path kept = tmp("kept"), flushed = tmp("flushed");
+  fs::remove_all(kept.parent_path());
+  const auto denormals = [](const fs::path& out) {
+    return rbn::read_safetensors((out / "last.safetensors").string()).metadata.at("denormals");
+  };
+  Outcome o = run("RBN_DENORMALS=keep", train(kept, 5));
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(denormals(kept), "keep");
+  const auto kept_bytes = model_bytes(kept / "last.safetensors");
+#if defined(__x86_64__)
+  o = run("", train(kept, 10) + " --resume");
+  EXPECT_EQ(o.code, 2) << o.err;
+  EXPECT_NE(o.err.find("rbn: error: RBN_DENORMALS=flush (the default): the run was trained with subnormals kept (" +
+                       (kept / "last.safetensors").string() +
+                       "), and --resume keeps that so that the run stays bit-reproducible (set RBN_DENORMALS=keep)\n"),
+            std::string::npos) << o.err;
+  EXPECT_EQ(model_bytes(kept / "last.safetensors"), kept_bytes);  // the run is untouched
+
+  o = run("", train(flushed, 5));
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(denormals(flushed), "flush");
+  o = run("RBN_DENORMALS=keep", train(flushed, 10) + " --resume");
+  EXPECT_EQ(o.code, 2) << o.err;
+  EXPECT_NE(o.err.find("RBN_DENORMALS=keep: the run was trained with subnormals flushed to zero"),
+            std::string::npos) << o.err;
+  EXPECT_NE(o.err.find("(unset RBN_DENORMALS)"), std::string::npos) << o.err;
+  o = run("", train(flushed, 10) + " --resume");
+  EXPECT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(denormals(flushed), "flush");
+#endif
+  o = run("RBN_DENORMALS=keep", train(kept, 10) + " --resume");
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(denormals(kept), "keep");
+  EXPECT_NE(model_bytes(kept / "last.safetensors"), kept_bytes);  // trained on to step 10
+  fs::remove_all(kept.parent_path());
+}

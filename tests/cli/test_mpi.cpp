@@ -262,4 +262,29 @@ TEST(MpiUnsynchronized, OneRowPerRankIsRefused) {
   fs::remove_all(base);
 }
 
+// Each process reads its own RBN_DENORMALS: ranks that flush subnormals and ranks that keep them
+// would sum the same rows differently, so such a group is refused before training.
+TEST(MpiDenormals, RanksThatTreatSubnormalsDifferentlyAreRefused) {
+  if (!kHaveMpi) GTEST_SKIP() << "built without MPI";
+#if !defined(__x86_64__)
+  GTEST_SKIP() << "subnormals are flushed only on x86-64";
+#endif
+  const fs::path base = fs::temp_directory_path() / ("rbn-mpi-denormals-" + std::to_string(getpid()));
+  fs::remove_all(base);
+  fs::create_directories(base);
+  const std::string cmd = train_command("lstm", base / "run", "");
+  // one rank keeps subnormals, the other flushes them (MPMD: one command per rank)
+  std::string mpmd = mpirun(1) + "env RBN_DENORMALS=keep " + cmd + " : -np 1 " + cmd;
+  EXPECT_NE(run(mpmd, base / "log"), 0);
+  std::ifstream in(base / "log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(log.find("RBN_DENORMALS: 1 of the 2 ranks flush subnormals and the others keep them"),
+            std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(base / "run" / "metrics.jsonl"));
+  // the same mode on both ranks trains
+  EXPECT_EQ(run(mpirun(2) + "env RBN_DENORMALS=keep " + cmd + " --overwrite", base / "log2"), 0);
+  EXPECT_TRUE(fs::exists(base / "run" / "last.safetensors"));
+  fs::remove_all(base);
+}
+
 }  // namespace
