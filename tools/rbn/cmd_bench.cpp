@@ -1,7 +1,7 @@
 // rbn bench: one full training step (forward, backward, clipping, Adam) and one inference forward
 // per cell on the paper's shapes, on each GEMM backend, median of several runs after warm-up,
 // beside PyTorch (bench/torch_baseline.py) and oneDNN's own LSTM primitive measured in the same
-// run, with the matrix products' GFLOP/s against that backend's sgemm rate on the same shapes, and
+// run (against rbn's layer alone, LayerCase: the same work), with the matrix products' GFLOP/s against that backend's sgemm rate on the same shapes, and
 // memory. `--sgemm`: the backends' sgemm rates on the steps' main shapes and the FMA peak.
 // `--stream`: the latency of one step of streaming inference (the step API, one step per call)
 // at batch 1 and 8, median and 99th percentile, beside nn.LSTM stepping the same way.
@@ -166,7 +166,48 @@ struct RbnResult {
 
 struct StepBench {
   std::vector<RbnResult> rbn;                  // every backend x every cell (backend-major)
+  std::vector<RbnResult> layer;                // the same, the layer alone (LayerCase); empty without anchors
   std::map<OnednnRnn, RbnResult> anchors;      // oneDNN's own RNN of each kind asked for
+};
+
+// rbn's layer alone, timed as oneDNN's primitive is (bench_onednn.hpp), so that "x dnnl" compares
+// the same work: one layer of the cell on the same dense input [T,N,C] (no embedding: the
+// language-model shapes' W x is a product here, as it is for oneDNN), a training-mode forward and
+// the backward from a given dy with dx, dW, dR and the biases; no head, loss, clipping or optimizer.
+class LayerCase {
+ public:
+  LayerCase(const Shape& s, Cell cell, blas::Backend be) : s_(s), backend_(be) {
+    StackConfig c;
+    c.cell = cell;
+    c.input_size = s.C;
+    c.hidden_size = s.H;
+    c.t_max = s.T;
+    stack_ = std::make_unique<Stack<float>>(c);
+    const size_t TN = size_t(s.T) * s.N;
+    x_.resize(TN * s.C), dx_.resize(TN * s.C), y_.resize(TN * s.H), dy_.resize(TN * s.H);
+    // oneDNN's case fills its input and dy the same way (bench_onednn.cpp)
+    for (size_t i = 0; i < x_.size(); ++i) x_[i] = std::sin(0.7f * static_cast<float>(i % 1013));
+    for (size_t i = 0; i < dy_.size(); ++i) dy_[i] = 0.01f * std::sin(0.7f * static_cast<float>(i % 1013));
+  }
+  void train_step() {
+    blas::set_backend(backend_);
+    stack_->zero_grad();
+    stack_->forward(ForwardOptions{}, s_.T, s_.N, {.x = x_.data()}, {.y = y_.data()});
+    stack_->backward(dy_.data(), nullptr, nullptr, dx_.data(), nullptr, nullptr);
+  }
+  void infer_step() {
+    blas::set_backend(backend_);
+    ForwardOptions fo;
+    fo.mode = Mode::infer;
+    fo.need_backward = false;
+    stack_->forward(fo, s_.T, s_.N, {.x = x_.data()}, {.y = y_.data()});
+  }
+
+ private:
+  Shape s_;
+  blas::Backend backend_;
+  std::unique_ptr<Stack<float>> stack_;
+  std::vector<float> x_, dx_, y_, dy_;
 };
 
 // One model per cell and backend, and oneDNN's RNN primitive of each kind in `anchor_kinds`, all
@@ -230,17 +271,26 @@ StepBench bench_steps(const Shape& s, const std::vector<Cell>& cells,
     c.model->logits(fo, s.T, s.N, s.lm ? nullptr : x.data(), s.lm ? ids.data() : nullptr, nullptr,
                     nullptr, nullptr, logits.data(), nullptr, nullptr);
   };
-  // What one round runs: every rbn case and every oneDNN primitive at every thread count (the
-  // primitives are made at their count).
+  // Against oneDNN's layer: each case's layer alone as well.
+  std::vector<LayerCase> layers;
+  if (!anchor_kinds.empty())
+    for (size_t i = 0; i < cases.size(); ++i)
+      layers.emplace_back(s, cells[i % cells.size()], backends[i / cells.size()]);
+  // What one round runs: every rbn case (and its layer alone) and every oneDNN primitive at every
+  // thread count (the primitives are made at their count).
   struct Unit {
     int threads;
-    size_t rbn_case;                    // cases[rbn_case], or
+    size_t rbn_case;                    // cases[rbn_case] (layers[rbn_case] if `layer`), or
     std::optional<OnednnRnn> kind;      // oneDNN's primitive of this kind
     std::unique_ptr<OnednnRnnCase> dnnl;
+    bool layer = false;
   };
   std::vector<Unit> units;
   for (int th : thread_counts)
-    for (size_t k = 0; k < cases.size(); ++k) units.push_back({th, k, std::nullopt, nullptr});
+    for (size_t k = 0; k < cases.size(); ++k) {
+      units.push_back({th, k, std::nullopt, nullptr});
+      if (!layers.empty()) units.push_back({th, k, std::nullopt, nullptr, true});
+    }
   for (OnednnRnn kind : anchor_kinds)
     try {
       for (int th : thread_counts) {
@@ -261,6 +311,8 @@ StepBench bench_steps(const Shape& s, const std::vector<Cell>& cells,
       const double t0 = now_ms();
       if (u.dnnl)
         train ? u.dnnl->train_step() : u.dnnl->infer_step();
+      else if (u.layer)
+        train ? layers[u.rbn_case].train_step() : layers[u.rbn_case].infer_step();
       else
         train ? train_step(cases[u.rbn_case]) : infer_step(cases[u.rbn_case]);
       return now_ms() - t0;
@@ -280,8 +332,11 @@ StepBench bench_steps(const Shape& s, const std::vector<Cell>& cells,
   const auto in = time_all(false);
   StepBench out;
   out.rbn.resize(cases.size());
+  out.layer.resize(layers.size());
   for (size_t j = 0; j < units.size(); ++j) {
-    RbnResult& r = units[j].kind ? out.anchors[*units[j].kind] : out.rbn[units[j].rbn_case];
+    RbnResult& r = units[j].kind    ? out.anchors[*units[j].kind]
+                   : units[j].layer ? out.layer[units[j].rbn_case]
+                                    : out.rbn[units[j].rbn_case];
     r.train.take(tr[j], units[j].threads);
     r.infer.take(in[j], units[j].threads);
   }
@@ -557,8 +612,8 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
               f.repeats, f.warmup, f.threads.c_str());
   for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
   std::printf("  rbn's float products: %s inputs\n", blas::precision_name(blas::precision()));
-  std::printf("\n%-7s %-7s %-8s %-5s %9s %3s %9s %3s %6s %9s %3s %6s %6s %8s %8s %6s %8s %8s\n", "shape", "cell",
-              "gemm", "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "dnnl ms", "thr", "x dnnl",
+  std::printf("\n%-7s %-7s %-8s %-5s %9s %3s %9s %3s %6s %9s %9s %3s %6s %6s %8s %8s %6s %8s %8s\n", "shape", "cell",
+              "gemm", "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "layer ms", "dnnl ms", "thr", "x dnnl",
               "x base", "GFLOP/s", "sgemm", "%sgemm", "bwd-read", "alloc");
   // (PyTorch module, mode): PyTorch once per shape; the three GRU rows share nn.GRU's
   std::map<std::string, nlohmann::json> torch_cache;
@@ -609,9 +664,9 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
         const auto kind = onednn_anchor(cell);
         const RbnResult* anchor = kind && bench.anchors.count(*kind) ? &bench.anchors.at(*kind) : nullptr;
         // key(mode) names the ratio in the JSON row; its quartiles and the ratio of the medians beside
-        auto record = [&](PairedRatio* out, const RbnResult& other, auto&& key) {
+        auto record = [&](PairedRatio* out, const RbnResult& self, const RbnResult& other, auto&& key) {
           for (int m = 0; m < 2; ++m) {
-            const Best& a = m == 0 ? r.train : r.infer;
+            const Best& a = m == 0 ? self.train : self.infer;
             const Best& b = m == 0 ? other.train : other.infer;
             out[m] = paired_ratio(a.rounds, b.rounds);
             const std::string k = key(m == 0 ? "train" : "infer");
@@ -620,10 +675,19 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
             row[k + "_of_medians"] = a.ms / b.ms;
           }
         };
-        if (base) record(vs_base, *base, [&](const char* mode) { return mode + vs; });
+        if (base) record(vs_base, r, *base, [&](const char* mode) { return mode + vs; });
+        // against oneDNN's layer: rbn's layer alone (the same work); the whole step's ratio beside
+        const RbnResult* layer = anchor ? &bench.layer[bi * p.cells.size() + ci] : nullptr;
         if (anchor) {
           row["onednn_rnn"] = onednn_rnn_name(*kind);
-          record(vs_dnnl, *anchor, [](const char* mode) { return std::string("vs_onednn_") + mode; });
+          for (const char* mode : {"train", "infer"}) {
+            const Best& b = std::string(mode) == "train" ? layer->train : layer->infer;
+            row[std::string("rbn_layer_") + mode + "_ms"] = b.ms;
+            row[std::string("rbn_layer_") + mode + "_threads"] = b.threads;
+          }
+          record(vs_dnnl, *layer, *anchor, [](const char* mode) { return std::string("vs_onednn_") + mode; });
+          PairedRatio whole[2];
+          record(whole, r, *anchor, [](const char* mode) { return std::string("step_vs_onednn_") + mode; });
         }
         for (const char* mode : {"train", "infer"}) {
           const bool tr = std::string(mode) == "train";
@@ -653,11 +717,12 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
           }
           const double gf = (tr ? fl.train : fl.infer) / (ms * 1e-3) / 1e9;
           const double x_base = vs_base[tr ? 0 : 1].median;
-          std::printf("%-7s %-7s %-8s %-5s %9.1f %3d %9s %3s %6s %9s %3s %6s %6s %8.1f %8.1f %5.0f%% %7.1fM %7.1fM\n",
+          const double lms = layer ? (tr ? layer->train.ms : layer->infer.ms) : 0;
+          std::printf("%-7s %-7s %-8s %-5s %9.1f %3d %9s %3s %6s %9s %9s %3s %6s %6s %8.1f %8.1f %5.0f%% %7.1fM %7.1fM\n",
                       s.name.c_str(), cell_name(cell), blas::backend_name(be), mode, ms,
                       tr ? r.train.threads : r.infer.threads, fmt_or_dash(tms, "{:.1f}").c_str(),
                       tth > 0 ? std::to_string(tth).c_str() : "-", fmt_or_dash(tms > 0 ? ms / tms : 0, "{:.3f}").c_str(),
-                      fmt_or_dash(dms, "{:.1f}").c_str(), dth > 0 ? std::to_string(dth).c_str() : "-",
+                      fmt_or_dash(lms, "{:.1f}").c_str(), fmt_or_dash(dms, "{:.1f}").c_str(), dth > 0 ? std::to_string(dth).c_str() : "-",
                       fmt_or_dash(dms > 0 ? vs_dnnl[tr ? 0 : 1].median : 0, "{:.3f}").c_str(),
                       fmt_or_dash(x_base, "{:.2f}").c_str(), gf, sg,
                       100.0 * gf / sg, tr ? r.backward_reads_mb : row["infer_state_mb_T"].get<double>(),
@@ -668,9 +733,12 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
       }
     }
   }
-  std::printf("\nratio = rbn / PyTorch (the GRUs against torch.nn.GRU), x dnnl = rbn / oneDNN's own RNN primitive "
-              "(one layer: forward_training, weights reordered for the backward, backward; no head, no optimizer; "
-              "lbr_gru for the GRUs), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
+  std::printf("\nrbn ms = rbn's whole step (train: forward, backward, clipping, Adam; the head and the embedding "
+              "included); ratio = rbn / PyTorch's same step (the GRUs against torch.nn.GRU); layer ms = rbn's layer "
+              "alone, the work oneDNN's column does (one layer on the same dense input [T,N,C]; train: forward, "
+              "backward from a given dy with dx; no embedding, head or optimizer); x dnnl = layer / oneDNN's own "
+              "RNN primitive (forward_training, weights reordered for the backward, backward; lbr_gru for the "
+              "GRUs; the whole step's ratio is step_vs_onednn_* in --json), x base = rbn / rbn's lstm (rbn's gru for the GRUs) on the same gemm (lower is "
               "faster); both each at its best thread count, the median over rounds of the ratio of the two "
               "samples of the same round (quartiles in --json): rbn's cells and backends and oneDNN's RNN, at "
               "every thread count, are timed in interleaved rounds. GFLOP/s = the step's matrix-product FLOPs "
