@@ -1,8 +1,8 @@
 // rbn bench: one full training step (forward, backward, clipping, Adam) and one inference forward
 // per cell on the paper's shapes, on each GEMM backend, median of several runs after warm-up,
 // beside PyTorch (bench/torch_baseline.py) and oneDNN's own LSTM primitive measured in the same
-// run (against rbn's layer alone, LayerCase: the same work), with the matrix products' GFLOP/s against that backend's sgemm rate on the same shapes, and
-// memory. `--sgemm`: the backends' sgemm rates on the steps' main shapes and the FMA peak.
+// run (against rbn's layer alone, LayerCase: the same work), with the matrix products' GFLOP/s
+// against that backend's sgemm rate on the same shapes, and memory. `--sgemm`: the backends' sgemm rates on the steps' main shapes and the FMA peak.
 // `--stream`: the latency of one step of streaming inference (the step API, one step per call)
 // at batch 1 and 8, median and 99th percentile, beside nn.LSTM stepping the same way.
 // `--precision bf16`: rbn's products with bf16 inputs (refused on a CPU without bf16).
