@@ -1,7 +1,7 @@
 // `rbn bench --json`: every cell's `x base` and `x dnnl` are medians of same-round ratios against
 // its family's base cell and oneDNN's RNN (lbr_gru for the GRUs; rbn's layer alone against it),
-// with their quartiles beside them and the ratio of the medians; each row's thread counts are among --threads. (The timings
-// themselves are not checked: machines are noisy.)
+// with their quartiles beside them and the ratio of the medians; each row's thread counts are
+// among --threads. (The timings themselves are not checked: machines are noisy.)
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,11 +39,12 @@ TEST(BenchCli, PairedRatioAgainstBaseCell) {
       const int dth = row[std::string("onednn_") + mode + "_threads"];
       EXPECT_TRUE(dth == 1 || dth == 2);
       // x dnnl is rbn's layer alone against oneDNN's; the whole step's ratio beside it
-      EXPECT_GT(row[std::string("rbn_layer_") + mode + "_ms"].get<double>(), 0);
+      const double layer_ms = row[std::string("rbn_layer_") + mode + "_ms"];
+      EXPECT_GT(layer_ms, 0);
       const int lth = row[std::string("rbn_layer_") + mode + "_threads"];
       EXPECT_TRUE(lth == 1 || lth == 2);
-      EXPECT_DOUBLE_EQ(row[dkey + "_of_medians"].get<double>(), row[std::string("rbn_layer_") + mode + "_ms"].get<double>() /
-                                       row[std::string("onednn_") + mode + "_ms"].get<double>());
+      EXPECT_DOUBLE_EQ(row[dkey + "_of_medians"].get<double>(),
+                       layer_ms / row[std::string("onednn_") + mode + "_ms"].get<double>());
       ASSERT_TRUE(row.contains(std::string("step_vs_onednn_") + mode)) << row.dump();
       EXPECT_GT(row[std::string("step_vs_onednn_") + mode].get<double>(), 0);
       const std::string key = std::string(mode) + "_vs_rbn_gru";

@@ -274,13 +274,14 @@ TEST(MpiDenormals, RanksThatTreatSubnormalsDifferentlyAreRefused) {
   fs::create_directories(base);
   const std::string cmd = train_command("lstm", base / "run", "");
   // one rank keeps subnormals, the other flushes them (MPMD: one command per rank)
-  std::string mpmd = mpirun(1) + "env RBN_DENORMALS=keep " + cmd + " : -np 1 " + cmd;
+  const std::string mpmd = mpirun(1) + "env RBN_DENORMALS=keep " + cmd + " : -np 1 " + cmd;
   EXPECT_NE(run(mpmd, base / "log"), 0);
   std::ifstream in(base / "log");
   const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(log.find("RBN_DENORMALS: 1 of the 2 ranks flush subnormals and the others keep them"),
             std::string::npos) << log;
   EXPECT_FALSE(fs::exists(base / "run" / "metrics.jsonl"));
+  EXPECT_FALSE(fs::exists(base / "run" / "last.safetensors"));
   // the same mode on both ranks trains
   EXPECT_EQ(run(mpirun(2) + "env RBN_DENORMALS=keep " + cmd + " --overwrite", base / "log2"), 0);
   EXPECT_TRUE(fs::exists(base / "run" / "last.safetensors"));
