@@ -73,17 +73,17 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "rbn: error: %s\n", rbn::cli::in_rbn_words(e, sub, argc, argv).c_str());
     return 2;
   } catch (const rbn::Error& e) {
-    std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
+    std::fprintf(stderr, "rbn: error: %s\n", e.what());
     return GroupGuard::fail(e.exit_code());
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "\nrbn: error: out of memory\n");
+    std::fprintf(stderr, "rbn: error: out of memory\n");
     return GroupGuard::fail(1);
   } catch (const nlohmann::json::exception& e) {
     // every JSON the tool reads or writes is checked where it is used; this is a defect of rbn
-    std::fprintf(stderr, "\nrbn: error: internal JSON error %d (a defect of rbn: please report the command)\n", e.id);
+    std::fprintf(stderr, "rbn: error: internal JSON error %d (a defect of rbn: please report the command)\n", e.id);
     return GroupGuard::fail(1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "\nrbn: error: %s\n", e.what());
+    std::fprintf(stderr, "rbn: error: %s\n", e.what());
     return GroupGuard::fail(1);
   }
   return exit_code;
