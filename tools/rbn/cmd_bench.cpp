@@ -1026,7 +1026,7 @@ void register_bench(CLI::App& app, int& exit_code) {
   sub->add_option("--torch-repeats", f->torch_repeats, "timed PyTorch runs per setting")
       ->capture_default_str();
   sub->add_flag("--no-torch", f->no_torch, "skip the PyTorch baseline");
-  sub->add_flag("--no-onednn-rnn", f->no_onednn_rnn, "skip oneDNN's own LSTM (the dnnl ms column)");
+  sub->add_flag("--no-onednn-rnn", f->no_onednn_rnn, "skip oneDNN's own LSTM (the dnnl ms column) and rbn's layer timed against it (layer ms)");
   sub->add_flag("--sgemm", f->sgemm_table,
                 "instead of training steps: each backend's sgemm on the steps' main shapes, and the "
                 "FMA peak (at the largest of --threads)");
