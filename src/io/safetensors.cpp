@@ -3,7 +3,10 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 
 #include <fmt/format.h>
@@ -146,21 +149,46 @@ std::vector<int32_t> SafeTensors::get_i32(const std::string& name, const std::ve
   return out;
 }
 
+namespace {
+
+// The header's length from the file's first 8 bytes, checked against the file's size.
+uint64_t header_length(const uint8_t* first8, uint64_t file_size, const std::string& file) {
+  if (file_size < 8)
+    throw DataError(file + ": too short for a safetensors header (" + std::to_string(file_size) + " bytes)");
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | first8[i];
+  if (hlen > file_size - 8)
+    throw DataError(file + ": header length " + std::to_string(hlen) + " runs past the end of the file");
+  if (hlen < 2) throw DataError(file + ": empty header");
+  return hlen;
+}
+
+// The JSON header (an object) and its string-to-string `__metadata__`.
+nlohmann::json parse_header(const uint8_t* p, uint64_t hlen, const std::string& file,
+                            std::map<std::string, std::string>& metadata) {
+  nlohmann::json h = nlohmann::json::parse(p, p + hlen, nullptr, false);
+  if (h.is_discarded()) throw DataError(file + ": header is not valid JSON");
+  if (!h.is_object()) throw DataError(file + ": header is not a JSON object");
+  if (auto it = h.find("__metadata__"); it != h.end()) {
+    if (!it->is_object()) throw DataError(file + ": __metadata__ is not an object");
+    for (auto m = it->begin(); m != it->end(); ++m) {
+      if (!m->is_string()) throw DataError(file + ": metadata value '" + m.key() + "' is not a string");
+      metadata[m.key()] = m->get<std::string>();
+    }
+  }
+  return h;
+}
+
+}  // namespace
+
 SafeTensors parse_safetensors(std::span<const uint8_t> bytes, const std::string& file) {
   auto bad = [&](const std::string& what) { throw DataError(file + ": " + what); };
-  if (bytes.size() < 8) bad("too short for a safetensors header (" + std::to_string(bytes.size()) + " bytes)");
-  uint64_t hlen = 0;
-  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | bytes[i];
-  if (hlen > bytes.size() - 8) bad("header length " + std::to_string(hlen) + " runs past the end of the file");
-  if (hlen < 2) bad("empty header");
-  nlohmann::json h = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<ptrdiff_t>(hlen),
-                                           nullptr, false);
-  if (h.is_discarded()) bad("header is not valid JSON");
-  if (!h.is_object()) bad("header is not a JSON object");
-  const uint8_t* data = bytes.data() + 8 + hlen;
-  const size_t dlen = bytes.size() - 8 - hlen;
   SafeTensors st;
   st.source = file;
+  const uint64_t hlen = header_length(bytes.data(), bytes.size(), file);
+  const nlohmann::json h = parse_header(bytes.data() + 8, hlen, file, st.metadata);
+  const uint8_t* data = bytes.data() + 8 + hlen;
+  const size_t dlen = bytes.size() - 8 - hlen;
   struct Range {
     uint64_t b, e;
     std::string name;
@@ -168,14 +196,7 @@ SafeTensors parse_safetensors(std::span<const uint8_t> bytes, const std::string&
   std::vector<Range> ranges;
   for (auto it = h.begin(); it != h.end(); ++it) {
     const std::string& name = it.key();
-    if (name == "__metadata__") {
-      if (!it->is_object()) bad("__metadata__ is not an object");
-      for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) bad("metadata value '" + m.key() + "' is not a string");
-        st.metadata[m.key()] = m->get<std::string>();
-      }
-      continue;
-    }
+    if (name == "__metadata__") continue;  // read above
     const auto& t = *it;
     if (!t.is_object() || !t.contains("dtype") || !t.contains("shape") || !t.contains("data_offsets"))
       bad("tensor " + name + ": needs dtype, shape and data_offsets");
@@ -221,6 +242,25 @@ SafeTensors parse_safetensors(std::span<const uint8_t> bytes, const std::string&
 SafeTensors read_safetensors(const std::string& path) {
   const std::string bytes = read_file(path);
   return parse_safetensors({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, path);
+}
+
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw DataError(path + ": is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw DataError(path + ": cannot open: " + std::strerror(errno));
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<uint64_t>(std::max<std::streamoff>(0, in.tellg()));
+  in.seekg(0);
+  uint8_t first8[8] = {};
+  in.read(reinterpret_cast<char*>(first8), static_cast<std::streamsize>(std::min<uint64_t>(size, 8)));
+  const uint64_t hlen = header_length(first8, size, path);
+  std::vector<uint8_t> header(hlen);
+  if (!in.read(reinterpret_cast<char*>(header.data()), static_cast<std::streamsize>(hlen)))
+    throw DataError(path + ": read error");
+  std::map<std::string, std::string> metadata;
+  parse_header(header.data(), hlen, path, metadata);
+  return metadata;
 }
 
 std::vector<uint8_t> serialize_safetensors(const SafeTensors& st) {

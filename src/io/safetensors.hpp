@@ -48,6 +48,11 @@ class SafeTensors {
 
 SafeTensors parse_safetensors(std::span<const uint8_t> bytes, const std::string& name_for_errors);
 SafeTensors read_safetensors(const std::string& path);
+// The header's `__metadata__` alone: reads the 8-byte length and the JSON header, not the tensor
+// data, so a large checkpoint's keys cost a few kilobytes of reading. The header is validated as
+// read_safetensors does; the data's checksum is not (read_safetensors checks it when the tensors
+// are loaded).
+std::map<std::string, std::string> read_safetensors_metadata(const std::string& path);
 std::vector<uint8_t> serialize_safetensors(const SafeTensors& st);
 void write_safetensors(const std::string& path, const SafeTensors& st);
 

@@ -67,14 +67,14 @@ void add_state_metadata(std::map<std::string, std::string>& md, const Checkpoint
   md["evals_without_improvement"] = std::to_string(s.evals_without_improvement);
 }
 
-const std::string& meta(const SafeTensors& st, const std::string& path, const std::string& key) {
-  auto it = st.metadata.find(key);
-  if (it == st.metadata.end()) throw DataError(path + ": metadata key '" + key + "' missing");
+const std::string& meta(const CheckpointMetadata& md, const std::string& path, const std::string& key) {
+  auto it = md.find(key);
+  if (it == md.end()) throw DataError(path + ": metadata key '" + key + "' missing");
   return it->second;
 }
 
-int64_t meta_int(const SafeTensors& st, const std::string& path, const std::string& key) {
-  const std::string& v = meta(st, path, key);
+int64_t meta_int(const CheckpointMetadata& md, const std::string& path, const std::string& key) {
+  const std::string& v = meta(md, path, key);
   try {
     size_t used = 0;
     const long long r = std::stoll(v, &used);
@@ -85,10 +85,10 @@ int64_t meta_int(const SafeTensors& st, const std::string& path, const std::stri
   }
 }
 
-double meta_double(const SafeTensors& st, const std::string& path, const std::string& key,
+double meta_double(const CheckpointMetadata& md, const std::string& path, const std::string& key,
                    double fallback) {
-  auto it = st.metadata.find(key);
-  if (it == st.metadata.end()) return fallback;
+  auto it = md.find(key);
+  if (it == md.end()) return fallback;
   try {
     return std::stod(it->second);
   } catch (const std::exception&) {
@@ -96,20 +96,20 @@ double meta_double(const SafeTensors& st, const std::string& path, const std::st
   }
 }
 
-CheckpointState read_state(const SafeTensors& st, const std::string& path) {
+CheckpointState read_state(const CheckpointMetadata& md, const std::string& path) {
   CheckpointState s;
   auto get = [&](const char* k, const std::string& d) {
-    auto it = st.metadata.find(k);
-    return it == st.metadata.end() ? d : it->second;
+    auto it = md.find(k);
+    return it == md.end() ? d : it->second;
   };
   s.popstats = get("popstats", "running");
   if (s.popstats != "running" && s.popstats != "pass")
     throw DataError(path + ": metadata 'popstats' must be 'running' or 'pass', got '" + s.popstats + "'");
   s.popstats_data = get("popstats_data", "");
-  s.step = st.metadata.count("step") ? meta_int(st, path, "step") : 0;
-  s.best_metric = meta_double(st, path, "best_metric", INFINITY);
-  s.evals_without_improvement = st.metadata.count("evals_without_improvement")
-                                    ? static_cast<int>(meta_int(st, path, "evals_without_improvement"))
+  s.step = md.count("step") ? meta_int(md, path, "step") : 0;
+  s.best_metric = meta_double(md, path, "best_metric", INFINITY);
+  s.evals_without_improvement = md.count("evals_without_improvement")
+                                    ? static_cast<int>(meta_int(md, path, "evals_without_improvement"))
                                     : 0;
   return s;
 }
@@ -159,8 +159,8 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer
   // the stored architecture must be the one the model was built with
   const auto want = model_metadata(model);
   for (const char* k : {"cell", "input_size", "hidden_size", "num_layers", "head"})
-    if (want.count(k) && meta(st, path, k) != want.at(k))
-      throw DataError(path + ": metadata '" + k + "' = '" + meta(st, path, k) + "', the config says '" +
+    if (want.count(k) && meta(st.metadata, path, k) != want.at(k))
+      throw DataError(path + ": metadata '" + k + "' = '" + meta(st.metadata, path, k) + "', the config says '" +
                       want.at(k) + "'");
   {  // files from before bidirectional stacks have no key: one-directional
     auto it = st.metadata.find("bidirectional");
@@ -194,12 +194,15 @@ CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer
       schedule->load_state(j);
     }
   }
-  return read_state(st, path);
+  return read_state(st.metadata, path);
 }
 
-TrainConfig read_checkpoint_config(const std::string& path) {
-  const SafeTensors st = read_safetensors(path);
-  const std::string& c = meta(st, path, "config");
+CheckpointMetadata read_checkpoint_metadata(const std::string& path) {
+  return read_safetensors_metadata(path);
+}
+
+TrainConfig checkpoint_config(const CheckpointMetadata& md, const std::string& path) {
+  const std::string& c = meta(md, path, "config");
   nlohmann::json j = nlohmann::json::parse(c, nullptr, false);
   if (j.is_discarded()) throw DataError(path + ": metadata 'config' is not JSON");
   try {
@@ -209,8 +212,8 @@ TrainConfig read_checkpoint_config(const std::string& path) {
   }
 }
 
-CheckpointState read_checkpoint_state(const std::string& path) {
-  return read_state(read_safetensors(path), path);
+CheckpointState checkpoint_state(const CheckpointMetadata& md, const std::string& path) {
+  return read_state(md, path);
 }
 
 LoadedCheckpoint load_model_checkpoint(const std::string& path) {
@@ -219,14 +222,14 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   ck.metadata = st.metadata;
   std::error_code ec;
   ck.file_bytes = std::filesystem::file_size(path, ec);
-  const std::string fmt = meta(st, path, "format");
+  const std::string fmt = meta(st.metadata, path, "format");
   if (fmt != "rbn/1") throw DataError(path + ": unknown format '" + fmt + "' (expected rbn/1)");
   ModelConfig mc;
-  auto cell = parse_cell(meta(st, path, "cell"));
-  if (!cell) throw DataError(path + ": unknown cell '" + meta(st, path, "cell") + "'");
+  auto cell = parse_cell(meta(st.metadata, path, "cell"));
+  if (!cell) throw DataError(path + ": unknown cell '" + meta(st.metadata, path, "cell") + "'");
   mc.rnn.cell = *cell;
   auto positive = [&](const char* key) {
-    const int64_t v = meta_int(st, path, key);
+    const int64_t v = meta_int(st.metadata, path, key);
     if (v <= 0 || v > (int64_t{1} << 28))
       throw DataError(path + ": metadata '" + key + "' = " + std::to_string(v) + " is out of range");
     return static_cast<int>(v);
@@ -235,12 +238,12 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   mc.rnn.hidden_size = positive("hidden_size");
   mc.rnn.num_layers = positive("num_layers");
   mc.rnn.t_max = positive("t_max");
-  mc.rnn.eps = meta_double(st, path, "eps", 1e-5);
+  mc.rnn.eps = meta_double(st.metadata, path, "eps", 1e-5);
   if (!(mc.rnn.eps > 0)) throw DataError(path + ": metadata 'eps' must be positive");
-  mc.rnn.momentum = meta_double(st, path, "bn_momentum", 0.1);
-  mc.rnn.dropout = meta_double(st, path, "dropout", 0.0);
-  mc.rnn.zoneout_h = meta_double(st, path, "zoneout_h", 0.0);
-  mc.rnn.zoneout_c = meta_double(st, path, "zoneout_c", 0.0);
+  mc.rnn.momentum = meta_double(st.metadata, path, "bn_momentum", 0.1);
+  mc.rnn.dropout = meta_double(st.metadata, path, "dropout", 0.0);
+  mc.rnn.zoneout_h = meta_double(st.metadata, path, "zoneout_h", 0.0);
+  mc.rnn.zoneout_c = meta_double(st.metadata, path, "zoneout_c", 0.0);
   auto flag = [&](const char* key, bool d) {
     auto it = st.metadata.find(key);
     return it == st.metadata.end() ? d : it->second == "true";
@@ -251,14 +254,14 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
   if ((mc.rnn.cell == Cell::lnlstm || mc.rnn.cell == Cell::lngru) && !st.has("rnn.0.ln_x.weight"))
     mc.rnn.ln_input = false;
   try {
-    mc.head = parse_head(meta(st, path, "head"));
+    mc.head = parse_head(meta(st.metadata, path, "head"));
   } catch (const UsageError&) {
-    throw DataError(path + ": metadata 'head' = '" + meta(st, path, "head") +
+    throw DataError(path + ": metadata 'head' = '" + meta(st.metadata, path, "head") +
                     "' is not none, classify, lm, tag or regress");
   }
   mc.per_step = flag("per_step", false);
   mc.num_classes = mc.head == Head::none ? 2 : positive("num_classes");
-  mc.embed_dim = st.metadata.count("embed_dim") ? static_cast<int>(meta_int(st, path, "embed_dim")) : 0;
+  mc.embed_dim = st.metadata.count("embed_dim") ? static_cast<int>(meta_int(st.metadata, path, "embed_dim")) : 0;
   if (mc.head == Head::lm && mc.embed_dim == 0 && mc.rnn.input_size != mc.num_classes)
     throw DataError(path + ": a one-hot language model needs input_size = num_classes");
   try {
@@ -267,7 +270,7 @@ LoadedCheckpoint load_model_checkpoint(const std::string& path) {
     throw DataError(path + ": " + e.what());
   }
   load_model_tensors(st, path, *ck.model);
-  ck.state = read_state(st, path);
+  ck.state = read_state(st.metadata, path);
   if (st.has("data.permutation")) ck.permutation = st.get_i32("data.permutation", {784});
   if (auto it = st.metadata.find("vocab"); it != st.metadata.end()) {
     ck.vocab = nlohmann::json::parse(it->second, nullptr, false);
@@ -300,10 +303,9 @@ void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,
   write_safetensors(path, st);
 }
 
-void check_resumed_denormal_mode(const std::string& path) {
-  const SafeTensors st = read_safetensors(path);
-  const auto it = st.metadata.find("denormals");
-  if (it == st.metadata.end()) return;  // written before the mode was recorded
+void check_resumed_denormal_mode(const CheckpointMetadata& md, const std::string& path) {
+  const auto it = md.find("denormals");
+  if (it == md.end()) return;  // written before the mode was recorded
   const std::string now = denormal_mode();
   if (it->second == now) return;
   const bool flushed = it->second == "flush";

@@ -39,10 +39,14 @@ void save_checkpoint(const std::string& path, Model& model, const TrainConfig& c
 CheckpointState load_checkpoint(const std::string& path, Model& model, Optimizer* opt,
                                 LrSchedule* schedule);
 
+// A checkpoint's metadata alone (the header, not the tensors: --resume decides from it before
+// load_checkpoint reads the file whole). `path` names the file in errors below.
+using CheckpointMetadata = std::map<std::string, std::string>;
+CheckpointMetadata read_checkpoint_metadata(const std::string& path);
 // The training config stored in a checkpoint written by `rbn train`.
-TrainConfig read_checkpoint_config(const std::string& path);
+TrainConfig checkpoint_config(const CheckpointMetadata& md, const std::string& path);
 // Its step, best metric and kind of population statistics.
-CheckpointState read_checkpoint_state(const std::string& path);
+CheckpointState checkpoint_state(const CheckpointMetadata& md, const std::string& path);
 
 // A model from a checkpoint alone (eval, forward, sample, info): config from the metadata
 // (SPEC keys), tensors checked against it.
@@ -67,7 +71,7 @@ void use_recorded_gemm_backend(const LoadedCheckpoint& ck, const std::string& pa
 // metadata, flush or keep), else a resumed run would part from the uninterrupted one wherever a
 // value falls below the normal range. A mismatch is a UsageError saying which RBN_DENORMALS to
 // use; a file without the key (written before it was recorded) is not checked.
-void check_resumed_denormal_mode(const std::string& path);
+void check_resumed_denormal_mode(const CheckpointMetadata& md, const std::string& path);
 
 // Rewrite a loaded checkpoint's model (e.g. after a statistics pass), keeping its metadata.
 void save_model_checkpoint(const std::string& path, const LoadedCheckpoint& ck,

@@ -175,15 +175,16 @@ TrainSummary run_training(const TrainRequest& req) {
   std::string gemm_source = "--gemm " + cfg.gemm;
   if (req.resume) {
     if (!std::filesystem::exists(last_path)) throw UsageError("--resume: no checkpoint at " + last_path);
-    cfg = TrainConfig::for_resume(read_checkpoint_config(last_path), req.cfg, req.given, last_path);
+    const CheckpointMetadata last_md = read_checkpoint_metadata(last_path);
+    cfg = TrainConfig::for_resume(checkpoint_config(last_md, last_path), req.cfg, req.given, last_path);
     if (cfg.gemm == "auto") cfg.gemm = "openblas";  // a run from before the GEMM backends
     if (!req.given.count("gemm") && !env_gemm.empty() && env_gemm != "auto" && env_gemm != cfg.gemm)
       throw UsageError(fmt::format("RBN_GEMM={}: the run in {} was trained with the {} GEMM backend, and "
                                    "--resume keeps it so that the run stays bit-reproducible (unset RBN_GEMM)",
                                    env_gemm, cfg.out, cfg.gemm));
     gemm_source = "the resumed run's";
-    check_resumed_denormal_mode(last_path);
-    const int64_t reached = read_checkpoint_state(last_path).step;
+    check_resumed_denormal_mode(last_md, last_path);
+    const int64_t reached = checkpoint_state(last_md, last_path).step;
     if (cfg.steps <= reached)
       throw UsageError(fmt::format("--steps: the run in {} is already at step {}; give more steps to continue",
                                    cfg.out, reached));

@@ -380,6 +380,27 @@ TEST_F(BadInput, RunsAreReplacedOnlyWhenAsked) {
   EXPECT_NE(all.find("\"lstm\""), std::string::npos) << all;
 }
 
+// --resume decides from the checkpoint's header (config, step, subnormal mode) before reading the
+// tensors; a damaged data region is still caught when they are loaded, before anything is written.
+TEST_F(BadInput, ResumeFromADamagedCheckpointWritesNothing) {
+  const std::string text = file("utf8d.txt", utf8_text());
+  const fs::path out = dir() / "run-d";
+  ASSERT_EQ(run(tiny_run(text, out.string())).code, 0);
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  std::string ck = bytes(out / "last.safetensors");
+  ck.back() = static_cast<char>(ck.back() ^ 0x55);  // one byte of the last tensor
+  std::ofstream(out / "last.safetensors", std::ios::binary | std::ios::trunc) << ck;
+  const std::string metrics = bytes(out / "metrics.jsonl");
+  const Outcome o = run("train --out " + out.string() + " --resume --steps 30");
+  EXPECT_NE(o.code, 0);
+  EXPECT_EQ(o.err, "rbn: error: " + (out / "last.safetensors").string() + ": checksum mismatch (file corrupted?)\n");
+  EXPECT_EQ(bytes(out / "last.safetensors"), ck);
+  EXPECT_EQ(bytes(out / "metrics.jsonl"), metrics);
+}
+
 TEST_F(BadInput, AnErrorAfterTrainingBeganNamesTheLastGoodCheckpoint) {
   const std::string text = file("utf8c.txt", utf8_text());
   const fs::path out = dir() / "run-c";

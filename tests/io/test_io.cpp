@@ -118,6 +118,7 @@ TEST(SafeTensors, RoundTripWithChecksumAndDeterministicBytes) {
   EXPECT_EQ(r.get_i32("a.b", {2}), b);
   EXPECT_EQ(r.metadata.at("format"), "rbn/1");
   EXPECT_TRUE(r.metadata.at("checksum").starts_with("crc32:"));
+  EXPECT_EQ(read_safetensors_metadata(p), r.metadata);  // the header alone gives the same keys
   EXPECT_EQ(serialize_safetensors(st), serialize_safetensors(st));
   expect_data_error([&] { r.get_f32("z.a", {4}); }, "z.a");
   expect_data_error([&] { r.get_f32("missing", {}); }, "missing");
@@ -161,6 +162,16 @@ TEST(SafeTensors, CorruptInputsNameTheFile) {
     std::ofstream(f, std::ios::binary) << bytes;
     expect_data_error([&] { read_safetensors(f); }, name);
   }
+  // the header-only reader refuses every bad header the same way, naming the file
+  for (const char* name : {"short.st", "past.st", "notjson.st", "array.st", "meta.st"}) {
+    SCOPED_TRACE(name);
+    expect_data_error([&] { read_safetensors_metadata((tmpdir() / name).string()); }, name);
+  }
+  expect_data_error([&] { read_safetensors_metadata((tmpdir() / "absent.st").string()); }, "absent.st");
+  expect_data_error([&] { read_safetensors_metadata(tmpdir().string()); }, "is a directory");
+  // it does not read the data: a corrupted data region still gives the header's metadata (the
+  // tensors' reader checks the checksum)
+  EXPECT_TRUE(read_safetensors_metadata((tmpdir() / "checksum.st").string()).count("checksum"));
   // a file from another tool, without a checksum, loads
   const std::string other = (tmpdir() / "other.st").string();
   std::ofstream(other, std::ios::binary) << with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", data16);

@@ -8,6 +8,10 @@
 
 namespace rbn::cli {
 
+void bench_fill(float* p, size_t n, float scale) {
+  for (size_t i = 0; i < n; ++i) p[i] = scale * std::sin(0.7f * static_cast<float>(i % 1013));
+}
+
 namespace {
 
 using dnnl::memory;
@@ -58,9 +62,7 @@ dnnl::lbr_gru_backward::desc bwd_desc<dnnl::lbr_gru_backward>(const Layer& l) {
 }
 
 void fill(memory& m, float scale) {
-  float* p = static_cast<float*>(m.get_data_handle());
-  const size_t n = m.get_desc().get_size() / sizeof(float);
-  for (size_t i = 0; i < n; ++i) p[i] = scale * std::sin(0.7f * static_cast<float>(i % 1013));
+  bench_fill(static_cast<float*>(m.get_data_handle()), m.get_desc().get_size() / sizeof(float), scale);
 }
 void zero(memory& m) { std::memset(m.get_data_handle(), 0, m.get_desc().get_size()); }
 

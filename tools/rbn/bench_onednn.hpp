@@ -2,9 +2,15 @@
 // for GRU cells, its lbr_gru, which is nn.GRU's formula), one layer, timed like rbn's cells.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 
 namespace rbn::cli {
+
+// The inputs both sides of `x dnnl` are timed on: p[i] = scale * sin(0.7 * (i mod 1013)), smooth
+// and non-zero (no subnormals, no exact zeros a kernel could skip). rbn's LayerCase fills its x and
+// dy with it too, so the two sides see the same numbers.
+void bench_fill(float* p, size_t n, float scale);
 
 enum class OnednnRnn { lstm, lbr_gru };
 const char* onednn_rnn_name(OnednnRnn kind);

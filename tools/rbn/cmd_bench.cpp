@@ -185,9 +185,8 @@ class LayerCase {
     stack_ = std::make_unique<Stack<float>>(c);
     const size_t TN = size_t(s.T) * s.N;
     x_.resize(TN * s.C), dx_.resize(TN * s.C), y_.resize(TN * s.H), dy_.resize(TN * s.H);
-    // oneDNN's case fills its input and dy the same way (bench_onednn.cpp)
-    for (size_t i = 0; i < x_.size(); ++i) x_[i] = std::sin(0.7f * static_cast<float>(i % 1013));
-    for (size_t i = 0; i < dy_.size(); ++i) dy_[i] = 0.01f * std::sin(0.7f * static_cast<float>(i % 1013));
+    bench_fill(x_.data(), x_.size(), 1.0f);  // as oneDNN's case fills its src and diff_dst
+    bench_fill(dy_.data(), dy_.size(), 0.01f);
   }
   void train_step() {
     blas::set_backend(backend_);
