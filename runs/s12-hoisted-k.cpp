@@ -1,0 +1,34 @@
+// Build from the repository root after make build:
+//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude runs/s12-hoisted-k.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
+//   OMP_NUM_THREADS=2 ./a.out
+// The hoisted input product X[6400,C] W^T[C,4000] on 2 threads, per backend, against C: where a
+// hoisted product with few inputs falls below the time loop's product rate.
+#include "util/blas.hpp"
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+using namespace rbn::blas;
+int main() {
+  const int TN = 6400, G = 4000;
+  std::vector<float> A(size_t(TN) * G);
+  for (int C : {16, 32, 50, 64, 128, 256, 512, 1000}) {
+    std::vector<float> X(size_t(TN) * C), W(size_t(G) * C);
+    for (size_t i = 0; i < X.size(); ++i) X[i] = std::sin(0.7f * (i % 1013));
+    for (size_t i = 0; i < W.size(); ++i) W[i] = 0.05f * std::sin(0.3f * (i % 1013));
+    std::printf("C=%4d", C);
+    for (Backend be : {Backend::openblas, Backend::onednn}) {
+      std::vector<double> ts;
+      for (int r = 0; r < 6; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        sgemm(be, false, true, TN, G, C, 1.f, X.data(), C, W.data(), C, 0.f, A.data(), G);
+        double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r) ts.push_back(s);
+      }
+      std::sort(ts.begin(), ts.end());
+      std::printf("  %s %6.1f GFLOP/s", be == Backend::openblas ? "openblas" : "onednn", 2.0 * TN * C * G / ts[ts.size() / 2] / 1e9);
+    }
+    std::printf("\n");
+  }
+}
