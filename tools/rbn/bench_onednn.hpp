@@ -8,7 +8,7 @@
 namespace rbn::cli {
 
 // The inputs both sides of `x dnnl` are timed on: p[i] = scale * sin(0.7 * (i mod 1013)), smooth
-// and non-zero (no subnormals, no exact zeros a kernel could skip). rbn's LayerCase fills its x and
+// and bounded, without subnormals (only every 1013th value is 0). rbn's LayerCase fills its x and
 // dy with it too, so the two sides see the same numbers.
 void bench_fill(float* p, size_t n, float scale);
 
