@@ -49,11 +49,16 @@ void write_file_atomic(const std::string& path, std::span<const uint8_t> bytes) 
   }
 }
 
-std::string read_file(const std::string& path) {
+std::ifstream open_for_reading(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) throw DataError(path + ": is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw DataError(path + ": cannot open: " + std::strerror(errno));
+  return in;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in = open_for_reading(path);
   std::ostringstream ss;
   ss << in.rdbuf();
   if (in.bad()) throw DataError(path + ": read error");

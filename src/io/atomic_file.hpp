@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <fstream>
 #include <span>
 #include <string>
 
@@ -13,5 +14,8 @@ void write_file_atomic(const std::string& path, std::span<const uint8_t> bytes);
 
 // Whole file into memory; DataError naming the path if it cannot be read.
 std::string read_file(const std::string& path);
+// The file opened for binary reading; DataError naming the path for a directory or a file that
+// cannot be opened (read_file's checks, for readers that take only part of a file).
+std::ifstream open_for_reading(const std::string& path);
 
 }  // namespace rbn
