@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_file.hpp"
 #include "io/npy.hpp"
 
 namespace {
@@ -386,10 +387,7 @@ TEST_F(BadInput, ResumeFromADamagedCheckpointWritesNothing) {
   const std::string text = file("utf8d.txt", utf8_text());
   const fs::path out = dir() / "run-d";
   ASSERT_EQ(run(tiny_run(text, out.string())).code, 0);
-  auto bytes = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  };
+  auto bytes = [](const fs::path& p) { return rbn::read_file(p.string()); };
   std::string ck = bytes(out / "last.safetensors");
   ck.back() = static_cast<char>(ck.back() ^ 0x55);  // one byte of the last tensor
   std::ofstream(out / "last.safetensors", std::ios::binary | std::ios::trunc) << ck;
