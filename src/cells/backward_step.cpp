@@ -55,7 +55,7 @@ struct Engine<T>::BackwardScratch {
   // [gates][w], and one row of d(W x) (never stored)
   std::vector<T> x_a, x_m1, x_m2, x_mean, x_rstd, d_wx_row;
   std::vector<T> scale_c, shift_c;  // [H] BN of c folded: gamma_c * c-hat + beta_c
-  const T* r_cols = nullptr;         // [G, w] the owned columns of R, contiguous (run.pack)
+  const T* r_cols = nullptr;         // [G, ld] the owned columns of R, contiguous (run.pack)
   blas::FixedRightOperand<T> r_op;   // r_cols as the step's product reads it (bf16: converted once)
   std::vector<T> ln_row_means;       // [4][N] LN backward: a_h, b_h, a_x, b_x of one part
   BackwardScratch(int H, int C, int gw, bool inline_x)
@@ -127,7 +127,11 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     ensure_size(sync.sums_c, 2 * static_cast<size_t>(H));
   }
   if (run.inline_x && dX) ensure_size(ws.dx_part, static_cast<size_t>(P) * TN * run.C);
-  if (run.pack) ensure_size(ws.r_packed, static_cast<size_t>(G) * H);  // the forward's, reused
+  // Thread p's columns of R at p * r_slice, rows on lines (the forward's buffer, reused).
+  const int ld_r = line_ld<T>(widest_unit_block(P, H));
+  const size_t r_slice = static_cast<size_t>(G) * ld_r;
+  if (run.pack) ensure_size(ws.r_packed, P * r_slice);
+  T* r_base = ws.r_packed.data();
   // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
   // before each thread computes its columns of dh_{t-1} = dRh R.
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -142,12 +146,12 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     s.keep_c = s.keep_h + NH;
     if (spec.h == Norm::ln || spec.c == Norm::ln) s.ln_row_means.resize(4 * static_cast<size_t>(N));
     if (run.pack) {  // the step's dRh R then reads its right operand contiguous
-      T* r_cols = ws.r_packed.data() + static_cast<size_t>(G) * u.k0;
+      T* r_cols = r_base + u.p * r_slice;
       for (int j = 0; j < G; ++j)
         std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w,
-                    r_cols + static_cast<size_t>(j) * u.w);
+                    r_cols + static_cast<size_t>(j) * ld_r);
       s.r_cols = r_cols;
-      if (u.w > 0) s.r_op.prepare(r_cols, G, u.w, u.w, N);
+      if (u.w > 0) s.r_op.prepare(r_cols, G, u.w, ld_r, N);
     }
     for (int n = 0; n < N; ++n) {
       const int64_t o = static_cast<int64_t>(n) * H + u.k0;

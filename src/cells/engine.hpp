@@ -39,12 +39,13 @@
 #include "cells/kernels.hpp"
 #include "rbn/rbn.hpp"
 #include "util/blas.hpp"
+#include "util/line_vector.hpp"
 #include "util/rng.hpp"
 
 namespace rbn::cells {
 
-template <class T>
-void ensure_size(std::vector<T>& v, size_t n) {
+template <class V>
+void ensure_size(V& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
@@ -154,14 +155,15 @@ struct NormStats {
 // The activations one layer's backward reads, kept by its forward.
 template <class T>
 struct LayerCache {
-  std::vector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
-  std::vector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G] by thread; wx_in_gates: empty)
-  std::vector<T> Gates;  // [T,N,G]
-  std::vector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
-  std::vector<T> Hs;     // [T+1,N,H]
-  std::vector<T> Cs;     // [T+1,N,H]
-  std::vector<T> Ct;     // [T,N,H] zoneout_c: each step's un-zoned c~ (Cs holds the zoned, carried c)
-  std::vector<T> Xd;     // [T,N,C] layer k > 0 under dropout: its input, the layer below's h dropped
+  // (on lines: the time loop streams them, and G = 4H rows then start on lines too)
+  LineVector<T> X;      // [T,N,C] copy of the input (layer 0 only; others read the layer below)
+  LineVector<T> Ax;     // [T,N,G] W x (inline_x: one step [P,N,G] by thread; wx_in_gates: empty)
+  LineVector<T> Gates;  // [T,N,G]
+  LineVector<T> Hh;     // [T,N,G] R h (spec.keeps_hh())
+  LineVector<T> Hs;     // [T+1,N,H]
+  LineVector<T> Cs;     // [T+1,N,H]
+  LineVector<T> Ct;     // [T,N,H] zoneout_c: each step's un-zoned c~ (Cs holds the zoned, carried c)
+  LineVector<T> Xd;     // [T,N,C] layer k > 0 under dropout: its input, the layer below's h dropped
   NormStats<T> x, h, c;  // statistics of W x, R h and c
   // Few input features (inline_x): W x is formed per step inside the time loop and recomputed in
   // backward instead of stored; Ax then holds one step per thread and Wt = W^T [C,G].
@@ -206,6 +208,12 @@ inline UnitBlock unit_block(int p, int P, int H) {
   u.k1 = std::min(H, b1 * 16);
   u.w = u.k1 - u.k0;
   return u;
+}
+// The widest block of the P threads (the per-thread slices of a shared workspace).
+inline int widest_unit_block(int P, int H) {
+  int w = 0;
+  for (int p = 0; p < P; ++p) w = std::max(w, unit_block(p, P, H).w);
+  return w;
 }
 
 // Synchronized batch statistics (data-parallel training): see Stack::set_stat_allreduce.
@@ -286,7 +294,8 @@ struct Workspace {
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
   std::vector<T> dwt;                    // [C,G] sparse input: dW transposed (sparse_weight_grad)
-  std::vector<T> r_packed;               // [G,H] by thread: R's rows transposed (fwd), columns (bwd)
+  LineVector<T> r_packed;                // by thread, rows on lines: R's rows transposed
+                                         //   [H, line_ld(gates*w)] (fwd), its columns [G, line_ld(w)] (bwd)
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
@@ -465,7 +474,7 @@ struct Engine {
   void forward_step(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s, int t);
   void input_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                         const StepRows& st);
-  void pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols) const;
+  void pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols, int ld) const;
   void recurrent_product(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                          const StepRows& st);
   void synced_term_stats(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
@@ -538,7 +547,7 @@ struct Engine<T>::ForwardScratch {
   std::vector<T> shift_h;                  // [G] GRU: the recurrent term's own, h~ = sh*Rh + shift_h
   std::vector<T> scale_c, shift_c;         // [H] BN of c folded: gamma_c*c-hat + beta_c
   std::vector<double> x_moments;           // [C + C*C] inline BN of W x: the step's input moments
-  T* r_cols = nullptr;  // [H, gates*w] this thread's rows of R, transposed (gate q's units at q*w)
+  T* r_cols = nullptr;  // [H, ld] this thread's rows of R, transposed (gate q's units at q*w)
   blas::FixedRightOperand<T> r_op;  // r_cols as the step's product reads it (bf16: converted once)
   T* rh_step = nullptr;  // [N, gates*w] the step's R h for the owned columns (gate q at q*w)
   int ld_rh = 0;

@@ -76,7 +76,11 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
   const int P = cc.P, H = run.H, G = run.G;
   for (auto* part : {&ws.ln_part_h, &ws.ln_part_c, &ws.ln_part_x})
     ensure_size(*part, static_cast<size_t>(ln_parts(spec)) * P * N * 2);
-  if (run.pack) ensure_size(ws.r_packed, static_cast<size_t>(G) * H);
+  // Thread p's R^T columns at p * r_slice, rows on lines.
+  const int ld_r = line_ld<T>(gates * widest_unit_block(P, H));
+  const size_t r_slice = static_cast<size_t>(H) * ld_r;
+  if (run.pack) ensure_size(ws.r_packed, P * r_slice);
+  T* r_base = ws.r_packed.data();
   ensure_size(ws.rh_step, static_cast<size_t>(N) * G);
   if (sync.active) {
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
@@ -88,28 +92,29 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     const UnitBlock u = unit_block(P > 1 ? omp_get_thread_num() : 0, P, H);
     ForwardScratch& s = fwd_scratch[u.p];  // kept between calls: a step allocates nothing
     s.size_for(N, G, H, run.C, gates * u.w);
-    // Slices of the layer's workspaces (thread p's at gates*k0 rows of R, columns of R h).
+    // Slices of the layer's workspaces (thread p's R^T columns, its columns of R h).
     // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
-    s.r_cols = ws.r_packed.data() + static_cast<size_t>(gates) * u.k0 * H;
     s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
     if (run.pack && u.w > 0) {
-      pack_recurrent_columns(run.prm.R, H, u, s.r_cols);
-      s.r_op.prepare(s.r_cols, H, gates * u.w, gates * u.w, run.N);
+      s.r_cols = r_base + u.p * r_slice;
+      pack_recurrent_columns(run.prm.R, H, u, s.r_cols, ld_r);
+      s.r_op.prepare(s.r_cols, H, gates * u.w, ld_r, run.N);
     }
     for (int t = 0; t < Tc; ++t) forward_step(run, u, s, t);
   }
 }
 
 // This thread's rows of R [G,H] (gate q's units k0..k1), transposed once per call into
-// r_cols [H, gates*w]: the step's product h R^T then reads its right operand untransposed, which
-// both GEMM backends pack faster on every call than the rows of R (measured: docs/performance.md,
-// "The forward product's operand").
+// r_cols [H, gates*w] (leading dimension ld): the step's product h R^T then reads its right
+// operand untransposed, which both GEMM backends pack faster on every call than the rows of R
+// (measured: docs/performance.md, "The forward product's operand").
 template <class T>
-void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols) const {
+void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols,
+                                       int ld) const {
   for (int q = 0; q < gates; ++q)
     kern::transpose_tiled(R + static_cast<size_t>(q * H + u.k0) * H, u.w, H, H, r_cols + q * u.w,
-                          gates * u.w);
+                          ld);
 }
 
 // The input projection of all steps at once and its normalization when it spans the sequence

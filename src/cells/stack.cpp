@@ -185,7 +185,7 @@ void Engine<T>::allocate_cache(int k, int Tc, int N, bool copy_input, bool inlin
   cc.P = time_loop_threads(static_cast<int>(H));
   cc.wx_in_gates = spec.x == Norm::none && !inline_x;
   if (cc.wx_in_gates)
-    std::vector<T>().swap(cc.Ax);
+    decltype(cc.Ax)().swap(cc.Ax);
   else
     ensure_size(cc.Ax, inline_x ? static_cast<size_t>(cc.P) * N * G : TN * G);
   ensure_size(cc.Gates, TN * G);
@@ -635,8 +635,9 @@ template <class T>
 size_t cache_bytes_of(const cells::Engine<T>& I) {
   size_t n = 0, index_bytes = 0;
   for (const auto& cc : I.caches) {
-    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd,
-                          &cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
+    for (const auto* v : {&cc.X, &cc.Ax, &cc.Gates, &cc.Hh, &cc.Hs, &cc.Cs, &cc.Ct, &cc.Xd})
+      n += v->size();
+    for (const auto* v : {&cc.x.mean, &cc.x.rstd, &cc.h.mean, &cc.h.rstd, &cc.c.mean, &cc.c.rstd})
       n += v->size();
     if (cc.inline_x || cc.sparse_x) n += cc.Wt.size();
     if (cc.sparse_x) {
@@ -671,9 +672,9 @@ size_t Stack<T>::workspace_bytes() const {
   size_t n = 0;
   const auto& ws = I.ws;
   for (const auto* v : {&ws.dY, &ws.dh_carry, &ws.dc_carry, &ws.bwd_rows, &ws.dx_part, &ws.dwt,
-                        &ws.r_packed, &ws.rh_step, &ws.drec_step, &I.bws.dY, &I.bws.dYf,
-                        &I.bws.dYr, &I.bws.dXr})
+                        &ws.rh_step, &ws.drec_step, &I.bws.dY, &I.bws.dYf, &I.bws.dYr, &I.bws.dXr})
     n += v->size();
+  n += ws.r_packed.size();
   return n * sizeof(T);
 }
 

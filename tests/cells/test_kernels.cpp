@@ -83,6 +83,27 @@ TYPED_TEST(Kernels, TransposeTiledMatchesPlainLoop) {
   }
 }
 
+// The engine's streamed caches and packed right operands: every row of [rows, line_ld(cols)]
+// starts on a 64-byte line, through growth too.
+TYPED_TEST(Kernels, LineVectorRowsStartOnLines) {
+  using T = TypeParam;
+  constexpr int per_line = 64 / sizeof(T);
+  for (int cols : {1, per_line - 1, per_line, per_line + 1, 1000, 4000}) {
+    const int ld = line_ld<T>(cols);
+    EXPECT_EQ(ld % per_line, 0) << cols;
+    EXPECT_GE(ld, cols);
+    EXPECT_LT(ld, cols + per_line);
+  }
+  LineVector<T> v;
+  for (size_t n : {size_t(1), size_t(17), size_t(1000), size_t(1) << 20, size_t(3) << 20}) {
+    cells::ensure_size(v, n);
+    ASSERT_EQ(v.size(), n);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(v.data()) % 64, 0u) << n;
+    LineVector<T> w(n + 3);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(w.data()) % 64, 0u) << n;
+  }
+}
+
 TYPED_TEST(Kernels, Activations) {
   using T = TypeParam;
   for (int n : {1, 7, 16, 37}) {

@@ -34,6 +34,7 @@
 #include "train/optim.hpp"
 #include "util/blas.hpp"
 #include "util/error.hpp"
+#include "util/line_vector.hpp"
 #include "util/platform.hpp"
 #include "util/rng.hpp"
 
@@ -114,11 +115,11 @@ Flops step_flops(const Shape& s, int gates) {
 }
 
 // This machine's sgemm rate on exactly the products of one training step, run back to back on
-// one backend, for a cell with `gates` gate blocks.
+// one backend, for a cell with `gates` gate blocks (operands on cache lines, as rbn's caches are).
 double sgemm_rate_gflops(const Shape& s, int gates, int reps, blas::Backend be) {
   const int T = s.T, N = s.N, C = s.C, H = s.H, G = gates * H, K = s.K;
   const int TN = T * N;
-  std::vector<float> X(size_t(TN) * C, 0.5f), W(size_t(G) * C, 0.1f), R(size_t(G) * H, 0.01f),
+  LineVector<float> X(size_t(TN) * C, 0.5f), W(size_t(G) * C, 0.1f), R(size_t(G) * H, 0.01f),
       A(size_t(TN) * G), Hs(size_t(TN) * H, 0.1f), dR(size_t(G) * H), dh(size_t(N) * H),
       Wy(size_t(K) * H, 0.1f), Y(size_t(TN) * K), dW(size_t(G) * C);
   const int head_rows = s.lm ? TN : N;
@@ -492,7 +493,7 @@ void run_sgemm_table(const std::vector<blas::Backend>& backends, int threads, in
   std::printf(" %7s\n", "%peak");
   out["fma_peak_gflops"] = peak;
   for (const Gemm& g : shapes) {
-    std::vector<float> A(size_t(g.m) * g.k, 0.01f), B(size_t(g.k) * g.n, 0.02f), C(size_t(g.m) * g.n);
+    LineVector<float> A(size_t(g.m) * g.k, 0.01f), B(size_t(g.k) * g.n, 0.02f), C(size_t(g.m) * g.n);
     const double flop = 2.0 * g.m * g.k * g.n;
     std::vector<std::vector<double>> rates(backends.size());
     auto call = [&](blas::Backend be) {
