@@ -10,6 +10,7 @@
 #include "cell_cases.hpp"
 #include "count_allocations.hpp"
 #include "util/blas.hpp"
+#include "util/line_vector.hpp"
 
 namespace rbn::testing {
 namespace {
@@ -138,12 +139,18 @@ TEST(Streaming, StepsAllocateNothingAfterTheFirst) {
 }
 
 // The counter counts (else the test above proves nothing).
-std::vector<float>* volatile g_sink;  // an escaped pointer: the allocations cannot be elided
+std::vector<float>* volatile g_sink;  // escaped pointers: the allocations cannot be elided
+LineVector<float>* volatile g_line_sink;
 TEST(Streaming, AllocationCounterCounts) {
   const long before = operator_new_calls();
   auto v = std::make_unique<std::vector<float>>(100);
   g_sink = v.get();
   EXPECT_GE(operator_new_calls() - before, 2);
+  // ... and the aligned allocations of the engine's LineVectors too
+  const long before_lines = operator_new_calls();
+  auto w = std::make_unique<LineVector<float>>(100);
+  g_line_sink = w.get();
+  EXPECT_GE(operator_new_calls() - before_lines, 2);
 }
 
 }  // namespace
