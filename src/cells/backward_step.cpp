@@ -127,11 +127,9 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     ensure_size(sync.sums_c, 2 * static_cast<size_t>(H));
   }
   if (run.inline_x && dX) ensure_size(ws.dx_part, static_cast<size_t>(P) * TN * run.C);
-  // Thread p's columns of R at p * r_slice, rows on lines (the forward's buffer, reused).
-  const int ld_r = line_ld<T>(widest_unit_block(P, H));
-  const size_t r_slice = static_cast<size_t>(G) * ld_r;
-  if (run.pack) ensure_size(ws.r_packed, P * r_slice);
-  T* r_base = ws.r_packed.data();
+  // Thread p's columns of R [G, w], rows on lines (the forward's buffer, reused).
+  const auto r_slices = run.pack ? ws.packed_slices(P, G, widest_unit_block(P, H))
+                                 : typename Workspace<T>::PackedSlices{};
   // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
   // before each thread computes its columns of dh_{t-1} = dRh R.
 #pragma omp parallel num_threads(P) if (P > 1)
@@ -146,12 +144,12 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
     s.keep_c = s.keep_h + NH;
     if (spec.h == Norm::ln || spec.c == Norm::ln) s.ln_row_means.resize(4 * static_cast<size_t>(N));
     if (run.pack) {  // the step's dRh R then reads its right operand contiguous
-      T* r_cols = r_base + u.p * r_slice;
+      T* r_cols = r_slices.slice(u.p);
       for (int j = 0; j < G; ++j)
         std::copy_n(run.prm.R + static_cast<size_t>(j) * H + u.k0, u.w,
-                    r_cols + static_cast<size_t>(j) * ld_r);
+                    r_cols + static_cast<size_t>(j) * r_slices.ld);
       s.r_cols = r_cols;
-      if (u.w > 0) s.r_op.prepare(r_cols, G, u.w, ld_r, N);
+      if (u.w > 0) s.r_op.prepare(r_cols, G, u.w, r_slices.ld, N);
     }
     for (int n = 0; n < N; ++n) {
       const int64_t o = static_cast<int64_t>(n) * H + u.k0;

@@ -300,6 +300,21 @@ struct Workspace {
   std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums
   std::vector<double> ln_w_moments[2];   // [C + C*C] per LN part: moments of an inline W's rows
+
+  // r_packed as P thread slices of [rows, cols], each row starting on a cache line (ld); sized here.
+  struct PackedSlices {
+    T* base = nullptr;
+    int ld = 0;
+    size_t stride = 0;  // rows * ld
+    T* slice(int p) const { return base + p * stride; }
+  };
+  PackedSlices packed_slices(int P, int rows, int cols) {
+    PackedSlices s{nullptr, line_ld<T>(cols), 0};
+    s.stride = static_cast<size_t>(rows) * s.ld;
+    ensure_size(r_packed, P * s.stride);
+    s.base = r_packed.data();
+    return s;
+  }
 };
 
 template <class T>

@@ -76,11 +76,9 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
   const int P = cc.P, H = run.H, G = run.G;
   for (auto* part : {&ws.ln_part_h, &ws.ln_part_c, &ws.ln_part_x})
     ensure_size(*part, static_cast<size_t>(ln_parts(spec)) * P * N * 2);
-  // Thread p's R^T columns at p * r_slice, rows on lines.
-  const int ld_r = line_ld<T>(gates * widest_unit_block(P, H));
-  const size_t r_slice = static_cast<size_t>(H) * ld_r;
-  if (run.pack) ensure_size(ws.r_packed, P * r_slice);
-  T* r_base = ws.r_packed.data();
+  // Thread p's R^T columns [H, gates*w], rows on lines.
+  const auto r_slices = run.pack ? ws.packed_slices(P, H, gates * widest_unit_block(P, H))
+                                 : typename Workspace<T>::PackedSlices{};
   ensure_size(ws.rh_step, static_cast<size_t>(N) * G);
   if (sync.active) {
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
@@ -97,9 +95,9 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
     s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
     if (run.pack && u.w > 0) {
-      s.r_cols = r_base + u.p * r_slice;
-      pack_recurrent_columns(run.prm.R, H, u, s.r_cols, ld_r);
-      s.r_op.prepare(s.r_cols, H, gates * u.w, ld_r, run.N);
+      s.r_cols = r_slices.slice(u.p);
+      pack_recurrent_columns(run.prm.R, H, u, s.r_cols, r_slices.ld);
+      s.r_op.prepare(s.r_cols, H, gates * u.w, r_slices.ld, run.N);
     }
     for (int t = 0; t < Tc; ++t) forward_step(run, u, s, t);
   }
