@@ -1,8 +1,8 @@
 // The part of a PTB training step outside the time loops that scales with the parameters: global
 // gradient-norm clipping and the Adam update of the PTB model's parameters (R 4000x1000, W 4000x50,
 // the head 50x1000: 4.25M values), through rbn's own clip_grad_norm and Optimizer, at the thread
-// count of OMP_NUM_THREADS. Milliseconds of each, 7 samples (docs/performance.md, "The optimizer
-// and clipping on all threads"). Not part of the build:
+// count of OMP_NUM_THREADS. Milliseconds of each, 7 samples (docs/performance-history.md, "The
+// optimizer and clipping on both threads"). Not part of the build:
 //
 //   g++ -O3 -march=native -fopenmp -fno-math-errno -std=c++20 -DNDEBUG -Isrc -Iinclude \
 //       bench/optimizer_step.cpp src/train/optim.cpp -lfmt -o /tmp/optimizer_step

@@ -3,8 +3,8 @@
 // slice's weights in the two layouts a GEMM can read them: the forward's h R^T with the rows of R
 // as they are (B transposed) or transposed once beforehand (B untransposed, what the engine packs
 // now), and the backward's dRh R with R's columns in place or copied contiguous. GFLOP/s of each,
-// on oneDNN's dnnl_sgemm or OpenBLAS's cblas_sgemm (docs/performance.md, "The forward product's
-// operand"). Not part of the build:
+// on oneDNN's dnnl_sgemm or OpenBLAS's cblas_sgemm (docs/performance-history.md, "The forward
+// product's operand"). Not part of the build:
 //
 //   g++ -O2 -fopenmp bench/recurrent_operand.cpp -o /tmp/recurrent_operand -ldnnl -lopenblas
 //   OMP_NUM_THREADS=2 /tmp/recurrent_operand onednn; OMP_NUM_THREADS=2 /tmp/recurrent_operand openblas

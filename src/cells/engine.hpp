@@ -376,7 +376,7 @@ struct Engine {
   // most this many units: separate passes over so short a row stall on reloading what the pass
   // before stored (sMNIST, 48-52 units a thread: lstm 0.64-0.78x the time), while over long rows
   // they stream and the one-pass kernel was slower (PTB, 500 units: lstm 1.03-1.06x). Measured
-  // at those two widths only (docs/performance.md, "One pass per row").
+  // at those two widths only (docs/performance-history.md, "One pass per row").
   static constexpr int kFusedRowMaxUnits = 128;
   bool fused_rows(const UnitBlock& u) const {
     return (spec.lstm() || spec.gru()) && spec.h != Norm::ln && u.w <= kFusedRowMaxUnits;

@@ -106,7 +106,7 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
 // This thread's rows of R [G,H] (gate q's units k0..k1), transposed once per call into
 // r_cols [H, gates*w] (leading dimension ld): the step's product h R^T then reads its right
 // operand untransposed, which both GEMM backends pack faster on every call than the rows of R
-// (measured: docs/performance.md, "The forward product's operand").
+// (measured: docs/performance-history.md, "The forward product's operand").
 template <class T>
 void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols,
                                        int ld) const {

@@ -109,7 +109,7 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
 // conversion cost as much as PTB's product itself). Otherwise (fp32, double, the test emulation)
 // B is used in place: the caller keeps it alive and unchanged until the last product. (fp32 on
 // oneDNN was tried through the same blocked matmul: one thread's product ran at dnnl_sgemm's rate,
-// docs/performance.md.) One per thread: the products run single-threaded inside the time loop's
+// docs/performance-history.md.) One per thread: the products run single-threaded inside the time loop's
 // parallel region, concurrently across objects.
 template <class T>
 class FixedRightOperand {

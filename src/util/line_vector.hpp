@@ -4,7 +4,7 @@
 // row of a [rows, 16k] float matrix in one straddles two lines and each vector load or store of a
 // whole line touches two. The GEMM kernels read a packed right operand that way on every step
 // (PTB's forward step product: 1.2x the time), and the time loop's passes stream the [T,N,4H]
-// gates so (docs/performance.md, "Rows on cache lines").
+// gates so (docs/performance-history.md, "Rows on cache lines").
 #pragma once
 
 #include <cstddef>

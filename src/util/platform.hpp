@@ -21,7 +21,7 @@ int num_threads();
 // zero (MXCSR's DAZ and FTZ bits), as TensorFlow runs on CPUs: on Intel cores every operation on
 // a subnormal takes a microcode assist of about a hundred cycles, and gradients that vanish
 // through hundreds of steps pass through that range (a sequential-MNIST GRU training step ran
-// 4.7x slower without this; docs/performance.md). Sets the calling thread; threads it creates
+// 4.7x slower without this; docs/performance-history.md, "Subnormals"). Sets the calling thread; threads it creates
 // afterwards inherit it (the OpenMP and OpenBLAS pools start at their first use), so the rbn tool
 // calls it first thing. RBN_DENORMALS=keep leaves the processor's default (IEEE subnormals);
 // another value throws UsageError naming the variable. Returns whether they are now flushed.

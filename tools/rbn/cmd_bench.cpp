@@ -76,7 +76,7 @@ double quantile(std::vector<double> v, double q) {
 
 // Same-round ratios a[i] / b[i]: their median and quartiles over the rounds. Two cases timed in
 // the same round saw the same machine; a ratio of their medians mixes moments of different speed
-// (docs/performance.md, "Issue 17: the GRU rows after both changes").
+// (docs/performance-history.md, "Issue 17: the GRU rows after both changes").
 struct PairedRatio {
   double median = 0, q1 = 0, q3 = 0;
 };
