@@ -76,18 +76,49 @@ std::string backend_description(Backend b) {
 
 void set_backend(Backend b) { detail::g_backend.store(static_cast<int>(b)); }
 
+namespace detail {
+
+int onednn_k_panel(int M, int N, int K) {
+  // oneDNN 2.6's rule for its copy-based (packing) sgemm path on AVX-512 is 1/m + 1/n < 0.00196;
+  // the slow band was seen only there (64 or 256 rows, which it runs without packing, are fast)
+  const bool packs = 1.0 / M + 1.0 / N < 0.00196;
+  return packs && K >= 48 && K <= 96 ? 32 : K;
+}
+
+bool onednn_has_k_band() {
+  static const bool amx = dnnl_get_effective_cpu_isa() == dnnl_cpu_isa_avx512_core_amx;
+  return amx;
+}
+
+void onednn_sgemm(bool in_panels, bool ta, bool tb, int M, int N, int K, float alpha,
+                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  for (int k0 = 0; k0 < K;) {
+    const int kp = in_panels ? onednn_k_panel(M, N, K - k0) : K;
+    // the panel's columns of op(A) and rows of op(B)
+    const float* Ap = A + (ta ? size_t(k0) * lda : size_t(k0));
+    const float* Bp = B + (tb ? size_t(k0) : size_t(k0) * ldb);
+    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, kp, alpha, Ap, lda,
+                                        Bp, ldb, k0 == 0 ? beta : 1.0f, C, ldc);
+    if (st != dnnl_success) {
+      // only malformed arguments fail: a defect of rbn, not of the input
+      std::fprintf(stderr, "rbn: error: dnnl_sgemm(%c%c, %d, %d, %d, lda %d, ldb %d, ldc %d) failed "
+                   "(status %d; a defect of rbn: please report the command)\n", ta ? 'T' : 'N',
+                   tb ? 'T' : 'N', M, N, kp, lda, ldb, ldc, static_cast<int>(st));
+      std::abort();
+    }
+    k0 += kp;
+  }
+}
+
+}  // namespace detail
+
 void sgemm(Backend b, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc) {
   // empty products (a rank with no rows, K = 0) keep cblas's meaning: C = beta C
   if (b == Backend::onednn && M > 0 && N > 0 && K > 0) {
-    const dnnl_status_t st = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, alpha, A, lda, B,
-                                        ldb, beta, C, ldc);
-    if (st == dnnl_success) return;
-    // only malformed arguments fail: a defect of rbn, not of the input
-    std::fprintf(stderr, "rbn: error: dnnl_sgemm(%c%c, %d, %d, %d, lda %d, ldb %d, ldc %d) failed "
-                 "(status %d; a defect of rbn: please report the command)\n", ta ? 'T' : 'N',
-                 tb ? 'T' : 'N', M, N, K, lda, ldb, ldc, static_cast<int>(st));
-    std::abort();
+    detail::onednn_sgemm(detail::onednn_has_k_band(), ta, tb, M, N, K, alpha, A, lda, B, ldb, beta,
+                         C, ldc);
+    return;
   }
   if (M == 1 && N > 0 && K > 0) {
     // One row (a stream's step at batch 1): a matrix-vector product. OpenBLAS 0.3.21's sgemm

@@ -47,8 +47,26 @@ inline Backend backend() {
 void set_backend(Backend b);
 
 // C[M,N] = alpha * op(A) op(B) + beta * C on the given backend (calibration, benchmarks).
+// On oneDNN, a product in its slow K band (detail::onednn_k_panel) is issued in K panels.
 void sgemm(Backend b, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
            const float* B, int ldb, float beta, float* C, int ldc);
+
+namespace detail {
+// oneDNN 2.6.3's sgemm on avx512_core_amx has a slow band: a product with K in [48, 96] that it
+// packs (1/M + 1/N < 0.00196) runs at a third of its rate, a cost per element of C that does not
+// grow with K (X[6400,K]·W[4000,K]ᵀ, the hoisted input product of PTB's layer with K features:
+// about 41 ms on two threads for every K in the band; K = 44-47 at 173-207 GFLOP/s, K = 48 at 57;
+// docs/performance.md, "GEMM backends"). The same product in K panels, the first 32 columns wide
+// and the rest added with beta = 1, runs at 160-180. The width of the first panel of a product of
+// K columns: 32 in the band, else K (issued whole). Only the summation order changes.
+int onednn_k_panel(int M, int N, int K);
+// Whether this process's oneDNN has the band: its ISA is avx512_core_amx (the AVX-512 EPYC of
+// issue 18, avx512_core_bf16, ran K = 50 whole at 341 GFLOP/s).
+bool onednn_has_k_band();
+// dnnl_sgemm, in the panels of onednn_k_panel when in_panels, else whole.
+void onednn_sgemm(bool in_panels, bool ta, bool tb, int M, int N, int K, float alpha,
+                  const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
+}  // namespace detail
 
 // ---- precision of the float products --------------------------------------------------------
 

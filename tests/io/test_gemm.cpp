@@ -59,6 +59,58 @@ TEST(Gemm, EveryBackendMatchesTheDefinition) {
         }
 }
 
+// oneDNN's slow K band (blas.hpp): which products are issued in panels, and how wide.
+TEST(Gemm, OnednnKPanelsOnlyInTheBand) {
+  using detail::onednn_k_panel;
+  EXPECT_EQ(onednn_k_panel(6400, 4000, 50), 32);  // PTB's hoisted input product, 50 features
+  EXPECT_EQ(onednn_k_panel(6400, 4000, 48), 32);
+  EXPECT_EQ(onednn_k_panel(6400, 4000, 96), 32);
+  EXPECT_EQ(onednn_k_panel(6400, 4000, 47), 47);  // below the band: whole
+  EXPECT_EQ(onednn_k_panel(6400, 4000, 97), 97);  // above it
+  EXPECT_EQ(onednn_k_panel(64, 4000, 64), 64);    // a time step's rows: not packed, whole
+  EXPECT_EQ(onednn_k_panel(256, 4000, 64), 64);
+  EXPECT_EQ(onednn_k_panel(1000, 1100, 64), 32);  // 1/1000 + 1/1100 < 0.00196: packed
+}
+
+// The panels against the definition on every transpose and beta, with padded leading dimensions
+// (K = 50: 32 + 18; 80: 32 + 32 + 16; 96: three of 32), on any CPU; and the oneDNN backend at such
+// a shape, panelled or not as this CPU has it.
+TEST(Gemm, OnednnKPanelsMatchTheDefinition) {
+  const int M = 1000, N = 1100, pad = 5;
+  struct Case { int K; bool ta, tb; float beta; bool panels; };
+  std::vector<Case> cases;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) cases.push_back({50, ta, tb, ta ? 1.f : 0.f, true});
+  cases.push_back({80, false, true, -0.5f, true});
+  cases.push_back({96, true, false, 0.f, true});
+  cases.push_back({50, false, true, -0.5f, false});  // through sgemm: as this CPU runs it
+  for (const Case& c : cases) {
+    const int lda = (c.ta ? M : c.K) + pad, ldb = (c.tb ? c.K : N) + pad, ldc = N + pad;
+    std::vector<float> A(size_t(c.ta ? c.K : M) * lda), B(size_t(c.tb ? N : c.K) * ldb),
+        C(size_t(M) * ldc);
+    for (size_t i = 0; i < A.size(); ++i) A[i] = std::sin(0.37f * float(i % 4099));
+    for (size_t i = 0; i < B.size(); ++i) B[i] = std::cos(0.11f * float(i % 3001));
+    for (size_t i = 0; i < C.size(); ++i) C[i] = 0.25f * std::sin(float(i % 997));
+    std::vector<float> want = C;
+    naive(c.ta, c.tb, M, N, c.K, 0.75f, A, lda, B, ldb, c.beta, want, ldc);
+    if (c.panels)
+      detail::onednn_sgemm(true, c.ta, c.tb, M, N, c.K, 0.75f, A.data(), lda, B.data(), ldb, c.beta,
+                           C.data(), ldc);
+    else
+      sgemm(Backend::onednn, c.ta, c.tb, M, N, c.K, 0.75f, A.data(), lda, B.data(), ldb, c.beta,
+            C.data(), ldc);
+    for (int i = 0; i < M; ++i)
+      for (int j = 0; j < ldc; ++j) {
+        const size_t at = size_t(i) * ldc + j;
+        if (j >= N)
+          ASSERT_EQ(C[at], 0.25f * std::sin(float(at % 997)));
+        else
+          ASSERT_NEAR(C[at], want[at], 2e-5f * (1 + std::fabs(want[at])))
+              << "K=" << c.K << " ta=" << c.ta << " tb=" << c.tb << " beta=" << c.beta;
+      }
+  }
+}
+
 // The time loop's fixed right operand on every backend, fp32: prepared once, several products
 // (beta 0, 1, -0.5; padded leading dimensions; shapes of the PTB step's slices, scaled down, and
 // odd ones) against the definition and exactly blas::gemm; prepared again with new values of B,
