@@ -1,9 +1,10 @@
 // 2026-12-03, 17:30-18:00 UTC, linked against the library of 1f01586 (before the K panels: since
 // then sgemm on oneDNN splits such products itself; detail::onednn_sgemm(false, ...) is the whole call):
-//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude runs/s15-kband-rows.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
+//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude -Iruns runs/s15-kband-rows.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
 //   OMP_NUM_THREADS=2 ./a.out   (s15-kband-threads: OMP_NUM_THREADS=1, 2, 4)
 // oneDNN's sgemm on the hoisted product X[M,K] W[N,K]^T: whole against row blocks of R rows.
 #include "util/blas.hpp"
+#include "s15-kband-median.hpp"
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,17 +12,7 @@
 #include <functional>
 #include <vector>
 using namespace rbn::blas;
-static double med(std::function<void()> f, double flop) {
-  std::vector<double> ts;
-  f();
-  for (int r = 0; r < 7; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ts.begin(), ts.end());
-  return flop / ts[3] * 1e-9;
-}
+static double med(std::function<void()> f, double flop) { return median_rate(f, flop, 7); }
 int main() {
   struct S { int M, N; };
   for (S s : {S{6400, 4000}, S{12800, 8000}, S{6400, 1000}}) {

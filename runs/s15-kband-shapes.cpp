@@ -1,9 +1,10 @@
 // 2026-12-03, 17:30-18:00 UTC, linked against the library of 1f01586 (before the K panels: since
 // then sgemm on oneDNN splits such products itself; detail::onednn_sgemm(false, ...) is the whole call):
-//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude runs/s15-kband-shapes.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
+//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude -Iruns runs/s15-kband-shapes.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
 //   OMP_NUM_THREADS=2 ./a.out   (s15-kband-threads: OMP_NUM_THREADS=1, 2, 4)
 // Where oneDNN's slow K band applies: sizes of C and transposes, K = 64 (and 100), whole vs 2 panels.
 #include "util/blas.hpp"
+#include "s15-kband-median.hpp"
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,17 +12,7 @@
 #include <functional>
 #include <vector>
 using namespace rbn::blas;
-static double med(std::function<void()> f, double flop) {
-  std::vector<double> ts;
-  f();
-  for (int r = 0; r < 9; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ts.begin(), ts.end());
-  return flop / ts[4] * 1e-9;
-}
+static double med(std::function<void()> f, double flop) { return median_rate(f, flop, 9); }
 int main(int argc, char**) {
   struct S { int M, N, K; };
   for (S s : {S{100, 208, 100}, S{100, 400, 100}, S{64, 4000, 64}, S{256, 4000, 64}, S{640, 1000, 64}, S{1000, 1000, 64}, S{1024, 2048, 64}, S{1600, 1000, 64}, S{2048, 2048, 64}, S{6400, 4000, 44}, S{6400, 4000, 100}, S{6400, 4000, 108}})

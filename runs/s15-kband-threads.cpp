@@ -1,10 +1,11 @@
 // 2026-12-03, 17:30-18:00 UTC, linked against the library of 1f01586 (before the K panels: since
 // then sgemm on oneDNN splits such products itself; detail::onednn_sgemm(false, ...) is the whole call):
-//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude runs/s15-kband-threads.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
+//   g++ -O2 -std=c++20 -fopenmp -Isrc -Iinclude -Iruns runs/s15-kband-threads.cpp build/librbn_io.a -ldnnl -lopenblas -lsleef -lz -lfmt
 //   OMP_NUM_THREADS=2 ./a.out   (s15-kband-threads: OMP_NUM_THREADS=1, 2, 4)
 // The slow K band of oneDNN's sgemm against the thread count: X[6400,K] W[4000,K]^T, whole and
 // in panels of at most 32 columns.
 #include "util/blas.hpp"
+#include "s15-kband-median.hpp"
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,17 +13,7 @@
 #include <functional>
 #include <vector>
 using namespace rbn::blas;
-static double med(std::function<void()> f, double flop) {
-  std::vector<double> ts;
-  f();
-  for (int r = 0; r < 5; ++r) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ts.begin(), ts.end());
-  return flop / ts[2] * 1e-9;
-}
+static double med(std::function<void()> f, double flop) { return median_rate(f, flop, 5); }
 int main(int argc, char** argv) {
   const int M = argc > 1 ? atoi(argv[1]) : 6400, N = argc > 2 ? atoi(argv[2]) : 4000;
   std::vector<float> A(size_t(M) * N);
