@@ -11,6 +11,8 @@
 
 #include <omp.h>
 
+#include "cells/kernels.hpp"
+
 namespace rbn::cells {
 
 // W x of one step for the columns [j0, j0 + w) of every row: out [N,G] (stride G), Xt [N,C],
@@ -177,9 +179,7 @@ void sparse_weight_grad(const SparseRows<T>& xs, const T* dZ, int64_t rows, int 
         for (int j = 0; j < w; ++j) acc[j] += v * d[j];
       }
     }
-    for (int j = j0; j < j1; ++j)
-      for (int c = 0; c < C; ++c)
-        dW[static_cast<int64_t>(j) * C + c] += dWt[static_cast<int64_t>(c) * G + j];
+    kern::add_transposed_rows(dWt, G, C, j0, j1, dW, C);
   }
 }
 

@@ -34,6 +34,18 @@ void transpose_tiled(const T* A, int rows, int cols, int64_t lda, T* out, int64_
         for (int c = c0; c < std::min(c0 + B, cols); ++c) out[c * ldo + r] = A[r * lda + c];
 }
 
+// A [j0..j1) rows of [rows, cols] (leading dimension lda) += B^T, B [cols, rows] (ldb): a
+// gradient formed transposed added to its own layout, in tiles of 32 so that the column reads of
+// B stay on cache lines. Each element is one addition, whatever the row range.
+template <class T>
+void add_transposed_rows(const T* B, int64_t ldb, int cols, int j0, int j1, T* A, int64_t lda) {
+  constexpr int Bt = 32;
+  for (int r0 = j0; r0 < j1; r0 += Bt)
+    for (int c0 = 0; c0 < cols; c0 += Bt)
+      for (int r = r0; r < std::min(r0 + Bt, j1); ++r)
+        for (int c = c0; c < std::min(c0 + Bt, cols); ++c) A[r * lda + c] += B[c * ldb + r];
+}
+
 template <class T>
 inline T sigmoid(T x) {
   return T(1) / (T(1) + std::exp(-x));

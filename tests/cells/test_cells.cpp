@@ -120,6 +120,16 @@ std::vector<CellCase> reference_cases() {
     d.learn_init_state = true;
     d.given_state = false;
     out.push_back(d);
+    CellCase f;  // a dense input of 20 features: W x hoisted over all steps (and dW of it)
+    f.cell = cell;
+    f.T = 4;
+    f.N = 5;
+    f.C = 20;
+    f.H = 6;
+    f.L = 1;
+    f.t_max = 4;
+    f.lengths = {4, 2, 4, 3, 4};
+    out.push_back(f);
     CellCase w;  // wide enough for the time loop to split units over threads (blocks of 16)
     w.cell = cell;
     w.T = 4;
@@ -208,6 +218,78 @@ TEST_P(CellReference, TrainFloat) { check_against_reference<float>(GetParam(), M
 TEST_P(CellReference, TrainDouble) { check_against_reference<double>(GetParam(), Mode::train, 1e-10); }
 TEST_P(CellReference, InferFloat) { check_against_reference<float>(GetParam(), Mode::infer, 2e-4); }
 TEST_P(CellReference, InferDouble) { check_against_reference<double>(GetParam(), Mode::infer, 1e-10); }
+
+// The float engine's backward (on the test's GEMM backend: ctest runs this file under each)
+// against the double engine's, which CellGradient checks by finite differences: the same
+// parameters, inputs and output gradients; every parameter gradient, dx, dh0 and dc0, each within
+// tol of its tensor's largest magnitude. (5e-3: BN_t over the two or three rows left at a ragged
+// batch's last steps divides float rounding by their small spread, 0.4 % of the largest gradient
+// in bnlstm's H = 40 case; a wrong or missing term is off by its whole size.)
+template <class T>
+std::vector<T> stack_gradients(Stack<T>& s, const CellCase& cc, Mode mode,
+                               const std::vector<double>& x, const std::vector<double>& h0,
+                               const std::vector<double>& c0, const std::vector<double>& w) {
+  const size_t NH = static_cast<size_t>(cc.N) * cc.H, LDNH = cc.L * cc.D() * NH;
+  const size_t Y = static_cast<size_t>(cc.T) * cc.D() * NH;
+  const std::vector<int> li = cc.lens();
+  const std::vector<int32_t> lens(li.begin(), li.end());
+  const std::vector<T> xt(x.begin(), x.end()), h0t(h0.begin(), h0.end()),
+      c0t(c0.begin(), c0.end()), dy(w.begin(), w.begin() + Y),
+      dhT(w.begin() + Y, w.begin() + Y + LDNH), dcT(w.begin() + Y + LDNH, w.end());
+  std::vector<T> y(Y), hT(LDNH), cT(LDNH), dx(xt.size()), dh0(LDNH), dc0(LDNH);
+  ForwardOptions opt;
+  opt.mode = mode;
+  opt.update_running = false;
+  s.forward(opt, cc.T, cc.N,
+            {.x = xt.data(),
+             .lengths = lens.data(),
+             .h0 = cc.given_state ? h0t.data() : nullptr,
+             .c0 = cc.given_state ? c0t.data() : nullptr},
+            {.y = y.data(), .hT = hT.data(), .cT = cT.data()});
+  s.zero_grad();
+  s.backward(dy.data(), dhT.data(), dcT.data(), dx.data(), dh0.data(), dc0.data());
+  std::vector<T> g(s.grads().begin(), s.grads().end());
+  for (const auto* v : {&dx, &dh0, &dc0}) g.insert(g.end(), v->begin(), v->end());
+  return g;
+}
+
+void check_backward_float(const CellCase& cc, Mode mode, double tol) {
+  Stack<float> sf(cc.config());
+  Stack<double> sd(cc.config());
+  randomize(sf, 11);
+  std::copy(sf.params().begin(), sf.params().end(), sd.params().begin());
+  std::copy(sf.buffers().begin(), sf.buffers().end(), sd.buffers().begin());
+  const size_t NH = static_cast<size_t>(cc.N) * cc.H, LDNH = cc.L * cc.D() * NH;
+  const size_t Y = static_cast<size_t>(cc.T) * cc.D() * NH;
+  const auto x = to_double(input_rows<float>(cc, cc.T, 3));
+  const auto h0 = to_double(random_vec<float>(LDNH, 4, 0.5));
+  const auto c0 = to_double(random_vec<float>(LDNH, 5, 0.5));
+  const auto w = to_double(random_vec<float>(Y + 2 * LDNH, 6));
+  const std::vector<float> gf = stack_gradients(sf, cc, mode, x, h0, c0, w);
+  const std::vector<double> gd = stack_gradients(sd, cc, mode, x, h0, c0, w);
+  std::vector<std::pair<std::string, std::pair<size_t, size_t>>> parts;  // name, [begin, end)
+  for (const auto& ti : sf.param_info()) parts.push_back({ti.name, {ti.offset, ti.offset + ti.numel}});
+  size_t at = sf.grads().size();
+  for (auto [name, n] : {std::pair<const char*, size_t>{"dx", x.size()}, {"dh0", LDNH}, {"dc0", LDNH}}) {
+    parts.push_back({name, {at, at + n}});
+    at += n;
+  }
+  ASSERT_EQ(gd.size(), at);
+  for (const auto& [name, r] : parts) {
+    double scale = 0, err = 0;
+    for (size_t i = r.first; i < r.second; ++i) {
+      scale = std::max(scale, std::abs(gd[i]));
+      err = std::max(err, std::abs(gf[i] - gd[i]));
+    }
+    EXPECT_LE(err, tol * std::max(1.0, scale)) << name << ": " << err << " off (largest |gradient| " << scale << ")";
+  }
+}
+TEST_P(CellReference, BackwardFloat) {
+  for (Mode mode : {Mode::train, Mode::infer}) {
+    SCOPED_TRACE(mode == Mode::train ? "train" : "infer");
+    check_backward_float(GetParam(), mode, 5e-3);
+  }
+}
 
 INSTANTIATE_TEST_SUITE_P(AllCells, CellReference, ::testing::ValuesIn(reference_cases()),
                          [](const auto& info) { return info.param.name(); });
