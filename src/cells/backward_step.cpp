@@ -844,8 +844,9 @@ void Engine<T>::finish_probe(int P) {
 }
 
 // dW [G,C] of a dense input with few features as its transpose X^T d(W x) [C,G], added in place:
-// oneDNN 2.6's sgemm runs that product (C rows) 1.2-1.8x faster than dW's own (C columns) for
-// C <= 64, on the AVX-512 Xeon and EPYC it was measured on (docs/performance.md, "GEMM backends");
+// oneDNN 2.6's sgemm runs that product (C rows) 1.1-1.8x faster than dW's own (C columns) for
+// 32 <= C <= 64 on the AVX-512 Xeon and EPYC it was measured on (docs/performance.md, "GEMM
+// backends"; fewer features than 32 were not measured, and the rule takes them too);
 // level at 128-256, slower at 1000. OpenBLAS gained on the EPYC but lost on the Xeon, so it keeps
 // dW's own product. fp32 only (bf16 not measured).
 namespace {

@@ -293,7 +293,8 @@ struct Workspace {
   std::vector<double> stat_mean, stat_var;  // [F] whole-table BN statistics
   std::vector<double> xsum1, xsum2;      // [T,G] deferred BN_t(W x) backward: sum dy, dy*x-hat
   std::vector<T> dx_part;                // [P,T,N,C] inline input: each thread's part of dx
-  std::vector<T> dwt;                    // [C,G] sparse input: dW transposed (sparse_weight_grad)
+  std::vector<T> dwt;                    // [C,G] dW transposed (sparse_weight_grad; a dense
+                                         //   input's on oneDNN: weight_grad_transposed)
   LineVector<T> r_packed;                // by thread, rows on lines: R's rows transposed
                                          //   [H, line_ld(gates*w)] (fwd), its columns [G, line_ld(w)] (bwd)
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread

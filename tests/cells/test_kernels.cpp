@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 #include "cells/engine.hpp"
@@ -80,6 +81,24 @@ TYPED_TEST(Kernels, TransposeTiledMatchesPlainLoop) {
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c) want[c * ldo + r] = A[r * lda + c];
     EXPECT_EQ(out, want) << rows << " x " << cols;
+  }
+}
+
+TYPED_TEST(Kernels, AddTransposedRowsMatchesPlainLoop) {
+  using T = TypeParam;
+  // A [rows, cols] += B^T over a row range, across and off the 32 x 32 tiles, padded leading
+  // dimensions; rows outside the range and the padding stay as they were
+  for (auto [rows, cols, j0, j1] : {std::tuple{1, 1, 0, 1}, {70, 3, 0, 70}, {100, 33, 31, 97},
+                                    {64, 64, 32, 64}, {17, 50, 5, 5}}) {
+    const int64_t lda = cols + 2, ldb = rows + 7;
+    std::vector<T> A(static_cast<size_t>(rows) * lda), B(static_cast<size_t>(cols) * ldb);
+    std::iota(A.begin(), A.end(), T(1));
+    std::iota(B.begin(), B.end(), T(-500));
+    std::vector<T> want = A;
+    kern::add_transposed_rows(B.data(), ldb, cols, j0, j1, A.data(), lda);
+    for (int r = j0; r < j1; ++r)
+      for (int c = 0; c < cols; ++c) want[r * lda + c] += B[c * ldb + r];
+    EXPECT_EQ(A, want) << rows << " x " << cols << ", rows " << j0 << ".." << j1;
   }
 }
 
