@@ -3,7 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <numeric>
+#include <sstream>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -11,6 +15,7 @@
 #include "cells/input_projection.hpp"
 #include "cells/kernels.hpp"
 #include "cells/norms.hpp"
+#include "util/line_vector.hpp"
 #include "util/rng.hpp"
 
 namespace rbn::testing {
@@ -121,6 +126,50 @@ TYPED_TEST(Kernels, LineVectorRowsStartOnLines) {
     LineVector<T> w(n + 3);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(w.data()) % 64, 0u) << n;
   }
+}
+
+// Blocks of two huge pages or more start on one and are advised as huge-page memory (the VMA's
+// "hg" flag in /proc/self/smaps), where the kernel offers transparent huge pages (unless
+// RBN_HUGE_PAGES=off, which the test suite does not set); smaller blocks stay on lines.
+TEST(LineBlocks, LargeBlocksLieOnAdvisedHugePages) {
+  const size_t hp = huge_page_size();
+#if defined(__linux__)
+  std::ifstream enabled("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  if (std::getline(enabled, modes) && modes.find("[never]") == std::string::npos &&
+      !std::getenv("RBN_HUGE_PAGES")) {
+    ASSERT_GT(hp, 0u) << "this kernel offers transparent huge pages (" << modes << ")";
+  }
+#endif
+  EXPECT_EQ(line_block_alignment(1000), kCacheLine);
+  if (hp == 0) {
+    EXPECT_EQ(line_block_alignment(size_t(1) << 30), kCacheLine);
+    return;
+  }
+  EXPECT_EQ(line_block_alignment(2 * hp - 1), kCacheLine);
+  EXPECT_EQ(line_block_alignment(2 * hp), hp);
+  LineVector<float> big(3 * hp / sizeof(float) + 5, 1.0f), small(1000, 1.0f);
+  const auto at = reinterpret_cast<uintptr_t>(big.data());
+  EXPECT_EQ(at % hp, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(small.data()) % kCacheLine, 0u);
+#if defined(__linux__)
+  // The mapping that holds big's first huge page, and its flags.
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line, flags;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-') {  // a mapping's first line
+      inside = lo <= at && at + hp <= hi;
+    } else if (inside && line.rfind("VmFlags:", 0) == 0) {
+      flags = line;
+      break;
+    }
+  }
+  EXPECT_NE(flags.find(" hg"), std::string::npos) << "no MADV_HUGEPAGE on the block: " << flags;
+#endif
 }
 
 TYPED_TEST(Kernels, Activations) {

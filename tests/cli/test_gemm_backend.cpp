@@ -156,6 +156,30 @@ TEST(GemmBackend, UnknownDenormalModeIsRefused) {
   fs::remove_all(out.parent_path());
 }
 
+// RBN_HUGE_PAGES (util/line_vector.hpp: rbn's large buffers on transparent huge pages unless
+// off): an unknown value is refused in one line naming the variable, before anything is written;
+// on and off train. Pages do not change results: both runs end on the same bytes (a model whose
+// gates and packed R, over 4 MiB each, take huge pages).
+TEST(GemmBackend, HugePagesSettingIsCheckedAndChangesNoResult) {
+  const fs::path out = tmp("hugepages"), off = tmp("hugepages-off");
+  fs::remove_all(out.parent_path());
+  const auto big = [](const fs::path& dir) {
+    return "train --task ptb --data " + std::string(RBN_SOURCE_DIR) + "/data/ptb --cell bnlstm " +
+           "--hidden 512 --seq-len 20 --batch-size 32 --steps 3 --eval-every 0 --eval-batches 1 " +
+           "--popstats-batches 1 --log-every 3 --threads 2 --out " + dir.string();
+  };
+  const Outcome o = run("RBN_HUGE_PAGES=yes", big(out));
+  EXPECT_EQ(o.code, 2) << o.err;
+  EXPECT_EQ(o.err, "rbn: error: RBN_HUGE_PAGES=yes: expected on (the default) or off\n");
+  EXPECT_FALSE(fs::exists(out));
+  Outcome ok = run("RBN_HUGE_PAGES=on", big(out));
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  ok = run("RBN_HUGE_PAGES=off", big(off));
+  ASSERT_EQ(ok.code, 0) << ok.err;
+  EXPECT_EQ(model_bytes(out / "last.safetensors"), model_bytes(off / "last.safetensors"));
+  fs::remove_all(out.parent_path());
+}
+
 // The subnormal mode is recorded in each checkpoint (`denormals`) and --resume keeps it: a
 // resumed run must treat values below the normal range as the run did, else it parts from the
 // uninterrupted run there. A mismatch is refused in one line saying what to set; nothing is written.

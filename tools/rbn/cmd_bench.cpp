@@ -603,6 +603,13 @@ BenchPlan parse_plan(const BenchFlags& f) {
   return p;
 }
 
+// Where rbn's large buffers lie, for the report's header (util/line_vector.hpp).
+std::string huge_pages_line() {
+  const size_t hp = huge_page_size();
+  if (hp > 0) return fmt::format("rbn's large buffers: on {} KiB transparent huge pages (RBN_HUGE_PAGES=off: not)", hp >> 10);
+  return "rbn's large buffers: on ordinary pages (RBN_HUGE_PAGES=off, or the kernel offers no transparent huge pages)";
+}
+
 std::string fmt_or_dash(double v, const char* spec) { return v > 0 ? fmt::format(fmt::runtime(spec), v) : "-"; }
 
 void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& script, bool torch,
@@ -612,6 +619,7 @@ void run_step_bench(const BenchFlags& f, const BenchPlan& p, const std::string& 
               f.repeats, f.warmup, f.threads.c_str());
   for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
   std::printf("  rbn's float products: %s inputs\n", blas::precision_name(blas::precision()));
+  std::printf("  %s\n", huge_pages_line().c_str());
   std::printf("\n%-7s %-7s %-8s %-5s %9s %3s %9s %3s %6s %9s %9s %3s %6s %6s %8s %8s %6s %8s %8s\n", "shape", "cell",
               "gemm", "mode", "rbn ms", "thr", "torch ms", "thr", "ratio", "layer ms", "dnnl ms", "thr", "x dnnl",
               "x base", "GFLOP/s", "sgemm", "%sgemm", "bwd-read", "alloc");
@@ -876,6 +884,7 @@ void run_stream_bench(const BenchFlags& f, const BenchPlan& p, const std::string
               f.stream_steps, warmup, f.threads.c_str());
   for (auto be : p.backends) std::printf("  gemm %s = %s\n", blas::backend_name(be), blas::backend_description(be).c_str());
   std::printf("  rbn's float products: %s inputs\n", blas::precision_name(blas::precision()));
+  std::printf("  %s\n", huge_pages_line().c_str());
   std::printf("\n%-7s %-7s %-8s %3s %9s %9s %3s %9s %9s %3s %-14s %6s\n", "shape", "cell", "gemm", "N",
               "rbn med", "rbn p99", "thr", "torch med", "torch p99", "thr", "torch mode", "ratio");
   for (const auto& s : p.shapes)
@@ -1080,6 +1089,7 @@ void register_bench(CLI::App& app, int& exit_code) {
     for (auto be : plan.backends) out["gemm"][blas::backend_name(be)] = blas::backend_description(be);
     out["cpu_threads"] = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     out["precision"] = blas::precision_name(blas::precision());
+    out["huge_page_bytes"] = huge_page_size();  // 0: rbn's buffers on ordinary pages
     out["command"] = "rbn bench --shapes " + f->shapes + " --cells " + f->cells +
                      " --bidir-cells " + f->bidir_cells + " --threads " + f->threads + " --gemm " +
                      f->gemm + " --precision " + f->precision + " --repeats " +

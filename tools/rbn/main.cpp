@@ -9,6 +9,7 @@
 #include "train/group.hpp"
 #include "util/blas.hpp"
 #include "util/error.hpp"
+#include "util/line_vector.hpp"
 #include "util/platform.hpp"
 
 namespace {
@@ -31,6 +32,7 @@ int main(int argc, char** argv) {
     rbn::flush_denormals_unless_kept();  // before any thread starts: the pools inherit it
     group.emplace(argc, argv);
     (void)rbn::blas::backend();  // an unknown RBN_GEMM is refused here, before any work
+    (void)rbn::huge_page_size();  // and an unknown RBN_HUGE_PAGES
   } catch (const rbn::Error& e) {
     std::fprintf(stderr, "rbn: error: %s\n", e.what());
     return e.exit_code();
