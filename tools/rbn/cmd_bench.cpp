@@ -606,7 +606,7 @@ BenchPlan parse_plan(const BenchFlags& f) {
 // Where rbn's large buffers lie, for the report's header (util/line_vector.hpp).
 std::string huge_pages_line() {
   const size_t hp = huge_page_size();
-  if (hp > 0) return fmt::format("rbn's large buffers: on {} KiB transparent huge pages (RBN_HUGE_PAGES=off: not)", hp >> 10);
+  if (hp > 0) return fmt::format("rbn's large buffers: on {} KiB transparent huge pages (RBN_HUGE_PAGES=on)", hp >> 10);
   return "rbn's large buffers: on ordinary pages (RBN_HUGE_PAGES=off, or the kernel offers no transparent huge pages)";
 }
 
