@@ -9,8 +9,8 @@
 //
 // The engine's caches and packed operands (tens to hundreds of MiB, streamed every step) cover
 // far more 4 KiB pages than the TLB holds; blocks of at least two huge pages start on one and are
-// advised as huge-page memory (docs/performance.md, "Huge pages"). RBN_HUGE_PAGES=off keeps them
-// on ordinary pages.
+// advised as huge-page memory (docs/performance.md, "How it is fast": "Huge pages").
+// RBN_HUGE_PAGES=off keeps them on ordinary pages.
 #pragma once
 
 #include <cstddef>
@@ -21,8 +21,8 @@ namespace rbn {
 
 inline constexpr std::size_t kCacheLine = 64;
 
-// The huge-page size line_block() uses (from the kernel's transparent-huge-page settings), or 0
-// where they are off: RBN_HUGE_PAGES=off, a kernel without them or set to `never`, or not Linux.
+// The huge-page size allocate_line_block() aligns large blocks to (the kernel's transparent huge
+// pages), or 0 where they are off: RBN_HUGE_PAGES=off, a kernel without them or set to `never`, or not Linux.
 // RBN_HUGE_PAGES is read once; a value other than on (the default) or off throws UsageError
 // naming it (the rbn tool checks it at start).
 std::size_t huge_page_size();

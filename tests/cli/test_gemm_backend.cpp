@@ -159,7 +159,7 @@ TEST(GemmBackend, UnknownDenormalModeIsRefused) {
 // RBN_HUGE_PAGES (util/line_vector.hpp: rbn's large buffers on transparent huge pages unless
 // off): an unknown value is refused in one line naming the variable, before anything is written;
 // on and off train. Pages do not change results: both runs end on the same bytes (a model whose
-// gates and packed R, over 4 MiB each, take huge pages).
+// gates and packed R, of 4 MiB and more each, take huge pages).
 TEST(GemmBackend, HugePagesSettingIsCheckedAndChangesNoResult) {
   const fs::path out = tmp("hugepages"), off = tmp("hugepages-off");
   fs::remove_all(out.parent_path());
