@@ -131,6 +131,7 @@ void Engine<T>::layer_backward(int k, const T* X, const T* dYin, T* dX) {
   // Thread p's columns of R [G, w], rows on lines (the forward's buffer, reused).
   const auto r_slices = run.pack ? ws.packed_slices(P, G, widest_unit_block(P, H))
                                  : typename Workspace<T>::PackedSlices{};
+  if (run.pack) ws.packed_layer = -1;  // overwritten below with the backward's layout
   // Same ownership of hidden units as the forward loop; one barrier per step makes dRh complete
   // before each thread computes its columns of dh_{t-1} = dRh R.
 #pragma omp parallel num_threads(P) if (P > 1)

@@ -297,6 +297,11 @@ struct Workspace {
                                          //   input's on oneDNN: weight_grad_transposed)
   LineVector<T> r_packed;                // by thread, rows on lines: R's rows transposed
                                          //   [H, line_ld(gates*w)] (fwd), its columns [G, line_ld(w)] (bwd)
+  // r_packed holds the forward's slices of layer packed_layer's R (-1: anything else). The next
+  // chunk of the same forward call (reuse_packed, set by Engine::forward: parameters do not change
+  // within a call, and layer_forward clears it) reuses them instead of transposing R again.
+  int packed_layer = -1;
+  bool reuse_packed = false;
   std::vector<T> rh_step;                // [N,G] forward: the step's R h, by thread
   std::vector<T> drec_step;              // [P][N,G] backward, bngru/lngru: d(recurrent term) of the step
   std::vector<double> ln_part_h, ln_part_c, ln_part_x;  // [parts,P,N,2] LN partial row sums

@@ -79,6 +79,9 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
   // Thread p's R^T columns [H, gates*w], rows on lines.
   const auto r_slices = run.pack ? ws.packed_slices(P, H, gates * widest_unit_block(P, H))
                                  : typename Workspace<T>::PackedSlices{};
+  const bool repack = !(ws.reuse_packed && ws.packed_layer == k);  // else as the last chunk left it
+  ws.reuse_packed = false;
+  ws.packed_layer = run.pack ? k : -1;
   ensure_size(ws.rh_step, static_cast<size_t>(N) * G);
   if (sync.active) {
     ensure_size(sync.sums_xh, 4 * static_cast<size_t>(G));
@@ -94,7 +97,7 @@ void Engine<T>::layer_forward(int k, int Tc, int N, const T* X, const uint8_t* v
     // (The product goes to this scratch, hot in cache, and is copied to Hh in the gate pass:
     // written straight to Hh's fresh lines, the GEMM stalls on them — measured slower.)
     s.rh_step = ws.rh_step.data() + static_cast<size_t>(N) * gates * u.k0;
-    if (run.pack && u.w > 0) {
+    if (run.pack && u.w > 0 && repack) {
       s.r_cols = r_slices.slice(u.p);
       pack_recurrent_columns(run.prm.R, H, u, s.r_cols, r_slices.ld);
       s.r_op.prepare(s.r_cols, H, gates * u.w, r_slices.ld, run.N);
@@ -111,8 +114,7 @@ template <class T>
 void Engine<T>::pack_recurrent_columns(const T* R, int H, const UnitBlock& u, T* r_cols,
                                        int ld) const {
   for (int q = 0; q < gates; ++q)
-    kern::transpose_tiled(R + static_cast<size_t>(q * H + u.k0) * H, u.w, H, H, r_cols + q * u.w,
-                          ld);
+    blas::transpose(u.w, H, R + static_cast<size_t>(q * H + u.k0) * H, H, r_cols + q * u.w, ld);
 }
 
 // The input projection of all steps at once and its normalization when it spans the sequence
@@ -129,7 +131,7 @@ void Engine<T>::prepare_input(ForwardRun& run) {
   run.sparse_x = cc.sparse_x;
   if (run.inline_x || run.sparse_x) {
     cc.Wt.resize(static_cast<size_t>(C) * G);
-    kern::transpose_tiled(W, G, C, C, cc.Wt.data(), G);
+    blas::transpose(G, C, W, C, cc.Wt.data(), G);
     if (run.inline_x && spec.x == Norm::ln)
       for (int i = 0; i < ln_parts(spec); ++i) {
         const LnPart pt = ln_part(spec, i);

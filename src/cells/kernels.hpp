@@ -23,17 +23,6 @@ namespace rbn::kern {
 // Parallelize a loop only when it has enough work to pay for the fork/join.
 constexpr int64_t kParallelWork = 1 << 14;
 
-// out[c * ldo + r] = A[r * lda + c] for A [rows, cols]: a transpose in tiles of 32 x 32, whose
-// reads and writes stay in cache (untiled, each write of a row of A lands on a different line).
-template <class T>
-void transpose_tiled(const T* A, int rows, int cols, int64_t lda, T* out, int64_t ldo) {
-  constexpr int B = 32;
-  for (int r0 = 0; r0 < rows; r0 += B)
-    for (int c0 = 0; c0 < cols; c0 += B)
-      for (int r = r0; r < std::min(r0 + B, rows); ++r)
-        for (int c = c0; c < std::min(c0 + B, cols); ++c) out[c * ldo + r] = A[r * lda + c];
-}
-
 // A [j0..j1) rows of [rows, cols] (leading dimension lda) += B^T, B [cols, rows] (ldb): a
 // gradient formed transposed added to its own layout, in tiles of 32 so that the column reads of
 // B stay on cache lines. Each element is one addition, whatever the row range.

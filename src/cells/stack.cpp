@@ -366,6 +366,7 @@ void Engine<T>::forward(const ForwardOptions& opt, int nT, int N, const StackInp
       } else {
         X = dropout_input(k, Tc, N, opt.t0 + s, caches[k - 1].Hs.data() + NH);
       }
+      ws.reuse_packed = s > 0;  // R is as the previous chunk packed it (if it was this layer)
       layer_forward(k, Tc, N, X, vm, opt.t0 + s, train, train && opt.update_running);
     }
     if (out.y) {

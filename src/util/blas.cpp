@@ -1,10 +1,14 @@
 #include "util/blas.hpp"
 
+#include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <stdexcept>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -131,6 +135,47 @@ void sgemm(Backend b, bool ta, bool tb, int M, int N, int K, float alpha, const 
   }
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
               K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// LAPACK's Householder QR, which OpenBLAS ships (Debian's libopenblas exports the Fortran names;
+// there is no LAPACKE header to include).
+extern "C" {
+void dgeqrf_(const blasint* m, const blasint* n, double* a, const blasint* lda, double* tau,
+             double* work, const blasint* lwork, blasint* info);
+void dorgqr_(const blasint* m, const blasint* n, const blasint* k, double* a, const blasint* lda,
+             const double* tau, double* work, const blasint* lwork, blasint* info);
+}
+
+void orthonormal_columns(int m, int n, double* a) {
+  if (m <= 0 || n <= 0) return;
+  if (m < n) throw std::invalid_argument("orthonormal_columns: fewer rows than columns");
+  // On one thread: OpenBLAS's QR gives other bits on two threads than on one, and every MPI rank
+  // (any thread count) must draw the same weights from a seed. (OpenBLAS's OpenMP build takes its
+  // thread count from OpenMP's, per call.)
+  struct OneThread {
+    int before = omp_get_max_threads();
+    OneThread() { omp_set_num_threads(1); }
+    ~OneThread() { omp_set_num_threads(before); }
+  } one_thread;
+  const blasint M = m, N = n, lda = m;
+  std::vector<double> tau(n);
+  blasint info = 0, query = -1;
+  double size = 0;
+  dgeqrf_(&M, &N, a, &lda, tau.data(), &size, &query, &info);
+  blasint lwork = std::max<blasint>(static_cast<blasint>(size), N);
+  std::vector<double> work(lwork);
+  dgeqrf_(&M, &N, a, &lda, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw std::runtime_error(fmt::format("LAPACK dgeqrf failed (info {})", info));
+  // R sits on and above the diagonal: keep the signs of its diagonal before Q replaces it
+  std::vector<double> sign(n);
+  for (int j = 0; j < n; ++j) sign[j] = a[static_cast<size_t>(j) * m + j] < 0 ? -1.0 : 1.0;
+  dorgqr_(&M, &N, &N, a, &lda, tau.data(), &size, &query, &info);
+  lwork = std::max<blasint>(static_cast<blasint>(size), N);
+  work.resize(lwork);
+  dorgqr_(&M, &N, &N, a, &lda, tau.data(), work.data(), &lwork, &info);
+  if (info != 0) throw std::runtime_error(fmt::format("LAPACK dorgqr failed (info {})", info));
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) a[static_cast<size_t>(j) * m + i] *= sign[j];
 }
 
 }  // namespace rbn::blas

@@ -116,6 +116,30 @@ inline void gemm(bool ta, bool tb, int M, int N, int K, double alpha, const doub
               K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// ---- transposition ------------------------------------------------------------------------------
+
+// out[c * ldo + r] = A[r * lda + c] for A [rows, cols]: OpenBLAS's ?omatcopy (single-threaded,
+// safe inside the time loop's parallel region), on either float backend. Its kernels ran the
+// forward's per-call transpose of R 3.5x faster than a scalar 32x32 tiled loop from memory
+// (docs/performance.md, "Packing `R` once per call").
+inline void transpose(int rows, int cols, const float* A, int64_t lda, float* out, int64_t ldo) {
+  if (rows <= 0 || cols <= 0) return;
+  cblas_somatcopy(CblasRowMajor, CblasTrans, rows, cols, 1.0f, A, static_cast<blasint>(lda), out,
+                  static_cast<blasint>(ldo));
+}
+inline void transpose(int rows, int cols, const double* A, int64_t lda, double* out, int64_t ldo) {
+  if (rows <= 0 || cols <= 0) return;
+  cblas_domatcopy(CblasRowMajor, CblasTrans, rows, cols, 1.0, A, static_cast<blasint>(lda), out,
+                  static_cast<blasint>(ldo));
+}
+
+// ---- orthonormal columns -------------------------------------------------------------------------
+
+// a [m, n] column-major (m >= n), in place: the Q of its QR (LAPACK's Householder dgeqrf and
+// dorgqr, from OpenBLAS), each column signed so that R's diagonal is positive, as
+// torch.nn.init.orthogonal_ signs it. For the weights' orthogonal initialization (init.hpp).
+void orthonormal_columns(int m, int n, double* a);
+
 // ---- a right operand fixed across many products ------------------------------------------------
 
 // B [K,N] (row-major, leading dimension ldb), the right operand of many products of M rows in one

@@ -851,6 +851,53 @@ TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
   }
 }
 
+TEST(StepApi, ChunkedInferenceReusesPackedWeightsOnlyWithinACall) {
+  // A chunked forward packs R once and reuses it in the call's later chunks (one layer: with more,
+  // each layer's pack replaces the other's). A call after the parameters changed, or after a
+  // backward overwrote the buffer, must pack the new R: compared here with a fresh stack that
+  // holds the same parameters. Float on the process's backend, two threads.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  for (Cell cell : lstm_and_gru_cells()) {
+    CellCase cc;
+    cc.cell = cell;
+    cc.T = 100;  // chunks of 32, 32, 32, 4 steps: each packs (at least kPackMinSteps)
+    cc.t_max = 10;
+    cc.L = 1;
+    cc.H = 40;  // three blocks of 16 units: both threads own some
+    cc.lengths = {100, 37, 64, 1};
+    std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
+    const auto x = random_vec<float>(static_cast<size_t>(cc.T) * cc.N * cc.C, 161);
+    const size_t TNH = static_cast<size_t>(cc.T) * cc.N * cc.H;
+    auto infer = [&](Stack<float>& s, bool chunked) {
+      std::vector<float> y(TNH);
+      ForwardOptions opt;
+      opt.mode = Mode::infer;
+      opt.need_backward = !chunked;
+      s.forward(opt, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
+      return to_double(y);
+    };
+    auto fresh = [&](uint64_t seed) {
+      Stack<float> s(cc.config());
+      randomize(s, seed);
+      return infer(s, false);
+    };
+    Stack<float> s(cc.config());
+    randomize(s, 162);
+    EXPECT_LE(max_abs_diff(infer(s, true), fresh(162)), 1e-5) << cell_name(cell);
+    randomize(s, 163);  // new weights, same buffers: the next call packs them
+    EXPECT_LE(max_abs_diff(infer(s, true), fresh(163)), 1e-5) << cell_name(cell);
+    ForwardOptions train;  // a training step's backward packs R in its own layout
+    std::vector<float> y(TNH), dy(TNH, 0.01f);
+    s.forward(train, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
+    s.backward(dy.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
+    randomize(s, 164);
+    EXPECT_LE(max_abs_diff(infer(s, true), fresh(164)), 1e-5) << cell_name(cell);
+  }
+  omp_set_num_threads(threads);
+}
+
 TEST(StepApi, TrainingWithoutBackwardRunsInChunks) {
   // Training mode without a backward to come (torch.no_grad, the statistics pass) runs in chunks
   // too: same outputs, states and running averages as with activations kept, a fraction of the

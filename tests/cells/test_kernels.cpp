@@ -1,7 +1,9 @@
 // The engine's kernels and normalization units on their own, against plain loops, in float and
 // double: a kernel bug shows here by name instead of as a whole-stack mismatch.
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -12,9 +14,11 @@
 #include <vector>
 
 #include "cells/engine.hpp"
+#include "cells/init.hpp"
 #include "cells/input_projection.hpp"
 #include "cells/kernels.hpp"
 #include "cells/norms.hpp"
+#include "util/blas.hpp"
 #include "util/line_vector.hpp"
 #include "util/rng.hpp"
 
@@ -74,15 +78,17 @@ PlainStats plain_stats(const std::vector<T>& z, int64_t rows, int ld, int w,
   return p;
 }
 
-TYPED_TEST(Kernels, TransposeTiledMatchesPlainLoop) {
+TYPED_TEST(Kernels, TransposeMatchesPlainLoop) {
   using T = TypeParam;
-  // sizes across and off the 32 x 32 tiles, padded leading dimensions
-  for (auto [rows, cols] : {std::pair{1, 1}, {3, 70}, {33, 31}, {64, 64}, {100, 17}}) {
+  // blas::transpose (OpenBLAS's ?omatcopy): odd and vector-sized shapes, padded leading
+  // dimensions whose padding stays untouched, and empty matrices
+  for (auto [rows, cols] : {std::pair{1, 1}, {3, 70}, {33, 31}, {64, 64}, {100, 17}, {496, 40},
+                            {0, 4}, {4, 0}}) {
     const int64_t lda = cols + 3, ldo = rows + 5;
     std::vector<T> A(static_cast<size_t>(rows) * lda);
     std::iota(A.begin(), A.end(), T(1));
     std::vector<T> out(static_cast<size_t>(cols) * ldo, T(-1)), want = out;
-    kern::transpose_tiled(A.data(), rows, cols, lda, out.data(), ldo);
+    blas::transpose(rows, cols, A.data(), lda, out.data(), ldo);
     for (int r = 0; r < rows; ++r)
       for (int c = 0; c < cols; ++c) want[c * ldo + r] = A[r * lda + c];
     EXPECT_EQ(out, want) << rows << " x " << cols;
@@ -732,6 +738,77 @@ TYPED_TEST(Kernels, BatchNormStatisticsUnit) {
   e.bn_stats_from_sums(want.sum.data(), want.sq.data(), {&tab, 0, j0, w}, cnt, false, scratch,
                        mean.data(), rstd.data());
   for (int j = 0; j < w; ++j) EXPECT_NEAR(mean[j], want.mean[j], 10 * tol<T>());
+}
+
+// ---- orthogonal initialization ---------------------------------------------------------------
+
+// The modified Gram-Schmidt QR rbn used before LAPACK, as the plain reference: out [rows, cols]
+// from the same Gaussian draws, R's diagonal positive by construction.
+std::vector<double> gram_schmidt_orthogonal(int rows, int cols, uint64_t seed) {
+  Rng rng(seed);
+  const bool transpose = rows < cols;
+  const int m = transpose ? cols : rows, n = transpose ? rows : cols;
+  std::vector<double> a(static_cast<size_t>(m) * n);
+  for (auto& v : a) v = rng.normal();
+  for (int j = 0; j < n; ++j) {
+    double* qj = &a[static_cast<size_t>(j) * m];
+    for (int pass = 0; pass < 2; ++pass)
+      for (int k = 0; k < j; ++k) {
+        const double* qk = &a[static_cast<size_t>(k) * m];
+        double dot = 0;
+        for (int i = 0; i < m; ++i) dot += qk[i] * qj[i];
+        for (int i = 0; i < m; ++i) qj[i] -= dot * qk[i];
+      }
+    double norm = 0;
+    for (int i = 0; i < m; ++i) norm += qj[i] * qj[i];
+    for (int i = 0; i < m; ++i) qj[i] /= std::sqrt(norm);
+  }
+  std::vector<double> out(static_cast<size_t>(rows) * cols);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c)
+      out[static_cast<size_t>(r) * cols + c] =
+          transpose ? a[static_cast<size_t>(r) * m + c] : a[static_cast<size_t>(c) * m + r];
+  return out;
+}
+
+TEST(OrthogonalInit, MatchesGramSchmidtAndIsOrthonormal) {
+  // tall, square, wide (transposed QR), one element, and a block large enough to be blocked
+  for (auto [rows, cols] : {std::pair{40, 40}, {64, 16}, {16, 64}, {1, 1}, {7, 1}, {300, 300}}) {
+    Rng rng(91);
+    std::vector<double> q(static_cast<size_t>(rows) * cols);
+    orthogonal_init(q.data(), rows, cols, rng);
+    const auto want = gram_schmidt_orthogonal(rows, cols, 91);
+    double worst = 0;
+    for (size_t i = 0; i < q.size(); ++i) worst = std::max(worst, std::abs(q[i] - want[i]));
+    EXPECT_LT(worst, 1e-10) << rows << " x " << cols;  // same Q, same column signs
+    // the shorter side's vectors orthonormal: Q Q^T = I (wide) or Q^T Q = I (tall)
+    const bool wide = rows < cols;
+    const int k = wide ? rows : cols, len = wide ? cols : rows;
+    auto at = [&](int v, int i) { return wide ? q[static_cast<size_t>(v) * cols + i] : q[static_cast<size_t>(i) * cols + v]; };
+    double off = 0;
+    for (int u = 0; u < k; ++u)
+      for (int v = 0; v < k; ++v) {
+        double dot = 0;
+        for (int i = 0; i < len; ++i) dot += at(u, i) * at(v, i);
+        off = std::max(off, std::abs(dot - (u == v ? 1.0 : 0.0)));
+      }
+    EXPECT_LT(off, 1e-12) << rows << " x " << cols;
+  }
+}
+
+TEST(OrthogonalInit, SameBitsOnAnyThreadCount) {
+  // Every MPI rank initializes its own copy from the seed: LAPACK's blocked QR must give the same
+  // bits whatever OpenBLAS's thread count (OpenMP's) is.
+  const int threads = omp_get_max_threads();
+  std::vector<double> q[2];
+  for (int k = 0; k < 2; ++k) {
+    omp_set_num_threads(k + 1);
+    Rng rng(92);
+    q[k].resize(600 * 600);
+    orthogonal_init(q[k].data(), 600, 600, rng);
+  }
+  omp_set_num_threads(threads);
+  EXPECT_EQ(q[0], q[1]);
 }
 
 }  // namespace
