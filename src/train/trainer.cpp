@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -150,6 +152,18 @@ void check_same_denormal_mode(Group& group) {
     throw UsageError(fmt::format("RBN_DENORMALS: {} of the {} ranks flush subnormals and the others keep "
                                  "them; give every rank the same value (mpirun -x RBN_DENORMALS)",
                                  static_cast<int>(flushing), group.size()));
+}
+
+// Every rank initializes its own copy of the model from the seed, but the orthogonal blocks come
+// from LAPACK's QR on each machine's own OpenBLAS kernels, which may round differently on nodes of
+// different CPUs: a fresh run starts every rank from rank 0's weights (a sum in which the other
+// ranks add zeros: the same bits everywhere).
+void start_from_root_weights(Group& group, const std::vector<ParamRef>& params) {
+  if (!group.distributed()) return;
+  for (const ParamRef& p : params) {
+    if (group.rank() != 0) std::fill_n(p.value, p.numel, 0.0f);
+    group.sum(p.value, p.numel);
+  }
 }
 
 }  // namespace
@@ -299,6 +313,7 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
   int64_t step = 0;
   double best_metric = INFINITY;  // lower is better: error rate or bpc
   int evals_without_improvement = 0;
+  if (!resume) start_from_root_weights(group, params);
   if (resume) {
     CheckpointState st = load_checkpoint(last_path, model, optimizer.get(), &schedule);
     step = st.step;

@@ -149,13 +149,14 @@ void dorgqr_(const blasint* m, const blasint* n, const blasint* k, double* a, co
 void orthonormal_columns(int m, int n, double* a) {
   if (m <= 0 || n <= 0) return;
   if (m < n) throw std::invalid_argument("orthonormal_columns: fewer rows than columns");
-  // On one thread: OpenBLAS's QR gives other bits on two threads than on one, and every MPI rank
-  // (any thread count) must draw the same weights from a seed. (OpenBLAS's OpenMP build takes its
-  // thread count from OpenMP's, per call.)
+  // On one thread: OpenBLAS's QR gives other bits on two threads than on one, and a seed must give
+  // the same weights at any thread count. OpenBLAS's OpenMP build (rbn's) takes its thread count
+  // from OpenMP's, per call; another build (libopenblas.so.0 switched to it) keeps its own.
   struct OneThread {
-    int before = omp_get_max_threads();
-    OneThread() { omp_set_num_threads(1); }
-    ~OneThread() { omp_set_num_threads(before); }
+    bool omp_build = openblas_get_parallel() == 2;
+    int before = omp_build ? omp_get_max_threads() : openblas_get_num_threads();
+    OneThread() { omp_build ? omp_set_num_threads(1) : openblas_set_num_threads(1); }
+    ~OneThread() { omp_build ? omp_set_num_threads(before) : openblas_set_num_threads(before); }
   } one_thread;
   const blasint M = m, N = n, lda = m;
   std::vector<double> tau(n);

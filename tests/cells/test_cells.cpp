@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <string>
 
 #include "cells/engine.hpp"
 #include "cell_cases.hpp"
+#include "util/blas.hpp"
 
 namespace rbn::testing {
 namespace {
@@ -853,47 +856,60 @@ TEST(StepApi, InferenceChunkingMatchesKeptActivations) {
 
 TEST(StepApi, ChunkedInferenceReusesPackedWeightsOnlyWithinACall) {
   // A chunked forward packs R once and reuses it in the call's later chunks (one layer: with more,
-  // each layer's pack replaces the other's). A call after the parameters changed, or after a
-  // backward overwrote the buffer, must pack the new R: compared here with a fresh stack that
-  // holds the same parameters. Float on the process's backend, two threads.
+  // each layer's pack replaces the other's). The next call packs again: after new weights, and
+  // after a training step whose backward wrote its own layout over the buffer. Compared with a
+  // fresh stack holding the same weights (one unchunked call). Float on the process's backend,
+  // two threads; fp32 and bf16 products (bf16 keeps R converted in each thread's operand).
   const int threads = omp_get_max_threads();
   omp_set_num_threads(2);
   auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-  for (Cell cell : lstm_and_gru_cells()) {
-    CellCase cc;
-    cc.cell = cell;
-    cc.T = 100;  // chunks of 32, 32, 32, 4 steps: each packs (at least kPackMinSteps)
-    cc.t_max = 10;
-    cc.L = 1;
-    cc.H = 40;  // three blocks of 16 units: both threads own some
-    cc.lengths = {100, 37, 64, 1};
-    std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
-    const auto x = random_vec<float>(static_cast<size_t>(cc.T) * cc.N * cc.C, 161);
-    const size_t TNH = static_cast<size_t>(cc.T) * cc.N * cc.H;
-    auto infer = [&](Stack<float>& s, bool chunked) {
-      std::vector<float> y(TNH);
-      ForwardOptions opt;
-      opt.mode = Mode::infer;
-      opt.need_backward = !chunked;
-      s.forward(opt, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
-      return to_double(y);
-    };
-    auto fresh = [&](uint64_t seed) {
+  for (const bool bf16 : {false, true}) {
+    if (bf16) {
+      setenv("RBN_TEST_BF16", "emulate", 1);  // emulated where the CPU has no bf16
+      blas::set_precision(blas::Precision::bf16, "test");
+    }
+    for (Cell cell : lstm_and_gru_cells()) {
+      CellCase cc;
+      cc.cell = cell;
+      cc.T = 100;  // chunks of 32, 32, 32, 4 steps: each packs (at least kPackMinSteps)
+      cc.t_max = 10;
+      cc.L = 1;
+      cc.H = 40;  // three blocks of 16 units: both threads own some
+      cc.lengths = {100, 37, 64, 1};
+      const std::string what = std::string(cell_name(cell)) + (bf16 ? " bf16" : " fp32");
+      std::vector<int32_t> l32(cc.lengths.begin(), cc.lengths.end());
+      const auto x = random_vec<float>(static_cast<size_t>(cc.T) * cc.N * cc.C, 161);
+      const size_t TNH = static_cast<size_t>(cc.T) * cc.N * cc.H;
+      auto infer = [&](Stack<float>& s, bool chunked) {
+        std::vector<float> y(TNH);
+        ForwardOptions opt;
+        opt.mode = Mode::infer;
+        opt.need_backward = !chunked;
+        s.forward(opt, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
+        return to_double(y);
+      };
+      auto fresh = [&](uint64_t seed) {
+        Stack<float> s(cc.config());
+        randomize(s, seed);
+        return infer(s, false);
+      };
       Stack<float> s(cc.config());
-      randomize(s, seed);
-      return infer(s, false);
-    };
-    Stack<float> s(cc.config());
-    randomize(s, 162);
-    EXPECT_LE(max_abs_diff(infer(s, true), fresh(162)), 1e-5) << cell_name(cell);
-    randomize(s, 163);  // new weights, same buffers: the next call packs them
-    EXPECT_LE(max_abs_diff(infer(s, true), fresh(163)), 1e-5) << cell_name(cell);
-    ForwardOptions train;  // a training step's backward packs R in its own layout
-    std::vector<float> y(TNH), dy(TNH, 0.01f);
-    s.forward(train, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
-    s.backward(dy.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
-    randomize(s, 164);
-    EXPECT_LE(max_abs_diff(infer(s, true), fresh(164)), 1e-5) << cell_name(cell);
+      randomize(s, 162);
+      EXPECT_LE(max_abs_diff(infer(s, true), fresh(162)), 1e-5) << what;
+      randomize(s, 163);  // new weights, same buffers: the next call packs them
+      const auto want = fresh(163);
+      EXPECT_LE(max_abs_diff(infer(s, true), want), 1e-5) << what;
+      ForwardOptions train;  // a training step: its backward packs R in its own layout
+      train.update_running = false;  // (the population statistics stay as the fresh stack's)
+      std::vector<float> y(TNH), dy(TNH, 0.01f);
+      s.forward(train, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
+      s.backward(dy.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
+      EXPECT_LE(max_abs_diff(infer(s, true), want), 1e-5) << what;
+    }
+    if (bf16) {
+      blas::set_precision(blas::Precision::fp32, "test");
+      unsetenv("RBN_TEST_BF16");
+    }
   }
   omp_set_num_threads(threads);
 }
