@@ -313,7 +313,6 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
   int64_t step = 0;
   double best_metric = INFINITY;  // lower is better: error rate or bpc
   int evals_without_improvement = 0;
-  if (!resume) start_from_root_weights(group, params);
   if (resume) {
     CheckpointState st = load_checkpoint(last_path, model, optimizer.get(), &schedule);
     step = st.step;
@@ -323,9 +322,12 @@ TrainSummary train_loop(TrainConfig cfg, bool resume, const std::string& gemm_so
     if (root) truncate_metrics(metrics_path, step);
     if (root) std::fprintf(stderr, "resumed %s at step %lld\n", last_path.c_str(),
                  static_cast<long long>(step));
-  } else if (root) {
-    std::ofstream(metrics_path, std::ios::trunc);
-    std::ofstream(cfg.out + "/config.json") << cfg.to_json().dump(2) << '\n';
+  } else {
+    start_from_root_weights(group, params);
+    if (root) {
+      std::ofstream(metrics_path, std::ios::trunc);
+      std::ofstream(cfg.out + "/config.json") << cfg.to_json().dump(2) << '\n';
+    }
   }
   const int N = cfg.batch_size;
   const int64_t per_epoch = data->batches_per_epoch(N);

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "cells/reference.hpp"
 #include "rbn/rbn.hpp"
+#include "util/blas.hpp"
 #include "util/rng.hpp"
 
 namespace rbn::testing {
@@ -75,6 +77,19 @@ void randomize(Stack<T>& s, uint64_t seed) {
       p[i] = static_cast<T>(var ? 0.3 + rng.uniform() : 0.5 * rng.normal());
   }
 }
+
+// While it lives, the process's float products take bf16 inputs (emulated, RBN_TEST_BF16, where
+// the CPU has no bf16); fp32 again after.
+struct Bf16On {
+  Bf16On() {
+    setenv("RBN_TEST_BF16", "emulate", 1);
+    blas::set_precision(blas::Precision::bf16, "test");
+  }
+  ~Bf16On() {
+    blas::set_precision(blas::Precision::fp32, "test");
+    unsetenv("RBN_TEST_BF16");
+  }
+};
 
 // What run(out) appends to out, on one thread (result[0]) and on two (result[1]); OpenMP's thread
 // count restored after.

@@ -14,17 +14,6 @@
 namespace rbn::testing {
 namespace {
 
-struct Bf16On {
-  Bf16On() {
-    setenv("RBN_TEST_BF16", "emulate", 1);
-    blas::set_precision(blas::Precision::bf16, "test");
-  }
-  ~Bf16On() {
-    blas::set_precision(blas::Precision::fp32, "test");
-    unsetenv("RBN_TEST_BF16");
-  }
-};
-
 // max|a - b| / max|b|
 template <class T>
 double rel_err(const std::vector<T>& a, const std::vector<T>& b) {

@@ -6,13 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "cells/engine.hpp"
 #include "cell_cases.hpp"
-#include "util/blas.hpp"
 
 namespace rbn::testing {
 namespace {
@@ -864,10 +863,8 @@ TEST(StepApi, ChunkedInferenceReusesPackedWeightsOnlyWithinACall) {
   omp_set_num_threads(2);
   auto to_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   for (const bool bf16 : {false, true}) {
-    if (bf16) {
-      setenv("RBN_TEST_BF16", "emulate", 1);  // emulated where the CPU has no bf16
-      blas::set_precision(blas::Precision::bf16, "test");
-    }
+    std::optional<Bf16On> on;
+    if (bf16) on.emplace();
     for (Cell cell : lstm_and_gru_cells()) {
       CellCase cc;
       cc.cell = cell;
@@ -905,10 +902,6 @@ TEST(StepApi, ChunkedInferenceReusesPackedWeightsOnlyWithinACall) {
       s.forward(train, cc.T, cc.N, {.x = x.data(), .lengths = l32.data()}, {.y = y.data()});
       s.backward(dy.data(), nullptr, nullptr, nullptr, nullptr, nullptr);
       EXPECT_LE(max_abs_diff(infer(s, true), want), 1e-5) << what;
-    }
-    if (bf16) {
-      blas::set_precision(blas::Precision::fp32, "test");
-      unsetenv("RBN_TEST_BF16");
     }
   }
   omp_set_num_threads(threads);

@@ -1,7 +1,6 @@
 // The engine's kernels and normalization units on their own, against plain loops, in float and
 // double: a kernel bug shows here by name instead of as a whole-stack mismatch.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cell_cases.hpp"
 #include "cells/engine.hpp"
 #include "cells/init.hpp"
 #include "cells/input_projection.hpp"
@@ -799,15 +799,11 @@ TEST(OrthogonalInit, MatchesGramSchmidtAndIsOrthonormal) {
 TEST(OrthogonalInit, SameBitsOnAnyThreadCount) {
   // Every MPI rank initializes its own copy from the seed: LAPACK's blocked QR must give the same
   // bits whatever OpenBLAS's thread count (OpenMP's) is.
-  const int threads = omp_get_max_threads();
-  std::vector<double> q[2];
-  for (int k = 0; k < 2; ++k) {
-    omp_set_num_threads(k + 1);
+  const auto q = on_one_and_two_threads([](std::vector<double>& out) {
     Rng rng(92);
-    q[k].resize(600 * 600);
-    orthogonal_init(q[k].data(), 600, 600, rng);
-  }
-  omp_set_num_threads(threads);
+    out.resize(600 * 600);
+    orthogonal_init(out.data(), 600, 600, rng);
+  });
   EXPECT_EQ(q[0], q[1]);
 }
 
