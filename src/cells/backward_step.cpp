@@ -393,7 +393,6 @@ template <class T>
 void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, BackwardScratch& s,
                                const BackStep& st) {
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, k1 = u.k1, w = u.w;
-  const int64_t NG = static_cast<int64_t>(N) * G, NH = static_cast<int64_t>(N) * H;
   const bool ln_h = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
   const bool read_x = spec.x == Norm::bn_step || ln_x;
   for (auto* acc : {&s.acc_d, &s.acc_d_xh_h, &s.acc_d_xh_x, &s.acc_d_h})
@@ -401,24 +400,24 @@ void Engine<T>::gate_gradients(const BackwardRun& run, const UnitBlock& u, Backw
   if (spec.gru() && !ln_h) gru_hn_coefficients(run, u, s, st);
   for (int n = 0; n < N; ++n) {
     T* g = st.gates + static_cast<int64_t>(n) * G;
+    int64_t ahead = 0;  // rows coming from memory (this step's, then step t-1's), prefetched now
+    if (row_ahead(n, kPrefetchRows, N, st.t, -1, -1, ahead)) {
+      constexpr int cl = 64 / static_cast<int>(sizeof(T));
+      const int64_t ag = ahead * G, ah = ahead * H;
+      for (int q = 0; q < gates; ++q)
+        for (int j = 0; j < w; j += cl) {
+          __builtin_prefetch(st.gates + ag + q * H + k0 + j, 1, 3);
+          if (read_x && !run.inline_x) __builtin_prefetch(st.wx + ag + q * H + k0 + j, 1, 3);
+          if (st.hh) __builtin_prefetch(st.hh + ag + hh_offset(*run.cache, q, k0, w) + j, 0, 3);
+        }
+      for (int j = k0; j < k1; j += cl) {
+        __builtin_prefetch(st.c_prev + ah + j, 0, 3);
+        if (st.dY) __builtin_prefetch(st.dY + ah + j, 0, 3);
+      }
+    }
     if (!st.valid[n]) {
       padded_row_gradients(run, u, s, st, n);
       continue;
-    }
-    if (st.t > 0) {  // the previous step's rows (from memory) while this row computes
-      constexpr int cl = 64 / static_cast<int>(sizeof(T));
-      const int64_t prev_g = static_cast<int64_t>(n) * G - NG,
-                    prev_h = static_cast<int64_t>(n) * H - NH;
-      for (int q = 0; q < gates; ++q)
-        for (int j = 0; j < w; j += cl) {
-          __builtin_prefetch(st.gates + prev_g + q * H + k0 + j, 1, 3);
-          if (read_x && !run.inline_x) __builtin_prefetch(st.wx + prev_g + q * H + k0 + j, 1, 3);
-          if (st.hh) __builtin_prefetch(st.hh + prev_g + hh_offset(*run.cache, q, k0, w) + j, 0, 3);
-        }
-      for (int j = k0; j < k1; j += cl) {
-        __builtin_prefetch(st.c_prev + prev_h + j, 0, 3);
-        if (st.dY) __builtin_prefetch(st.dY + prev_h + j, 0, 3);
-      }
     }
     if (spec.lstm() && fused_rows(u)) {
       lstm_row_gradients(run, u, s, st, n);

@@ -384,7 +384,6 @@ template <class T>
 void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, ForwardScratch& s,
                                   const StepRows& st) {
   const int N = run.N, H = run.H, G = run.G, k0 = u.k0, w = u.w;
-  const int64_t NG = static_cast<int64_t>(N) * G;
   const LayerCache<T>& cc = *run.cache;
   const bool ln_terms = spec.h == Norm::ln, ln_x = spec.x == Norm::ln;
   const T* gx = run.prm.gamma_x;
@@ -399,10 +398,12 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
     if (st.hh)  // raw R h for backward
       for (int q = 0; q < gates; ++q)
         std::copy_n(hrow + q * w, w, st.hh + static_cast<int64_t>(n) * G + hh_offset(cc, q, k0, w));
-    if (st.t + 1 < run.Tc) {  // the next step's rows (from memory) while this row computes
-      const T* nx = run.inline_x || cc.wx_in_gates ? nullptr : xrow + NG;
-      const T* ngt = g + NG;
-      const T* nh = st.hh ? st.hh + static_cast<int64_t>(n) * G + NG : nullptr;
+    int64_t ahead = 0;  // rows coming from memory, prefetched while this one computes
+    if (row_ahead(n, kPrefetchRows, N, st.t, +1, run.Tc, ahead)) {
+      const int64_t d = (ahead - n) * G;
+      const T* nx = run.inline_x || cc.wx_in_gates ? nullptr : xrow + d;
+      const T* ngt = g + d;
+      const T* nh = st.hh ? st.hh + static_cast<int64_t>(n) * G + d : nullptr;
       for (int q = 0; q < gates; ++q)
         for (int j = 0; j < w; j += 64 / static_cast<int>(sizeof(T))) {
           if (nx) __builtin_prefetch(nx + q * H + k0 + j, 1, 3);

@@ -807,5 +807,33 @@ TEST(OrthogonalInit, SameBitsOnAnyThreadCount) {
   EXPECT_EQ(q[0], q[1]);
 }
 
+TEST(TimeLoop, RowAheadFollowsTheLoopOrder) {
+  // The pointwise passes prefetch the row `ahead` rows on in the order the loop visits them: rows
+  // 0..N-1 of each step, steps ascending (forward) or descending (backward). Checked against that
+  // order written out, for rows ahead within the step, in the next step and several steps on.
+  for (const int dir : {+1, -1})
+    for (const int N : {1, 3, 5})
+      for (const int ahead : {1, 2, 7}) {
+        const int T = 4;
+        std::vector<int64_t> order;  // flat [T,N] index of each visited row
+        for (int i = 0; i < T; ++i) {
+          const int t = dir > 0 ? i : T - 1 - i;
+          for (int n = 0; n < N; ++n) order.push_back(static_cast<int64_t>(t) * N + n);
+        }
+        for (size_t i = 0; i < order.size(); ++i) {
+          const int t = static_cast<int>(order[i] / N), n = static_cast<int>(order[i] % N);
+          int64_t rows = -999;
+          const bool inside = cells::row_ahead(n, ahead, N, t, dir, dir > 0 ? T : -1, rows);
+          const std::string at = "dir " + std::to_string(dir) + " N " + std::to_string(N) +
+                                 " ahead " + std::to_string(ahead) + " t " + std::to_string(t) +
+                                 " n " + std::to_string(n);
+          ASSERT_EQ(inside, i + ahead < order.size()) << at;
+          if (inside) {
+            EXPECT_EQ(static_cast<int64_t>(t) * N + rows, order[i + ahead]) << at;
+          }
+        }
+      }
+}
+
 }  // namespace
 }  // namespace rbn::testing
