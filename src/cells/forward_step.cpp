@@ -400,10 +400,10 @@ void Engine<T>::pointwise_forward(const ForwardRun& run, const UnitBlock& u, For
         std::copy_n(hrow + q * w, w, st.hh + static_cast<int64_t>(n) * G + hh_offset(cc, q, k0, w));
     int64_t ahead = 0;  // rows coming from memory, prefetched while this one computes
     if (row_ahead(n, kPrefetchRows, N, st.t, +1, run.Tc, ahead)) {
-      const int64_t d = (ahead - n) * G;
-      const T* nx = run.inline_x || cc.wx_in_gates ? nullptr : xrow + d;
-      const T* ngt = g + d;
-      const T* nh = st.hh ? st.hh + static_cast<int64_t>(n) * G + d : nullptr;
+      const int64_t ag = ahead * G;
+      const T* nx = run.inline_x || cc.wx_in_gates ? nullptr : st.wx + ag;
+      const T* ngt = st.gates + ag;
+      const T* nh = st.hh ? st.hh + ag : nullptr;
       for (int q = 0; q < gates; ++q)
         for (int j = 0; j < w; j += 64 / static_cast<int>(sizeof(T))) {
           if (nx) __builtin_prefetch(nx + q * H + k0 + j, 1, 3);
